@@ -1,0 +1,147 @@
+"""Configuration of the UPetu PEFT method: the single source of truth for every UPetu option."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft.config import PeftConfig
+
+PEFT_TYPE = "UPETU"
+ALLOWED_BITS = (1, 2, 4, 8, 32)
+ALLOWED_SIDE_BITS = (8, 16, 32)
+ALLOWED_CODEBOOKS = ("lloyd", "quantile")
+
+
+def _check_choice(name: str, value: object, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"UPetuConfig.{name}={value!r} is invalid: allowed values are {', '.join(map(str, allowed))}.")
+
+
+@dataclass
+class UPetuConfig(PeftConfig):
+    """Configuration of a UPetu adapter (EQAM adapters in every ConvNeXt block, CAPM prompts in every stage).
+
+    The defaults train about 0.73 % of ConvNeXt-B's backbone parameters (r=16, prompt_size=4), the budget of the
+    UPetu paper (Dong, Gu, Liu, IEEE TGRS 2024).
+
+    Args:
+        r: bottleneck width of each EQAM adapter (Q-Linear C->r, activation, Q-Linear r->C).
+        bits: bit width of the Q-Linear weights: 1, 2, 4, 8, or 32 (full precision).
+        prompt_size: side m of each CAPM prompt map (C x m x m), resized to the feature map.
+        activation: nonlinearity between the two Q-Linear layers (any `transformers.activations.ACT2FN` key).
+        codebook: levels of the k-bit codebook for standardised weights: "lloyd" (MSE-optimal levels of N(0, 1),
+            +-0.798 at 1 bit) or "quantile" (N(0, 1) quantiles, +-0.674 at 1 bit).
+        side_bits: storage precision of the small side tensors (EQAM scales, CAPM prompts, context convolutions
+            and gates): 8 (int8 with one scale per tensor), 16 (float16) or 32. `None` picks 32 when `bits=32`,
+            else 8. The forward pass uses exactly the stored values, so a reloaded adapter is bit-identical.
+        use_eqam: add EQAM adapters to ConvNeXt blocks.
+        use_capm: add CAPM prompts to ConvNeXt stages.
+        stages: 0-based indices of the stages to adapt (EQAM and CAPM); `None` adapts every stage.
+        target_modules: optionally restrict EQAM to some blocks: a regex matched in full against block names such as
+            `convnext.encoder.stages.2.layers.5`, or a list of names/suffixes. `None` adapts every block.
+        modules_to_save: modules trained and saved next to the adapter, e.g. task heads. `None` picks the known heads
+            the model has among `classifier`, `decode_head` and `auxiliary_head` (direct children of the model);
+            pass `[]` to train no head.
+    """
+
+    r: int = field(default=16, metadata={"help": "EQAM bottleneck width."})
+    bits: int = field(default=4, metadata={"help": "Q-Linear bit width: 1, 2, 4, 8 or 32."})
+    prompt_size: int = field(default=4, metadata={"help": "Side of the CAPM prompt maps."})
+    activation: str = field(default="gelu", metadata={"help": "EQAM activation."})
+    codebook: str = field(default="lloyd", metadata={"help": "k-bit codebook: 'lloyd' or 'quantile'."})
+    side_bits: Optional[int] = field(default=None, metadata={"help": "Side-tensor storage bits: 8, 16 or 32."})
+    use_eqam: bool = field(default=True, metadata={"help": "Add EQAM adapters."})
+    use_capm: bool = field(default=True, metadata={"help": "Add CAPM prompts."})
+    stages: Optional[list[int]] = field(default=None, metadata={"help": "Stages to adapt (0-based); None = all."})
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Restrict EQAM to these ConvNeXt blocks (regex or names); None = all."}
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "ConvNeXt blocks to leave untouched (regex or names)."}
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Trainable, saved modules (task heads); None = detect known heads."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PEFT_TYPE
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"UPetuConfig.r={self.r!r} is invalid: allowed values are positive integers (e.g. 16).")
+        _check_choice("bits", self.bits, ALLOWED_BITS)
+        _check_choice("codebook", self.codebook, ALLOWED_CODEBOOKS)
+        if self.side_bits is not None:
+            _check_choice("side_bits", self.side_bits, ALLOWED_SIDE_BITS)
+        if not isinstance(self.prompt_size, int) or self.prompt_size < 1:
+            raise ValueError(
+                f"UPetuConfig.prompt_size={self.prompt_size!r} is invalid: allowed values are positive integers (e.g. 4)."
+            )
+        if not (self.use_eqam or self.use_capm):
+            raise ValueError(
+                "UPetuConfig.use_eqam and UPetuConfig.use_capm are both False: enable at least one module."
+            )
+        if self.stages is not None:
+            self.stages = list(self.stages)
+            if not self.stages or any(not isinstance(s, int) or s < 0 for s in self.stages):
+                raise ValueError(
+                    f"UPetuConfig.stages={self.stages!r} is invalid: allowed values are a non-empty list of 0-based "
+                    "stage indices (e.g. [2, 3]) or None for every stage."
+                )
+        from transformers.activations import ACT2FN
+
+        if self.activation not in ACT2FN:
+            raise ValueError(
+                f"UPetuConfig.activation={self.activation!r} is invalid: allowed values are {', '.join(sorted(ACT2FN))}."
+            )
+
+    @property
+    def effective_side_bits(self) -> int:
+        """Storage bits of the side tensors once `side_bits=None` is resolved."""
+        if self.side_bits is not None:
+            return self.side_bits
+        return 32 if self.bits == 32 else 8
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+        """Load the config of a saved adapter (local folder or Hub id) and check its weights file is readable."""
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        check_adapter_weights(pretrained_model_name_or_path, subfolder=subfolder, revision=kwargs.get("revision"))
+        return config
+
+
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def check_adapter_weights(
+    model_id: str, subfolder: Optional[str] = None, revision: Optional[str] = None
+) -> Optional[str]:
+    """Raise a clear error if the adapter's `adapter_model.safetensors` (local, or already in the HF cache) is corrupt.
+
+    Returns the checked file's path, or None when the file is not available locally yet (it is then downloaded,
+    and checked, by huggingface_hub).
+    """
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+    from safetensors import SafetensorError, safe_open
+
+    local = os.path.join(model_id, subfolder or "", ADAPTER_WEIGHTS_NAME)
+    if os.path.isdir(model_id):
+        path = local if os.path.isfile(local) else None
+    else:
+        filename = f"{subfolder}/{ADAPTER_WEIGHTS_NAME}" if subfolder else ADAPTER_WEIGHTS_NAME
+        cached = try_to_load_from_cache(model_id, filename, revision=revision)
+        path = cached if isinstance(cached, str) else None
+    if path is None:
+        return None
+    try:
+        with safe_open(path, framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"The UPetu adapter weights file {path} is truncated or corrupt ({err}). Save the adapter again with "
+            "`save_pretrained`, or delete the file (for a Hub adapter: its folder in the HF cache) and download it "
+            "again."
+        ) from err
+    return path

@@ -1,0 +1,194 @@
+"""`UPetuModel`: finds the ConvNeXt blocks and stages of a model and injects UPetu layers into them."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+from transformers.models.convnext.modeling_convnext import ConvNextLayer, ConvNextStage
+from transformers.models.convnextv2.modeling_convnextv2 import ConvNextV2Layer, ConvNextV2Stage
+
+from .config import UPetuConfig
+from .layer import UPetuLayer
+from .quantization import PACKED_FIELDS, QuantizedParameter
+
+STAGE_TYPES = (ConvNextStage, ConvNextV2Stage)
+BLOCK_TYPES = (ConvNextLayer, ConvNextV2Layer)
+KNOWN_HEADS = ("classifier", "decode_head", "auxiliary_head")
+SUPPORTED_MODELS = (
+    "ConvNextModel, ConvNextForImageClassification, ConvNextBackbone, ConvNextV2Model, "
+    "ConvNextV2ForImageClassification, ConvNextV2Backbone, UperNetForSemanticSegmentation with a ConvNeXt "
+    "backbone, ConvNextForChangeDetection, or any model containing them"
+)
+
+
+def _matches(patterns: str | list[str] | None, key: str) -> bool:
+    """PEFT's matching rule: a string is a regex matched in full, a list holds names or name suffixes."""
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, key) is not None
+    return any(key == p or key.endswith("." + p) for p in patterns or [])
+
+
+def plan_targets(model: nn.Module, config: UPetuConfig) -> dict[str, tuple[bool, bool]]:
+    """Which ConvNeXt blocks get EQAM and/or CAPM: `{block name: (eqam, capm)}`.
+
+    CAPM goes on the last block of each adapted stage, so it acts on the stage output. Raises a `ValueError` when
+    the model holds no ConvNeXt block, naming the supported module types.
+    """
+    plan: dict[str, tuple[bool, bool]] = {}
+    num_stages = 0
+    for stage_name, stage in model.named_modules():
+        if not isinstance(stage, STAGE_TYPES):
+            continue
+        index = int(stage_name.rsplit(".", 1)[-1]) if stage_name.rsplit(".", 1)[-1].isdigit() else num_stages
+        num_stages = max(num_stages, index + 1)
+        if config.stages is not None and index not in config.stages:
+            continue
+        depth = len(stage.layers)
+        for j in range(depth):
+            key = f"{stage_name}.layers.{j}" if stage_name else f"layers.{j}"
+            if config.exclude_modules is not None and _matches(config.exclude_modules, key):
+                continue
+            eqam = config.use_eqam and (config.target_modules is None or _matches(config.target_modules, key))
+            capm = config.use_capm and j == depth - 1
+            if eqam or capm:
+                plan[key] = (eqam, capm)
+    if num_stages == 0:
+        raise ValueError(
+            f"UPetu found no ConvNeXt blocks in {type(model).__name__}: it adapts ConvNextLayer / ConvNextV2Layer "
+            f"blocks inside ConvNextStage / ConvNextV2Stage modules. Supported models: {SUPPORTED_MODELS}."
+        )
+    if config.stages is not None and max(config.stages) >= num_stages:
+        raise ValueError(
+            f"UPetuConfig.stages={config.stages} is invalid for this model: allowed values are 0 to {num_stages - 1}."
+        )
+    if not plan:
+        raise ValueError(
+            "UPetuConfig selects no ConvNeXt block of this model: check `stages`, `target_modules` and "
+            "`exclude_modules` (block names look like 'convnext.encoder.stages.0.layers.0')."
+        )
+    return plan
+
+
+class UPetuModel(BaseTuner):
+    """Injects UPetu (EQAM + CAPM) into ConvNeXt models; created by `peft.get_peft_model` with a `UPetuConfig`.
+
+    Example:
+
+    ```py
+    >>> import upetu_hf
+    >>> from peft import get_peft_model
+    >>> from transformers import ConvNextForImageClassification
+    >>> model = ConvNextForImageClassification.from_pretrained("facebook/convnext-base-224-22k")
+    >>> model = get_peft_model(model, upetu_hf.UPetuConfig(bits=1))
+    >>> model.print_trainable_parameters()
+    ```
+    """
+
+    prefix: str = "upetu_"
+    tuner_layer_cls = UPetuLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _prepare_adapter_config(self, peft_config: UPetuConfig, model_config: dict) -> UPetuConfig:
+        return peft_config
+
+    def _prepare_model(self, peft_config: UPetuConfig, model: nn.Module) -> None:
+        self._plan = plan_targets(model, peft_config)
+        if peft_config.modules_to_save is None:
+            heads = [name for name, _ in model.named_children() if name in KNOWN_HEADS]
+            peft_config.modules_to_save = heads or None
+        self._warn_untrained_head(peft_config, model)
+
+    @staticmethod
+    def _warn_untrained_head(peft_config: UPetuConfig, model: nn.Module) -> None:
+        saved = set(peft_config.modules_to_save or [])
+        frozen_heads = [name for name, _ in model.named_children() if name in KNOWN_HEADS and name not in saved]
+        if frozen_heads:
+            warnings.warn(
+                f"The task head(s) {frozen_heads} stay frozen and are not saved with the adapter. If they are freshly "
+                "initialised, add them to `modules_to_save` (the default, modules_to_save=None, does so).",
+                stacklevel=3,
+            )
+
+    def _check_target_module_exists(self, peft_config: UPetuConfig, key: str) -> bool:
+        return key in self._plan
+
+    def _create_and_replace(
+        self,
+        peft_config: UPetuConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        parameter_name: str | None = None,
+    ) -> None:
+        eqam, capm = self._plan[current_key]
+        if isinstance(target, UPetuLayer):
+            target.update_layer(adapter_name, peft_config, eqam=eqam, capm=capm)
+            return
+        new_module = UPetuLayer(target, adapter_name, peft_config, eqam=eqam, capm=capm)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        # ConvNeXt blocks have no `weight` of their own, which BaseTuner._replace_module relies on.
+        setattr(parent, child_name, new_module)
+        reference = child.get_base_layer() if isinstance(child, UPetuLayer) else child
+        weight = reference.dwconv.weight
+        for name, module in new_module.named_modules():
+            if self.prefix in name and not any(p.device.type == "meta" for p in module.parameters()):
+                module.to(weight.device)
+
+    def _check_merge_allowed(self) -> None:
+        raise ValueError(
+            "UPetu adapters cannot be merged into the base weights: EQAM is a nonlinear adapter (Q-Linear, "
+            "activation, Q-Linear) and CAPM adds an input-dependent prompt, so no weight update reproduces them. "
+            "Keep the PeftModel for inference, or call `unload()` to get the unmodified base model back."
+        )
+
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
+        self._check_merge_allowed()
+
+    @classmethod
+    def _get_adapter_state_dict(
+        cls,
+        model: nn.Module,
+        config: UPetuConfig,
+        adapter_name: str,
+        state_dict: dict[str, torch.Tensor],
+        unwanted_adapter_names: list[str],
+    ) -> dict[str, torch.Tensor]:
+        """Select the adapter's tensors and store each quantized tensor as packed codes plus statistics."""
+        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        packed: dict[str, torch.Tensor] = {}
+        for key, value in selected.items():
+            owner, _, leaf = key.rpartition(".")
+            module = model.get_submodule(owner) if leaf == "latent" else None
+            if isinstance(module, QuantizedParameter):
+                packed.update({f"{owner}.{name}": t for name, t in module.pack(value).items()})
+            else:
+                packed[key] = value
+        return packed
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: UPetuConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Insert the adapter name into checkpoint keys; packed entries follow the latent tensor they encode."""
+        packed = {k: v for k, v in state_dict.items() if k.rpartition(".")[2] in PACKED_FIELDS}
+        plain = {k: v for k, v in state_dict.items() if k not in packed}
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, plain)
+        owners = sorted({k.rpartition(".")[0] for k in packed})
+        latent_keys = super()._remap_adapter_state_dict_for_load(
+            model, config, adapter_name, {f"{owner}.latent": None for owner in owners}
+        )
+        owner_map = dict(zip(owners, (k.rpartition(".")[0] for k in latent_keys)))
+        for key, value in packed.items():
+            owner, _, leaf = key.rpartition(".")
+            remapped[f"{owner_map[owner]}.{leaf}"] = value
+        return remapped
