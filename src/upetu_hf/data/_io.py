@@ -27,7 +27,9 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for path in list_image_files(folder):
         if path.stem in out:
-            raise ValueError(f"Two images share the stem {path.stem!r} in {folder}: {out[path.stem].name} and {path.name}.")
+            raise ValueError(
+                f"Two images share the stem {path.stem!r} in {folder}: {out[path.stem].name} and {path.name}."
+            )
         out[path.stem] = path
     return out
 

@@ -15,9 +15,7 @@ def _load_one(root: Path, a_dir: str, b_dir: str, label_dir: str, verify: bool) 
     pairs = pair_by_stem({"image_a": root / a_dir, "image_b": root / b_dir, "label": root / label_dir})
     for _, files in pairs:
         check_pair_sizes(files, verify)
-    features = Features(
-        {"image_a": Image(), "image_b": Image(), "label": Image(), "name": Value("string")}
-    )
+    features = Features({"image_a": Image(), "image_b": Image(), "label": Image(), "name": Value("string")})
     columns = {
         "image_a": [str(f[0]) for _, f in pairs],
         "image_b": [str(f[1]) for _, f in pairs],

@@ -28,9 +28,7 @@ def load_image_folder(path: str | Path, verify: bool = False) -> Dataset:
     if not files:
         loose = list_image_files(root)
         hint = (
-            f" It holds {len(loose)} images directly; put them in one sub-folder per class."
-            if loose
-            else ""
+            f" It holds {len(loose)} images directly; put them in one sub-folder per class." if loose else ""
         )
         raise ValueError(
             f"No images found in {root}: expected <root>/<class>/*.jpg|png|tif with at least 2 class folders.{hint}"
@@ -94,7 +92,9 @@ def _standardise(ds: Dataset, image_column: str, label_column: str) -> Dataset:
         ds = ds.cast_column(image_column, Image())
     if not isinstance(ds.features[label_column], ClassLabel):
         ds = ds.class_encode_column(label_column)
-    ds = ds.rename_columns({k: v for k, v in {image_column: "image", label_column: "label"}.items() if k != v})
+    ds = ds.rename_columns(
+        {k: v for k, v in {image_column: "image", label_column: "label"}.items() if k != v}
+    )
     if ds.features["label"].num_classes < 2:
         raise ValueError(f"Dataset has only {ds.features['label'].num_classes} class; need at least 2.")
     return ds

@@ -27,7 +27,9 @@ def pair_by_stem(folders: dict[str, Path]) -> list[tuple[str, list[Path]]]:
             where = ", ".join(f"{folders[r]}/{stem}.*" for r in missing)
             problems.append(f"{present} has no partner file (expected {where})")
     if problems:
-        shown = "; ".join(problems[:10]) + (f"; ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        shown = "; ".join(problems[:10]) + (
+            f"; ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        )
         raise ValueError(f"{len(problems)} unpaired file(s): {shown}.")
     return [(stem, [found[role][stem] for role in found]) for stem in sorted(all_stems)]
 

@@ -17,9 +17,7 @@ def _class_labels(ds: Dataset, label_column: str) -> list[Hashable]:
     return list(ds.select_columns([label_column]).with_format(None)[label_column])
 
 
-def stratified_indices(
-    labels: list[Hashable], fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
+def stratified_indices(labels: list[Hashable], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Split positions ``0..len(labels)-1`` per class: ``round(n_c * fraction)`` of each class go first.
 
     Deterministic for a given ``seed`` (a local ``numpy`` generator; no global RNG is touched). Each

@@ -205,12 +205,11 @@ def joint_flip_rotate(
 
 def normalize(img: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``uint8`` ``H x W x 3`` -> float32 ``3 x H x W`` tensor ``(x / 255 - mean) / std``."""
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).to(torch.float32).div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return (t - m) / s
+    x = img.astype(np.float32) * np.float32(1.0 / 255.0)
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
     """``H x W`` mask -> ``int64`` tensor."""
-    return torch.from_numpy(np.ascontiguousarray(mask)).to(torch.int64)
+    return torch.from_numpy(np.array(mask, dtype=np.int64))

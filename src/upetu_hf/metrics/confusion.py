@@ -190,7 +190,9 @@ class ConfusionMatrix:
         if not isinstance(other, ConfusionMatrix):
             raise TypeError(f"can only merge a ConfusionMatrix, got {type(other).__name__}")
         if other.num_classes != self.num_classes:
-            raise ValueError(f"cannot merge confusion matrices with {self.num_classes} and {other.num_classes} classes")
+            raise ValueError(
+                f"cannot merge confusion matrices with {self.num_classes} and {other.num_classes} classes"
+            )
         if other.ignore_index != self.ignore_index:
             raise ValueError(
                 f"cannot merge confusion matrices with ignore_index={self.ignore_index} and "

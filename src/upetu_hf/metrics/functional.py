@@ -64,7 +64,9 @@ def normalize_task(task: str) -> str:
     """Map a task name or alias (``"semantic-segmentation"``, ``"cd"``, ...) to one of :data:`TASKS`."""
     key = str(task).strip().lower().replace("-", "_").replace(" ", "_")
     if key not in _TASK_ALIASES:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS} (or aliases {sorted(_TASK_ALIASES)})")
+        raise ValueError(
+            f"unknown task {task!r}; expected one of {TASKS} (or aliases {sorted(_TASK_ALIASES)})"
+        )
     return _TASK_ALIASES[key]
 
 

@@ -41,6 +41,7 @@ _MODULE_NAMES = {
     "change_detection": "upetu_change_detection",
 }
 CONFIG_KEYS: tuple[str, ...] = ("num_classes", "ignore_index", "class_names")
+TASK_DEFAULT: Any = object()  # sentinel: "use the task's default ignore_index"
 
 
 def default_ignore_index(task: str) -> int:
@@ -89,7 +90,9 @@ def evaluate_features(task: str) -> datasets.Features:
     return datasets.Features({"predictions": feature, "references": feature})
 
 
-def _infer_num_classes(refs: Iterable[np.ndarray], preds: Iterable[np.ndarray], ignore_index: int | None) -> int:
+def _infer_num_classes(
+    refs: Iterable[np.ndarray], preds: Iterable[np.ndarray], ignore_index: int | None
+) -> int:
     highest = -1
     for ref, pred in zip(refs, preds, strict=True):
         if ignore_index is not None:
@@ -108,7 +111,7 @@ def compute_from_examples(
     predictions: Sequence[Any],
     references: Sequence[Any],
     num_classes: int | None = None,
-    ignore_index: int | None = None,
+    ignore_index: Any = TASK_DEFAULT,
     class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Build the confusion matrix of a list of examples and return the metrics of ``task``.
@@ -116,9 +119,12 @@ def compute_from_examples(
     Classification examples are integer labels; segmentation and change-detection examples are label maps
     (any shape, they may differ between examples). ``num_classes`` defaults to ``len(class_names)``, then to
     ``max label + 1`` seen in the data (absent classes do not change the mean scores, see
-    :mod:`upetu_hf.metrics.functional`). Change detection always uses 2 classes.
+    :mod:`upetu_hf.metrics.functional`). Change detection always uses 2 classes. ``ignore_index`` (an int
+    or ``None``) defaults to :func:`default_ignore_index` of the task.
     """
     task = normalize_task(task)
+    if ignore_index is TASK_DEFAULT:
+        ignore_index = default_ignore_index(task)
     if len(predictions) != len(references):
         raise ValueError(f"got {len(predictions)} predictions but {len(references)} references")
     if task == "classification":
@@ -127,6 +133,10 @@ def compute_from_examples(
     else:
         preds = [np.asarray(p) for p in predictions]
         refs = [np.asarray(r) for r in references]
+
+    for i, (pred, ref) in enumerate(zip(preds, refs, strict=True)):
+        if pred.shape != ref.shape:
+            raise ValueError(f"example {i}: prediction shape {pred.shape} != reference shape {ref.shape}")
 
     if task == "change_detection":
         if num_classes not in (None, 2):

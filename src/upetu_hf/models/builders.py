@@ -35,13 +35,21 @@ logger = logging.get_logger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("convnext", "convnextv2")
 _CONFIG_CLASSES = {"convnext": ConvNextConfig, "convnextv2": ConvNextV2Config}
-_CLASSIFICATION_CLASSES = {"convnext": ConvNextForImageClassification, "convnextv2": ConvNextV2ForImageClassification}
+_CLASSIFICATION_CLASSES = {
+    "convnext": ConvNextForImageClassification,
+    "convnextv2": ConvNextV2ForImageClassification,
+}
 # Prefixes under which ConvNeXt weights may live in a checkpoint (classification / wrappers / backbone-only).
 _SOURCE_PREFIXES = ("convnext.", "convnextv2.", "backbone.", "model.", "")
 # Backbone sub-trees that MUST come from the checkpoint.
 _REQUIRED_PREFIXES = ("embeddings.", "encoder.")
 # Checkpoint files, by priority.
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 # Config fields of a checkpoint config that are meaningless for a backbone sub-config.
 _DROP_FROM_BACKBONE_CONFIG = (
     "id2label",
@@ -238,7 +246,7 @@ def load_convnext_backbone_weights(
             else:
                 report.initialised.append(key)
     used = set(report.loaded)
-    report.ignored += sorted(key for key in source if key not in used)
+    report.ignored += sorted(prefix + key for key in source if key not in used)
     logger.info(
         f"Loaded {len(report.loaded)} pretrained backbone tensors; kept initialisation for {report.initialised}; "
         f"ignored {len(report.ignored)} checkpoint tensors."
@@ -376,9 +384,13 @@ def build_change_detection_model(
     elif num_labels != 2:
         kwargs["num_labels"] = num_labels
     backbone_config = make_backbone_config(source_config, backbone_overrides)
-    config = ConvNextChangeDetectionConfig(backbone_config=backbone_config, ignore_index=ignore_index, **kwargs)
+    config = ConvNextChangeDetectionConfig(
+        backbone_config=backbone_config, ignore_index=ignore_index, **kwargs
+    )
     if config.num_labels != num_labels:
-        raise ValueError(f"num_labels={num_labels} disagrees with the labels in kwargs ({config.num_labels}).")
+        raise ValueError(
+            f"num_labels={num_labels} disagrees with the labels in kwargs ({config.num_labels})."
+        )
     model = ConvNextForChangeDetection(config)
     state_dict = load_checkpoint_state_dict(checkpoint, **hub_kwargs)
     model.load_report = load_convnext_backbone_weights(model.backbone, state_dict)

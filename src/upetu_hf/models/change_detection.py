@@ -63,7 +63,7 @@ class ConvNextChangeDetectionConfig(PreTrainedConfig):
     Args:
         backbone_config (`ConvNextConfig`, `ConvNextV2Config` or `dict`, *optional*):
             Configuration of the shared Siamese backbone. A `dict` must carry a `model_type` of `"convnext"` or
-            `"convnextv2"`. Defaults to a ConvNeXt-T config (`hidden_sizes=[96, 192, 384, 768]`,
+            `"convnextv2"` (without one, `"convnext"` is assumed). Defaults to a ConvNeXt-T config (`hidden_sizes=[96, 192, 384, 768]`,
             `depths=[3, 3, 9, 3]`). `out_features` is always forced to all stages (`stage1..stage4`) because the
             decoder consumes the full pyramid.
         num_labels (`int`, *optional*, defaults to 2):
@@ -108,12 +108,16 @@ class ConvNextChangeDetectionConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        if isinstance(self.backbone_config, dict) and "model_type" not in self.backbone_config:
+            self.backbone_config = {**self.backbone_config, "model_type": "convnext"}
         num_labels = kwargs.get("num_labels")
         if self.id2label is None and num_labels in (None, 2):
             self.id2label = dict(DEFAULT_CHANGE_ID2LABEL)
             if self.label2id is None:
                 self.label2id = {v: k for k, v in DEFAULT_CHANGE_ID2LABEL.items()}
         super().__post_init__(**kwargs)
+        if self.id2label is not None and self.label2id is None:
+            self.label2id = {label: idx for idx, label in self.id2label.items()}
 
         backbone_type = getattr(self.backbone_config, "model_type", None)
         if backbone_type not in SUPPORTED_BACKBONE_TYPES:
@@ -170,8 +174,9 @@ class ChangeDetectionOutput(ModelOutput):
 
 
 def _group_count(channels: int) -> int:
+    """Number of GroupNorm groups: up to 32, at least 4 channels per group when possible."""
     for groups in (32, 16, 8, 4, 2):
-        if channels % groups == 0:
+        if channels % groups == 0 and channels // groups >= 4:
             return groups
     return 1
 
@@ -237,7 +242,8 @@ class ConvNextChangeDetectionHead(nn.Module):
                 f"{len(features_a)} and {len(features_b)}."
             )
         fused = [
-            conv(self.fuse(fa, fb)) for conv, fa, fb in zip(self.fusion_convs, features_a, features_b, strict=True)
+            conv(self.fuse(fa, fb))
+            for conv, fa, fb in zip(self.fusion_convs, features_a, features_b, strict=True)
         ]
         merged = fused[-1]
         for level in range(len(fused) - 2, -1, -1):
@@ -302,14 +308,22 @@ class ConvNextForChangeDetection(ConvNextChangeDetectionPreTrainedModel):
     def total_stride(self) -> int:
         return self.config.total_stride
 
-    def _validate_inputs(self, pixel_values_a: torch.Tensor | None, pixel_values_b: torch.Tensor | None) -> None:
+    def _validate_inputs(
+        self, pixel_values_a: torch.Tensor | None, pixel_values_b: torch.Tensor | None
+    ) -> None:
         if pixel_values_a is None or pixel_values_b is None:
-            missing = [n for n, v in (("pixel_values_a", pixel_values_a), ("pixel_values_b", pixel_values_b)) if v is None]
+            missing = [
+                n
+                for n, v in (("pixel_values_a", pixel_values_a), ("pixel_values_b", pixel_values_b))
+                if v is None
+            ]
             raise ValueError(f"ConvNextForChangeDetection needs both images; missing: {', '.join(missing)}.")
         for name, value in (("pixel_values_a", pixel_values_a), ("pixel_values_b", pixel_values_b)):
             if not torch.is_tensor(value) or value.ndim != 4:
                 shape = tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
-                raise ValueError(f"{name} must be a 4-D tensor (batch, channels, height, width), got {shape}.")
+                raise ValueError(
+                    f"{name} must be a 4-D tensor (batch, channels, height, width), got {shape}."
+                )
         if pixel_values_a.shape != pixel_values_b.shape:
             raise ValueError(
                 f"pixel_values_a and pixel_values_b must have the same shape (batch, channels, height, width), got "
@@ -422,7 +436,9 @@ class ConvNextForChangeDetection(ConvNextChangeDetectionPreTrainedModel):
         ignored = {"output_attentions", "num_items_in_batch"}
         unexpected = sorted(k for k, v in kwargs.items() if v is not None and k not in ignored)
         if unexpected:
-            raise TypeError(f"ConvNextForChangeDetection.forward got unexpected keyword arguments: {unexpected}.")
+            raise TypeError(
+                f"ConvNextForChangeDetection.forward got unexpected keyword arguments: {unexpected}."
+            )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -436,7 +452,9 @@ class ConvNextForChangeDetection(ConvNextChangeDetectionPreTrainedModel):
         logits = F.interpolate(logits, size=pixel_values_a.shape[-2:], mode="bilinear", align_corners=False)
 
         loss = self.compute_loss(logits, labels) if labels is not None else None
-        output = ChangeDetectionOutput(loss=loss, logits=logits, hidden_states_a=hidden_a, hidden_states_b=hidden_b)
+        output = ChangeDetectionOutput(
+            loss=loss, logits=logits, hidden_states_a=hidden_a, hidden_states_b=hidden_b
+        )
         return output if return_dict else output.to_tuple()
 
 

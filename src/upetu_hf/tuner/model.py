@@ -138,8 +138,10 @@ class UPetuModel(BaseTuner):
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         # ConvNeXt blocks have no `weight` of their own, which BaseTuner._replace_module relies on.
         setattr(parent, child_name, new_module)
-        reference = child.get_base_layer() if isinstance(child, UPetuLayer) else child
-        weight = reference.dwconv.weight
+        reference = child.get_base_layer() if hasattr(child, "get_base_layer") else child
+        weight = next(reference.parameters(), None)
+        if weight is None:
+            return
         for name, module in new_module.named_modules():
             if self.prefix in name and not any(p.device.type == "meta" for p in module.parameters()):
                 module.to(weight.device)
@@ -153,6 +155,13 @@ class UPetuModel(BaseTuner):
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         self._check_merge_allowed()
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """`...upetu_eqam.<adapter>.down.packed` -> `...upetu_eqam.down.packed` (the name sits mid-key)."""
+        for container in UPetuLayer.adapter_layer_names:
+            key = key.replace(f".{container}.{adapter_name}.", f".{container}.")
+        return key
 
     @classmethod
     def _get_adapter_state_dict(
@@ -192,3 +201,19 @@ class UPetuModel(BaseTuner):
             owner, _, leaf = key.rpartition(".")
             remapped[f"{owner_map[owner]}.{leaf}"] = value
         return remapped
+
+    def parameter_counts(self, adapter_name: str = "default") -> dict[str, int]:
+        """Parameter counts: `adapter` (UPetu modules of `adapter_name`), `head` (its `modules_to_save` copies),
+        `backbone` (base parameters outside the task heads) and `base` (all base parameters)."""
+        counts = {"adapter": 0, "head": 0, "backbone": 0, "base": 0}
+        for name, param in self.model.named_parameters():
+            parts = name.split(".")
+            if any(p.startswith(self.prefix) for p in parts):
+                counts["adapter"] += param.numel() if adapter_name in parts else 0
+            elif "modules_to_save" in parts:
+                counts["head"] += param.numel() if adapter_name in parts else 0
+            else:
+                counts["base"] += param.numel()
+                if "original_module" not in parts and parts[0] not in KNOWN_HEADS:
+                    counts["backbone"] += param.numel()
+        return counts

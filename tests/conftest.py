@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny ConvNeXt configs (nothing downloaded) and the location of the real data in ../shared."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import ConvNextConfig, ConvNextV2Config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = (REPO_ROOT / ".." / "shared").resolve()
+SHARED_BACKBONE = SHARED / "models" / "rs-convnext-atto-aid"
+
+requires_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data folder {SHARED} is missing")
+
+
+def tiny_config(version: int = 1, num_labels: int = 5, **kwargs):
+    """A ConvNeXt(V2) config small enough for CPU unit tests (4 stages, depths 1-1-2-1, widths 8..64)."""
+    cls = ConvNextConfig if version == 1 else ConvNextV2Config
+    defaults = dict(depths=[1, 1, 2, 1], hidden_sizes=[8, 16, 32, 64], num_labels=num_labels)
+    defaults.update(kwargs)
+    return cls(**defaults)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
