@@ -124,7 +124,9 @@ def test_save_reload_bit_identical(tmp_path, version, bits):
         expected = model(x).logits
     model.save_pretrained(tmp_path)
     for low_cpu_mem_usage in (False, True):
-        loaded = PeftModel.from_pretrained(classifier(version), tmp_path, low_cpu_mem_usage=low_cpu_mem_usage).eval()
+        loaded = PeftModel.from_pretrained(
+            classifier(version), tmp_path, low_cpu_mem_usage=low_cpu_mem_usage
+        ).eval()
         with torch.no_grad():
             got = loaded(x).logits
         assert torch.equal(got, expected), f"bits={bits} low_cpu_mem_usage={low_cpu_mem_usage}"
@@ -139,7 +141,10 @@ def test_checkpoint_holds_packed_codes(tmp_path):
     assert not any(k.endswith(".latent") for k in state)
     down = state["base_model.model.convnext.encoder.stages.0.layers.0.upetu_eqam.down.packed"]
     assert down.dtype == torch.uint8 and tuple(down.shape) == (16, 1)  # 16 x 8 one-bit codes -> 1 byte a row
-    assert state["base_model.model.convnext.encoder.stages.0.layers.0.upetu_eqam.scale.packed"].dtype == torch.int8
+    assert (
+        state["base_model.model.convnext.encoder.stages.0.layers.0.upetu_eqam.scale.packed"].dtype
+        == torch.int8
+    )
     assert "base_model.model.classifier.weight" in state
 
 
@@ -181,7 +186,9 @@ def test_offline_hub_cache_loading(tmp_path):
         """
     )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LOADED-FROM-HUB-CACHE" in result.stdout
 
@@ -266,7 +273,9 @@ def test_half_precision_forward(dtype):
 
 def test_upernet_with_convnext_backbone(tmp_path):
     config = UperNetConfig(
-        backbone_config=tiny_config(1, out_features=OUT_FEATURES), num_labels=3, hidden_size=16,
+        backbone_config=tiny_config(1, out_features=OUT_FEATURES),
+        num_labels=3,
+        hidden_size=16,
         auxiliary_channels=8,
     )
     torch.manual_seed(1)
@@ -316,8 +325,14 @@ def test_frozen_head_is_not_silent():
 
 @pytest.mark.parametrize(
     "kwargs, field",
-    [({"bits": 3}, "bits"), ({"r": 0}, "r"), ({"prompt_size": 0}, "prompt_size"), ({"side_bits": 4}, "side_bits"),
-     ({"codebook": "uniform"}, "codebook"), ({"stages": [-1]}, "stages")],
+    [
+        ({"bits": 3}, "bits"),
+        ({"r": 0}, "r"),
+        ({"prompt_size": 0}, "prompt_size"),
+        ({"side_bits": 4}, "side_bits"),
+        ({"codebook": "uniform"}, "codebook"),
+        ({"stages": [-1]}, "stages"),
+    ],
 )
 def test_invalid_config_values(kwargs, field):
     with pytest.raises(ValueError, match=rf"UPetuConfig\.{field}=.*allowed values"):

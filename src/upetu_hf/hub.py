@@ -93,7 +93,9 @@ def save_adapter(
     try:
         model.save_pretrained(tmp, selected_adapters=[adapter_name])
         written = tmp / adapter_name if adapter_name != "default" else tmp
-        card = adapter_card(model, adapter_name, (written / ADAPTER_WEIGHTS_NAME).stat().st_size, metrics, datasets)
+        card = adapter_card(
+            model, adapter_name, (written / ADAPTER_WEIGHTS_NAME).stat().st_size, metrics, datasets
+        )
         card.save(written / "README.md")
         target.mkdir(exist_ok=True)
         for item in written.iterdir():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from peft.config import PeftConfig
 
@@ -15,7 +14,9 @@ ALLOWED_CODEBOOKS = ("lloyd", "quantile")
 
 def _check_choice(name: str, value: object, allowed: tuple) -> None:
     if value not in allowed:
-        raise ValueError(f"UPetuConfig.{name}={value!r} is invalid: allowed values are {', '.join(map(str, allowed))}.")
+        raise ValueError(
+            f"UPetuConfig.{name}={value!r} is invalid: allowed values are {', '.join(map(str, allowed))}."
+        )
 
 
 @dataclass
@@ -50,17 +51,20 @@ class UPetuConfig(PeftConfig):
     prompt_size: int = field(default=4, metadata={"help": "Side of the CAPM prompt maps."})
     activation: str = field(default="gelu", metadata={"help": "EQAM activation."})
     codebook: str = field(default="lloyd", metadata={"help": "k-bit codebook: 'lloyd' or 'quantile'."})
-    side_bits: Optional[int] = field(default=None, metadata={"help": "Side-tensor storage bits: 8, 16 or 32."})
+    side_bits: int | None = field(default=None, metadata={"help": "Side-tensor storage bits: 8, 16 or 32."})
     use_eqam: bool = field(default=True, metadata={"help": "Add EQAM adapters."})
     use_capm: bool = field(default=True, metadata={"help": "Add CAPM prompts."})
-    stages: Optional[list[int]] = field(default=None, metadata={"help": "Stages to adapt (0-based); None = all."})
-    target_modules: Optional[Union[list[str], str]] = field(
-        default=None, metadata={"help": "Restrict EQAM to these ConvNeXt blocks (regex or names); None = all."}
+    stages: list[int] | None = field(
+        default=None, metadata={"help": "Stages to adapt (0-based); None = all."}
     )
-    exclude_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
+        default=None,
+        metadata={"help": "Restrict EQAM to these ConvNeXt blocks (regex or names); None = all."},
+    )
+    exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "ConvNeXt blocks to leave untouched (regex or names)."}
     )
-    modules_to_save: Optional[list[str]] = field(
+    modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Trainable, saved modules (task heads); None = detect known heads."}
     )
 
@@ -68,7 +72,9 @@ class UPetuConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PEFT_TYPE
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"UPetuConfig.r={self.r!r} is invalid: allowed values are positive integers (e.g. 16).")
+            raise ValueError(
+                f"UPetuConfig.r={self.r!r} is invalid: allowed values are positive integers (e.g. 16)."
+            )
         _check_choice("bits", self.bits, ALLOWED_BITS)
         _check_choice("codebook", self.codebook, ALLOWED_CODEBOOKS)
         if self.side_bits is not None:
@@ -103,10 +109,12 @@ class UPetuConfig(PeftConfig):
         return 32 if self.bits == 32 else 8
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
         """Load the config of a saved adapter (local folder or Hub id) and check its weights file is readable."""
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
-        check_adapter_weights(pretrained_model_name_or_path, subfolder=subfolder, revision=kwargs.get("revision"))
+        check_adapter_weights(
+            pretrained_model_name_or_path, subfolder=subfolder, revision=kwargs.get("revision")
+        )
         return config
 
 
@@ -114,8 +122,8 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 
 
 def check_adapter_weights(
-    model_id: str, subfolder: Optional[str] = None, revision: Optional[str] = None
-) -> Optional[str]:
+    model_id: str, subfolder: str | None = None, revision: str | None = None
+) -> str | None:
     """Raise a clear error if the adapter's `adapter_model.safetensors` (local, or already in the HF cache) is corrupt.
 
     Returns the checked file's path, or None when the file is not available locally yet (it is then downloaded,

@@ -105,7 +105,9 @@ class UPetuModel(BaseTuner):
     @staticmethod
     def _warn_untrained_head(peft_config: UPetuConfig, model: nn.Module) -> None:
         saved = set(peft_config.modules_to_save or [])
-        frozen_heads = [name for name, _ in model.named_children() if name in KNOWN_HEADS and name not in saved]
+        frozen_heads = [
+            name for name, _ in model.named_children() if name in KNOWN_HEADS and name not in saved
+        ]
         if frozen_heads:
             warnings.warn(
                 f"The task head(s) {frozen_heads} stay frozen and are not saved with the adapter. If they are freshly "
@@ -135,7 +137,9 @@ class UPetuModel(BaseTuner):
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
 
-    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+    def _replace_module(
+        self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module
+    ) -> None:
         # ConvNeXt blocks have no `weight` of their own, which BaseTuner._replace_module relies on.
         setattr(parent, child_name, new_module)
         reference = child.get_base_layer() if hasattr(child, "get_base_layer") else child
@@ -173,7 +177,9 @@ class UPetuModel(BaseTuner):
         unwanted_adapter_names: list[str],
     ) -> dict[str, torch.Tensor]:
         """Select the adapter's tensors and store each quantized tensor as packed codes plus statistics."""
-        selected = super()._get_adapter_state_dict(model, config, adapter_name, state_dict, unwanted_adapter_names)
+        selected = super()._get_adapter_state_dict(
+            model, config, adapter_name, state_dict, unwanted_adapter_names
+        )
         packed: dict[str, torch.Tensor] = {}
         for key, value in selected.items():
             owner, _, leaf = key.rpartition(".")

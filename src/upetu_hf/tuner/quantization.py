@@ -10,7 +10,7 @@ values, so an adapter reloaded from its packed form reproduces the saved model b
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ def _normal_pdf(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
 
 
-@lru_cache(maxsize=None)
+@cache
 def codebook_levels(bits: int, kind: str = "lloyd") -> tuple[float, ...]:
     """Sorted levels of a `2**bits`-entry codebook for standardised (zero-mean, unit-variance) weights.
 
@@ -39,7 +39,9 @@ def codebook_levels(bits: int, kind: str = "lloyd") -> tuple[float, ...]:
     levels = math.sqrt(2.0) * torch.erfinv(2.0 * probs - 1.0)
     if kind == "lloyd":
         for _ in range(300):
-            edges = torch.cat([torch.tensor([-math.inf]), (levels[1:] + levels[:-1]) / 2, torch.tensor([math.inf])])
+            edges = torch.cat(
+                [torch.tensor([-math.inf]), (levels[1:] + levels[:-1]) / 2, torch.tensor([math.inf])]
+            )
             lo, hi = edges[:-1], edges[1:]
             mass = (_normal_cdf(hi) - _normal_cdf(lo)).clamp_min(1e-300)
             levels = (_normal_pdf(lo) - _normal_pdf(hi)) / mass
@@ -224,8 +226,14 @@ class QuantizedParameter(nn.Module):
                 "another UPetu config (r, bits, prompt_size): load it onto the base model named in its "
                 "adapter_config.json (base_model_name_or_path)."
             )
-        if "stats" in PACKED_FIELDS and isinstance(self.codec, (KBitCodec, Int8Codec)) and "stats" not in stored:
-            raise ValueError(f"The UPetu adapter checkpoint lacks '{prefix}stats', needed to decode '{packed_key}'.")
+        if (
+            "stats" in PACKED_FIELDS
+            and isinstance(self.codec, (KBitCodec, Int8Codec))
+            and "stats" not in stored
+        ):
+            raise ValueError(
+                f"The UPetu adapter checkpoint lacks '{prefix}stats', needed to decode '{packed_key}'."
+            )
         device = self.latent.device if not self.latent.is_meta else stored["packed"].device
         stored = {k: v.to(device) for k, v in stored.items()}
         decoded = self.codec.decode(stored, self.latent.shape)
