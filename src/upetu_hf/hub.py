@@ -1,8 +1,9 @@
-"""Model cards and publishing for UPetu adapters.
+"""Model cards and publishing for UPetu adapters (and for the baselines that `upetu-train` trains: other PEFT
+adapters such as LoRA / IA3, and fully fine-tuned models).
 
 `PeftModel.push_to_hub` (inherited from transformers) replaces the README with a card that says
 `library_name: transformers` and has no `base_model`; `push_to_hub` here uploads the adapter together with a
-correct card instead.
+correct card instead. `upload_folder` publishes an already saved folder (e.g. a training run's outputs).
 """
 
 from __future__ import annotations
@@ -16,9 +17,24 @@ from typing import Any
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from peft import PeftModel
 
-from .tuner.config import ADAPTER_WEIGHTS_NAME, UPetuConfig
+from .tuner.config import ADAPTER_WEIGHTS_NAME, PEFT_TYPE
 
 CARD_TAGS = ["upetu", "peft", "remote-sensing", "convnext", "parameter-efficient-fine-tuning"]
+BASELINE_TAGS = ["peft", "remote-sensing", "convnext", "parameter-efficient-fine-tuning"]
+
+
+def _hub_id(base_model: str | None) -> str | None:
+    """`base_model` for the card metadata: a Hub id, or None for a local path (which the Hub would reject)."""
+    if not base_model or base_model.startswith((".", "/", "~")) or os.path.isdir(base_model):
+        return None
+    return base_model
+
+
+def _metric_rows(metrics: dict[str, Any] | None) -> list[tuple[str, str]]:
+    return [
+        (f"eval {key}", f"{value:.4f}" if isinstance(value, float) else str(value))
+        for key, value in (metrics or {}).items()
+    ]
 
 
 def adapter_card(
@@ -27,15 +43,23 @@ def adapter_card(
     adapter_bytes: int | None = None,
     metrics: dict[str, Any] | None = None,
     datasets: list[str] | None = None,
+    usage: str | None = None,
 ) -> ModelCard:
     """A Hub model card for a UPetu adapter: `library_name: peft`, `base_model`, tags, and a summary table with
-    the bit width, trainable share, adapter size on disk and (optionally) evaluation metrics."""
-    config: UPetuConfig = model.peft_config[adapter_name]
+    the bit width, trainable share, adapter size on disk and (optionally) evaluation metrics.
+
+    Other PEFT adapters (e.g. the LoRA / IA3 baselines) get a card with the same metadata and a table of their
+    own settings. `usage` (Markdown) replaces the default "Usage" section.
+    """
+    config = model.peft_config[adapter_name]
+    if config.peft_type != PEFT_TYPE:
+        return _baseline_adapter_card(model, adapter_name, adapter_bytes, metrics, datasets, usage)
     base_model = config.base_model_name_or_path or None
     counts = model.base_model.parameter_counts(adapter_name)
     share = 100.0 * counts["adapter"] / max(counts["backbone"], 1)
-    tags = CARD_TAGS + ([f"base_model:adapter:{base_model}"] if base_model else [])
-    data = ModelCardData(library_name="peft", base_model=base_model, tags=tags, datasets=datasets or None)
+    hub_base = _hub_id(base_model)
+    tags = CARD_TAGS + ([f"base_model:adapter:{hub_base}"] if hub_base else [])
+    data = ModelCardData(library_name="peft", base_model=hub_base, tags=tags, datasets=datasets or None)
     rows = [
         ("method", "UPetu (EQAM + CAPM)" if config.use_eqam and config.use_capm else "UPetu (ablation)"),
         ("Q-Linear bit width", str(config.bits)),
@@ -47,10 +71,10 @@ def adapter_card(
     ]
     if adapter_bytes is not None:
         rows.append(("adapter_model.safetensors", f"{adapter_bytes / 1000:.1f} KB"))
-    for key, value in (metrics or {}).items():
-        rows.append((f"eval {key}", f"{value:.4f}" if isinstance(value, float) else str(value)))
+    rows += _metric_rows(metrics)
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     base_line = f"`{base_model}`" if base_model else "a ConvNeXt model"
+    usage = usage or _default_usage(base_model, upetu=True)
     body = f"""# UPetu adapter for {base_line}
 
 A [UPetu](https://doi.org/10.1109/TGRS.2024.3382734) adapter (Dong, Gu, Liu, IEEE TGRS 2024) trained with
@@ -63,16 +87,122 @@ prompts on every stage, stored as packed {config.bits}-bit codes.
 
 ## Usage
 
-```python
-import upetu_hf  # registers UPetu with peft: import it before loading
-from peft import PeftModel
+{usage}
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _default_usage(base_model: str | None, upetu: bool) -> str:
+    first = "import upetu_hf  # registers UPetu with peft: import it before loading\n" if upetu else ""
+    return f"""```python
+{first}from peft import PeftModel
 from transformers import AutoModelForImageClassification
 
 base = AutoModelForImageClassification.from_pretrained("{base_model or "<base model>"}")
 model = PeftModel.from_pretrained(base, "<this repo id>")
-```
+```"""
+
+
+def _baseline_adapter_card(
+    model: PeftModel,
+    adapter_name: str,
+    adapter_bytes: int | None,
+    metrics: dict[str, Any] | None,
+    datasets: list[str] | None,
+    usage: str | None,
+) -> ModelCard:
+    config = model.peft_config[adapter_name]
+    method = str(getattr(config.peft_type, "value", config.peft_type))
+    method = {"LORA": "LoRA", "LOHA": "LoHa", "LOKR": "LoKr"}.get(method, method)
+    base_model = config.base_model_name_or_path or None
+    prefix = getattr(model.base_model, "prefix", None) or f"{method.lower()}_"
+    adapter = head = 0
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        if adapter_name not in parts:
+            continue
+        if "modules_to_save" in parts:
+            head += param.numel()
+        elif any(part.startswith(prefix) for part in parts):
+            adapter += param.numel()
+    hub_base = _hub_id(base_model)
+    tags = BASELINE_TAGS + [method.lower()] + ([f"base_model:adapter:{hub_base}"] if hub_base else [])
+    data = ModelCardData(library_name="peft", base_model=hub_base, tags=tags, datasets=datasets or None)
+    rows = [("method", method)]
+    for field_name in ("r", "lora_alpha", "lora_dropout", "target_modules", "feedforward_modules"):
+        value = getattr(config, field_name, None)
+        if value is not None:
+            rows.append((field_name, str(sorted(value) if isinstance(value, (set, list)) else value)))
+    rows += [
+        ("trainable adapter parameters", f"{adapter:,}"),
+        ("task-head parameters (modules_to_save)", f"{head:,}"),
+    ]
+    if adapter_bytes is not None:
+        rows.append(("adapter_model.safetensors", f"{adapter_bytes / 1000:.1f} KB"))
+    rows += _metric_rows(metrics)
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    base_line = f"`{base_model}`" if base_model else "a ConvNeXt model"
+    body = f"""# {method} adapter for {base_line}
+
+A {method} adapter trained with [upetu-hf](https://github.com/upetu-hf/upetu-hf), as a baseline for UPetu.
+
+| property | value |
+|---|---|
+{table}
+
+## Usage
+
+{usage or _default_usage(base_model, upetu=False)}
 """
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def model_card(
+    base_model: str | None,
+    method: str = "full fine-tuning",
+    parameters: dict[str, int] | None = None,
+    metrics: dict[str, Any] | None = None,
+    datasets: list[str] | None = None,
+    usage: str | None = None,
+) -> ModelCard:
+    """A Hub model card for a whole fine-tuned model (`library_name: transformers`, `base_model`, tags)."""
+    hub_base = _hub_id(base_model)
+    tags = ["remote-sensing", "convnext", "upetu-hf"] + (
+        [f"base_model:finetune:{hub_base}"] if hub_base else []
+    )
+    data = ModelCardData(
+        library_name="transformers", base_model=hub_base, tags=tags, datasets=datasets or None
+    )
+    rows = [("method", method)]
+    rows += [(f"{key} parameters", f"{value:,}") for key, value in (parameters or {}).items()]
+    rows += _metric_rows(metrics)
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    base_line = f"`{base_model}`" if base_model else "a ConvNeXt model"
+    default_usage = """```python
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("<this repo id>")
+```"""
+    body = f"""# {base_line}, {method}
+
+Trained with [upetu-hf](https://github.com/upetu-hf/upetu-hf), as a baseline for UPetu.
+
+| property | value |
+|---|---|
+{table}
+
+## Usage
+
+{usage or default_usage}
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _move_files_in(source: Path, target: Path) -> None:
+    target.mkdir(exist_ok=True)
+    for item in source.iterdir():
+        if item.is_file():
+            os.replace(item, target / item.name)
 
 
 def save_adapter(
@@ -81,11 +211,12 @@ def save_adapter(
     adapter_name: str = "default",
     metrics: dict[str, Any] | None = None,
     datasets: list[str] | None = None,
+    usage: str | None = None,
 ) -> Path:
     """Save one adapter (packed weights, config, model card) into `save_directory`, atomically per file.
 
     Everything is first written to a temporary folder next to the target and then moved in with `os.replace`,
-    so an interrupted save never leaves a half-written file behind.
+    so an interrupted save never leaves a half-written file behind. Works for UPetu and other PEFT adapters.
     """
     target = Path(save_directory)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -94,16 +225,57 @@ def save_adapter(
         model.save_pretrained(tmp, selected_adapters=[adapter_name])
         written = tmp / adapter_name if adapter_name != "default" else tmp
         card = adapter_card(
-            model, adapter_name, (written / ADAPTER_WEIGHTS_NAME).stat().st_size, metrics, datasets
+            model, adapter_name, (written / ADAPTER_WEIGHTS_NAME).stat().st_size, metrics, datasets, usage
         )
         card.save(written / "README.md")
-        target.mkdir(exist_ok=True)
-        for item in written.iterdir():
-            if item.is_file():
-                os.replace(item, target / item.name)
+        _move_files_in(written, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def save_model(
+    model,
+    save_directory: str | os.PathLike,
+    base_model: str | None = None,
+    method: str = "full fine-tuning",
+    parameters: dict[str, int] | None = None,
+    metrics: dict[str, Any] | None = None,
+    datasets: list[str] | None = None,
+    usage: str | None = None,
+) -> Path:
+    """Save a whole `PreTrainedModel` (`save_pretrained`) with a `model_card`, atomically per file."""
+    target = Path(save_directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        model_card(base_model, method, parameters, metrics, datasets, usage).save(tmp / "README.md")
+        _move_files_in(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def upload_folder(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload UPetu adapter",
+    api: HfApi | None = None,
+    ignore_patterns: list[str] | None = None,
+):
+    """Create the Hub model repo `repo_id` if needed and upload `folder` (minus `ignore_patterns`) to it.
+
+    Returns the `huggingface_hub.CommitInfo` of the upload.
+    """
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    extra = {"ignore_patterns": ignore_patterns} if ignore_patterns else {}
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), commit_message=commit_message, repo_type="model", **extra
+    )
 
 
 def push_to_hub(
@@ -121,10 +293,6 @@ def push_to_hub(
 
     Returns the `huggingface_hub.CommitInfo` of the upload.
     """
-    api = api or HfApi(token=token)
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_adapter(model, Path(tmp) / "adapter", adapter_name, metrics, datasets)
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        return api.upload_folder(
-            repo_id=repo_id, folder_path=folder, commit_message=commit_message, repo_type="model"
-        )
+        return upload_folder(folder, repo_id, private, token, commit_message, api)

@@ -45,7 +45,8 @@ class EQAM(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         hidden = self.act(F.linear(u, self.down()))
-        return F.linear(hidden, self.up()) * self.scale()
+        # the per-channel scale is folded into the (C, r) up weight: cheaper than scaling every pixel
+        return F.linear(hidden, self.up() * self.scale().unsqueeze(1))
 
 
 class CAPM(nn.Module):

@@ -142,20 +142,35 @@ class KBitCodec(Codec):
         self.bits = bits
         self.levels = torch.tensor(codebook_levels(bits, codebook), dtype=torch.float32)
         self.thresholds = (self.levels[1:] + self.levels[:-1]) / 2
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def encode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(levels, thresholds) on `device`, copied there once."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.levels.to(device), self.thresholds.to(device))
+        return self._on_device[device]
+
+    def _codes_and_stats(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         w = latent.detach().float().reshape(latent.shape[0], -1)
         mean = w.mean()
         std = w.std(unbiased=False).clamp_min(_EPS)
-        codes = torch.bucketize((w - mean) / std, self.thresholds.to(w.device))
+        return torch.bucketize((w - mean) / std, self._tables(w.device)[1]), mean, std
+
+    def encode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        codes, mean, std = self._codes_and_stats(latent)
         return {"packed": pack_codes(codes, self.bits), "stats": torch.stack([mean, std])}
 
     def decode(self, stored: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
         cols = math.prod(shape[1:])
         codes = unpack_codes(stored["packed"], self.bits, cols)
         stats = stored["stats"].float()
-        levels = self.levels.to(codes.device)
-        return (stats[0] + stats[1] * levels[codes]).reshape(shape)
+        return (stats[0] + stats[1] * self._tables(codes.device)[0][codes]).reshape(shape)
+
+    def quantize(self, latent: torch.Tensor) -> torch.Tensor:
+        """decode(encode(latent)) without the packing round trip (same values, bit for bit)."""
+        codes, mean, std = self._codes_and_stats(latent)
+        stats = torch.stack([mean, std])
+        return (stats[0] + stats[1] * self._tables(codes.device)[0][codes]).reshape(latent.shape)
 
     def packed_shape(self, shape: torch.Size) -> tuple[int, ...]:
         return (shape[0], -(-math.prod(shape[1:]) * self.bits // 8))

@@ -1,0 +1,1154 @@
+#!/usr/bin/env python
+"""Accuracy benchmark of UPetu against full fine-tuning, the linear probe, LoRA and IA3, on real data, through the
+training API (`upetu_hf.train.train`).
+
+Tasks, data and methods (every path is a flag; the defaults point at `../shared`):
+
+- classification, UCM-55 (`--ucm`, a class-per-folder image set): 50 % of each class for training, stratified,
+  `split_seed` 0. Methods: linear probe, full fine-tuning, LoRA on `pwconv1`/`pwconv2` with its rank matched to
+  UPetu's trainable adapter parameters, IA3, UPetu at 4 (the default configuration), 1 and 32 bits, EQAM only,
+  CAPM only, and UPetu with the largest `r` that keeps its adapter under 1 % of the backbone (`upetu-small`).
+  Images are resized to `--image-size` (112, the pretraining size of the reference backbone).
+- segmentation, GID tiles (`--gid`): a seeded random 60 / 20 / 20 train / validation / test split of the tiles
+  (`train_fraction` 0.8, `validation_fraction` 0.25 of it), tiles resized to `--image-size`, a UperNet head with
+  `--seg-head-hidden` channels; metric mIoU. Methods: full fine-tuning, LoRA (matched rank), UPetu.
+- change detection, LEVIR + DSIFN pairs (`--cd`, one or several `A/ B/ label/` folders): a seeded split by pairs,
+  stratified by source folder (40 % test, 20 % validation, the rest training); training on random crops of
+  `--cd-crop` pixels (a multiple of 32, the backbone stride: 128 for a 112-px backbone), each training pair
+  repeated `--cd-repeats` times per epoch (so an epoch has enough steps); evaluation on the full pairs; metric
+  change F1. Methods: full fine-tuning, LoRA (matched rank), UPetu.
+
+Protocol, the same for every method of a task:
+
+1. Learning-rate search: one run per candidate learning rate, `DEFAULT_LR[method] x f` for every `f` in
+   `--lr-factors` (default 1/3, 1, 3: three candidates for every method), seed `seeds[0]`, `--epochs` epochs with
+   AdamW and a cosine schedule. Each run keeps the weights of its best validation epoch (the training API's
+   best-epoch selection), which chooses the number of epochs; the candidate with the best validation metric wins
+   (ties: the smaller learning rate). The test split is never used for any choice.
+2. Seeds: the chosen learning rate is trained with every seed of `--seeds` (default 0, 1, 2; the data split stays
+   fixed, the seed changes the head initialisation, data order and augmentation). The seed-0 run of step 1 is
+   reused as the seed-0 final run (the same configuration gives the same result). Each run reports its TEST
+   metric once, at its best-validation epoch; the report gives mean +- sample std over the seeds.
+
+Every run (configuration, per-epoch validation metrics, validation and test metrics at the best epoch, trainable
+parameters, bytes on disk, wall time, device) is written to `<output-dir>/accuracy_<task>.json` after it finishes
+(atomic write), so an interrupted benchmark continues with `--resume`, skipping the finished runs. The training
+itself runs wherever Accelerate puts it: a CUDA GPU when there is one, else the CPU. Each task has its own file,
+so tasks may run in separate processes, sessions or machines (never one task in two processes at once); every run
+records its device. On a GPU, data loading dominates: pass a pre-resized UCM copy (`scripts/resize_image_folder.py`,
+pixel-identical) with `--ucm`.
+
+CPU notes: on a CPU shared with other jobs, torch's default of one thread per core can be many times slower than
+`--threads 1` (its threads wait for each other at every operation while other processes hold the cores); measure
+both. bf16 autocast is slower than float32 on CPUs without native bf16 support, hence `--mixed-precision no` by
+default; on a GPU, `--mixed-precision bf16` is the usual choice (record it: it is part of the protocol).
+
+Usage:
+    python scripts/benchmark_accuracy.py                     # the full benchmark (all tasks, methods, seeds)
+    python scripts/benchmark_accuracy.py --quick             # a fast partial run: few methods, 1 seed, 2 epochs
+    python scripts/benchmark_accuracy.py --tasks classification --methods upetu,full --resume
+    python scripts/benchmark_accuracy.py --dry-run           # print the planned runs and exit
+    python scripts/make_report.py                            # tables, plot and README section from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "src"))
+
+import accelerate  # noqa: E402
+import numpy as np  # noqa: E402
+import peft  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+import upetu_hf  # noqa: E402
+from upetu_hf.train import (  # noqa: E402
+    DEFAULT_LR,
+    TrainingArguments,
+    apply_method,
+    get_task,
+    parameter_summary,
+    train,
+)
+from upetu_hf.train.methods import HEAD_NAMES, head_names  # noqa: E402
+
+SCHEMA_VERSION = 1
+SHARED = REPO_ROOT.parent / "shared"
+DEFAULT_PATHS = {
+    "model": SHARED / "models" / "rs-convnext-atto-aid",
+    "ucm": SHARED / "data" / "ucmerced",
+    "gid": SHARED / "data" / "gid5_landcover",
+    "cd": [SHARED / "data" / "levir_cd_samples", SHARED / "data" / "dsifn_cd_samples"],
+}
+TASKS = ("classification", "segmentation", "change-detection")
+TASK_METRIC = {"classification": "accuracy", "segmentation": "mean_iou", "change-detection": "f1"}
+PEFT_METHODS = ("upetu", "lora", "ia3")
+#: Fraction of the backbone that `upetu-small` must stay under.
+SMALL_BUDGET = 0.01
+#: Change detection: fractions of each source folder's pairs for test and validation.
+CD_TEST_FRACTION, CD_VALIDATION_FRACTION = 0.4, 0.2
+#: Segmentation: `train_fraction` (train + validation vs test) and `validation_fraction` (of the former).
+SEG_TRAIN_FRACTION, SEG_VALIDATION_FRACTION = 0.8, 0.25
+MATCHED, SMALL = "matched", "small"  # placeholders for `r`, resolved per backbone
+
+
+@dataclass
+class Variant:
+    """One tuning method with its options, as a row of the report."""
+
+    name: str
+    method: str
+    label: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("linear", "linear", "Linear probe"),
+        Variant("full", "full", "Full fine-tuning"),
+        Variant("lora", "lora", "LoRA (rank matched to UPetu)", {"r": MATCHED}),
+        Variant("ia3", "ia3", "IA3"),
+        Variant("upetu", "upetu", "UPetu (default, 4-bit)"),
+        Variant("upetu-1bit", "upetu", "UPetu 1-bit", {"bits": 1}),
+        Variant("upetu-32bit", "upetu", "UPetu 32-bit", {"bits": 32}),
+        Variant("eqam-only", "upetu", "EQAM only (4-bit)", {"use_capm": False}),
+        Variant("capm-only", "upetu", "CAPM only", {"use_eqam": False}),
+        Variant("upetu-small", "upetu", "UPetu < 1 % (4-bit)", {"r": SMALL}),
+    )
+}
+TASK_VARIANTS = {
+    "classification": list(VARIANTS),
+    "segmentation": ["full", "lora", "upetu"],
+    "change-detection": ["full", "lora", "upetu"],
+}
+QUICK_VARIANTS = {
+    "classification": ["linear", "upetu"],
+    "segmentation": ["upetu"],
+    "change-detection": ["upetu"],
+}
+#: Settings of the full benchmark and of `--quick`; any flag given explicitly overrides them.
+FULL = dict(
+    epochs=20,
+    dense_epochs=20,
+    seeds="0,1,2",
+    dense_seeds=None,  # = seeds
+    lr_factors="1/3,1,3",
+    dense_lr_factors=None,  # = lr_factors
+    cd_repeats=16,
+    max_train_samples=None,
+    max_eval_samples=None,
+    dense_max_train_samples=None,
+    dense_max_eval_samples=None,
+)
+QUICK = dict(
+    epochs=2,
+    dense_epochs=2,
+    seeds="0",
+    dense_seeds=None,
+    lr_factors="1,3",
+    dense_lr_factors=None,
+    cd_repeats=2,
+    max_train_samples=84,
+    max_eval_samples=63,
+    dense_max_train_samples=48,
+    dense_max_eval_samples=24,
+)
+
+
+def log(message: str) -> None:
+    """Progress to stderr, with the time."""
+    print(f"[benchmark_accuracy {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- small helpers
+def parse_factors(text: str) -> list[float]:
+    """`"1/3,1,3"` -> `[0.333..., 1.0, 3.0]` (fractions allowed), sorted, without duplicates."""
+    try:
+        values = sorted({float(Fraction(part.strip())) for part in text.split(",") if part.strip()})
+    except (ValueError, ZeroDivisionError) as err:
+        raise ValueError(f"invalid learning-rate factors {text!r}: {err}") from err
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"learning-rate factors must be positive numbers, got {text!r}")
+    return values
+
+
+def parse_ints(text: str) -> list[int]:
+    """`"0,1,2"` -> `[0, 1, 2]` (order kept, duplicates dropped)."""
+    values = [int(part) for part in text.split(",") if part.strip()]
+    if not values:
+        raise ValueError(f"expected a comma-separated list of integers, got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def round_lr(value: float) -> float:
+    """A learning rate rounded to 3 significant digits, so that run keys are stable."""
+    return float(f"{value:.3g}")
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe copy: NaN / inf -> None, numpy and torch scalars -> Python numbers, tuples -> lists."""
+    if isinstance(value, dict):
+        return {str(k): clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean(v) for v in value]
+    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file in the same folder and `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(clean(data), handle, indent=1, allow_nan=False)
+            handle.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def scalars(metrics: dict[str, Any] | None) -> dict[str, float]:
+    """The numeric entries of a metrics dict (per-class dicts dropped)."""
+    return {
+        k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
+def fmt4(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for a single value); `(None, None)` when empty."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+# ---------------------------------------------------------------------------------------------- machine
+def machine_info(cpu: bool = False) -> dict[str, Any]:
+    """CPU, GPU, thread settings and library versions of this process."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cuda = torch.cuda.is_available()
+    info: dict[str, Any] = {
+        "hostname": platform.node(),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "accelerate": accelerate.__version__,
+        "upetu_hf": upetu_hf.__version__,
+        "cuda_available": cuda,
+        "device": device_name(cpu),
+    }
+    if cuda:
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def device_name(cpu: bool = False) -> str:
+    """What the training API will train on: the CUDA device name, or `cpu (<model>)`."""
+    if torch.cuda.is_available() and not cpu:
+        return f"cuda ({torch.cuda.get_device_name(0)})"
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return f"cpu ({model}, {threads} thread{'' if threads == 1 else 's'})"
+
+
+def git_state() -> dict[str, Any]:
+    """Commit of the checkout and the uncommitted files among the code the benchmark runs."""
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "src/upetu_hf", "scripts/benchmark_accuracy.py")
+    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted": dirty.splitlines()}
+
+
+def backbone_description(model: str) -> dict[str, Any]:
+    """What the checkpoint says about itself: architecture from `config.json`, and the recipe from a
+    `pretrain_log.json` next to it if there is one (the reference backbone has one)."""
+    out: dict[str, Any] = {"model": model, "name": Path(model).name or model}
+    try:
+        config = transformers.AutoConfig.from_pretrained(model)
+        out.update(
+            model_type=config.model_type,
+            depths=list(getattr(config, "depths", []) or []),
+            hidden_sizes=list(getattr(config, "hidden_sizes", []) or []),
+            image_size=getattr(config, "image_size", None),
+        )
+    except Exception as err:  # an unreadable config must not stop the benchmark
+        out["config_error"] = f"{type(err).__name__}: {err}"
+    log_file = Path(model).expanduser() / "pretrain_log.json"
+    if log_file.is_file():
+        try:
+            pretrain = json.loads(log_file.read_text())
+            recipe = pretrain.get("args", {})
+            out["pretraining"] = {k: recipe[k] for k in ("data", "res", "epochs", "lr", "bs") if k in recipe}
+            last = (pretrain.get("log") or [{}])[-1]
+            if "val_acc" in last:
+                out["pretraining"]["final_heldout_accuracy"] = last["val_acc"]
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- tasks
+@dataclass
+class TaskSetup:
+    """Everything that is the same for all runs of one task."""
+
+    task: str
+    data: list[str]
+    fixed: dict[str, Any]  # TrainingArguments fields shared by every run
+    epochs: int
+    batch_size: int
+    lr_factors: list[float]
+    seeds: list[int]
+    variants: list[str]
+    split: dict[str, Any] = field(default_factory=dict)
+    sources: list[str] = field(
+        default_factory=list
+    )  # the data folders given (`data` may be derived from them)
+
+    @property
+    def key(self) -> str:
+        return self.task.replace("-", "_")
+
+    @property
+    def metric(self) -> str:
+        return TASK_METRIC[self.task]
+
+    def protocol(self, args: argparse.Namespace) -> dict[str, Any]:
+        """The settings that change results: runs recorded under another protocol are never reused."""
+        return clean(
+            {
+                "schema": SCHEMA_VERSION,
+                "task": self.task,
+                "metric": self.metric,
+                "epochs": self.epochs,
+                "batch_size": self.batch_size,
+                "lr_factors": [round(f, 6) for f in self.lr_factors],
+                "search_seed": self.seeds[0],
+                "mixed_precision": args.mixed_precision,
+                "weight_decay": TrainingArguments.weight_decay,
+                "warmup_ratio": TrainingArguments.warmup_ratio,
+                "quick": bool(args.quick),
+                **{k: v for k, v in self.fixed.items() if k not in ("verify_images",)},
+                "split": self.split,
+            }
+        )
+
+
+def cd_split(roots: Sequence[str], seed: int, work_dir: Path, repeats: int) -> tuple[Path, dict[str, Any]]:
+    """A `train/ val/ test/` folder of symlinks to the change-detection pairs, split by pairs and stratified by
+    source folder; every training pair appears `repeats` times (`<name>__r<k>`) so one epoch holds enough
+    random crops. Returns the folder and the split (pair names per part)."""
+    rng = np.random.default_rng(seed)
+    root = work_dir / f"cd-split-seed{seed}-x{repeats}"
+    shutil.rmtree(root, ignore_errors=True)
+    split: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    for source in roots:
+        source_dir = Path(source).expanduser().resolve()
+        if not all((source_dir / sub).is_dir() for sub in ("A", "B", "label")):
+            raise FileNotFoundError(f"--cd {source}: expected A/, B/ and label/ sub-folders")
+        stems = sorted(p.stem for p in (source_dir / "label").iterdir() if p.is_file())
+        if len(stems) < 3:
+            raise ValueError(f"--cd {source}: {len(stems)} pairs; a train/validation/test split needs 3")
+        order = [stems[i] for i in rng.permutation(len(stems))]
+        n_test = max(1, round(len(stems) * CD_TEST_FRACTION))
+        n_val = max(1, round(len(stems) * CD_VALIDATION_FRACTION))
+        n_test = min(n_test, len(stems) - n_val - 1)
+        parts = {
+            "test": order[:n_test],
+            "validation": order[n_test : n_test + n_val],
+            "train": order[n_test + n_val :],
+        }
+        for part, chosen in parts.items():
+            folder = {"validation": "val"}.get(part, part)
+            copies = repeats if part == "train" else 1
+            for stem in sorted(chosen):
+                name = f"{source_dir.name}__{stem}"
+                split[part].append(name)
+                for sub in ("A", "B", "label"):
+                    (target_dir := root / folder / sub).mkdir(parents=True, exist_ok=True)
+                    matches = [p for p in (source_dir / sub).iterdir() if p.stem == stem]
+                    if len(matches) != 1:
+                        raise FileNotFoundError(f"{source_dir / sub}: expected one file named {stem}.*")
+                    for k in range(copies):
+                        suffix = f"__r{k}" if copies > 1 else ""
+                        link = target_dir / f"{name}{suffix}{matches[0].suffix}"
+                        try:
+                            link.symlink_to(matches[0])
+                        except OSError:
+                            shutil.copy2(matches[0], link)
+    return root, {"by_pairs": split, "seed": seed, "train_repeats": repeats}
+
+
+def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
+    """One `TaskSetup` per requested task, with the flags resolved."""
+    setups = []
+    common = dict(split_seed=args.split_seed)
+    for task in args.tasks:
+        dense = task != "classification"
+        requested = args.methods or (QUICK_VARIANTS if args.quick else TASK_VARIANTS)[task]
+        variants = [v for v in requested if v in TASK_VARIANTS[task]]
+        if not variants:
+            log(f"{task}: none of the requested methods applies; skipped")
+            continue
+        limits = dict(
+            max_train_samples=args.dense_max_train_samples if dense else args.max_train_samples,
+            max_eval_samples=args.dense_max_eval_samples if dense else args.max_eval_samples,
+        )
+        if task == "classification":
+            data = [args.ucm]
+            fixed = dict(
+                common,
+                train_fraction=args.train_fraction,
+                validation_fraction=args.val_fraction,
+                image_size=args.image_size,
+                **limits,
+            )
+            split = {"train_fraction": args.train_fraction, "validation_fraction": args.val_fraction}
+        elif task == "segmentation":
+            data = [args.gid]
+            fixed = dict(
+                common,
+                train_fraction=SEG_TRAIN_FRACTION,
+                validation_fraction=SEG_VALIDATION_FRACTION,
+                resize=args.seg_resize or args.image_size,
+                image_size=args.seg_crop,
+                head_hidden_size=args.seg_head_hidden,
+                **limits,
+            )
+            split = {"train_fraction": SEG_TRAIN_FRACTION, "validation_fraction": SEG_VALIDATION_FRACTION}
+        else:
+            folder, split = cd_split(args.cd, args.split_seed, work_dir, args.cd_repeats)
+            data = [str(folder)]
+            crop = args.cd_crop or 32 * math.ceil(args.image_size / 32)
+            fixed = dict(common, image_size=crop, resize=args.cd_resize, **limits)
+        setups.append(
+            TaskSetup(
+                task=task,
+                data=[str(d) for d in data],
+                fixed=fixed,
+                epochs=args.dense_epochs if dense else args.epochs,
+                batch_size=args.dense_batch_size if dense else args.batch_size,
+                lr_factors=args.dense_lr_factors if dense else args.lr_factors,
+                seeds=args.dense_seeds if dense else args.seeds,
+                variants=variants,
+                split=split,
+                sources=[str(d) for d in (args.cd if task == "change-detection" else data)],
+            )
+        )
+    return setups
+
+
+def training_arguments(
+    setup: TaskSetup,
+    args: argparse.Namespace,
+    method: str,
+    options: dict[str, Any],
+    output_dir: Path,
+    lr: float | None = None,
+    seed: int = 0,
+    verify: bool = False,
+) -> TrainingArguments:
+    """The `TrainingArguments` of one run."""
+    return TrainingArguments(
+        task=setup.task,
+        model=args.model,
+        data=list(setup.data),
+        output_dir=str(output_dir),
+        method=method,
+        lr=lr,
+        seed=seed,
+        epochs=setup.epochs,
+        batch_size=setup.batch_size,
+        mixed_precision=args.mixed_precision,
+        num_workers=args.num_workers,
+        cpu=args.cpu,
+        overwrite=True,
+        checkpointing_steps=None,
+        verify_images=verify,
+        **setup.fixed,
+        **options,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
+    """Parameter counts of the task model on this backbone, the LoRA rank whose adapter is closest to UPetu's
+    default adapter, and the largest UPetu `r` whose adapter stays under `SMALL_BUDGET` of the backbone."""
+    spec = get_task(setup.task)
+    probe = training_arguments(setup, args, "full", {}, work_dir / "unused", verify=True)
+    class_names = spec.load_data(probe).class_names
+    base = spec.build_model(probe, class_names)
+    heads = head_names(base)
+    head = sum(p.numel() for h in heads for p in getattr(base, h).parameters())
+    total = sum(p.numel() for p in base.parameters())
+    del base
+
+    def adapter(method: str, **options: Any) -> int:
+        targs = training_arguments(setup, args, method, options, work_dir / "unused")
+        return int(parameter_summary(apply_method(spec.build_model(targs, class_names), targs))["adapter"])
+
+    backbone = total - head
+    upetu_default = adapter("upetu")
+    lora_1, lora_2 = adapter("lora", r=1), adapter("lora", r=2)
+    per_rank = lora_2 - lora_1
+    guess = max(1, round((upetu_default - (lora_1 - per_rank)) / per_rank))
+    lora = {r: adapter("lora", r=r) for r in sorted({max(1, guess - 1), guess, guess + 1})}
+    lora_r = min(lora, key=lambda r: (abs(lora[r] - upetu_default), r))
+
+    default_r = upetu_hf.UPetuConfig().r
+    small_1, small_2 = adapter("upetu", r=1), adapter("upetu", r=2)
+    slope = small_2 - small_1
+    budget = SMALL_BUDGET * backbone
+    small_r = int(min(default_r, max(1, math.floor((budget - (small_1 - slope)) / slope - 1e-9))))
+    small = adapter("upetu", r=small_r)
+    while small >= budget and small_r > 1:
+        small_r -= 1
+        small = adapter("upetu", r=small_r)
+    while small_r < default_r and (bigger := adapter("upetu", r=small_r + 1)) < budget:
+        small_r, small = small_r + 1, bigger
+    return {
+        "num_labels": len(class_names),
+        "class_names": class_names,
+        "total_params": total,
+        "head_params": head,
+        "backbone_params": backbone,
+        "upetu_default_r": default_r,
+        "upetu_default_adapter_params": upetu_default,
+        "lora_adapter_params_per_rank": per_rank,
+        "lora_matched_r": lora_r,
+        "lora_matched_adapter_params": lora[lora_r],
+        "upetu_small_r": small_r,
+        "upetu_small_adapter_params": small,
+        "upetu_small_pct_of_backbone": 100.0 * small / backbone,
+        "upetu_small_budget_met": small < budget,
+    }
+
+
+def resolve_options(variant: Variant, counts: dict[str, Any]) -> dict[str, Any]:
+    """The variant's options with the `r` placeholders replaced by the computed ranks."""
+    options = dict(variant.options)
+    if options.get("r") == MATCHED:
+        options["r"] = counts["lora_matched_r"]
+    elif options.get("r") == SMALL:
+        options["r"] = counts["upetu_small_r"]
+    return options
+
+
+def is_head_key(key: str) -> bool:
+    """Whether a (plain or PEFT-prefixed) weight name belongs to a task head."""
+    return any(part in HEAD_NAMES for part in key.split("."))
+
+
+def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
+    """Bytes of the weights file the run wrote, and of that file re-saved with / without the head tensors.
+
+    PEFT methods: `adapter_model.safetensors` (adapter + heads). Full fine-tuning: `model.safetensors`. The linear
+    probe saves the whole model too, but only its heads are trained: its checkpoint is the heads alone.
+    """
+    name = "adapter_model.safetensors" if method in PEFT_METHODS else "model.safetensors"
+    path = run_dir / name
+    out: dict[str, Any] = {"checkpoint_file": name, "checkpoint_bytes": path.stat().st_size}
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        keys = list(handle.keys())
+        parts = {
+            "with_head": keys if method != "linear" else [k for k in keys if is_head_key(k)],
+            "without_head": [k for k in keys if not is_head_key(k)] if method != "linear" else [],
+        }
+        for part, chosen in parts.items():
+            if not chosen:
+                out[f"weights_bytes_{part}"] = 0
+                continue
+            if part == "with_head" and method != "linear":
+                out[f"weights_bytes_{part}"] = out["checkpoint_bytes"]
+                continue
+            tmp = run_dir / f".{part}.safetensors.tmp"
+            save_file({k: handle.get_tensor(k) for k in chosen}, str(tmp), metadata=metadata)
+            out[f"weights_bytes_{part}"] = tmp.stat().st_size
+            tmp.unlink()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def run_key(variant: str, options: dict[str, Any], lr: float, seed: int) -> str:
+    """Identifies a run within a task and protocol."""
+    return f"{variant}|{json.dumps(options, sort_keys=True)}|lr={lr:.6g}|seed={seed}"
+
+
+def execute_run(
+    setup: TaskSetup,
+    args: argparse.Namespace,
+    variant: Variant,
+    options: dict[str, Any],
+    lr: float,
+    factor: float,
+    seed: int,
+    run_dir: Path,
+    counts: dict[str, Any],
+    verify: bool = False,
+) -> dict[str, Any]:
+    """Train one configuration and return its record (status `ok`, or `failed` with the error). Images are
+    checked by `count_parameters` (once per task), so runs skip the check unless `verify`."""
+    record: dict[str, Any] = {
+        "key": run_key(variant.name, options, lr, seed),
+        "task": setup.task,
+        "variant": variant.name,
+        "label": variant.label,
+        "method": variant.method,
+        "options": options,
+        "lr": lr,
+        "lr_factor": factor,
+        "seed": seed,
+        "epochs": setup.epochs,
+        "run_dir": str(run_dir),
+        "device": device_name(args.cpu),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    targs = training_arguments(setup, args, variant.method, options, run_dir, lr, seed, verify)
+    record["arguments"] = {k: v for k, v in targs.to_dict().items() if k not in ("output_dir", "data")}
+    start = time.perf_counter()
+    try:
+        result = train(targs)
+    except Exception as err:  # one failed run must not lose the others
+        record.update(
+            status="failed",
+            error=f"{type(err).__name__}: {err}",
+            traceback=traceback.format_exc(limit=8),
+            wall_time_s=time.perf_counter() - start,
+        )
+        return record
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    wall = time.perf_counter() - start
+    try:
+        record["splits"] = json.loads((run_dir / "run_config.json").read_text()).get("splits")
+    except (OSError, ValueError):
+        record["splits"] = None
+    params = result["parameters"]
+    if variant.method in PEFT_METHODS:
+        head, adapter = params["head"], params["adapter"]
+        base_total = params["total"] - params["trainable"]  # peft keeps the original heads next to the copies
+    else:
+        base_total = params["total"]
+        head = counts["head_params"]
+        adapter = params["trainable"] - head if variant.method == "full" else 0
+    metric = setup.metric
+    record.update(
+        status="ok",
+        metric=metric,
+        best_epoch=result["best_epoch"],
+        selection_split=result["selection_split"],
+        validation_score=clean(scalars(result.get("validation")).get(metric)),
+        test_score=clean(scalars(result.get("test")).get(metric)),
+        validation=result.get("validation"),
+        test=result.get("test"),
+        history=result.get("history"),
+        parameters=params,
+        trainable_params=params["trainable"],
+        head_params=head,
+        adapter_params=adapter,
+        base_model_params=base_total,
+        trainable_pct=100.0 * params["trainable"] / base_total,
+        adapter_pct_of_backbone=100.0 * adapter / counts["backbone_params"],
+        wall_time_s=wall,
+        train_runtime_s=result["train"]["runtime_s"],
+        samples_per_second=result["train"]["samples_per_second"],
+        steps=result["train"]["steps"],
+        **weight_sizes(run_dir, variant.method),
+    )
+    if args.delete_weights:
+        for path in run_dir.glob("*.safetensors"):
+            path.unlink()
+    return record
+
+
+def select(runs: list[dict[str, Any]], grid: list[tuple[float, float]], seed: int) -> dict[str, Any]:
+    """The learning rate with the best validation metric among the search runs (seed `seed`); ties go to the
+    smaller learning rate. `complete` is False while a candidate is missing or failed."""
+    by_lr = {r["lr"]: r for r in runs if r["seed"] == seed and r.get("status") == "ok"}
+    candidates = [
+        {
+            "lr": lr,
+            "lr_factor": f,
+            "finished": lr in by_lr,
+            "validation_score": by_lr[lr]["validation_score"] if lr in by_lr else None,
+        }
+        for f, lr in grid
+    ]
+    scored = [c for c in candidates if c["finished"]]
+    if not scored:
+        return {"candidates": candidates, "complete": False, "lr": None}
+
+    def rank(c: dict[str, Any]) -> tuple[float, float]:  # an undefined (NaN -> None) score ranks last
+        score = c["validation_score"]
+        return (-math.inf if score is None or math.isnan(score) else score, -c["lr"])
+
+    best = max(scored, key=rank)
+    return {
+        "candidates": candidates,
+        "complete": len(scored) == len(candidates),
+        "lr": best["lr"],
+        "lr_factor": best["lr_factor"],
+        "validation_score": best["validation_score"],
+        "best_epoch": by_lr[best["lr"]]["best_epoch"],
+    }
+
+
+def summarize(state: dict[str, Any], setup: TaskSetup) -> dict[str, Any]:
+    """Per variant: the chosen learning rate and the mean +- std over seeds of the runs at that rate."""
+    summary: dict[str, Any] = {}
+    for name in state["variants"]:
+        options = state["variants"][name]["options"]
+        runs = [r for r in state["runs"] if r["variant"] == name and r["options"] == options]
+        grid = [(f, lr) for f, lr in state["variants"][name]["lr_grid"]]
+        choice = select(runs, grid, setup.seeds[0])
+        state["selection"][name] = choice
+        final = sorted(
+            (
+                r
+                for r in runs
+                if r.get("status") == "ok" and r["lr"] == choice["lr"] and r["seed"] in setup.seeds
+            ),
+            key=lambda r: r["seed"],
+        )
+        if not final:
+            continue
+        test_mean, test_std = mean_std([r["test_score"] for r in final])
+        val_mean, val_std = mean_std([r["validation_score"] for r in final])
+        first = final[0]
+        summary[name] = {
+            "label": state["variants"][name]["label"],
+            "method": first["method"],
+            "options": first["options"],
+            "lr": choice["lr"],
+            "lr_factor": choice.get("lr_factor"),
+            "selection_complete": choice["complete"],
+            "seeds": [r["seed"] for r in final],
+            "n": len(final),
+            "test_scores": [r["test_score"] for r in final],
+            "test_mean": test_mean,
+            "test_std": test_std,
+            "validation_mean": val_mean,
+            "validation_std": val_std,
+            "best_epochs": [r["best_epoch"] for r in final],
+            "trainable_params": first["trainable_params"],
+            "adapter_params": first["adapter_params"],
+            "head_params": first["head_params"],
+            "trainable_pct": first["trainable_pct"],
+            "adapter_pct_of_backbone": first["adapter_pct_of_backbone"],
+            "checkpoint_bytes": first["checkpoint_bytes"],
+            "weights_bytes_with_head": first["weights_bytes_with_head"],
+            "weights_bytes_without_head": first["weights_bytes_without_head"],
+            "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in final),
+            "train_runtime_s_mean": statistics.fmean(r["train_runtime_s"] for r in final),
+            "wall_time_s_all_runs": sum(r["wall_time_s"] for r in runs if r.get("wall_time_s")),
+            "runs_all": len(runs),
+            "devices": sorted({r["device"] for r in final}),
+            "splits": first.get("splits"),
+        }
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- state
+def new_state(setup: TaskSetup, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION,
+        "task": setup.task,
+        "metric": setup.metric,
+        "protocol": setup.protocol(args),
+        "sessions": [],
+        "backbone": {},
+        "variants": {},
+        "runs": [],
+        "selection": {},
+        "summary": {},
+    }
+
+
+def load_state(path: Path, setup: TaskSetup, args: argparse.Namespace) -> dict[str, Any]:
+    """The task's JSON to continue (`--resume`), or a fresh one; refuses to clobber results by accident."""
+    protocol = setup.protocol(args)
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if args.overwrite or not old.get("runs"):
+            return new_state(setup, args)
+        if not args.resume:
+            raise SystemExit(
+                f"{path} already holds {len(old['runs'])} run(s): pass --resume to continue it, or --overwrite "
+                "to start afresh."
+            )
+        if old.get("protocol") != protocol:
+            changed = sorted(
+                k
+                for k in set(protocol) | set(old.get("protocol", {}))
+                if protocol.get(k) != old.get("protocol", {}).get(k)
+            )
+            raise SystemExit(
+                f"{path} was recorded with other settings ({', '.join(changed)}); its runs cannot be mixed with "
+                "these. Use the same settings, another --output-dir, or --overwrite."
+            )
+        old["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
+        return old
+    return new_state(setup, args)
+
+
+def save_state(path: Path, state: dict[str, Any], setup: TaskSetup) -> None:
+    state["summary"] = summarize(state, setup)
+    finished = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
+    planned = state.get("planned", [])
+    state["complete"] = bool(planned) and all(k in finished for k in planned)
+    state["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(path, state)
+
+
+# ---------------------------------------------------------------------------------------------- main loop
+class TaskRunner:
+    """Runs the search and seed runs of one task, skipping finished ones, saving after each run."""
+
+    def __init__(self, setup: TaskSetup, args: argparse.Namespace, work_dir: Path, command: str) -> None:
+        self.setup, self.args, self.work_dir = setup, args, work_dir
+        self.path = Path(args.output_dir) / f"accuracy_{setup.key}.json"
+        self.state = load_state(self.path, setup, args)
+        if args.resume and self.state["runs"]:
+            log(f"{setup.task}: resuming {self.path} ({len(self.state['runs'])} finished run(s) kept)")
+        self.done = {r["key"]: r for r in self.state["runs"] if r.get("status") == "ok"}
+        self.planned: list[str] = list(self.state.get("planned", []))
+        self.command = command
+        self.counts: dict[str, Any] = {}
+
+    def ensure(
+        self, variant: Variant, options: dict[str, Any], lr: float, factor: float, seed: int, phase: str
+    ):
+        """The record of a run, trained now unless a finished one is on file."""
+        setup, state, name = self.setup, self.state, variant.name
+        key = run_key(name, options, lr, seed)
+        if key not in self.planned:
+            self.planned.append(key)
+        state["planned"] = self.planned
+        if key in self.done:
+            log(f"{setup.task}/{name}: lr {lr:g} seed {seed} already done, skipped")
+            return self.done[key]
+        run_dir = self.work_dir / setup.key / name / f"lr{lr:g}-seed{seed}"
+        log(
+            f"{setup.task}/{name}: {phase} run, lr {lr:g} (x{factor:.3g}), seed {seed}, {setup.epochs} epochs"
+        )
+        record = execute_run(
+            setup, self.args, variant, options, lr, factor, seed, run_dir, self.counts, verify=False
+        )
+        record["phase"] = phase
+        state["runs"] = [r for r in state["runs"] if r["key"] != key] + [record]
+        if record["status"] == "ok":
+            self.done[key] = record
+            log(
+                f"{setup.task}/{name}: validation {setup.metric} {fmt4(record['validation_score'])} "
+                f"(epoch {record['best_epoch']}), test {fmt4(record['test_score'])}, {record['wall_time_s']:.0f} s"
+            )
+        else:
+            log(f"{setup.task}/{name}: FAILED: {record['error']}")
+        save_state(self.path, state, setup)
+        return record
+
+    def run(self) -> dict[str, Any]:
+        """Search, select and seed every variant; returns the task's final state."""
+        setup, args, state = self.setup, self.args, self.state
+        started = time.perf_counter()
+        log(f"{setup.task}: counting parameters on {args.model}")
+        self.counts = count_parameters(setup, args, self.work_dir)
+        state["backbone"] = {**backbone_description(args.model), **self.counts}
+        session = {
+            "command": self.command,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info(args.cpu),
+            "git": git_state(),
+            "paths": {
+                "model": args.model,
+                "data": setup.data,
+                "sources": setup.sources,
+                "work_dir": str(self.work_dir),
+            },
+            "methods": setup.variants,
+            "seeds": setup.seeds,
+        }
+        state["sessions"].append(session)
+        for name in setup.variants:
+            variant = VARIANTS[name]
+            options = resolve_options(variant, self.counts)
+            grid = [(f, round_lr(DEFAULT_LR[variant.method] * f)) for f in setup.lr_factors]
+            state["variants"][name] = {
+                "label": variant.label,
+                "method": variant.method,
+                "options": options,
+                "lr_grid": grid,
+            }
+            search = [self.ensure(variant, options, lr, f, setup.seeds[0], "search") for f, lr in grid]
+            choice = select(search, grid, setup.seeds[0])
+            if not choice["complete"]:
+                log(f"{setup.task}/{name}: learning-rate search incomplete (a run failed); no seed runs")
+                continue
+            log(
+                f"{setup.task}/{name}: chosen lr {choice['lr']:g} (validation {fmt4(choice['validation_score'])})"
+            )
+            for seed in setup.seeds[1:]:
+                self.ensure(variant, options, choice["lr"], choice["lr_factor"], seed, "seed")
+        session["wall_time_s"] = time.perf_counter() - started
+        save_state(self.path, state, setup)
+        log(f"{setup.task}: wrote {self.path} ({session['wall_time_s']:.0f} s)")
+        return state
+
+
+def print_summary(state: dict[str, Any]) -> None:
+    """A short table on stdout."""
+    metric = state["metric"]
+    print(f"\n{state['task']} ({metric}, test, mean +- std over seeds):")
+    for s in state["summary"].values():
+        if s["test_mean"] is None:
+            print(f"  {s['label']:<32} no test metric")
+            continue
+        print(
+            f"  {s['label']:<32} {100 * s['test_mean']:6.2f} +- {100 * s['test_std']:5.2f}  (n={s['n']}, "
+            f"lr {s['lr']:g}, trainable {s['trainable_pct']:.2f} %, {s['weights_bytes_without_head'] / 1e3:.1f} KB "
+            f"without head, {s['wall_time_s_mean']:.0f} s/run)"
+        )
+
+
+def plan(setups: list[TaskSetup]) -> list[str]:
+    """Human-readable list of the runs the benchmark would do (search and seeds)."""
+    lines = []
+    for setup in setups:
+        n = len(setup.variants) * (len(setup.lr_factors) + len(setup.seeds) - 1)
+        lines.append(
+            f"{setup.task}: {len(setup.variants)} methods x ({len(setup.lr_factors)} learning rates + "
+            f"{len(setup.seeds) - 1} more seeds) = {n} runs of {setup.epochs} epochs"
+        )
+        for name in setup.variants:
+            lrs = ", ".join(f"{round_lr(DEFAULT_LR[VARIANTS[name].method] * f):g}" for f in setup.lr_factors)
+            lines.append(f"  {name:<12} lr in {{{lrs}}}, seeds {setup.seeds}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    paths = parser.add_argument_group("data and backbone")
+    paths.add_argument(
+        "--model", default=str(DEFAULT_PATHS["model"]), help="ConvNeXt checkpoint: Hub id or folder"
+    )
+    paths.add_argument("--ucm", default=str(DEFAULT_PATHS["ucm"]), help="UC Merced class-per-folder images")
+    paths.add_argument("--gid", default=str(DEFAULT_PATHS["gid"]), help="GID tiles: images/ + masks/")
+    paths.add_argument(
+        "--cd",
+        nargs="+",
+        default=[str(p) for p in DEFAULT_PATHS["cd"]],
+        help="change-detection A/B/label folders",
+    )
+    what = parser.add_argument_group("what to run")
+    what.add_argument(
+        "--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}"
+    )
+    what.add_argument(
+        "--methods", help=f"comma-separated subset of {', '.join(VARIANTS)} (default: the task's)"
+    )
+    what.add_argument(
+        "--quick", action="store_true", help="fast partial run: few methods, 1 seed, 2 epochs, subsets"
+    )
+    what.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    proto = parser.add_argument_group("protocol (defaults: the full benchmark, or --quick's)")
+    proto.add_argument("--seeds", help="seeds of the final runs; the first one also does the search (0,1,2)")
+    proto.add_argument("--dense-seeds", help="seeds for segmentation and change detection (default: --seeds)")
+    proto.add_argument("--epochs", type=int, help="classification epochs per run (20)")
+    proto.add_argument("--dense-epochs", type=int, help="segmentation / change-detection epochs per run (20)")
+    proto.add_argument(
+        "--lr-factors", help="learning rates tried: DEFAULT_LR[method] x each factor (1/3,1,3)"
+    )
+    proto.add_argument("--dense-lr-factors", help="the same for the dense tasks (default: --lr-factors)")
+    proto.add_argument(
+        "--image-size", type=int, default=112, help="classification input size; dense resize (112)"
+    )
+    proto.add_argument("--batch-size", type=int, default=32, help="classification batch size (32)")
+    proto.add_argument("--dense-batch-size", type=int, default=16, help="dense-task batch size (16)")
+    proto.add_argument("--train-fraction", type=float, default=0.5, help="UCM training share per class (0.5)")
+    proto.add_argument(
+        "--val-fraction", type=float, default=0.2, help="validation share of the training half (0.2)"
+    )
+    proto.add_argument("--split-seed", type=int, default=0, help="seed of every data split (0)")
+    proto.add_argument("--seg-resize", type=int, help="GID tiles resized to this (default: --image-size)")
+    proto.add_argument("--seg-crop", type=int, help="GID random training crop (default: none)")
+    proto.add_argument("--seg-head-hidden", type=int, default=64, help="UperNet channels (64)")
+    proto.add_argument(
+        "--cd-crop", type=int, help="change-detection training crop (default: --image-size up to x32)"
+    )
+    proto.add_argument("--cd-resize", type=int, help="resize change-detection pairs first (default: no)")
+    proto.add_argument("--cd-repeats", type=int, help="copies of each training pair per epoch (16; quick 2)")
+    proto.add_argument("--max-train-samples", type=int, help="subsample classification training images")
+    proto.add_argument("--max-eval-samples", type=int, help="subsample classification validation/test images")
+    proto.add_argument("--dense-max-train-samples", type=int, help="subsample dense training examples")
+    proto.add_argument("--dense-max-eval-samples", type=int, help="subsample dense validation/test examples")
+    proto.add_argument(
+        "--mixed-precision", default="no", choices=("no", "bf16", "fp16"), help="autocast (no)"
+    )
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("--num-workers", type=int, help="data-loader workers (default: 0 on CPU, 8 on GPU)")
+    runtime.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    runtime.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's). On a CPU shared with other jobs use 1: see the notes above",
+    )
+    runtime.add_argument("--output-dir", default=str(REPO_ROOT / "results"), help="where accuracy_*.json go")
+    runtime.add_argument("--work-dir", help="run folders (default: a temporary folder, removed at the end)")
+    runtime.add_argument(
+        "--resume", action="store_true", help="continue the JSON files, skipping finished runs"
+    )
+    runtime.add_argument("--overwrite", action="store_true", help="start the JSON files afresh")
+    runtime.add_argument(
+        "--delete-weights", action="store_true", help="delete each run's weights once measured"
+    )
+    args = parser.parse_args(argv)
+
+    preset = QUICK if args.quick else FULL
+    for key, value in preset.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    try:
+        args.tasks = [get_task(t).name for t in args.tasks.split(",") if t.strip()]
+        args.seeds = parse_ints(args.seeds)
+        args.dense_seeds = parse_ints(args.dense_seeds) if args.dense_seeds else args.seeds
+        args.lr_factors = parse_factors(args.lr_factors)
+        args.dense_lr_factors = (
+            parse_factors(args.dense_lr_factors) if args.dense_lr_factors else args.lr_factors
+        )
+    except (ValueError, KeyError) as err:
+        parser.error(str(err))
+    if args.methods:
+        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in args.methods if m not in VARIANTS]
+        if unknown:
+            parser.error(f"unknown method(s) {unknown}: choose from {', '.join(VARIANTS)}")
+    for name in ("epochs", "dense_epochs", "batch_size", "dense_batch_size", "cd_repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.cd_crop is not None and args.cd_crop % 32:
+        parser.error("--cd-crop must be a multiple of 32 (the backbone stride)")
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if args.num_workers is None:
+        args.num_workers = 0 if args.cpu or not torch.cuda.is_available() else min(8, os.cpu_count() or 1)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Run the benchmark; returns `{task: state}` as written to `accuracy_<task>.json`."""
+    args = parse_args(argv)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python scripts/benchmark_accuracy.py", *argv_list])
+    transformers.utils.logging.disable_progress_bar()
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    temporary = args.work_dir is None
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="upetu-accuracy-")).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    states: dict[str, dict[str, Any]] = {}
+    try:
+        setups = make_setups(args, work_dir)
+        for line in plan(setups):
+            log(line)
+        if args.dry_run:
+            return {}
+        log(f"device: {device_name(args.cpu)}; run folders under {work_dir}")
+        for setup in setups:
+            states[setup.task] = TaskRunner(setup, args, work_dir, command).run()
+            print_summary(states[setup.task])
+    finally:
+        torch.set_num_threads(threads_before)
+        if temporary:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    failed = [r["key"] for s in states.values() for r in s["runs"] if r.get("status") != "ok"]
+    if failed:
+        log(f"{len(failed)} run(s) failed: {failed}; rerun with --resume to retry them")
+    log("next: python scripts/make_report.py")
+    return states
+
+
+if __name__ == "__main__":
+    # a plain `kill` ends the run like Ctrl-C: the finished runs are on disk, the temporary run folders removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    states = main()
+    sys.exit(1 if any(r.get("status") != "ok" for s in states.values() for r in s["runs"]) else 0)

@@ -1,0 +1,767 @@
+#!/usr/bin/env python
+"""Efficiency benchmark of UPetu against full fine-tuning, linear probing, LoRA and IA3 on ConvNeXt-T/B.
+
+Every method starts from the same randomly initialised `ConvNextForImageClassification` (nothing is downloaded)
+and is measured in one process, interleaved, so that the ratios between methods are comparable even on a noisy,
+shared machine:
+
+- trainable parameters (all, and without the classifier head), as a percentage of the backbone (the base
+  model's parameters outside the classifier);
+- bytes on disk of what `save_pretrained` writes (`adapter_model.safetensors` for PEFT methods, `model.safetensors`
+  for full fine-tuning, the classifier saved with safetensors for the linear probe), with and without the head;
+- training-step time (forward + backward + AdamW step + zero_grad), one step of every method per round, rounds
+  repeated, so slow phases of the machine hit every method alike;
+- peak memory of a training step: live tensor bytes of the method's model at the start of the step (parameters,
+  buffers, AdamW state) plus the peak increase of allocated tensor bytes during one step. On CPU the increase is
+  read from `torch.profiler`'s allocator events (`profile_memory=True`), on CUDA from
+  `torch.cuda.max_memory_allocated`; both count tensor memory from PyTorch's allocator, not process RSS;
+- inference latency relative to the base model (eval mode, `torch.no_grad`), each method's run bracketed by runs
+  of the base model, the ratio taken against the mean of the two neighbouring base runs.
+
+Usage:
+    python scripts/benchmark_efficiency.py                 # full run: ConvNeXt-T and -B, every method
+    python scripts/benchmark_efficiency.py --quick         # ConvNeXt-T only, 5 steps, batch 4, 128 px
+    python scripts/benchmark_efficiency.py --models convnext-t --methods full,lora_r8,upetu_1bit
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "src"))
+
+import peft  # noqa: E402
+import transformers  # noqa: E402
+from peft import IA3Config, LoraConfig, get_peft_model  # noqa: E402
+from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
+
+import upetu_hf  # noqa: E402
+
+transformers.utils.logging.disable_progress_bar()
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*Profiler clears events.*", category=UserWarning)
+
+NUM_LABELS = 21
+HEAD = "classifier"
+TARGETS = ["pwconv1", "pwconv2"]
+
+MODEL_SPECS: dict[str, tuple[list[int], list[int]]] = {
+    "convnext-t": ([3, 3, 9, 3], [96, 192, 384, 768]),
+    "convnext-b": ([3, 3, 27, 3], [128, 256, 512, 1024]),
+    "tiny": ([1, 1, 1, 1], [8, 16, 32, 64]),
+}
+METHODS = (
+    "full",
+    "linear_probe",
+    "lora_r8",
+    "lora_r16",
+    "ia3",
+    "upetu_1bit",
+    "upetu_4bit",
+    "upetu_32bit",
+)
+METHOD_LABELS = {
+    "full": "Full fine-tuning",
+    "linear_probe": "Linear probe",
+    "lora_r8": "LoRA r=8",
+    "lora_r16": "LoRA r=16",
+    "ia3": "IA3",
+    "upetu_1bit": "UPetu 1-bit",
+    "upetu_4bit": "UPetu 4-bit",
+    "upetu_32bit": "UPetu 32-bit",
+}
+QUICK = {"models": ["convnext-t"], "steps": 5, "batch_size": 4, "image_size": 128}
+DEFAULTS = {"models": ["convnext-t", "convnext-b"], "steps": 10, "batch_size": 8, "image_size": 224}
+# Targets from the benchmark issue, checked on every UPetu variant; the issue's own is ConvNeXt-B at 1 bit.
+TARGET_MODEL, TARGET_METHOD = "convnext-b", "upetu_1bit"
+DISK_LIMIT_BYTES = 200_000
+CONTENDED_CPU_SHARE = 0.8  # below this share of CPU time per thread, other processes competed for the cores
+
+
+@dataclass
+class Method:
+    """One fine-tuning method built on a copy of the base model."""
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    trainable: list[nn.Parameter]
+
+
+def parse_spec(name: str) -> tuple[list[int], list[int]]:
+    """Depths and widths of a model name: a preset (`convnext-t`, `convnext-b`, `tiny`) or `D-D-D-D:W-W-W-W`."""
+    if name in MODEL_SPECS:
+        return MODEL_SPECS[name]
+    try:
+        depths, widths = name.split(":")
+        spec = [int(d) for d in depths.split("-")], [int(w) for w in widths.split("-")]
+    except ValueError as err:
+        raise ValueError(
+            f"Unknown model {name!r}: use one of {', '.join(MODEL_SPECS)} or 'depths:widths' such as "
+            "'1-1-1-1:8-16-32-64'."
+        ) from err
+    if len(spec[0]) != len(spec[1]):
+        raise ValueError(f"Model {name!r}: depths and widths must have the same length.")
+    return spec
+
+
+def build_base(name: str, seed: int) -> ConvNextForImageClassification:
+    """A randomly initialised ConvNeXt classifier with `NUM_LABELS` classes."""
+    depths, widths = parse_spec(name)
+    torch.manual_seed(seed)
+    config = ConvNextConfig(depths=depths, hidden_sizes=widths, num_labels=NUM_LABELS)
+    return ConvNextForImageClassification(config)
+
+
+def wrap_method(name: str, base: nn.Module) -> nn.Module:
+    """A deep copy of `base` prepared for method `name` (frozen or PEFT-wrapped as the method requires)."""
+    model = copy.deepcopy(base)
+    if name == "full":
+        model.requires_grad_(True)
+        return model
+    if name == "linear_probe":
+        model.requires_grad_(False)
+        getattr(model, HEAD).requires_grad_(True)
+        return model
+    if name.startswith("lora_r"):
+        r = int(name.removeprefix("lora_r"))
+        config = LoraConfig(r=r, lora_alpha=r, target_modules=TARGETS, modules_to_save=[HEAD])
+        return get_peft_model(model, config)
+    if name == "ia3":
+        # peft's IA3 scales the output of a target module, or its input when it is a feed-forward module:
+        # here the 4C hidden of every block is scaled after pwconv1 and again (after GELU) before pwconv2,
+        # the IA3 paper's l_ff placed on ConvNeXt's inverted-bottleneck MLP.
+        config = IA3Config(target_modules=TARGETS, feedforward_modules=["pwconv2"], modules_to_save=[HEAD])
+        return get_peft_model(model, config)
+    if name.startswith("upetu_") and name.endswith("bit"):
+        bits = int(name.removeprefix("upetu_").removesuffix("bit"))
+        return get_peft_model(model, upetu_hf.UPetuConfig(bits=bits))
+    raise ValueError(f"Unknown method {name!r}: allowed values are {', '.join(METHODS)}.")
+
+
+def is_head_param(name: str) -> bool:
+    """Whether a parameter name (plain or PEFT-wrapped) belongs to the classifier head."""
+    return HEAD in name.split(".")
+
+
+def parameter_counts(model: nn.Module, backbone: int) -> dict[str, float]:
+    """Trainable parameters: all, without the head, and the latter as a percentage of `backbone`."""
+    trainable = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
+    total = sum(c for _, c in trainable)
+    without_head = sum(c for n, c in trainable if not is_head_param(n))
+    return {
+        "trainable_params": total,
+        "trainable_params_without_head": without_head,
+        "trainable_pct_of_backbone": 100.0 * without_head / backbone,
+        "trainable_pct_of_backbone_with_head": 100.0 * total / backbone,
+    }
+
+
+def _without_head_size(path: Path, out: Path) -> int:
+    """Size in bytes of `path` re-saved (same safetensors format and metadata) without the head's tensors."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys() if not is_head_param(k)}
+    if not tensors:
+        return 0
+    save_file(tensors, str(out), metadata=metadata)
+    return out.stat().st_size
+
+
+def disk_sizes(name: str, model: nn.Module, workdir: Path) -> dict[str, object]:
+    """Bytes of the weights file `save_pretrained` writes for this method, with and without the head."""
+    folder = workdir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    if name == "linear_probe":
+        head = {k: v.detach().contiguous() for k, v in getattr(model, HEAD).state_dict().items()}
+        path = folder / "classifier.safetensors"
+        save_file(head, str(path), metadata={"format": "pt"})
+        return {"file": path.name, "disk_bytes_with_head": path.stat().st_size, "disk_bytes_without_head": 0}
+    model.save_pretrained(str(folder))
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) != 1:
+        raise RuntimeError(
+            f"{name}: expected one safetensors file in {folder}, found {[f.name for f in files]}."
+        )
+    path = files[0]
+    return {
+        "file": path.name,
+        "disk_bytes_with_head": path.stat().st_size,
+        "disk_bytes_without_head": _without_head_size(path, folder / "without_head.safetensors.tmp"),
+    }
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued device work (CUDA) so that wall-clock timings are complete."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_step(method: Method, pixels: torch.Tensor, labels: torch.Tensor) -> None:
+    """One training step: forward with cross-entropy loss, backward, AdamW step, zero_grad(set_to_none)."""
+    loss = method.model(pixel_values=pixels, labels=labels).loss
+    loss.backward()
+    method.optimizer.step()
+    method.optimizer.zero_grad(set_to_none=True)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall-clock seconds of `fn()`, device work included."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def static_tensor_bytes(method: Method) -> int:
+    """Bytes of the tensors a method keeps between steps: parameters, buffers, gradients and optimizer state."""
+    tensors = list(method.model.parameters()) + list(method.model.buffers())
+    tensors += [p.grad for p in method.model.parameters() if p.grad is not None]
+    for state in method.optimizer.state.values():
+        tensors += [v for v in state.values() if torch.is_tensor(v)]
+    storages: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def step_peak_increase(
+    method: Method, pixels: torch.Tensor, labels: torch.Tensor, device: torch.device
+) -> tuple[int, str]:
+    """Peak increase of allocated tensor bytes during one training step, and how it was measured."""
+    if device.type == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        train_step(method, pixels, labels)
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - before, "torch.cuda.max_memory_allocated"
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        train_step(method, pixels, labels)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak, "torch.profiler allocator events (profile_memory=True)"
+
+
+def summarize(samples: Sequence[float]) -> dict[str, float]:
+    """Median, quartiles, min, max and relative inter-quartile range of timing samples."""
+    ordered = sorted(samples)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    median = statistics.median(ordered)
+    return {
+        "median": median,
+        "q1": q1,
+        "q3": q3,
+        "min": ordered[0],
+        "max": ordered[-1],
+        "rel_iqr": (q3 - q1) / median if median else 0.0,
+        "n": len(ordered),
+    }
+
+
+def log(message: str) -> None:
+    """Progress line with a timestamp on stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Namespace) -> dict[str, object]:
+    """Every measurement of one model size, all methods interleaved."""
+    device = torch.device(args.device)
+    loadavg_start, wall_start, cpu_start = os.getloadavg(), time.perf_counter(), time.process_time()
+    depths, widths = parse_spec(model_name)
+    base = build_base(model_name, args.seed)
+    base_params = sum(p.numel() for p in base.parameters())
+    head_params = sum(p.numel() for n, p in base.named_parameters() if is_head_param(n))
+    backbone_params = base_params - head_params
+    log(f"{model_name}: {base_params:,} parameters ({backbone_params:,} backbone)")
+
+    results: dict[str, dict[str, object]] = {}
+    built: list[Method] = []
+    with tempfile.TemporaryDirectory(prefix="upetu-bench-") as workdir:
+        for name in methods:
+            model = wrap_method(name, base)
+            entry: dict[str, object] = {"label": METHOD_LABELS.get(name, name)}
+            entry.update(parameter_counts(model, backbone_params))
+            if name.startswith("upetu_"):
+                entry["upetu_parameter_counts"] = model.base_model.parameter_counts()
+            entry.update(disk_sizes(name, model, Path(workdir)))
+            model.to(device).train()
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            optimizer = torch.optim.AdamW(trainable, lr=args.lr)
+            built.append(Method(name, model, optimizer, trainable))
+            results[name] = entry
+    base.to(device).eval()
+
+    generator = torch.Generator().manual_seed(args.seed)
+    size = args.image_size
+    pixels = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device)
+    labels = torch.randint(0, NUM_LABELS, (args.batch_size,), generator=generator).to(device)
+
+    # Training: warm-up rounds, one memory-measured step per method (also a warm-up), then timed rounds.
+    for _ in range(args.warmup):
+        for method in built:
+            train_step(method, pixels, labels)
+    for method in built:
+        static = static_tensor_bytes(method)
+        increase, how = step_peak_increase(method, pixels, labels, device)
+        results[method.name]["memory"] = {
+            "static_bytes": static,
+            "step_peak_increase_bytes": increase,
+            "peak_bytes": static + increase,
+            "how": how,
+        }
+    log(f"{model_name}: memory measured; timing {args.steps} training rounds")
+    step_samples: dict[str, list[float]] = {m.name: [] for m in built}
+    for round_index in range(args.steps):
+        order = built[round_index % len(built) :] + built[: round_index % len(built)]
+        for method in order:
+            step_samples[method.name].append(timed(lambda m=method: train_step(m, pixels, labels), device))
+        log(f"{model_name}: training round {round_index + 1}/{args.steps}")
+
+    # Inference: every round times the base model and every method once, in a rotated order; each method's ratio
+    # is taken against the base run of the same round.
+    for method in built:
+        method.model.eval()
+    inference: dict[str, dict[str, list[float]]] = {m.name: {"method": [], "base": []} for m in built}
+    base_runs: list[float] = []
+
+    def infer(model: nn.Module) -> float:
+        with torch.no_grad():
+            return timed(lambda: model(pixel_values=pixels), device)
+
+    contestants: list[Method | None] = [None, *built]  # None: the base model
+    for method in built:  # warm-up: first eval-mode forward (caches quantized weights, allocator warm-up)
+        infer(method.model)
+    infer(base)
+    for round_index in range(args.inference_runs):
+        shift = round_index % len(contestants)
+        times: dict[str, float] = {}
+        for method in contestants[shift:] + contestants[:shift]:
+            times["" if method is None else method.name] = infer(base if method is None else method.model)
+        base_runs.append(times.pop(""))
+        for name, seconds in times.items():
+            inference[name]["method"].append(seconds)
+            inference[name]["base"].append(base_runs[-1])
+        log(f"{model_name}: inference round {round_index + 1}/{args.inference_runs}")
+
+    for method in built:
+        entry = results[method.name]
+        samples = step_samples[method.name]
+        entry["train_step_s"] = samples
+        entry["train_step"] = summarize(samples)
+        inf = inference[method.name]
+        ratios = [m / b for m, b in zip(inf["method"], inf["base"])]
+        entry["inference_s"] = inf["method"]
+        entry["inference_base_same_round_s"] = inf["base"]
+        entry["inference"] = summarize(inf["method"])
+        entry["inference_ratio_samples"] = ratios
+        entry["inference_ratio"] = summarize(ratios)
+
+    # Noise: full fine-tuning and the linear probe run the base architecture, so their latency ratio should be 1.
+    controls = {n: results[n]["inference_ratio"] for n in ("full", "linear_probe") if n in results}
+    ratios = {name: compare(results, step_samples, name) for name in results}
+    del built, base
+    return {
+        "depths": depths,
+        "widths": widths,
+        "num_labels": NUM_LABELS,
+        "base_params": base_params,
+        "backbone_params": backbone_params,
+        "head_params": head_params,
+        "base_inference_s": base_runs,
+        "base_inference": summarize(base_runs),
+        "noise": {
+            "same_architecture_inference_ratio": controls,
+            "loadavg_start": loadavg_start,
+            "loadavg_end": os.getloadavg(),
+            # CPU seconds this process got per wall second and thread: well below 1 when other work competes.
+            "cpu_share": (time.process_time() - cpu_start)
+            / ((time.perf_counter() - wall_start) * torch.get_num_threads()),
+        },
+        "wall_time_s": time.perf_counter() - wall_start,
+        "methods": results,
+        "ratios": ratios,
+    }
+
+
+def compare(
+    results: dict[str, dict[str, object]], step_samples: dict[str, list[float]], name: str
+) -> dict[str, float | None]:
+    """Ratios of method `name` to full fine-tuning and LoRA r=8: step time (median of per-round ratios, the
+    rounds being interleaved), peak memory and disk size without the head."""
+    out: dict[str, float | None] = {}
+    for ref in ("full", "lora_r8"):
+        if ref not in results:
+            continue
+        per_round = [a / b for a, b in zip(step_samples[name], step_samples[ref])]
+        out[f"train_step_vs_{ref}"] = statistics.median(per_round)
+        out[f"train_step_vs_{ref}_q1"], _, out[f"train_step_vs_{ref}_q3"] = (
+            statistics.quantiles(per_round, n=4, method="inclusive") if len(per_round) >= 2 else (None,) * 3
+        )
+        out[f"peak_memory_vs_{ref}"] = (
+            results[name]["memory"]["peak_bytes"] / results[ref]["memory"]["peak_bytes"]
+        )
+        ref_disk = results[ref]["disk_bytes_without_head"]
+        out[f"disk_without_head_vs_{ref}"] = (
+            results[name]["disk_bytes_without_head"] / ref_disk if ref_disk else None
+        )
+    return out
+
+
+def _check(target: str, value: float | None, limit: float, higher_is_better: bool = False) -> dict | None:
+    """One target check (`None` when the value could not be measured)."""
+    if value is None:
+        return None
+    met = value >= limit if higher_is_better else value <= limit
+    return {"target": target, "value": value, "limit": limit, "met": met}
+
+
+def check_targets(models: dict[str, dict[str, object]]) -> list[dict[str, object]]:
+    """The issue's targets, evaluated for every UPetu variant of every model measured."""
+    checks: list[dict[str, object]] = []
+    for model_name, data in models.items():
+        methods, ratios = data["methods"], data["ratios"]
+        for name in methods:
+            if not name.startswith("upetu_"):
+                continue
+            entry, ratio = methods[name], ratios[name]
+            disk = entry["disk_bytes_without_head"]
+            found = [_check("adapter on disk without head (bytes) <= 200 KB", disk, DISK_LIMIT_BYTES)]
+            if "lora_r8" in methods:
+                lora = methods["lora_r8"]["disk_bytes_without_head"]
+                found.append(_check("LoRA r=8 / UPetu size on disk (no heads) >= 25x", lora / disk, 25, True))
+                found.append(
+                    _check("training step vs LoRA r=8 <= 1.15x", ratio["train_step_vs_lora_r8"], 1.15)
+                )
+            if "full" in methods:
+                found.append(
+                    _check("training step vs full fine-tuning <= 0.8x", ratio["train_step_vs_full"], 0.8)
+                )
+                found.append(
+                    _check(
+                        "peak training memory vs full fine-tuning <= 0.8x", ratio["peak_memory_vs_full"], 0.8
+                    )
+                )
+            found.append(
+                _check("inference latency vs base model <= 1.10x", entry["inference_ratio"]["median"], 1.10)
+            )
+            primary = model_name == TARGET_MODEL and name == TARGET_METHOD
+            for check in found:
+                if check is not None:
+                    checks.append({"model": model_name, "method": name, "primary": primary, **check})
+    return checks
+
+
+def git_state() -> dict[str, object]:
+    """Commit of the checkout and whether the tuner or this script have uncommitted changes."""
+    import subprocess
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "src/upetu_hf/tuner", "scripts/benchmark_efficiency.py")
+    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted": dirty.splitlines()}
+
+
+def machine_info(device: torch.device) -> dict[str, object]:
+    """CPU model, cores, thread settings and library versions."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, object] = {
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "upetu_hf": upetu_hf.__version__,
+        "device": str(device),
+        "loadavg_start": os.getloadavg(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes in B / KB / MB / GB (powers of 1000)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def fmt_count(n: float) -> str:
+    """Parameter counts in K / M."""
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(int(n))
+
+
+def render_markdown(results: dict[str, object]) -> str:
+    """The markdown report: settings, one table per model, the targets and the noise."""
+    meta = results["meta"]
+    lines = [
+        "# UPetu efficiency benchmark",
+        "",
+        f"Generated by `{meta['command']}` on {meta['date']} ({meta['wall_time_s']:.0f} s wall time).",
+        "",
+        f"- Machine: {meta['machine']['cpu_model']}, {meta['machine']['cpus_available']} CPUs available, "
+        f"torch {meta['machine']['torch']} with {meta['machine']['torch_num_threads']} threads, "
+        f"device `{meta['machine']['device']}`, load average at start {meta['machine']['loadavg_start'][0]:.2f}.",
+        f"- Settings: batch {meta['batch_size']}, {meta['image_size']}x{meta['image_size']} px, "
+        f"{meta['warmup']} warm-up round(s), {meta['steps']} timed training steps and {meta['inference_runs']} "
+        f"inference runs per method, AdamW lr {meta['lr']}, random weights, {NUM_LABELS} classes.",
+    ]
+    if meta["quick"]:
+        lines.append("- **Quick run** (`--quick`): a partial, smaller benchmark; not the reference numbers.")
+    lines += [
+        "",
+        "Columns: trainable parameters without the head (% of the backbone); the weights file `save_pretrained` "
+        "writes, without / with the head; median training step (forward + backward + AdamW) and its ratio to "
+        "full fine-tuning and LoRA r=8 (median of per-round ratios); peak tensor memory of a training step and "
+        "its ratio to full fine-tuning; inference latency ratio to the base model (median, [q1-q3]).",
+    ]
+    for model_name, data in results["models"].items():
+        lines += [
+            "",
+            f"## {model_name} (depths {'-'.join(map(str, data['depths']))}, "
+            f"widths {'-'.join(map(str, data['widths']))}; backbone {fmt_count(data['backbone_params'])} params)",
+            "",
+            "| method | trainable (no head) | % backbone | disk no head | disk with head | step (s) | vs full "
+            "| vs LoRA r=8 | peak memory | mem vs full | inference vs base |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, entry in data["methods"].items():
+            ratio = data["ratios"][name]
+            step = entry["train_step"]
+            inf = entry["inference_ratio"]
+
+            def r(key: str, ratio: dict = ratio) -> str:
+                value = ratio.get(key)
+                return "-" if value is None else f"{value:.2f}x"
+
+            lines.append(
+                f"| {entry['label']} | {fmt_count(entry['trainable_params_without_head'])} "
+                f"| {entry['trainable_pct_of_backbone']:.2f} % | {fmt_bytes(entry['disk_bytes_without_head'])} "
+                f"| {fmt_bytes(entry['disk_bytes_with_head'])} | {step['median']:.3f} "
+                f"± {step['rel_iqr'] * 100:.0f} % | {r('train_step_vs_full')} | {r('train_step_vs_lora_r8')} "
+                f"| {fmt_bytes(entry['memory']['peak_bytes'])} | {r('peak_memory_vs_full')} "
+                f"| {inf['median']:.3f}x [{inf['q1']:.3f}-{inf['q3']:.3f}] |"
+            )
+        base = data["base_inference"]
+        share = data["noise"]["cpu_share"]
+        if share < CONTENDED_CPU_SHARE:
+            lines += [
+                "",
+                f"> **Warning: contended machine.** This process got {share:.2f} of the CPU time its "
+                f"{meta['machine']['torch_num_threads']} threads could use (load average up to "
+                f"{max(data['noise']['loadavg_start'][0], data['noise']['loadavg_end'][0]):.1f}): other work "
+                "competed for the cores. Interleaving spreads slow phases over every method, but with several threads "
+                "OpenMP also waits for descheduled threads at every parallel region, a cost per operator that "
+                "penalises methods with many small operators (adapters) and inflates their time ratios. "
+                "Rerun on an idle machine, or with `--threads 1`, before trusting the timing ratios; sizes, "
+                "parameter counts and memory are unaffected.",
+            ]
+        noise = [
+            f"{data['methods'][n]['label']} {c['median']:.3f}x [{c['q1']:.3f}-{c['q3']:.3f}]"
+            for n, c in data["noise"]["same_architecture_inference_ratio"].items()
+        ]
+        lines += [
+            "",
+            f"Base model inference: median {base['median']:.3f} s (relative IQR {base['rel_iqr'] * 100:.1f} %). "
+            "Noise: ± after a step time is its relative inter-quartile range"
+            + (
+                "; full fine-tuning and the linear probe run the base architecture, so their latency ratios "
+                f"(ideally 1) show the timing noise: {', '.join(noise)}"
+                if noise
+                else ""
+            )
+            + f". Load average {data['noise']['loadavg_start'][0]:.2f} at the start, "
+            f"{data['noise']['loadavg_end'][0]:.2f} at the end; CPU share obtained "
+            f"{data['noise']['cpu_share']:.2f} (CPU seconds per wall second and thread; 1 = no competition); "
+            f"{data['wall_time_s']:.0f} s for this model.",
+        ]
+    if results["targets"]:
+        variants = list(dict.fromkeys(check["method"] for check in results["targets"]))
+        lines += [
+            "",
+            "## Targets",
+            "",
+            f"The issue's targets are for {TARGET_MODEL} with {TARGET_METHOD}; the other UPetu variants are shown "
+            "for reference.",
+            "",
+            "| model | target | " + " | ".join(variants) + " |",
+            "|---|---|" + "---:|" * len(variants),
+        ]
+        rows: dict[tuple[str, str], dict[str, str]] = {}
+        for check in results["targets"]:
+            value = check["value"]
+            shown = fmt_bytes(value) if "bytes" in check["target"] else f"{value:.2f}"
+            cell = f"{shown} {'yes' if check['met'] else '**NO**'}"
+            rows.setdefault((check["model"], check["target"]), {})[check["method"]] = cell
+        for (model_name, target), cells in rows.items():
+            lines.append(
+                f"| {model_name} | {target} | " + " | ".join(cells.get(v, "-") for v in variants) + " |"
+            )
+    lines += [
+        "",
+        "## Method notes",
+        "",
+        "- LoRA: peft `LoraConfig(r, lora_alpha=r, target_modules=['pwconv1', 'pwconv2'], "
+        "modules_to_save=['classifier'])`, unmerged at inference (merged LoRA costs exactly the base model).",
+        "- IA3: peft `IA3Config(target_modules=['pwconv1', 'pwconv2'], feedforward_modules=['pwconv2'], "
+        "modules_to_save=['classifier'])`: scales pwconv1's output and pwconv2's input (the 4C hidden).",
+        "- UPetu: `UPetuConfig(bits=k)` (r=16, prompt_size=4, the classifier via modules_to_save).",
+        "- Linear probe: only the classifier trains; its weights saved with safetensors. Full fine-tuning: "
+        "`model.safetensors` of the whole model.",
+        "- Disk without the head: the same file re-saved with safetensors without the classifier's tensors.",
+        "- Peak memory: live tensor bytes at the start of a step (parameters, buffers, AdamW state) plus the peak "
+        "increase of allocated tensor bytes during one step (gradients, activations, optimizer temporaries), "
+        "from PyTorch's allocator: torch.profiler memory events on CPU, max_memory_allocated on CUDA. Memory "
+        "outside PyTorch's allocator (oneDNN scratch space, the Python heap) is not counted.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options; `--quick` fills in whatever was not given explicitly."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="fast partial run (ConvNeXt-T, 5 steps, batch 4, 128 px)"
+    )
+    parser.add_argument("--models", help=f"comma-separated: {', '.join(MODEL_SPECS)} or D-D-D-D:W-W-W-W")
+    parser.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)}")
+    parser.add_argument("--steps", type=int, help="timed training steps per method (default 10)")
+    parser.add_argument(
+        "--inference-runs", type=int, help="timed inference runs per method (default: --steps)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="warm-up training rounds before the memory step"
+    )
+    parser.add_argument("--batch-size", type=int, help="batch size (default 8)")
+    parser.add_argument("--image-size", type=int, help="image side in pixels (default 224)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all CPUs)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=str(REPO_ROOT / "results" / "efficiency.json"), help="JSON path")
+    parser.add_argument("--markdown", default=None, help="markdown path (default: --output with .md)")
+    args = parser.parse_args(argv)
+    preset = QUICK if args.quick else DEFAULTS
+    args.models = args.models.split(",") if args.models else list(preset["models"])
+    args.methods = args.methods.split(",") if args.methods else list(METHODS)
+    for key in ("steps", "batch_size", "image_size"):
+        if getattr(args, key) is None:
+            setattr(args, key, preset[key])
+    if args.inference_runs is None:
+        args.inference_runs = args.steps
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}: allowed values are {', '.join(METHODS)}")
+    for name in args.models:
+        try:
+            parse_spec(name)
+        except ValueError as err:
+            parser.error(str(err))
+    if args.steps < 1 or args.inference_runs < 1:
+        parser.error("--steps and --inference-runs must be at least 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda was requested but CUDA is not available")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, object]:
+    """Run the benchmark, write the JSON and markdown reports, and return the results."""
+    args = parse_args(argv)
+    started = time.perf_counter()
+    threads = args.threads or (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    )
+    torch.set_num_threads(threads)
+    device = torch.device(args.device)
+    argv_list = list(sys.argv[1:] if argv is None else argv)
+    command = " ".join(["python scripts/benchmark_efficiency.py", *argv_list])
+    meta: dict[str, object] = {
+        "command": command,
+        "argv": argv_list,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "models": args.models,
+        "methods": args.methods,
+        "steps": args.steps,
+        "inference_runs": args.inference_runs,
+        "warmup": args.warmup,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "machine": machine_info(device),
+        "git": git_state(),
+    }
+    models = {name: benchmark_model(name, args.methods, args) for name in args.models}
+    meta["wall_time_s"] = time.perf_counter() - started
+    results = {"meta": meta, "models": models, "targets": check_targets(models)}
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=1) + "\n")
+    markdown = Path(args.markdown) if args.markdown else output.with_suffix(".md")
+    markdown.write_text(render_markdown(results))
+    log(f"wrote {output} and {markdown} in {meta['wall_time_s']:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,653 @@
+#!/usr/bin/env python
+"""Tables, a plot and the README "Results" section, generated from `results/accuracy_*.json` (written by
+`scripts/benchmark_accuracy.py`) and, when present, `results/efficiency.json` (`scripts/benchmark_efficiency.py`).
+
+Writes `results/accuracy_summary.md` (every table, the learning-rate search and every run) and
+`results/accuracy_vs_params.png` (test metric against trainable parameters, log x, marker area showing the size of
+the checkpoint a task needs), and rewrites the part of README.md between `<!-- results:start -->` and
+`<!-- results:end -->`. Without those markers README.md is left alone and the section is printed. Every number
+comes from the JSON files.
+
+Usage:
+    python scripts/make_report.py
+    python scripts/make_report.py --results-dir results --readme README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+TASK_ORDER = ("classification", "segmentation", "change-detection")
+METRIC_NAMES = {"accuracy": "accuracy", "mean_iou": "mIoU", "f1": "change F1"}
+TASK_TITLES = {
+    "classification": "Scene classification",
+    "segmentation": "Semantic segmentation",
+    "change-detection": "Change detection",
+}
+#: Aims of the benchmark issue (thresholds, not results).
+ONE_BIT_MAX_LOSS = 0.5  # accuracy points, 1-bit vs 32-bit
+SMALL_BUDGET_PCT = 1.0  # % of the backbone for `upetu-small`
+COLORS = {
+    "linear": "#7f7f7f",
+    "full": "#000000",
+    "lora": "#1f77b4",
+    "ia3": "#9467bd",
+    "upetu": "#d62728",
+    "upetu-1bit": "#ff7f0e",
+    "upetu-32bit": "#8c564b",
+    "eqam-only": "#2ca02c",
+    "capm-only": "#17becf",
+    "upetu-small": "#e377c2",
+}
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def load_accuracy(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """`{task: state}` from every `accuracy_*.json` in `results_dir`, in task order."""
+    states = {}
+    for path in sorted(results_dir.glob("accuracy_*.json")):
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            print(f"make_report: skipping {path}: {err}", file=sys.stderr)
+            continue
+        if not isinstance(state, dict) or "task" not in state or "summary" not in state:
+            print(f"make_report: skipping {path}: not a benchmark_accuracy.py result", file=sys.stderr)
+            continue
+        state["_file"] = path.name
+        states[state["task"]] = state
+    order = {t: i for i, t in enumerate(TASK_ORDER)}
+    return dict(sorted(states.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def load_efficiency(path: Path) -> dict[str, Any] | None:
+    """The efficiency benchmark's JSON, or None when absent or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        print(f"make_report: ignoring {path}: {err}", file=sys.stderr)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+def fmt_bytes(n: float | None) -> str:
+    """Bytes as KB / MB (powers of 1000)."""
+    if n is None:
+        return "-"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f} MB"
+    return f"{n / 1e3:.1f} KB"
+
+
+def fmt_count(n: float | None) -> str:
+    """Parameter counts in K / M."""
+    if n is None:
+        return "-"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(int(n))
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return "-"
+    return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
+
+
+def fmt_lr(lr: float | None) -> str:
+    return "-" if lr is None else f"{lr:.3g}"
+
+
+def points(x: float | None) -> str:
+    """A metric in [0, 1] as percentage points."""
+    return "-" if x is None else f"{100 * x:.2f}"
+
+
+def metric_name(state: dict[str, Any]) -> str:
+    return METRIC_NAMES.get(state["metric"], state["metric"])
+
+
+def architecture(backbone: dict[str, Any]) -> str:
+    kind = backbone.get("model_type") or "convnext"
+    return {"convnext": "ConvNeXt", "convnextv2": "ConvNeXt V2"}.get(kind, kind)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def title(state: dict[str, Any]) -> str:
+    paths = state["sessions"][-1]["paths"] if state.get("sessions") else {}
+    data = ", ".join(Path(d).name for d in paths.get("sources") or paths.get("data") or [])
+    base = TASK_TITLES.get(state["task"], state["task"])
+    return f"{base} ({data}, {metric_name(state)})" if data else f"{base} ({metric_name(state)})"
+
+
+# ---------------------------------------------------------------------------------------------- tables
+def results_table(state: dict[str, Any]) -> list[str]:
+    """One row per method: test metric mean +- std, parameters, sizes, learning rate and wall time."""
+    name = metric_name(state)
+    lines = [
+        f"| method | test {name} (%) | seeds | trainable params | trainable % | adapter % of backbone "
+        "| adapter (no head) | checkpoint (with head) | lr (x default) | best epochs | wall time / run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for s in state["summary"].values():
+        factor = f" (x{s['lr_factor']:.3g})" if s.get("lr_factor") is not None else ""
+        flag = "" if s.get("selection_complete", True) else " (search incomplete)"
+        lines.append(
+            f"| {s['label']}{flag} | {points(s['test_mean'])} ± {points(s['test_std'])} | {s['n']} "
+            f"| {fmt_count(s['trainable_params'])} | {s['trainable_pct']:.2f} % "
+            f"| {s['adapter_pct_of_backbone']:.2f} % | {fmt_bytes(s['weights_bytes_without_head'])} "
+            f"| {fmt_bytes(s['weights_bytes_with_head'])} | {fmt_lr(s['lr'])}{factor} "
+            f"| {', '.join(str(e) for e in s['best_epochs'])} | {fmt_seconds(s['wall_time_s_mean'])} |"
+        )
+    return lines
+
+
+def search_table(state: dict[str, Any]) -> list[str]:
+    """Validation metric of every learning-rate candidate (search seed), the chosen one in bold."""
+    name = metric_name(state)
+    lines = [f"| method | validation {name} (%) per learning rate | chosen |", "|---|---|---:|"]
+    for variant, choice in state.get("selection", {}).items():
+        label = state["variants"].get(variant, {}).get("label", variant)
+        cells = []
+        for c in choice.get("candidates", []):
+            score = points(c["validation_score"]) if c["validation_score"] is not None else "missing"
+            cell = f"{fmt_lr(c['lr'])}: {score}"
+            cells.append(f"**{cell}**" if c["lr"] == choice.get("lr") else cell)
+        lines.append(f"| {label} | {'; '.join(cells)} | {fmt_lr(choice.get('lr'))} |")
+    return lines
+
+
+def runs_table(state: dict[str, Any]) -> list[str]:
+    """Every run: configuration, best epoch, validation and test metric, wall time, device."""
+    name = metric_name(state)
+    lines = [
+        f"| method | lr | seed | phase | best epoch | validation {name} | test {name} | wall time | device |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in state["runs"]:
+        if r.get("status") != "ok":
+            lines.append(
+                f"| {r['label']} | {fmt_lr(r['lr'])} | {r['seed']} | FAILED: {r.get('error', '')} |||||"
+            )
+            continue
+        chosen = state.get("selection", {}).get(r["variant"], {}).get("lr") == r["lr"]
+        phase = r.get("phase", "")
+        if phase == "search" and chosen:
+            phase = "search, chosen (final seed)"
+        lines.append(
+            f"| {r['label']} | {fmt_lr(r['lr'])} | {r['seed']} | {phase} | {r['best_epoch']} "
+            f"| {points(r['validation_score'])} | {points(r['test_score'])} | {fmt_seconds(r['wall_time_s'])} "
+            f"| {r['device']} |"
+        )
+    return lines
+
+
+def aims(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The benchmark issue's aims for classification, checked on the summary (None: not measured)."""
+    s = state["summary"]
+
+    def mean(name: str) -> float | None:
+        return 100 * s[name]["test_mean"] if s.get(name, {}).get("test_mean") is not None else None
+
+    def std(name: str) -> float:
+        return 100 * s[name]["test_std"] if s.get(name, {}).get("test_std") is not None else 0.0
+
+    def diff(a: str, b: str) -> float | None:
+        return None if mean(a) is None or mean(b) is None else mean(a) - mean(b)
+
+    checks = []
+    d = diff("upetu", "full")
+    checks.append(("UPetu (default) >= full fine-tuning", d, None if d is None else d >= 0))
+    d = diff("upetu", "lora")
+    lora = s.get("lora", {}).get("options", {}).get("r") or state.get("backbone", {}).get("lora_matched_r")
+    checks.append((f"UPetu (default) > LoRA r={lora} at matched parameters", d, None if d is None else d > 0))
+    d = diff("upetu", "linear")
+    clear = None if d is None else d > std("upetu") + std("linear")
+    checks.append(
+        ("UPetu (default) beats the linear probe clearly (by more than the sum of the stds)", d, clear)
+    )
+    d = diff("upetu-1bit", "upetu-32bit")
+    checks.append(
+        (
+            f"1-bit loses at most {ONE_BIT_MAX_LOSS} points vs 32-bit",
+            d,
+            None if d is None else d >= -ONE_BIT_MAX_LOSS,
+        )
+    )
+    if "upetu-small" in s:
+        small = s["upetu-small"]
+        r = small["options"].get("r")
+        met = small["adapter_pct_of_backbone"] < SMALL_BUDGET_PCT
+        checks.append(
+            (
+                f"UPetu r={r} trains < {SMALL_BUDGET_PCT:g} % of the backbone "
+                f"({small['adapter_pct_of_backbone']:.2f} %); difference to full fine-tuning",
+                diff("upetu-small", "full"),
+                met,
+            )
+        )
+    return [{"aim": a, "difference_points": d, "met": m} for a, d, m in checks]
+
+
+def aims_table(state: dict[str, Any]) -> list[str]:
+    lines = ["| aim | difference (points) | met |", "|---|---:|---|"]
+    for check in aims(state):
+        d = check["difference_points"]
+        met = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
+        lines.append(f"| {check['aim']} | {'-' if d is None else f'{d:+.2f}'} | {met} |")
+    return lines
+
+
+def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
+    """A compact table of the efficiency benchmark, or a note when it is absent or not understood."""
+    if eff is None:
+        return [
+            "Not measured yet: `results/efficiency.json` is absent (`python scripts/benchmark_efficiency.py`)."
+        ]
+    try:
+        lines = []
+        meta = eff.get("meta", {})
+        machine = meta.get("machine", {})
+        if meta.get("command"):
+            lines.append(
+                f"From `results/efficiency.json` (`{meta['command']}`; details in `results/efficiency.md`)."
+            )
+        if meta.get("quick"):
+            lines.append("**Quick run**: a partial efficiency benchmark, not the reference numbers.")
+        device = machine.get("gpu") or machine.get("cpu_model")
+        if device:
+            lines.append(f"Measured on {device} (`{machine.get('device', '?')}`).")
+        for model_name, data in eff["models"].items():
+            lines += [
+                "",
+                f"{model_name} (backbone {fmt_count(data.get('backbone_params'))} parameters):",
+                "",
+                "| method | trainable % of backbone | on disk without head | train step vs full | peak memory vs "
+                "full | inference vs base |",
+                "|---|---:|---:|---:|---:|---:|",
+            ]
+            for name, entry in data["methods"].items():
+                ratio = data.get("ratios", {}).get(name, {})
+
+                def r(key: str, ratio: dict = ratio) -> str:
+                    value = ratio.get(key)
+                    return "-" if value is None else f"{value:.2f}x"
+
+                inference = entry.get("inference_ratio", {}).get("median")
+                lines.append(
+                    f"| {entry.get('label', name)} | {entry['trainable_pct_of_backbone']:.2f} % "
+                    f"| {fmt_bytes(entry.get('disk_bytes_without_head'))} | {r('train_step_vs_full')} "
+                    f"| {r('peak_memory_vs_full')} | {'-' if inference is None else f'{inference:.2f}x'} |"
+                )
+        return lines
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        return [
+            f"`results/efficiency.json` has a layout this report does not know ({err!r}); see `results/efficiency.md`."
+        ]
+
+
+# ---------------------------------------------------------------------------------------------- prose
+def backbone_sentence(states: dict[str, dict[str, Any]]) -> str:
+    """The backbone as the JSON records it (architecture, size, pretraining)."""
+    b = next(iter(states.values()))["backbone"]
+    arch = architecture(b)
+    depths = "-".join(map(str, b.get("depths", [])))
+    widths = "-".join(map(str, b.get("hidden_sizes", [])))
+    text = (
+        f"`{b.get('name', b.get('model'))}`: {arch}, depths {depths}, widths {widths}, "
+        f"{b['backbone_params'] / 1e6:.2f} M backbone parameters"
+    )
+    pre = b.get("pretraining")
+    if pre:
+        text += f"; pretrained on {pre.get('data', '?')} at {pre.get('res', '?')} px for {pre.get('epochs', '?')} epochs"
+        if "final_heldout_accuracy" in pre:
+            text += f" ({100 * pre['final_heldout_accuracy']:.1f} % held-out accuracy)"
+    return text + "."
+
+
+def hardware_lines(states: dict[str, dict[str, Any]]) -> list[str]:
+    """Per task: the devices the runs used, and the machines of the sessions."""
+    lines = []
+    for task, state in states.items():
+        devices = sorted({r["device"] for r in state["runs"] if r.get("device")})
+        machines, loads = [], []
+        for session in state.get("sessions", []):
+            m = session["machine"]
+            if m.get("loadavg"):
+                loads.append(f"{m['loadavg'][0]:.1f}")
+            gpus = ", ".join(m.get("gpus", []))
+            text = (
+                f"{m['cpu_model']} ({m['cpus_available']} CPUs available, torch {m['torch']} with "
+                f"{m['torch_num_threads']} threads)"
+            )
+            machines.append(f"{gpus} + {text}" if gpus else text)
+        lines.append(
+            f"- {task}: runs on {'; '.join(devices) or '-'}; machine(s): {'; '.join(dict.fromkeys(machines))}"
+            f"{'; load average at start ' + ', '.join(loads) if loads else ''}."
+        )
+    return lines
+
+
+def protocol_lines(states: dict[str, dict[str, Any]]) -> list[str]:
+    """The protocol, from each task's recorded settings."""
+    lines = []
+    for task, state in states.items():
+        p = state["protocol"]
+        seeds = sorted({seed for s in state["summary"].values() for seed in s["seeds"]})
+        factors = ", ".join(f"{f:.3g}" for f in p["lr_factors"])
+        split = p.get("split", {})
+        if task == "classification":
+            data = (
+                f"stratified split, {100 * split.get('train_fraction', 0):.0f} % of each class for training "
+                f"(split seed {p.get('split_seed')}), {100 * split.get('validation_fraction', 0):.0f} % of the "
+                f"training part held out for validation, images resized to {p.get('image_size')} px"
+            )
+        elif task == "segmentation":
+            tf, vf = split.get("train_fraction", 0), split.get("validation_fraction", 0)
+            data = (
+                f"seeded random split of the tiles (split seed {p.get('split_seed')}): "
+                f"{100 * tf * (1 - vf):.0f} / {100 * tf * vf:.0f} / {100 * (1 - tf):.0f} % train / validation / "
+                f"test, tiles resized to {p.get('resize')} px, UperNet with {p.get('head_hidden_size')} channels"
+            )
+        else:
+            pairs = split.get("by_pairs", {})
+            data = (
+                f"split by pairs, stratified by source (seed {split.get('seed')}): "
+                f"{len(pairs.get('train', []))} / {len(pairs.get('validation', []))} / {len(pairs.get('test', []))} "
+                f"train / validation / test pairs, training on random {p.get('image_size')}-px crops "
+                f"({split.get('train_repeats')} per pair and epoch), evaluation on the full pairs"
+            )
+        limits = [
+            f"{k.replace('_', ' ')} {p[k]}"
+            for k in ("max_train_samples", "max_eval_samples")
+            if p.get(k) is not None
+        ]
+        lines.append(
+            f"- {task}: {data}{'; subsampled: ' + ', '.join(limits) if limits else ''}. Learning rate: "
+            f"the method's default x {{{factors}}} on seed {p['search_seed']}, {plural(p['epochs'], 'epoch')}, batch "
+            f"{p['batch_size']}, mixed precision `{p['mixed_precision']}`, chosen on the validation "
+            f"{metric_name(state)}; final seeds {seeds}."
+        )
+    return lines
+
+
+def caveats(states: dict[str, dict[str, Any]], backbone_note: str | None = None) -> list[str]:
+    """What the numbers do not show, from the recorded settings."""
+    b = next(iter(states.values()))["backbone"]
+    pre = b.get("pretraining", {})
+    origin = f"pretrained on {pre['data']}" if pre.get("data") else "(its pretraining is not recorded here)"
+    note = f" ({backbone_note})" if backbone_note else ""
+    lines = [
+        f"- **Backbone.** A small {b['backbone_params'] / 1e6:.1f} M-parameter {architecture(b)} "
+        f"{origin}{note}, not the ImageNet-22k ConvNeXt-B of the UPetu paper: absolute numbers are far below the "
+        "paper's, and the ranking of methods on a large, strongly pretrained backbone may differ. Relative "
+        "comparisons on this backbone are what the benchmark measures.",
+    ]
+    for task, state in states.items():
+        splits = next((s.get("splits") for s in state["summary"].values() if s.get("splits")), None)
+        pairs = state["protocol"].get("split", {}).get("by_pairs")
+        if pairs:  # change detection: the training split holds repeated pairs; count the pairs
+            splits = {f"{k} pairs": len(v) for k, v in pairs.items()}
+        seeds = sorted({s["n"] for s in state["summary"].values()})
+        sizes = ", ".join(f"{k} {v}" for k, v in (splits or {}).items())
+        lines.append(
+            f"- **{task}.** {sizes + ' examples' if sizes else 'Split sizes not recorded'}; "
+            f"{'/'.join(map(str, seeds))} seed(s) per "
+            "method on one fixed split: the ± is the seed-to-seed spread only, not the split-to-split one."
+        )
+    quick = [t for t, s in states.items() if s["protocol"].get("quick")]
+    if quick:
+        lines.append(
+            f"- **Quick run** ({', '.join(quick)}): few methods, few epochs and subsampled data; a smoke check of the "
+            "pipeline, not a result."
+        )
+    incomplete = [
+        f"{t}/{v}"
+        for t, s in states.items()
+        for v, c in s.get("selection", {}).items()
+        if not c.get("complete")
+    ]
+    failed = [f"{t}/{r['key']}" for t, s in states.items() for r in s["runs"] if r.get("status") != "ok"]
+    if incomplete or failed:
+        lines.append(
+            f"- **Incomplete.** learning-rate search incomplete: {incomplete or 'none'}; failed runs: {failed or 'none'}."
+        )
+    lines.append(
+        "- **Wall times** are per run (training plus per-epoch validation and the final test), on the hardware "
+        "above, possibly shared with other jobs; the learning-rate search multiplies each method's cost by the "
+        "number of candidates."
+    )
+    return lines
+
+
+def commands(states: dict[str, dict[str, Any]]) -> list[str]:
+    cmds = [s["command"] for state in states.values() for s in state.get("sessions", [])]
+    return [*dict.fromkeys(cmds), "python scripts/make_report.py"]
+
+
+def section(
+    states: dict[str, dict[str, Any]],
+    eff: dict[str, Any] | None,
+    plot_path: str,
+    summary_path: str | None,
+    backbone_note: str | None = None,
+) -> str:
+    """The README "Results" section (markdown, without its `## Results` heading); links relative to its file."""
+    if not states:
+        return "No accuracy results yet: run `python scripts/benchmark_accuracy.py`, then `python scripts/make_report.py`.\n"
+    quick = [t for t, s in states.items() if s["protocol"].get("quick")]
+    lines = [
+        "*Generated by `scripts/make_report.py` from `results/accuracy_*.json`"
+        + (" and `results/efficiency.json`" if eff else "")
+        + "; do not edit by hand."
+        + (
+            f" The learning-rate search and every run: [`{Path(summary_path).name}`]({summary_path})."
+            if summary_path
+            else ""
+        )
+        + "*",
+        "",
+        *(
+            [
+                f"**Quick run** ({', '.join(quick)}): a smoke check of the pipeline with few methods, few epochs "
+                "and subsampled data, not a result.",
+                "",
+            ]
+            if quick
+            else []
+        ),
+        f"**Backbone.** {backbone_sentence(states)}",
+        "",
+        "**Hardware.**",
+        "",
+        *hardware_lines(states),
+        "",
+        "**Commands.**",
+        "",
+        "```bash",
+        *commands(states),
+        "```",
+        "",
+        "**Protocol.** For every method the learning rate is chosen on a validation part carved out of the "
+        "training data, never on the test part: the same number of candidates and epochs for every method, one "
+        "search seed; each run keeps its best-validation epoch (which chooses the number of epochs) and reports "
+        "its test metric there once. The chosen learning rate is then trained with the other seeds; the tables give "
+        "mean ± sample std over seeds. Trainable % counts every trained parameter (heads included) against the "
+        "model; adapter % counts the trained backbone parameters against the backbone; adapter size is the saved "
+        "weights without the task head, checkpoint size with it (the linear probe's checkpoint is its head).",
+        "",
+        *protocol_lines(states),
+    ]
+    for task, state in states.items():
+        lines += ["", f"#### {title(state)}", "", *results_table(state)]
+        if task == "classification":
+            lines += ["", "Aims of the benchmark issue:", "", *aims_table(state)]
+    lines += [
+        "",
+        f"![test metric against trainable parameters]({plot_path})",
+        "",
+        "#### Efficiency",
+        "",
+        *efficiency_lines(eff),
+        "",
+        "#### What these numbers do not show",
+        "",
+        *caveats(states, backbone_note),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def summary_markdown(
+    states: dict[str, dict[str, Any]],
+    eff: dict[str, Any] | None,
+    plot_path: str,
+    backbone_note: str | None = None,
+) -> str:
+    """`results/accuracy_summary.md`: the README section plus the search and every run."""
+    lines = ["# UPetu accuracy benchmark", "", section(states, eff, plot_path, None, backbone_note)]
+    for state in states.values():
+        lines += [
+            f"## {title(state)}: learning-rate search",
+            "",
+            *search_table(state),
+            "",
+            f"## {title(state)}: every run",
+            "",
+            *runs_table(state),
+            "",
+        ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- plot
+def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
+    """Test metric (mean ± std over seeds) against trainable parameters (log x), one panel per task; marker area
+    grows with the size of the checkpoint the task needs (adapter or model, with the head)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [s for s in states.values() if s["summary"]]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6.2 * max(1, len(panels)), 4.8), squeeze=False)
+    sizes = [s["weights_bytes_with_head"] for st in panels for s in st["summary"].values()]
+    biggest = max(sizes, default=1) or 1
+
+    def area(n: float) -> float:
+        return 25 + 600 * math.sqrt(max(n, 0) / biggest)
+
+    for ax, state in zip(axes[0], panels):
+        for name, s in state["summary"].items():
+            if s["test_mean"] is None:
+                continue
+            x, y, err = s["trainable_params"], 100 * s["test_mean"], 100 * s["test_std"]
+            color = COLORS.get(name, "#333333")
+            ax.errorbar(x, y, yerr=err, fmt="none", ecolor=color, alpha=0.6, capsize=3, zorder=1)
+            ax.scatter(
+                x, y, s=area(s["weights_bytes_with_head"]), color=color, alpha=0.75, edgecolor="k", zorder=2
+            )
+            ax.annotate(s["label"], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters (log scale, heads included)")
+        ax.set_ylabel(f"test {metric_name(state)} (%)")
+        ax.set_title(title(state), fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.margins(x=0.15, y=0.12)
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no results", ha="center", va="center")
+    reference = [v for v in (1e4, 1e5, 1e6, 1e7, 1e8) if min(sizes, default=0) <= v * 3 and v <= biggest * 3]
+    handles = [
+        plt.scatter([], [], s=area(v), color="white", edgecolor="k", label=fmt_bytes(v))
+        for v in reference[:4]
+    ]
+    if handles:
+        fig.legend(
+            handles=handles, title="checkpoint size", loc="lower center", ncol=len(handles), frameon=False
+        )
+    fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- README
+def update_readme(readme: Path, text: str) -> bool:
+    """Replace what lies between the markers; False (file untouched) when they are missing."""
+    if not readme.is_file():
+        return False
+    content = readme.read_text()
+    start, end = content.find(START), content.find(END)
+    if start < 0 or end < start:
+        return False
+    readme.write_text(content[: start + len(START)] + "\n" + text + content[end:])
+    return True
+
+
+def relative(path: Path, folder: Path) -> str:
+    """`path` relative to `folder` for a markdown link (`..` allowed), or absolute on another drive."""
+    try:
+        return Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"), help="where accuracy_*.json are")
+    parser.add_argument("--efficiency", help="efficiency JSON (default: <results-dir>/efficiency.json)")
+    parser.add_argument("--markdown", help="summary file (default: <results-dir>/accuracy_summary.md)")
+    parser.add_argument("--plot", help="plot file (default: <results-dir>/accuracy_vs_params.png)")
+    parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"), help="README to update")
+    parser.add_argument(
+        "--backbone-note",
+        help='what the JSON cannot know about the backbone, added to the caveats, e.g. "pretrained from scratch '
+        'on a CPU"',
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """Write the summary and the plot, update (or print) the README section; returns the section."""
+    args = parse_args(argv)
+    results = Path(args.results_dir)
+    states = load_accuracy(results)
+    eff = load_efficiency(Path(args.efficiency) if args.efficiency else results / "efficiency.json")
+    markdown = Path(args.markdown) if args.markdown else results / "accuracy_summary.md"
+    plot_file = Path(args.plot) if args.plot else results / "accuracy_vs_params.png"
+    readme = Path(args.readme)
+    links = relative(plot_file, readme.parent), relative(markdown, readme.parent)
+    text = section(states, eff, *links, args.backbone_note)
+    plot(states, plot_file)
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(
+        summary_markdown(states, eff, relative(plot_file, markdown.parent), args.backbone_note)
+    )
+    if update_readme(readme, text):
+        print(f"make_report: updated the results section of {readme}", file=sys.stderr)
+    else:
+        print(
+            f"make_report: {readme} has no {START} ... {END} markers; the section follows.", file=sys.stderr
+        )
+        print(f"## Results\n\n{START}\n{text}{END}")
+    print(f"make_report: wrote {markdown} and {plot_file}", file=sys.stderr)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""Training and evaluation through Accelerate, for the three tasks, as a Python API and the `upetu-train` /
+`upetu-eval` commands.
+
+```python
+from upetu_hf.train import TrainingArguments, train
+
+metrics = train(TrainingArguments(task="classification", model="<ConvNeXt checkpoint>", data="<folder>",
+                                  output_dir="runs/ucm-upetu", train_fraction=0.5, validation_fraction=0.1))
+```
+
+This package may import every other part of `upetu_hf`; nothing else imports it.
+"""
+
+from .config import DEFAULT_LR, METHODS, TASKS, TrainingArguments
+from .evaluate import EvalArguments, RunRecord, evaluate_model, load_run, load_trained_model
+from .loop import train
+from .methods import apply_method, parameter_groups, parameter_summary
+from .tasks import TaskData, TaskSpec, get_task
+
+__all__ = [
+    "DEFAULT_LR",
+    "METHODS",
+    "TASKS",
+    "EvalArguments",
+    "RunRecord",
+    "TaskData",
+    "TaskSpec",
+    "TrainingArguments",
+    "apply_method",
+    "evaluate_model",
+    "get_task",
+    "load_run",
+    "load_trained_model",
+    "parameter_groups",
+    "parameter_summary",
+    "train",
+]

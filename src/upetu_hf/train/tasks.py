@@ -1,0 +1,524 @@
+"""One `TaskSpec` per task: how to load and split its data, build its model, transform and collate its
+examples, and score its predictions.
+
+Datasets (`--data`) may be a Hub dataset id or a local folder: the task's folder layout (see each spec), a folder
+with `train/`, `val(idation)/` and `test/` sub-folders in that layout, a dataset saved with `save_to_disk`, or a
+folder of data files (parquet, csv, json, ...) that `datasets.load_dataset` reads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict
+from torch import nn
+from transformers import AutoModelForImageClassification, UperNetForSemanticSegmentation
+from transformers.utils import cached_file
+
+from ..data import (
+    IMAGE_EXTENSIONS,
+    ChangeDetectionTransform,
+    ClassificationTransform,
+    SegmentationTransform,
+    add_validation_split,
+    change_detection_collate_fn,
+    classification_collate_fn,
+    load_change_detection_folder,
+    load_image_folder,
+    load_segmentation_folder,
+    processor_settings,
+    segmentation_collate_fn,
+    stratified_split,
+)
+from ..models import (
+    ConvNextForChangeDetection,
+    build_change_detection_model,
+    build_classification_model,
+    build_segmentation_model,
+)
+from .config import TrainingArguments
+from .data import SEEDED
+
+SPLIT_NAMES = {
+    "train": "train",
+    "training": "train",
+    "val": "validation",
+    "valid": "validation",
+    "validation": "validation",
+    "test": "test",
+    "testing": "test",
+}
+
+
+@dataclass
+class TaskData:
+    """The splits of a run (`train`, optionally `validation`, `test`) and the class names."""
+
+    splits: DatasetDict
+    class_names: list[str]
+    hub_ids: list[str] = field(default_factory=list)
+
+    @property
+    def selection_split(self) -> str:
+        """The split that picks the best epoch: `validation` when there is one, else `test`."""
+        return "validation" if "validation" in self.splits else "test"
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or "\\" in source or Path(source).suffix != ""
+
+
+def _has_images(folder: Path) -> bool:
+    return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
+
+
+class TaskSpec:
+    """Everything task-specific. Subclasses set the class attributes and implement the hooks."""
+
+    name: str = ""
+    #: task name understood by `upetu_hf.metrics`
+    metric_task: str = ""
+    #: model inputs, in the order of the model's forward arguments
+    input_names: tuple[str, ...] = ("pixel_values",)
+    #: columns after standardisation
+    columns: tuple[str, ...] = ()
+    #: how the folder layout looks (for error messages)
+    layout: str = ""
+    transform_class: type = object
+    collate_fn: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] = staticmethod(classification_collate_fn)
+
+    # ------------------------------------------------------------------ data
+    def is_layout(self, folder: Path) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def load_folder(self, folder: Path, args: TrainingArguments) -> Dataset:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def standardize(self, ds: Dataset | DatasetDict, args: TrainingArguments, source: str):
+        """Rename the columns to `self.columns` and check them."""
+        return ds
+
+    def class_names(
+        self, ds: DatasetDict, args: TrainingArguments
+    ) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def split(self, ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+        """Seeded random split: `fraction` of the rows first (dense tasks; classification stratifies)."""
+        order = np.random.default_rng(seed).permutation(len(ds))
+        n_first = min(max(int(np.floor(len(ds) * fraction + 0.5)), 1), len(ds) - 1)
+        return ds.select(sorted(order[:n_first].tolist())), ds.select(sorted(order[n_first:].tolist()))
+
+    def load_source(self, source: str, args: TrainingArguments) -> tuple[Dataset | DatasetDict, str | None]:
+        """Load one `--data` value; returns the dataset and its Hub id (None for local data)."""
+        path = Path(source).expanduser()
+        if path.is_dir():
+            if _is_saved_dataset(path):
+                return datasets.load_from_disk(str(path)), None
+            if self.is_layout(path):
+                return self.load_folder(path, args), None
+            subfolders = {
+                SPLIT_NAMES[p.name.lower()]: p
+                for p in sorted(path.iterdir())
+                if p.is_dir() and p.name.lower() in SPLIT_NAMES and self.is_layout(p)
+            }
+            if subfolders:
+                return DatasetDict({k: self.load_folder(p, args) for k, p in subfolders.items()}), None
+            try:
+                return datasets.load_dataset(str(path)), None
+            except Exception as err:
+                raise ValueError(
+                    f"{path} is not a {self.name} dataset folder: expected {self.layout}, train/ val/ test/ "
+                    f"sub-folders in that layout, a dataset saved with save_to_disk, or data files that "
+                    f"datasets.load_dataset reads ({type(err).__name__}: {err})."
+                ) from err
+        if path.exists():
+            raise ValueError(f"--data {source} is a file; pass a folder or a Hub dataset id.")
+        if _looks_like_path(source):
+            raise FileNotFoundError(f"Dataset folder {source} does not exist.")
+        try:
+            return datasets.load_dataset(source), source
+        except Exception as err:
+            raise ValueError(
+                f"Could not load the dataset {source!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
+                "Check the id, your connection and HF_TOKEN, or pass a local folder."
+            ) from err
+
+    def load_data(self, args: TrainingArguments) -> TaskData:
+        """Load `args.data`, standardise it and build the train / validation / test splits."""
+        loaded = [self.load_source(source, args) for source in args.data]
+        hub_ids = [hub_id for _, hub_id in loaded if hub_id]
+        parts = [self.standardize(ds, args, source) for (ds, _), source in zip(loaded, args.data)]
+        raw = parts[0] if len(parts) == 1 else self._concatenate(parts)
+        if isinstance(raw, DatasetDict) and set(raw) == {"train"}:
+            raw = raw["train"]
+        if isinstance(raw, DatasetDict):
+            splits = self._named_splits(raw, args)
+        else:
+            if args.train_fraction is None:
+                raise ValueError(
+                    f"{', '.join(args.data)} is a single set of {len(raw)} examples: pass --train-fraction (e.g. "
+                    "0.5 for a UCM-55 split) with --split-seed to make train and test splits."
+                )
+            train, test = self.split(raw, args.train_fraction, args.split_seed)
+            splits = DatasetDict(train=train, test=test)
+        if args.validation_fraction is not None:
+            if "validation" in splits:
+                raise ValueError("The dataset already has a validation split; drop --validation-fraction.")
+            splits = self._carve_validation(splits, args.validation_fraction, args.split_seed)
+        splits = self._limit(splits, args)
+        names = self.class_names(splits, args)
+        for split_name, ds in splits.items():
+            if len(ds) == 0:
+                raise ValueError(f"The {split_name} split is empty.")
+        return TaskData(splits=splits, class_names=names, hub_ids=hub_ids)
+
+    def _concatenate(self, parts: list) -> Dataset | DatasetDict:
+        if all(isinstance(p, Dataset) for p in parts):
+            return datasets.concatenate_datasets(parts)
+        if all(isinstance(p, DatasetDict) for p in parts) and len({tuple(sorted(p)) for p in parts}) == 1:
+            return DatasetDict({k: datasets.concatenate_datasets([p[k] for p in parts]) for k in parts[0]})
+        raise ValueError("Several --data values must all be single folders or all have the same splits.")
+
+    def _named_splits(self, raw: DatasetDict, args: TrainingArguments) -> DatasetDict:
+        renamed = {SPLIT_NAMES.get(k.lower(), k): v for k, v in raw.items()}
+        if args.train_fraction is not None:
+            raise ValueError(
+                f"The dataset already has the splits {sorted(raw)}; --train-fraction splits a single folder."
+            )
+        if "train" not in renamed:
+            raise ValueError(f"The dataset has no train split (splits: {sorted(raw)}).")
+        if "test" not in renamed and "validation" not in renamed:
+            raise ValueError(
+                f"The dataset has no test or validation split (splits: {sorted(raw)}); pass a single folder with "
+                "--train-fraction instead."
+            )
+        return DatasetDict({k: renamed[k] for k in ("train", "validation", "test") if k in renamed})
+
+    def _carve_validation(self, splits: DatasetDict, fraction: float, seed: int) -> DatasetDict:
+        validation, train = self.split(splits["train"], fraction, seed)
+        return DatasetDict(
+            {"train": train, "validation": validation, **{k: v for k, v in splits.items() if k != "train"}}
+        )
+
+    @staticmethod
+    def _limit(splits: DatasetDict, args: TrainingArguments) -> DatasetDict:
+        out = {}
+        for name, ds in splits.items():
+            limit = args.max_train_samples if name == "train" else args.max_eval_samples
+            if limit is not None and limit < len(ds):
+                ds = ds.shuffle(seed=args.split_seed).select(range(limit))
+            out[name] = ds
+        return DatasetDict(out)
+
+    # ------------------------------------------------------------------ model
+    def build_model(self, args: TrainingArguments, class_names: list[str]) -> nn.Module:  # pragma: no cover
+        raise NotImplementedError
+
+    #: `from_pretrained` class of a saved full model
+    model_class: Any = None
+
+    @staticmethod
+    def _backbone_overrides(args: TrainingArguments) -> dict | None:
+        return {"drop_path_rate": args.drop_path_rate} if args.drop_path_rate is not None else None
+
+    def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {name: batch[name] for name in self.input_names}
+
+    @staticmethod
+    def predictions(logits: torch.Tensor) -> torch.Tensor:
+        """Class index per image (N, K) -> (N,) or per pixel (N, K, H, W) -> (N, H, W)."""
+        return logits.argmax(dim=1)
+
+    # ------------------------------------------------------------------ transforms
+    def transform(self, args: TrainingArguments, num_labels: int, train: bool, label_column: bool = True):
+        """The transform of a split: augmenting and per-example seeded (`train`), or deterministic."""
+        cls = SEEDED[self.transform_class] if train else self.transform_class
+        settings = image_processor_settings(args.model)
+        return cls.from_image_processor(
+            settings, **self.transform_kwargs(args, num_labels, train, label_column)
+        )
+
+    def transform_kwargs(self, args, num_labels, train, label_column) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+
+def image_processor_settings(checkpoint: str) -> dict[str, Any]:
+    """The `preprocessor_config.json` of a checkpoint (local or Hub), or `{}` (ImageNet mean/std) if it has none."""
+    path = Path(checkpoint).expanduser() / "preprocessor_config.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if Path(checkpoint).expanduser().is_dir():
+        return {}
+    try:
+        resolved = cached_file(
+            checkpoint,
+            "preprocessor_config.json",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+    except Exception:
+        resolved = None
+    return json.loads(Path(resolved).read_text()) if resolved else {}
+
+
+class ClassificationTask(TaskSpec):
+    """Scene classification: `<root>/<class>/*.jpg` folders, or datasets with `image` and `label` columns."""
+
+    name = "classification"
+    metric_task = "classification"
+    columns = ("image", "label")
+    layout = "<root>/<class>/*.jpg (one sub-folder per class)"
+    transform_class = ClassificationTransform
+    collate_fn = staticmethod(classification_collate_fn)
+    model_class = AutoModelForImageClassification
+
+    def is_layout(self, folder: Path) -> bool:
+        subdirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return any(p.name.lower() not in SPLIT_NAMES and _has_images(p) for p in subdirs)
+
+    def load_folder(self, folder: Path, args: TrainingArguments) -> Dataset:
+        return load_image_folder(folder, verify=args.verify_images)
+
+    def split(self, ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+        parts = stratified_split(ds, fraction, seed)
+        return parts["train"], parts["test"]
+
+    def _carve_validation(self, splits: DatasetDict, fraction: float, seed: int) -> DatasetDict:
+        return add_validation_split(splits, fraction, seed)
+
+    def standardize(self, ds, args, source):
+        if isinstance(ds, DatasetDict):
+            parts = DatasetDict({k: self._columns(v, args, source) for k, v in ds.items()})
+            return self._encode_labels(parts, source)
+        return self._encode_labels(DatasetDict(all=self._columns(ds, args, source)), source)["all"]
+
+    @staticmethod
+    def _columns(ds: Dataset, args: TrainingArguments, source: str) -> Dataset:
+        image, label = args.image_column or "image", args.label_column or "label"
+        for column, option in ((image, "--image-column"), (label, "--label-column")):
+            if column not in ds.column_names:
+                raise ValueError(
+                    f"Dataset {source} has no column {column!r} (columns: {ds.column_names}); name the right "
+                    f"column with {option}."
+                )
+        if not isinstance(ds.features[image], datasets.Image):
+            ds = ds.cast_column(image, datasets.Image())
+        ds = ds.select_columns([image, label])
+        return ds.rename_columns({k: v for k, v in {image: "image", label: "label"}.items() if k != v})
+
+    @staticmethod
+    def _encode_labels(parts: DatasetDict, source: str) -> DatasetDict:
+        features = [ds.features["label"] for ds in parts.values()]
+        if all(isinstance(f, ClassLabel) for f in features):
+            if len({tuple(f.names) for f in features}) > 1:
+                raise ValueError(
+                    f"The splits of {source} have different class lists: {[f.names for f in features]}."
+                )
+            names = features[0].names
+        else:
+            values = sorted(
+                {v for ds in parts.values() for v in ds.unique("label")}, key=lambda v: (str(type(v)), v)
+            )
+            names = [str(v) for v in values]
+            index = {v: i for i, v in enumerate(values)}
+            parts = DatasetDict(
+                {
+                    k: ds.map(lambda b: {"label": [index[v] for v in b["label"]]}, batched=True).cast_column(
+                        "label", ClassLabel(names=names)
+                    )
+                    for k, ds in parts.items()
+                }
+            )
+        if len(names) < 2:
+            raise ValueError(
+                f"Dataset {source} has {len(names)} class ({names}); classification needs at least 2 classes."
+            )
+        return parts
+
+    def class_names(self, ds: DatasetDict, args: TrainingArguments) -> list[str]:
+        return list(ds["train"].features["label"].names)
+
+    def build_model(self, args: TrainingArguments, class_names: list[str]) -> nn.Module:
+        return build_classification_model(
+            args.model,
+            num_labels=len(class_names),
+            id2label=dict(enumerate(class_names)),
+            backbone_overrides=self._backbone_overrides(args),
+        )
+
+    def transform_kwargs(self, args, num_labels, train, label_column) -> dict[str, Any]:
+        settings = processor_settings(image_processor_settings(args.model))
+        size = args.image_size or settings["size"] or 224
+        return dict(size=size, train=train, seed=args.seed, label_column="label" if label_column else None)
+
+
+class _DenseTask(TaskSpec):
+    def transform_kwargs(self, args, num_labels, train, label_column) -> dict[str, Any]:
+        return dict(
+            crop_size=args.image_size if train else None,
+            resize=args.resize,
+            train=train,
+            ignore_index=args.ignore_index,
+            seed=args.seed,
+        )
+
+
+class SegmentationTask(_DenseTask):
+    """Semantic segmentation: `<root>/images/*` + `<root>/masks/*` (class-index PNGs, paired by file stem), or
+    datasets with `image` and `mask` columns. Class names from `--class-names`, `--num-labels` or a
+    `classes.json` (`{"0": "name", ...}`) in the data folder."""
+
+    name = "segmentation"
+    metric_task = "segmentation"
+    columns = ("image", "mask")
+    layout = "<root>/images/* and <root>/masks/* (paired by file stem)"
+    transform_class = SegmentationTransform
+    collate_fn = staticmethod(segmentation_collate_fn)
+    model_class = UperNetForSemanticSegmentation
+
+    def is_layout(self, folder: Path) -> bool:
+        return (folder / "images").is_dir() and (folder / "masks").is_dir()
+
+    def load_folder(self, folder: Path, args: TrainingArguments) -> Dataset:
+        return load_segmentation_folder(folder, verify=args.verify_images)
+
+    def standardize(self, ds, args, source):
+        if isinstance(ds, DatasetDict):
+            return DatasetDict({k: self._columns(v, args, source) for k, v in ds.items()})
+        return self._columns(ds, args, source)
+
+    @staticmethod
+    def _columns(ds: Dataset, args: TrainingArguments, source: str) -> Dataset:
+        image, mask = args.image_column or "image", args.label_column or "mask"
+        for column, option in ((image, "--image-column"), (mask, "--label-column")):
+            if column not in ds.column_names:
+                raise ValueError(
+                    f"Dataset {source} has no column {column!r} (columns: {ds.column_names}); name the right "
+                    f"column with {option}."
+                )
+        keep = [image, mask] + (["name"] if "name" in ds.column_names else [])
+        ds = ds.select_columns(keep)
+        return ds.rename_columns({k: v for k, v in {image: "image", mask: "mask"}.items() if k != v})
+
+    def class_names(self, ds: DatasetDict, args: TrainingArguments) -> list[str]:
+        if args.class_names:
+            return list(args.class_names)
+        for source in args.data:
+            for candidate in (Path(source) / "classes.json", Path(source).parent / "classes.json"):
+                if candidate.is_file():
+                    return self._classes_json(candidate, args)
+        if args.num_labels:
+            return [str(i) for i in range(args.num_labels)]
+        raise ValueError(
+            "Segmentation needs the list of classes: pass --num-labels or --class-names, or put a classes.json "
+            '({"0": "name", ...}) in the data folder.'
+        )
+
+    @staticmethod
+    def _classes_json(path: Path, args: TrainingArguments) -> list[str]:
+        entries = {
+            int(k): str(v) for k, v in json.loads(path.read_text()).items() if int(k) != args.ignore_index
+        }
+        if sorted(entries) != list(range(len(entries))):
+            raise ValueError(
+                f"{path} must name the classes 0..K-1 (plus optionally --ignore-index); got {sorted(entries)}."
+            )
+        names = [entries[i] for i in range(len(entries))]
+        if args.num_labels is not None and args.num_labels != len(names):
+            raise ValueError(
+                f"--num-labels {args.num_labels} disagrees with the {len(names)} classes of {path}."
+            )
+        return names
+
+    def build_model(self, args: TrainingArguments, class_names: list[str]) -> nn.Module:
+        extra = {}
+        if args.head_hidden_size is not None:
+            extra = dict(hidden_size=args.head_hidden_size, auxiliary_channels=args.head_hidden_size)
+        return build_segmentation_model(
+            args.model,
+            num_labels=len(class_names),
+            class_names=class_names,
+            ignore_index=args.ignore_index,
+            backbone_overrides=self._backbone_overrides(args),
+            **extra,
+        )
+
+    def transform_kwargs(self, args, num_labels, train, label_column) -> dict[str, Any]:
+        kwargs = super().transform_kwargs(args, num_labels, train, label_column)
+        return dict(kwargs, num_labels=num_labels, mask_column="mask" if label_column else None)
+
+
+class ChangeDetectionTask(_DenseTask):
+    """Binary change detection: `<root>/A/*`, `<root>/B/*`, `<root>/label/*` (0/255 or 0/1 masks, paired by
+    file stem; several `--data` roots are concatenated), or datasets with `image_a`, `image_b`, `label`."""
+
+    name = "change-detection"
+    metric_task = "change_detection"
+    input_names = ("pixel_values_a", "pixel_values_b")
+    columns = ("image_a", "image_b", "label")
+    layout = "<root>/A/*, <root>/B/* and <root>/label/* (paired by file stem)"
+    transform_class = ChangeDetectionTransform
+    collate_fn = staticmethod(change_detection_collate_fn)
+    model_class = ConvNextForChangeDetection
+    class_list = ["no-change", "change"]
+
+    def is_layout(self, folder: Path) -> bool:
+        return all((folder / sub).is_dir() for sub in ("A", "B", "label"))
+
+    def load_folder(self, folder: Path, args: TrainingArguments) -> Dataset:
+        return load_change_detection_folder(folder, verify=args.verify_images)
+
+    def standardize(self, ds, args, source):
+        label = args.label_column or "label"
+        parts = ds.values() if isinstance(ds, DatasetDict) else [ds]
+        for part in parts:
+            for column, option in (("image_a", None), ("image_b", None), (label, "--label-column")):
+                if column not in part.column_names:
+                    hint = f"name the right column with {option}" if option else "rename it"
+                    raise ValueError(
+                        f"Dataset {source} has no column {column!r} (columns: {part.column_names}); {hint}."
+                    )
+        if label != "label":
+            ds = ds.rename_column(label, "label")
+        return ds
+
+    def class_names(self, ds: DatasetDict, args: TrainingArguments) -> list[str]:
+        return list(self.class_list)
+
+    def build_model(self, args: TrainingArguments, class_names: list[str]) -> nn.Module:
+        extra = {"decoder_hidden_size": args.head_hidden_size} if args.head_hidden_size is not None else {}
+        return build_change_detection_model(
+            args.model,
+            num_labels=2,
+            ignore_index=args.ignore_index,
+            backbone_overrides=self._backbone_overrides(args),
+            **extra,
+        )
+
+    def transform_kwargs(self, args, num_labels, train, label_column) -> dict[str, Any]:
+        kwargs = super().transform_kwargs(args, num_labels, train, label_column)
+        return dict(kwargs, label_column="label" if label_column else None)
+
+
+TASK_SPECS: dict[str, TaskSpec] = {
+    spec.name: spec for spec in (ClassificationTask(), SegmentationTask(), ChangeDetectionTask())
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    """The `TaskSpec` of `name` (`classification`, `segmentation`, `change-detection`)."""
+    from .config import normalize_task
+
+    return TASK_SPECS[normalize_task(name)]

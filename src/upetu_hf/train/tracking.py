@@ -1,0 +1,87 @@
+"""Experiment tracking through Accelerate: a JSON-lines log always, TensorBoard when it is installed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from accelerate.tracking import GeneralTracker, on_main_process
+from accelerate.utils import is_tensorboard_available
+
+LOG_FILE = "log.jsonl"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+class JsonLinesTracker(GeneralTracker):
+    """An Accelerate tracker that appends one JSON object per `accelerator.log` call to `path`:
+    `{"step": ..., "time": ..., **values}`. Each line is written with one `write` and flushed."""
+
+    name = "jsonl"
+    requires_logging_directory = False
+    main_process_only = True
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self._file = None
+
+    @on_main_process
+    def start(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    @property
+    def tracker(self):
+        return self._file
+
+    @on_main_process
+    def store_init_configuration(self, values: dict) -> None:
+        pass  # the run's configuration is run_config.json
+
+    @on_main_process
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        record = {"step": step, "time": round(time.time(), 3), **{k: _plain(v) for k, v in values.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    @on_main_process
+    def finish(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def trackers(logging_dir: str | os.PathLike) -> list:
+    """The trackers of a run: JSON lines in `logging_dir/log.jsonl`, plus TensorBoard when installed."""
+    selected: list = [JsonLinesTracker(Path(logging_dir) / LOG_FILE)]
+    if is_tensorboard_available():
+        selected.append("tensorboard")
+    return selected
+
+
+def truncate_log(path: str | os.PathLike, last_step: int) -> None:
+    """On resume: keep only the complete log lines up to `last_step` (a killed run may have logged past its
+    last checkpoint, or died in the middle of a line)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and (record.get("step") is None or record["step"] <= last_step):
+            kept.append(line)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)

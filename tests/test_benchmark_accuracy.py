@@ -1,0 +1,231 @@
+"""Smoke test of scripts/benchmark_accuracy.py and scripts/make_report.py on a tiny ConvNeXt and tiny synthetic
+data (classification, segmentation and change detection), so that neither script can rot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import PIL.Image
+import pytest
+from transformers import ConvNextConfig, ConvNextForImageClassification
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+CLASSES = ("alpha", "beta", "gamma")
+
+
+def load_script(name: str) -> ModuleType:
+    """Import a script of `scripts/` as a module."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_assets(root: Path) -> dict[str, Path]:
+    """A tiny ConvNeXt checkpoint (depths 1-1-1-1, widths 8-16-32-64), 3 classes x 8 images of 48 px, 10
+    segmentation tiles and two change-detection folders of 5 pairs each."""
+    rng = np.random.default_rng(0)
+    model = root / "tiny-convnext"
+    config = ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], num_labels=4, image_size=48)
+    ConvNextForImageClassification(config).save_pretrained(model)
+
+    ucm = root / "ucm"
+    for k, name in enumerate(CLASSES):
+        (ucm / name).mkdir(parents=True)
+        for i in range(8):
+            pixels = rng.normal(60 + 60 * k, 30, (48, 48, 3)).clip(0, 255).astype(np.uint8)
+            PIL.Image.fromarray(pixels).save(ucm / name / f"{name}{i:02d}.png")
+
+    gid = root / "gid"
+    (gid / "images").mkdir(parents=True)
+    (gid / "masks").mkdir()
+    (gid / "classes.json").write_text(json.dumps({"0": "a", "1": "b", "2": "c", "255": "ignore"}))
+    for i in range(10):
+        mask = rng.integers(0, 3, (8, 8)).repeat(8, 0).repeat(8, 1).astype(np.uint8)
+        mask[:4, :4] = 255
+        image = (mask[..., None] * 70 + rng.normal(0, 20, (64, 64, 3))).clip(0, 255).astype(np.uint8)
+        PIL.Image.fromarray(image).save(gid / "images" / f"tile{i:02d}.png")
+        PIL.Image.fromarray(mask).save(gid / "masks" / f"tile{i:02d}.png")
+
+    cd = []
+    for source in ("levir", "dsifn"):
+        folder = root / source
+        for sub in ("A", "B", "label"):
+            (folder / sub).mkdir(parents=True)
+        for i in range(5):
+            a = rng.integers(0, 255, (64, 64, 3)).astype(np.uint8)
+            b = a.copy()
+            label = np.zeros((64, 64), np.uint8)
+            label[16:40, 8 + i : 30 + i] = 255
+            b[label > 0] = 255 - b[label > 0]
+            for sub, array in (("A", a), ("B", b), ("label", label)):
+                PIL.Image.fromarray(array).save(folder / sub / f"p{i}.png")
+        cd.append(folder)
+    return {"model": model, "ucm": ucm, "gid": gid, "cd_a": cd[0], "cd_b": cd[1]}
+
+
+def bench_args(assets: dict[str, Path], out: Path, work: Path, *extra: str) -> list[str]:
+    return [
+        "--model", str(assets["model"]),
+        "--ucm", str(assets["ucm"]),
+        "--gid", str(assets["gid"]),
+        "--cd", str(assets["cd_a"]), str(assets["cd_b"]),
+        "--image-size", "48",
+        "--batch-size", "4",
+        "--dense-batch-size", "4",
+        "--epochs", "2",
+        "--dense-epochs", "1",
+        "--seeds", "0",
+        "--threads", "1",
+        "--output-dir", str(out),
+        "--work-dir", str(work),
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run the benchmark once: classification (full, UPetu; 2 learning rates, 1 seed, 2 epochs) and the dense
+    tasks (UPetu; 1 learning rate, 1 epoch)."""
+    root = tmp_path_factory.mktemp("accuracy")
+    assets = write_assets(root)
+    out, work = root / "results", root / "work"
+    module = load_script("benchmark_accuracy")
+    classification = module.main(
+        bench_args(
+            assets, out, work, "--tasks", "classification", "--methods", "full,upetu", "--lr-factors", "1,3"
+        )
+    )
+    dense = module.main(
+        bench_args(
+            assets, out, work, "--tasks", "segmentation,change-detection", "--methods", "upetu",
+            "--lr-factors", "1", "--cd-repeats", "2",
+        )
+    )  # fmt: skip
+    return {
+        "module": module,
+        "assets": assets,
+        "out": out,
+        "work": work,
+        "states": {**classification, **dense},
+    }
+
+
+def test_classification_runs_selection_and_counts(bench):
+    state = json.loads((bench["out"] / "accuracy_classification.json").read_text())
+    assert state == json.loads(json.dumps(bench["states"]["classification"]))  # returned == written
+    runs = state["runs"]
+    assert len(runs) == 4 and all(r["status"] == "ok" for r in runs)
+    for name, base_lr in (("full", 5e-4), ("upetu", 1e-2)):
+        mine = [r for r in runs if r["variant"] == name]
+        assert sorted(r["lr"] for r in mine) == pytest.approx([base_lr, 3 * base_lr])
+        best = max(mine, key=lambda r: (r["validation_score"], -r["lr"]))
+        choice = state["selection"][name]
+        assert choice["complete"] and choice["lr"] == best["lr"]
+        assert choice["validation_score"] == max(r["validation_score"] for r in mine)
+        summary = state["summary"][name]
+        assert summary["lr"] == best["lr"] and summary["n"] == 1
+        assert summary["test_mean"] == best["test_score"] == best["test"]["accuracy"]
+        assert summary["test_std"] == 0.0
+        for r in mine:
+            assert r["validation_score"] == max(h["validation/accuracy"] for h in r["history"])
+            assert len(r["history"]) == 2 and r["best_epoch"] in (1, 2)
+            assert r["wall_time_s"] > 0 and r["device"]
+            assert r["test"]["num_samples"] == 12  # UCM-55 of 3 x 8: 4 per class for training, 4 for testing
+            assert r["validation"]["num_samples"] == 3  # 20 % of each class's training half
+    full, upetu = state["summary"]["full"], state["summary"]["upetu"]
+    assert full["trainable_params"] > upetu["trainable_params"] > 0
+    assert upetu["adapter_params"] == state["backbone"]["upetu_default_adapter_params"] > 0
+    assert full["adapter_pct_of_backbone"] == pytest.approx(100.0)
+    assert (
+        0
+        < upetu["weights_bytes_without_head"]
+        < upetu["weights_bytes_with_head"]
+        == upetu["checkpoint_bytes"]
+    )
+    assert full["weights_bytes_without_head"] < full["checkpoint_bytes"]
+    backbone = state["backbone"]
+    per_rank = backbone["lora_adapter_params_per_rank"]
+    assert (
+        abs(backbone["lora_matched_adapter_params"] - backbone["upetu_default_adapter_params"])
+        <= per_rank / 2
+    )
+    assert backbone["upetu_small_adapter_params"] < 0.01 * backbone["backbone_params"] or (
+        backbone["upetu_small_r"] == 1 and not backbone["upetu_small_budget_met"]
+    )
+    assert state["complete"] and len(state["planned"]) == 4
+    assert state["protocol"]["epochs"] == 2 and state["sessions"][0]["machine"]["torch"]
+
+
+def test_dense_tasks_record_their_metric(bench):
+    for key, metric in (("segmentation", "mean_iou"), ("change_detection", "f1")):
+        state = json.loads((bench["out"] / f"accuracy_{key}.json").read_text())
+        (run,) = state["runs"]
+        assert run["status"] == "ok" and run["metric"] == metric
+        assert run["test_score"] == run["test"][metric] and 0 <= run["test_score"] <= 1
+        assert state["summary"]["upetu"]["n"] == 1
+    cd = json.loads((bench["out"] / "accuracy_change_detection.json").read_text())
+    split = cd["protocol"]["split"]["by_pairs"]
+    assert sorted(len(v) for v in split.values()) == [2, 4, 4]  # 5 pairs per source: 2 test, 1 val, 2 train
+    assert not set(split["train"]) & set(split["test"])
+
+
+def test_resume_skips_finished_runs_and_refuses_to_clobber(bench, monkeypatch):
+    module, assets, out, work = bench["module"], bench["assets"], bench["out"], bench["work"]
+    before = (out / "accuracy_classification.json").read_text()
+    argv = bench_args(
+        assets, out, work, "--tasks", "classification", "--methods", "full,upetu", "--lr-factors", "1,3"
+    )
+    with pytest.raises(SystemExit, match="--resume"):
+        module.main(argv)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(module, "train", no_training)
+    states = module.main([*argv, "--resume"])
+    assert [r["key"] for r in states["classification"]["runs"]] == [
+        r["key"] for r in json.loads(before)["runs"]
+    ]
+    with pytest.raises(SystemExit, match="other settings"):
+        module.main([*argv, "--resume", "--epochs", "3"])
+
+
+def test_make_report_writes_tables_plot_and_readme_section(bench, tmp_path, capsys):
+    report = load_script("make_report")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "# project\n\nintro\n\n## Results\n\n<!-- results:start -->\nold\n<!-- results:end -->\n\ntail\n"
+    )
+    md, png = tmp_path / "summary.md", tmp_path / "plot.png"
+    argv = ["--results-dir", str(bench["out"]), "--markdown", str(md), "--plot", str(png)]
+    report.main([*argv, "--readme", str(readme)])
+    text = md.read_text()
+    state = json.loads((bench["out"] / "accuracy_classification.json").read_text())
+    upetu = state["summary"]["upetu"]
+    assert f"{100 * upetu['test_mean']:.2f}" in text and "Full fine-tuning" in text
+    assert "mIoU" in text and "F1" in text
+    updated = readme.read_text()
+    assert updated.startswith("# project\n\nintro\n\n## Results\n\n<!-- results:start -->\n")
+    assert updated.endswith("<!-- results:end -->\n\ntail\n") and "old" not in updated
+    assert "python scripts/benchmark_accuracy.py" in updated and f"{100 * upetu['test_mean']:.2f}" in updated
+
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(str(png))
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and float(np.std(pixels[..., :3])) > 0.01
+
+    bare = tmp_path / "BARE.md"
+    bare.write_text("# project\n")
+    capsys.readouterr()
+    report.main([*argv, "--readme", str(bare)])
+    assert bare.read_text() == "# project\n"  # no markers: the section is printed, the file left alone
+    assert "<!-- results:start -->" in capsys.readouterr().out

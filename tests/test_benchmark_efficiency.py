@@ -1,0 +1,169 @@
+"""Smoke test of scripts/benchmark_efficiency.py on a tiny ConvNeXt (depths 1-1-1-1, widths 8-16-32-64)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from transformers import ConvNextConfig, ConvNextModel
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_efficiency.py"
+DEPTHS, WIDTHS, LABELS = [1, 1, 1, 1], [8, 16, 32, 64], 21
+STEPS = 2
+
+
+def load_script() -> ModuleType:
+    """Import the benchmark script as a module (registered in sys.modules, as its dataclass needs)."""
+    if "benchmark_efficiency" in sys.modules:
+        return sys.modules["benchmark_efficiency"]
+    spec = importlib.util.spec_from_file_location("benchmark_efficiency", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["benchmark_efficiency"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path]:
+    """Run the benchmark once on the tiny model; return the returned results, the JSON written, and its path."""
+    out = tmp_path_factory.mktemp("bench") / "efficiency.json"
+    bench = load_script()
+    results = bench.main(
+        [
+            "--models", "1-1-1-1:8-16-32-64",
+            "--steps", str(STEPS),
+            "--batch-size", "2",
+            "--image-size", "64",
+            "--threads", "1",
+            "--output", str(out),
+        ]
+    )  # fmt: skip
+    return results, json.loads(out.read_text()), out
+
+
+def expected_trainable_without_head() -> dict[str, int]:
+    """Trainable parameters outside the head, computed from the architecture by hand."""
+    blocks = [(d, c) for d, c in zip(DEPTHS, WIDTHS)]
+    per_block = lambda f: sum(d * f(c) for d, c in blocks)  # noqa: E731
+    backbone = sum(
+        p.numel() for p in ConvNextModel(ConvNextConfig(depths=DEPTHS, hidden_sizes=WIDTHS)).parameters()
+    )
+    r, m = 16, 4
+    upetu = per_block(lambda c: 2 * r * c + c) + sum(c * m * m + 9 * c + c for c in WIDTHS)
+    return {
+        "full": backbone,
+        "linear_probe": 0,
+        "lora_r8": per_block(lambda c: 10 * 8 * c),
+        "lora_r16": per_block(lambda c: 10 * 16 * c),
+        "ia3": per_block(lambda c: 8 * c),
+        "upetu_1bit": upetu,
+        "upetu_4bit": upetu,
+        "upetu_32bit": upetu,
+    }
+
+
+def test_every_method_and_counts(run: tuple[dict, dict, Path]) -> None:
+    _, data, _ = run
+    model = data["models"]["1-1-1-1:8-16-32-64"]
+    methods = model["methods"]
+    expected = expected_trainable_without_head()
+    head = WIDTHS[-1] * LABELS + LABELS
+    assert list(methods) == list(expected)
+    assert model["backbone_params"] == expected["full"]
+    assert model["head_params"] == head
+    for name, count in expected.items():
+        entry = methods[name]
+        assert entry["trainable_params_without_head"] == count, name
+        assert entry["trainable_params"] == count + head, name
+        assert entry["trainable_pct_of_backbone"] == pytest.approx(100.0 * count / expected["full"])
+    assert methods["full"]["trainable_pct_of_backbone"] == pytest.approx(100.0)
+    assert methods["linear_probe"]["trainable_pct_of_backbone"] == 0.0
+    assert methods["upetu_1bit"]["upetu_parameter_counts"]["adapter"] == expected["upetu_1bit"]
+
+
+def test_disk_sizes(run: tuple[dict, dict, Path]) -> None:
+    _, data, _ = run
+    methods = data["models"]["1-1-1-1:8-16-32-64"]["methods"]
+    head_bytes = (WIDTHS[-1] * LABELS + LABELS) * 4
+    for name, entry in methods.items():
+        assert entry["disk_bytes_with_head"] >= entry["disk_bytes_without_head"] + head_bytes, name
+    assert methods["full"]["file"] == "model.safetensors"
+    assert (
+        methods["full"]["disk_bytes_without_head"]
+        >= 4 * data["models"]["1-1-1-1:8-16-32-64"]["backbone_params"]
+    )
+    assert methods["linear_probe"]["disk_bytes_without_head"] == 0
+    assert methods["lora_r8"]["file"] == "adapter_model.safetensors"
+    sizes = [methods[f"upetu_{k}bit"]["disk_bytes_without_head"] for k in (1, 4, 32)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    assert sizes[0] < methods["lora_r8"]["disk_bytes_without_head"]
+    assert methods["lora_r8"]["disk_bytes_without_head"] < methods["lora_r16"]["disk_bytes_without_head"]
+
+
+def test_timings_memory_and_ratios(run: tuple[dict, dict, Path]) -> None:
+    _, data, _ = run
+    model = data["models"]["1-1-1-1:8-16-32-64"]
+    for name, entry in model["methods"].items():
+        assert len(entry["train_step_s"]) == STEPS and min(entry["train_step_s"]) > 0, name
+        assert len(entry["inference_s"]) == STEPS and entry["inference_ratio"]["median"] > 0, name
+        assert (
+            entry["memory"]["peak_bytes"]
+            == entry["memory"]["static_bytes"] + entry["memory"]["step_peak_increase_bytes"]
+        )
+        assert entry["memory"]["step_peak_increase_bytes"] > 0, name
+    methods = model["methods"]
+    params = model["base_params"]
+    # Full fine-tuning keeps weights and two AdamW moments, and allocates gradients for every weight.
+    assert methods["full"]["memory"]["static_bytes"] >= 3 * 4 * params
+    assert methods["full"]["memory"]["step_peak_increase_bytes"] >= 4 * model["backbone_params"]
+    assert methods["full"]["memory"]["peak_bytes"] > methods["upetu_1bit"]["memory"]["peak_bytes"]
+    assert methods["upetu_1bit"]["memory"]["peak_bytes"] > methods["linear_probe"]["memory"]["peak_bytes"]
+    assert model["ratios"]["full"]["train_step_vs_full"] == 1.0
+    assert model["ratios"]["lora_r8"]["train_step_vs_lora_r8"] == 1.0
+    assert len(model["base_inference_s"]) == STEPS
+    for entry in methods.values():
+        assert entry["inference_base_same_round_s"] == model["base_inference_s"]
+    assert set(model["noise"]["same_architecture_inference_ratio"]) == {"full", "linear_probe"}
+
+
+def test_metadata_targets_and_markdown(run: tuple[dict, dict, Path]) -> None:
+    results, data, out = run
+    meta = data["meta"]
+    assert meta["machine"]["torch_num_threads"] == 1
+    assert meta["steps"] == STEPS and meta["batch_size"] == 2 and meta["image_size"] == 64
+    assert not meta["quick"] and "--threads 1" in meta["command"]
+    assert {"cpu_model", "cpu_count", "torch", "peft", "transformers"} <= set(meta["machine"])
+    assert data["targets"] == json.loads(json.dumps(results["targets"]))
+    checked = {(t["method"], t["target"]) for t in data["targets"]}
+    assert len(checked) == 3 * 6 and not any(t["primary"] for t in data["targets"])
+    disk = next(t for t in data["targets"] if t["method"] == "upetu_1bit" and "200 KB" in t["target"])
+    assert (
+        disk["met"]
+        and disk["value"]
+        == data["models"]["1-1-1-1:8-16-32-64"]["methods"]["upetu_1bit"]["disk_bytes_without_head"]
+    )
+    markdown = out.with_suffix(".md").read_text()
+    for label in (
+        "Full fine-tuning",
+        "Linear probe",
+        "LoRA r=8",
+        "LoRA r=16",
+        "IA3",
+        "UPetu 1-bit",
+        "UPetu 32-bit",
+    ):
+        assert f"| {label} |" in markdown
+
+
+def test_bad_arguments_are_rejected() -> None:
+    bench = load_script()
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "full,dora"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models", "convnext-xl"])
+    quick = bench.parse_args(["--quick"])
+    assert quick.models == ["convnext-t"] and quick.steps < 10 and quick.image_size < 224
