@@ -13,13 +13,14 @@ from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from ..tuner import UPetuConfig
-from .config import PEFT_METHODS
+from ..tuner.model import KNOWN_HEADS
+from .config import PEFT_METHODS, UPETU_OPTIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import TrainingArguments
 
 #: Task heads of the three task models (classifier; UperNet decode/auxiliary heads; change-detection decoder).
-HEAD_NAMES = ("classifier", "decode_head", "auxiliary_head")
+HEAD_NAMES = KNOWN_HEADS  # the heads UPetu trains by default
 #: The ConvNeXt block layers the LoRA / IA3 baselines adapt.
 BASELINE_TARGETS = ["pwconv1", "pwconv2"]
 DEFAULT_LORA_R = 8
@@ -32,21 +33,7 @@ def head_names(model: nn.Module) -> list[str]:
 
 def upetu_config(args: TrainingArguments, modules_to_save: list[str] | None) -> UPetuConfig:
     """`UPetuConfig` from the run's UPetu options; options left at None keep `UPetuConfig`'s defaults."""
-    options = {
-        name: getattr(args, name)
-        for name in (
-            "r",
-            "bits",
-            "prompt_size",
-            "activation",
-            "codebook",
-            "side_bits",
-            "use_eqam",
-            "use_capm",
-            "stages",
-        )
-        if getattr(args, name) is not None
-    }
+    options = {name: getattr(args, name) for name in ("r", *UPETU_OPTIONS) if getattr(args, name) is not None}
     return UPetuConfig(modules_to_save=modules_to_save, **options)
 
 
