@@ -57,9 +57,6 @@ def adapter_card(
     base_model = config.base_model_name_or_path or None
     counts = model.base_model.parameter_counts(adapter_name)
     share = 100.0 * counts["adapter"] / max(counts["backbone"], 1)
-    hub_base = _hub_id(base_model)
-    tags = CARD_TAGS + ([f"base_model:adapter:{hub_base}"] if hub_base else [])
-    data = ModelCardData(library_name="peft", base_model=hub_base, tags=tags, datasets=datasets or None)
     rows = [
         ("method", "UPetu (EQAM + CAPM)" if config.use_eqam and config.use_capm else "UPetu (ablation)"),
         ("Q-Linear bit width", str(config.bits)),
@@ -69,17 +66,45 @@ def adapter_card(
         ("trainable adapter parameters", f"{counts['adapter']:,} ({share:.2f} % of the backbone)"),
         ("task-head parameters (modules_to_save)", f"{counts['head']:,}"),
     ]
+    intro = f"""A [UPetu](https://doi.org/10.1109/TGRS.2024.3382734) adapter (Dong, Gu, Liu, IEEE TGRS 2024) trained with
+[upetu-hf](https://github.com/upetu-hf/upetu-hf): quantized EQAM adapters in every ConvNeXt block and CAPM
+prompts on every stage, stored as packed {config.bits}-bit codes."""
+    return _peft_card(
+        base_model,
+        CARD_TAGS,
+        "UPetu",
+        intro,
+        rows,
+        adapter_bytes,
+        metrics,
+        datasets,
+        usage or _default_usage(base_model, upetu=True),
+    )
+
+
+def _peft_card(
+    base_model: str | None,
+    tags: list[str],
+    method: str,
+    intro: str,
+    rows: list[tuple[str, str]],
+    adapter_bytes: int | None,
+    metrics: dict[str, Any] | None,
+    datasets: list[str] | None,
+    usage: str,
+) -> ModelCard:
+    """The card of a PEFT adapter: peft metadata, a property table (+ size and metrics), a usage section."""
+    hub_base = _hub_id(base_model)
+    tags = tags + ([f"base_model:adapter:{hub_base}"] if hub_base else [])
+    data = ModelCardData(library_name="peft", base_model=hub_base, tags=tags, datasets=datasets or None)
     if adapter_bytes is not None:
-        rows.append(("adapter_model.safetensors", f"{adapter_bytes / 1000:.1f} KB"))
-    rows += _metric_rows(metrics)
+        rows = rows + [("adapter_model.safetensors", f"{adapter_bytes / 1000:.1f} KB")]
+    rows = rows + _metric_rows(metrics)
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     base_line = f"`{base_model}`" if base_model else "a ConvNeXt model"
-    usage = usage or _default_usage(base_model, upetu=True)
-    body = f"""# UPetu adapter for {base_line}
+    body = f"""# {method} adapter for {base_line}
 
-A [UPetu](https://doi.org/10.1109/TGRS.2024.3382734) adapter (Dong, Gu, Liu, IEEE TGRS 2024) trained with
-[upetu-hf](https://github.com/upetu-hf/upetu-hf): quantized EQAM adapters in every ConvNeXt block and CAPM
-prompts on every stage, stored as packed {config.bits}-bit codes.
+{intro}
 
 | property | value |
 |---|---|
@@ -125,9 +150,6 @@ def _baseline_adapter_card(
             head += param.numel()
         elif any(part.startswith(prefix) for part in parts):
             adapter += param.numel()
-    hub_base = _hub_id(base_model)
-    tags = BASELINE_TAGS + [method.lower()] + ([f"base_model:adapter:{hub_base}"] if hub_base else [])
-    data = ModelCardData(library_name="peft", base_model=hub_base, tags=tags, datasets=datasets or None)
     rows = [("method", method)]
     for field_name in ("r", "lora_alpha", "lora_dropout", "target_modules", "feedforward_modules"):
         value = getattr(config, field_name, None)
@@ -137,24 +159,18 @@ def _baseline_adapter_card(
         ("trainable adapter parameters", f"{adapter:,}"),
         ("task-head parameters (modules_to_save)", f"{head:,}"),
     ]
-    if adapter_bytes is not None:
-        rows.append(("adapter_model.safetensors", f"{adapter_bytes / 1000:.1f} KB"))
-    rows += _metric_rows(metrics)
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    base_line = f"`{base_model}`" if base_model else "a ConvNeXt model"
-    body = f"""# {method} adapter for {base_line}
-
-A {method} adapter trained with [upetu-hf](https://github.com/upetu-hf/upetu-hf), as a baseline for UPetu.
-
-| property | value |
-|---|---|
-{table}
-
-## Usage
-
-{usage or _default_usage(base_model, upetu=False)}
-"""
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    intro = f"A {method} adapter trained with [upetu-hf](https://github.com/upetu-hf/upetu-hf), as a baseline for UPetu."
+    return _peft_card(
+        base_model,
+        BASELINE_TAGS + [method.lower()],
+        method,
+        intro,
+        rows,
+        adapter_bytes,
+        metrics,
+        datasets,
+        usage or _default_usage(base_model, upetu=False),
+    )
 
 
 def model_card(
