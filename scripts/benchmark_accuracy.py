@@ -48,6 +48,11 @@ Usage:
     python scripts/benchmark_accuracy.py --quick             # a fast partial run: few methods, 1 seed, 2 epochs
     python scripts/benchmark_accuracy.py --tasks classification --methods upetu,full --resume
     python scripts/benchmark_accuracy.py --dry-run           # print the planned runs and exit
+    # two shards in parallel processes, then one merge (trains nothing new, writes the combined summary):
+    python scripts/benchmark_accuracy.py --tasks classification --methods upetu,lora --output-dir /tmp/a &
+    python scripts/benchmark_accuracy.py --tasks classification --methods full,linear --output-dir /tmp/b &
+    wait; python scripts/benchmark_accuracy.py --tasks classification --methods upetu,lora,full,linear \
+        --output-dir /tmp/a --resume --import-runs /tmp/b/accuracy_classification.json
     python scripts/make_report.py                            # tables, plot and README section from the JSON
 """
 
@@ -865,6 +870,27 @@ def load_state(path: Path, setup: TaskSetup, args: argparse.Namespace) -> dict[s
     return new_state(setup, args)
 
 
+def import_runs(state: dict[str, Any], path: Path, setup: TaskSetup, args: argparse.Namespace) -> None:
+    """Add the finished runs (and sessions) of another JSON of the same task and protocol to `state`: shards of
+    one benchmark run in parallel processes (`--methods`, separate `--output-dir`) merge this way. Files of other
+    tasks are ignored; a file of this task recorded under another protocol is refused."""
+    if not path.is_file():
+        raise SystemExit(f"--import-runs {path}: no such file")
+    other = json.loads(path.read_text())
+    if other.get("task") != setup.task:
+        return
+    if other.get("protocol") != setup.protocol(args):
+        raise SystemExit(
+            f"--import-runs {path}: recorded with other settings than this run; only shards of the same protocol "
+            "(the same flags apart from --methods, paths and runtime options) can be merged."
+        )
+    known = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
+    added = [r for r in other.get("runs", []) if r.get("status") == "ok" and r["key"] not in known]
+    state["runs"].extend(added)
+    state["sessions"].extend(s for s in other.get("sessions", []) if s not in state["sessions"])
+    log(f"{setup.task}: imported {len(added)} finished run(s) from {path}")
+
+
 def save_state(path: Path, state: dict[str, Any], setup: TaskSetup) -> None:
     state["summary"] = summarize(state, setup)
     finished = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
@@ -882,6 +908,8 @@ class TaskRunner:
         self.setup, self.args, self.work_dir = setup, args, work_dir
         self.path = Path(args.output_dir) / f"accuracy_{setup.key}.json"
         self.state = load_state(self.path, setup, args)
+        for other in args.import_runs:
+            import_runs(self.state, Path(other), setup, args)
         if args.resume and self.state["runs"]:
             log(f"{setup.task}: resuming {self.path} ({len(self.state['runs'])} finished run(s) kept)")
         self.done = {r["key"]: r for r in self.state["runs"] if r.get("status") == "ok"}
@@ -1076,6 +1104,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     runtime.add_argument("--overwrite", action="store_true", help="start the JSON files afresh")
     runtime.add_argument(
+        "--import-runs",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="merge the finished runs of these accuracy_<task>.json files (shards run with --methods in parallel "
+        "processes, each with its own --output-dir) into this run's files; their runs are not trained again",
+    )
+    runtime.add_argument(
         "--delete-weights", action="store_true", help="delete each run's weights once measured"
     )
     args = parser.parse_args(argv)
@@ -1104,6 +1140,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.cd_crop is not None and args.cd_crop % 32:
         parser.error("--cd-crop must be a multiple of 32 (the backbone stride)")
+    if args.import_runs and not args.resume:
+        parser.error("--import-runs merges into the files of --resume: pass --resume too")
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
     if args.threads is not None and args.threads < 1:

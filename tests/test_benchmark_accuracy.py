@@ -199,6 +199,48 @@ def test_resume_skips_finished_runs_and_refuses_to_clobber(bench, monkeypatch):
         module.main([*argv, "--resume", "--epochs", "3"])
 
 
+def test_import_runs_merges_shards_without_training(bench, monkeypatch, tmp_path):
+    module, assets, work = bench["module"], bench["assets"], bench["work"]
+    whole = json.loads((bench["out"] / "accuracy_classification.json").read_text())
+    shards = {}
+    for name in ("full", "upetu"):  # two shards, as two processes with --methods would write them
+        shard = dict(whole, runs=[r for r in whole["runs"] if r["variant"] == name], summary={}, selection={})
+        shards[name] = tmp_path / name
+        shards[name].mkdir()
+        (shards[name] / "accuracy_classification.json").write_text(json.dumps(shard))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an imported run was trained again")
+
+    monkeypatch.setattr(module, "train", no_training)
+    argv = bench_args(
+        assets,
+        shards["full"],
+        work,
+        "--tasks",
+        "classification",
+        "--methods",
+        "full,upetu",
+        "--lr-factors",
+        "1,3",
+    )
+    other = str(shards["upetu"] / "accuracy_classification.json")
+    with pytest.raises(SystemExit):  # merging writes into the --resume files only
+        module.main([*argv, "--import-runs", other])
+    merged = module.main([*argv, "--resume", "--import-runs", other])["classification"]
+    assert sorted(r["key"] for r in merged["runs"]) == sorted(r["key"] for r in whole["runs"])
+    assert (
+        merged["complete"]
+        and merged["summary"]["upetu"]["test_mean"] == whole["summary"]["upetu"]["test_mean"]
+    )
+    assert merged["summary"]["full"]["test_mean"] == whole["summary"]["full"]["test_mean"]
+    alien = json.loads(Path(other).read_text())
+    alien["protocol"]["epochs"] = 3  # a shard run with other settings must not be mixed in
+    (tmp_path / "alien.json").write_text(json.dumps(alien))
+    with pytest.raises(SystemExit, match="other settings"):
+        module.main([*argv, "--resume", "--import-runs", str(tmp_path / "alien.json")])
+
+
 def test_make_report_writes_tables_plot_and_readme_section(bench, tmp_path, capsys):
     report = load_script("make_report")
     readme = tmp_path / "README.md"
