@@ -64,11 +64,9 @@ import gc
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -80,14 +78,14 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "src"))
+for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-import accelerate  # noqa: E402
 import numpy as np  # noqa: E402
-import peft  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from _common import clean, cpu_model, git_state, machine_info, write_json_atomic  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
@@ -103,6 +101,8 @@ from upetu_hf.train import (  # noqa: E402
 from upetu_hf.train.methods import HEAD_NAMES, head_names  # noqa: E402
 
 SCHEMA_VERSION = 1
+#: The code whose uncommitted changes a session records.
+CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py")
 SHARED = REPO_ROOT.parent / "shared"
 DEFAULT_PATHS = {
     "model": SHARED / "models" / "rs-convnext-atto-aid",
@@ -216,38 +216,6 @@ def round_lr(value: float) -> float:
     return float(f"{value:.3g}")
 
 
-def clean(value: Any) -> Any:
-    """JSON-safe copy: NaN / inf -> None, numpy and torch scalars -> Python numbers, tuples -> lists."""
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file in the same folder and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(clean(data), handle, indent=1, allow_nan=False)
-            handle.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def scalars(metrics: dict[str, Any] | None) -> dict[str, float]:
     """The numeric entries of a metrics dict (per-class dicts dropped)."""
     return {
@@ -268,71 +236,13 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 # ---------------------------------------------------------------------------------------------- machine
-def machine_info(cpu: bool = False) -> dict[str, Any]:
-    """CPU, GPU, thread settings and library versions of this process."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cuda = torch.cuda.is_available()
-    info: dict[str, Any] = {
-        "hostname": platform.node(),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "upetu_hf": upetu_hf.__version__,
-        "cuda_available": cuda,
-        "device": device_name(cpu),
-    }
-    if cuda:
-        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        info["cuda"] = torch.version.cuda
-    return info
-
-
 def device_name(cpu: bool = False) -> str:
     """What the training API will train on: the CUDA device name, or `cpu (<model>)`."""
     if torch.cuda.is_available() and not cpu:
         return f"cuda ({torch.cuda.get_device_name(0)})"
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     threads = torch.get_num_threads()
     return f"cpu ({model}, {threads} thread{'' if threads == 1 else 's'})"
-
-
-def git_state() -> dict[str, Any]:
-    """Commit of the checkout and the uncommitted files among the code the benchmark runs."""
-
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    dirty = git("status", "--porcelain", "--", "src/upetu_hf", "scripts/benchmark_accuracy.py")
-    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted": dirty.splitlines()}
 
 
 def backbone_description(model: str) -> dict[str, Any]:
@@ -959,8 +869,8 @@ class TaskRunner:
         session = {
             "command": self.command,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(args.cpu),
-            "git": git_state(),
+            "machine": machine_info(device_name(args.cpu)),
+            "git": git_state(CODE_PATHS),
             "paths": {
                 "model": args.model,
                 "data": setup.data,

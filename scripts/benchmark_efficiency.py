@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -47,11 +45,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT / "src") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "src"))
+for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-import peft  # noqa: E402
 import transformers  # noqa: E402
+from _common import git_state, machine_info, write_json_atomic, write_text_atomic  # noqa: E402
 from peft import IA3Config, LoraConfig, get_peft_model  # noqa: E402
 from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
 
@@ -483,53 +482,8 @@ def check_targets(models: dict[str, dict[str, object]]) -> list[dict[str, object
     return checks
 
 
-def git_state() -> dict[str, object]:
-    """Commit of the checkout and whether the tuner or this script have uncommitted changes."""
-    import subprocess
-
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    dirty = git("status", "--porcelain", "--", "src/upetu_hf/tuner", "scripts/benchmark_efficiency.py")
-    return {"commit": git("rev-parse", "HEAD") or None, "uncommitted": dirty.splitlines()}
-
-
-def machine_info(device: torch.device) -> dict[str, object]:
-    """CPU model, cores, thread settings and library versions."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, object] = {
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "upetu_hf": upetu_hf.__version__,
-        "device": str(device),
-        "loadavg_start": os.getloadavg(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
+#: The code whose uncommitted changes a run records.
+CODE_PATHS = ("src/upetu_hf/tuner", "scripts/benchmark_efficiency.py", "scripts/_common.py")
 
 
 def fmt_bytes(n: float) -> str:
@@ -552,6 +506,7 @@ def fmt_count(n: float) -> str:
 def render_markdown(results: dict[str, object]) -> str:
     """The markdown report: settings, one table per model, the targets and the noise."""
     meta = results["meta"]
+    load_at_start = meta["machine"].get("loadavg") or meta["machine"].get("loadavg_start")  # older files
     lines = [
         "# UPetu efficiency benchmark",
         "",
@@ -559,7 +514,7 @@ def render_markdown(results: dict[str, object]) -> str:
         "",
         f"- Machine: {meta['machine']['cpu_model']}, {meta['machine']['cpus_available']} CPUs available, "
         f"torch {meta['machine']['torch']} with {meta['machine']['torch_num_threads']} threads, "
-        f"device `{meta['machine']['device']}`, load average at start {meta['machine']['loadavg_start'][0]:.2f}.",
+        f"device `{meta['machine']['device']}`, load average at start {load_at_start[0]:.2f}.",
         f"- Settings: batch {meta['batch_size']}, {meta['image_size']}x{meta['image_size']} px, "
         f"{meta['warmup']} warm-up round(s), {meta['steps']} timed training steps and {meta['inference_runs']} "
         f"inference runs per method, AdamW lr {meta['lr']}, random weights, {NUM_LABELS} classes.",
@@ -748,17 +703,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "image_size": args.image_size,
         "lr": args.lr,
         "seed": args.seed,
-        "machine": machine_info(device),
-        "git": git_state(),
+        "machine": machine_info(str(device)),
+        "git": git_state(CODE_PATHS),
     }
     models = {name: benchmark_model(name, args.methods, args) for name in args.models}
     meta["wall_time_s"] = time.perf_counter() - started
     results = {"meta": meta, "models": models, "targets": check_targets(models)}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=1) + "\n")
+    write_json_atomic(output, results)
     markdown = Path(args.markdown) if args.markdown else output.with_suffix(".md")
-    markdown.write_text(render_markdown(results))
+    write_text_atomic(markdown, render_markdown(results))
     log(f"wrote {output} and {markdown} in {meta['wall_time_s']:.0f} s")
     return results
 
