@@ -236,8 +236,8 @@ def aims(state: dict[str, Any]) -> list[dict[str, Any]]:
         met = small["adapter_pct_of_backbone"] < SMALL_BUDGET_PCT
         checks.append(
             (
-                f"UPetu r={r} trains < {SMALL_BUDGET_PCT:g} % of the backbone "
-                f"({small['adapter_pct_of_backbone']:.2f} %); difference to full fine-tuning",
+                f"UPetu r={r} stays under {SMALL_BUDGET_PCT:g} % of the backbone "
+                f"({small['adapter_pct_of_backbone']:.2f} %; the difference is to full fine-tuning)",
                 diff("upetu-small", "full"),
                 met,
             )
