@@ -397,6 +397,10 @@ def train(args: TrainingArguments) -> dict[str, Any]:
         if not args.keep_checkpoints:
             shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
     accelerator.wait_for_everyone()
+    # Free the DDP wrapper while the process group still exists: its C++ reducer holds the group, and when it is
+    # the last holder (after `end_training`) gloo's destructor runs with the GIL held and can deadlock at exit.
+    model = optimizer = train_loader = None
+    accelerator.free_memory()
     accelerator.end_training()
     return results
 
