@@ -38,15 +38,14 @@ def clean(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write `clean(data)` as JSON through a temporary file in the same folder and `os.replace`, so a crash never
+def write_text_atomic(path: Path, text: str) -> None:
+    """`path.write_text(text)` through a temporary file in the same folder and `os.replace`, so a crash never
     leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(clean(data), handle, indent=1, allow_nan=False)
-            handle.write("\n")
+            handle.write(text)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
@@ -56,16 +55,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """`path.write_text(text)`, atomically (temporary file + `os.replace`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def write_json_atomic(path: Path, data: Any) -> None:
+    """`clean(data)` as indented JSON, written atomically (`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(clean(data), indent=1, allow_nan=False) + "\n")
 
 
 def cpu_model() -> str:

@@ -797,7 +797,8 @@ def import_runs(state: dict[str, Any], path: Path, setup: TaskSetup, args: argpa
     known = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
     added = [r for r in other.get("runs", []) if r.get("status") == "ok" and r["key"] not in known]
     state["runs"].extend(added)
-    state["sessions"].extend(s for s in other.get("sessions", []) if s not in state["sessions"])
+    new_sessions = [s for s in other.get("sessions", []) if s not in state["sessions"]]
+    state["sessions"].extend(new_sessions)
     log(f"{setup.task}: imported {len(added)} finished run(s) from {path}")
 
 

@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+from _common import write_text_atomic  # noqa: E402
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 TASK_ORDER = ("classification", "segmentation", "change-detection")
 METRIC_NAMES = {"accuracy": "accuracy", "mean_iou": "mIoU", "f1": "change F1"}
@@ -295,6 +300,21 @@ def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
                     f"| {fmt_bytes(entry.get('disk_bytes_without_head'))} | {r('train_step_vs_full')} "
                     f"| {r('peak_memory_vs_full')} | {'-' if inference is None else f'{inference:.2f}x'} |"
                 )
+        primary = [t for t in eff.get("targets", []) if t.get("primary")]
+        if primary:
+            lines += [
+                "",
+                f"Aims of the benchmark issue ({primary[0]['model']}, {primary[0]['method']}):",
+                "",
+                "| aim | measured | met |",
+                "|---|---:|---|",
+            ]
+            for t in primary:
+                value = fmt_bytes(t["value"]) if "bytes" in t["target"] else f"{t['value']:.2f}"
+                lines.append(f"| {t['target']} | {value} | {'yes' if t['met'] else '**no**'} |")
+        wall = meta.get("wall_time_s")
+        if wall is not None:
+            lines += ["", f"The whole efficiency run took {wall / 60:.0f} min."]
         return lines
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         return [
@@ -595,7 +615,7 @@ def update_readme(readme: Path, text: str) -> bool:
     start, end = content.find(START), content.find(END)
     if start < 0 or end < start:
         return False
-    readme.write_text(content[: start + len(START)] + "\n" + text + content[end:])
+    write_text_atomic(readme, content[: start + len(START)] + "\n" + text + content[end:])
     return True
 
 
@@ -634,9 +654,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     links = relative(plot_file, readme.parent), relative(markdown, readme.parent)
     text = section(states, eff, *links, args.backbone_note)
     plot(states, plot_file)
-    markdown.parent.mkdir(parents=True, exist_ok=True)
-    markdown.write_text(
-        summary_markdown(states, eff, relative(plot_file, markdown.parent), args.backbone_note)
+    write_text_atomic(
+        markdown, summary_markdown(states, eff, relative(plot_file, markdown.parent), args.backbone_note)
     )
     if update_readme(readme, text):
         print(f"make_report: updated the results section of {readme}", file=sys.stderr)
