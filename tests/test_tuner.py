@@ -139,12 +139,15 @@ def test_checkpoint_holds_packed_codes(tmp_path):
     model.save_pretrained(tmp_path)
     state = load_file(tmp_path / "adapter_model.safetensors")
     assert not any(k.endswith(".latent") for k in state)
-    down = state["base_model.model.convnext.encoder.stages.0.layers.0.upetu_eqam.down.packed"]
+    eqam = "base_model.model.convnext.encoder.stages.0.layers.0.upetu_eqam"
+    down = state[f"{eqam}.down.weight.packed"]
     assert down.dtype == torch.uint8 and tuple(down.shape) == (16, 1)  # 16 x 8 one-bit codes -> 1 byte a row
-    assert (
-        state["base_model.model.convnext.encoder.stages.0.layers.0.upetu_eqam.scale.packed"].dtype
-        == torch.int8
-    )
+    up = state[f"{eqam}.up.weight.packed"]
+    assert up.dtype == torch.uint8 and tuple(up.shape) == (8, 2)  # 8 x 16 one-bit codes -> 2 bytes a row
+    # k-bit codes carry no statistics: the magnitude is the learned row scale of `down` and EQAM's `s` for `up`
+    assert f"{eqam}.down.weight.stats" not in state and f"{eqam}.up.scale.packed" not in state
+    for side in ("scale", "down.scale"):
+        assert state[f"{eqam}.{side}.packed"].dtype == torch.int8 and state[f"{eqam}.{side}.stats"].numel() == 1
     assert "base_model.model.classifier.weight" in state
 
 

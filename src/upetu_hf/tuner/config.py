@@ -2,18 +2,41 @@
 
 from __future__ import annotations
 
+import enum
+import json
+import os
 from dataclasses import dataclass, field
 
 from peft.config import PeftConfig
 
-PEFT_TYPE = "UPETU"
+
+class UPetuPeftType(str, enum.Enum):
+    """UPetu's member of peft's `PeftType` family. peft's enum is closed to outside methods, but its code expects an
+    enum member (`.value`, `str(peft_type)` = "PeftType.NAME"); a one-member `str` enum gives both and is written
+    to `adapter_config.json` as the plain string "UPETU"."""
+
+    UPETU = "UPETU"
+
+
+PEFT_TYPE = UPetuPeftType.UPETU
+#: version of the stored adapter format, recorded in the weights file's metadata (2: unitless k-bit codes with
+#: learned row scales, power-of-two int8 side tensors)
+FORMAT_VERSION = "2"
 ALLOWED_BITS = (1, 2, 4, 8, 32)
 ALLOWED_SIDE_BITS = (8, 16, 32)
 ALLOWED_CODEBOOKS = ("lloyd", "quantile")
 
 
+def _check_positive_int(name: str, value: object, example: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"UPetuConfig.{name}={value!r} is invalid: allowed values are positive integers (e.g. {example})."
+        )
+
+
 def _check_choice(name: str, value: object, allowed: tuple) -> None:
-    if value not in allowed:
+    # bools and floats compare equal to ints (True == 1, 4.0 == 4): refuse them, they would fail later at save
+    if isinstance(value, (bool, float)) or value not in allowed:
         raise ValueError(
             f"UPetuConfig.{name}={value!r} is invalid: allowed values are {', '.join(map(str, allowed))}."
         )
@@ -41,6 +64,10 @@ class UPetuConfig(PeftConfig):
         stages: 0-based indices of the stages to adapt (EQAM and CAPM); `None` adapts every stage.
         target_modules: optionally restrict EQAM to some blocks: a regex matched in full against block names such as
             `convnext.encoder.stages.2.layers.5`, or a list of names/suffixes. `None` adapts every block.
+        exclude_modules: ConvNeXt blocks that get no EQAM (regex or names). CAPM belongs to the stage: it stays on
+            the stage's last block even if that block is excluded (drop it with `stages` or `use_capm=False`).
+        init_weights: `True` starts every adapter as the identity (EQAM scales and CAPM gates at 0). `False` starts
+            them at small random values, as peft's tuners do for tests that need a non-identity adapter.
         modules_to_save: modules trained and saved next to the adapter, e.g. task heads. `None` picks the known heads
             the model has among `classifier`, `decode_head` and `auxiliary_head` (direct children of the model);
             pass `[]` to train no head.
@@ -64,6 +91,9 @@ class UPetuConfig(PeftConfig):
     exclude_modules: list[str] | str | None = field(
         default=None, metadata={"help": "ConvNeXt blocks to leave untouched (regex or names)."}
     )
+    init_weights: bool = field(
+        default=True, metadata={"help": "Start as the identity (True) or at small random values (False)."}
+    )
     modules_to_save: list[str] | None = field(
         default=None, metadata={"help": "Trainable, saved modules (task heads); None = detect known heads."}
     )
@@ -71,25 +101,26 @@ class UPetuConfig(PeftConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PEFT_TYPE
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(
-                f"UPetuConfig.r={self.r!r} is invalid: allowed values are positive integers (e.g. 16)."
-            )
+        _check_positive_int("r", self.r, 16)
+        _check_positive_int("prompt_size", self.prompt_size, 4)
         _check_choice("bits", self.bits, ALLOWED_BITS)
         _check_choice("codebook", self.codebook, ALLOWED_CODEBOOKS)
         if self.side_bits is not None:
             _check_choice("side_bits", self.side_bits, ALLOWED_SIDE_BITS)
-        if not isinstance(self.prompt_size, int) or self.prompt_size < 1:
-            raise ValueError(
-                f"UPetuConfig.prompt_size={self.prompt_size!r} is invalid: allowed values are positive integers (e.g. 4)."
-            )
+        for name in ("use_eqam", "use_capm", "init_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"UPetuConfig.{name}={getattr(self, name)!r} is invalid: allowed values are True and False."
+                )
         if not (self.use_eqam or self.use_capm):
             raise ValueError(
                 "UPetuConfig.use_eqam and UPetuConfig.use_capm are both False: enable at least one module."
             )
         if self.stages is not None:
             self.stages = list(self.stages)
-            if not self.stages or any(not isinstance(s, int) or s < 0 for s in self.stages):
+            if not self.stages or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.stages
+            ):
                 raise ValueError(
                     f"UPetuConfig.stages={self.stages!r} is invalid: allowed values are a non-empty list of 0-based "
                     "stage indices (e.g. [2, 3]) or None for every stage."
@@ -110,27 +141,70 @@ class UPetuConfig(PeftConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs):
-        """Load the config of a saved adapter (local folder or Hub id) and check its weights file is readable."""
+        """Load the config of a saved adapter (local folder or Hub id) and check that its weights file is readable
+        and was written in this config's format."""
         config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
         check_adapter_weights(
-            pretrained_model_name_or_path, subfolder=subfolder, revision=kwargs.get("revision")
+            pretrained_model_name_or_path, subfolder=subfolder, revision=kwargs.get("revision"), config=config
         )
         return config
 
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+_FORMAT_KEY = "upetu_format_version"
+
+
+def format_metadata(config: UPetuConfig) -> dict[str, str]:
+    """The safetensors metadata that records how an adapter's weights file is encoded.
+
+    `upetu_hf.save_adapter` writes it into `adapter_model.safetensors`; loading compares it with
+    `adapter_config.json` and refuses a mismatch (new weights beside an old config, say).
+    """
+    return {
+        "format": "pt",
+        _FORMAT_KEY: FORMAT_VERSION,
+        "upetu_bits": str(config.bits),
+        "upetu_codebook": config.codebook,
+        "upetu_side_bits": str(config.effective_side_bits),
+    }
+
+
+def _check_format(path: str, metadata: dict[str, str] | None, config: UPetuConfig | None) -> None:
+    """Raise a clear error when a weights file's recorded format disagrees with its config (or this version)."""
+    if not metadata or _FORMAT_KEY not in metadata:
+        return  # written by peft's save_pretrained: the per-tensor checks at load time apply
+    if metadata[_FORMAT_KEY] != FORMAT_VERSION:
+        raise ValueError(
+            f"The UPetu adapter weights file {path} uses format version {metadata[_FORMAT_KEY]}, this upetu-hf "
+            f"reads version {FORMAT_VERSION}: install the upetu-hf version that saved it, or train the adapter again."
+        )
+    if config is None:
+        return
+    expected = format_metadata(config)
+    diffs = [
+        f"{key.removeprefix('upetu_')}={metadata.get(key)!r} in the weights, {value!r} in the config"
+        for key, value in expected.items()
+        if key != "format" and metadata.get(key) != value
+    ]
+    if diffs:
+        raise ValueError(
+            f"The UPetu adapter weights file {path} does not match its adapter_config.json ({'; '.join(diffs)}): the "
+            "folder mixes two saves. Save the adapter again, or restore both files from the same save."
+        )
 
 
 def check_adapter_weights(
-    model_id: str, subfolder: str | None = None, revision: str | None = None
+    model_id: str,
+    subfolder: str | None = None,
+    revision: str | None = None,
+    config: UPetuConfig | None = None,
 ) -> str | None:
-    """Raise a clear error if the adapter's `adapter_model.safetensors` (local, or already in the HF cache) is corrupt.
+    """Raise a clear error if the adapter's `adapter_model.safetensors` (local, or already in the HF cache) is
+    corrupt, or if its recorded format disagrees with `config`.
 
     Returns the checked file's path, or None when the file is not available locally yet (it is then downloaded,
     and checked, by huggingface_hub).
     """
-    import os
-
     from huggingface_hub import try_to_load_from_cache
     from safetensors import SafetensorError, safe_open
 
@@ -146,10 +220,12 @@ def check_adapter_weights(
     try:
         with safe_open(path, framework="pt") as f:
             f.keys()
-    except (SafetensorError, OSError, ValueError) as err:
+            metadata = f.metadata()
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as err:
         raise ValueError(
             f"The UPetu adapter weights file {path} is truncated or corrupt ({err}). Save the adapter again with "
             "`save_pretrained`, or delete the file (for a Hub adapter: its folder in the HF cache) and download it "
             "again."
         ) from err
+    _check_format(path, metadata, config)
     return path

@@ -17,36 +17,56 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .config import UPetuConfig
-from .quantization import QuantizedParameter, make_codec, make_side_codec
+from .quantization import QLinearWeight, QuantizedParameter, make_side_codec
+
+
+def cannot_merge() -> ValueError:
+    """The one error for every merge request (`merge`, `merge_adapter`, `merge_and_unload`)."""
+    return ValueError(
+        "UPetu adapters cannot be merged into the base weights: EQAM is a nonlinear adapter (Q-Linear, activation, "
+        "Q-Linear) and CAPM adds an input-dependent prompt, so no weight update reproduces them. Keep the PeftModel "
+        "for inference, or call `unload()` to get the unmodified base model back."
+    )
+
+
+def _side_init(shape: int, config: UPetuConfig) -> torch.Tensor:
+    """Init of the per-channel EQAM scale `s` and CAPM `beta`: zeros (identity at init), or with
+    `init_weights=False` small random values, so that tests can exercise a non-identity adapter."""
+    return torch.zeros(shape) if config.init_weights else 0.1 * torch.randn(shape)
 
 
 class EQAM(nn.Module):
-    """Efficient quantization adapter: `delta = s * QUp(act(QDown(u)))`.
+    """Efficient quantization adapter: `delta = (s[:, None] * W_up) @ act(W_down @ u)` per pixel.
 
     Args:
         channels: block width C.
-        config: the adapter's `UPetuConfig` (r, bits, codebook, activation, side_bits).
+        config: the adapter's `UPetuConfig` (r, bits, codebook, activation, side_bits, init_weights).
 
-    Input `u`: the block's normalised channels-last tensor (N, H, W, C). Output: delta of the same shape.
-    `s` (per channel) starts at 0, so the adapted block equals the base block at initialisation.
+    Input `u`: the block's normalised channels-last tensor (N, H, W, C). Output: delta of the same shape and dtype.
+    `W_down` (r, C) and `W_up` (C, r) are Q-Linear weights (`QLinearWeight`; `W_down` with its own learned per-row
+    scale, `W_up` scaled by `s`). `s` (C,) starts at 0, so the adapted block equals the base block at
+    initialisation. The adapter computes in its own dtype (float32 under peft's `autocast_adapter_dtype`) and casts
+    the result back to the input's dtype, as peft's layers do.
     """
 
     def __init__(self, channels: int, config: UPetuConfig) -> None:
         super().__init__()
-        codec = make_codec(config.bits, config.codebook)
-        down = torch.empty(config.r, channels)
-        up = torch.empty(channels, config.r)
-        nn.init.kaiming_uniform_(down, a=math.sqrt(5))
-        nn.init.kaiming_uniform_(up, a=math.sqrt(5))
-        self.down = QuantizedParameter(down, codec)
-        self.up = QuantizedParameter(up, codec)
-        self.scale = QuantizedParameter(torch.zeros(channels), make_side_codec(config.effective_side_bits))
+        side_bits = config.effective_side_bits
+        self.down = QLinearWeight(
+            config.r, channels, config.bits, config.codebook, side_bits, learn_scale=True
+        )
+        self.up = QLinearWeight(
+            channels, config.r, config.bits, config.codebook, side_bits, learn_scale=False
+        )
+        self.scale = QuantizedParameter(_side_init(channels, config), make_side_codec(side_bits))
         self.act = ACT2FN[config.activation]
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        hidden = self.act(F.linear(u, self.down()))
+        down = self.down()  # (r, C)
         # the per-channel scale is folded into the (C, r) up weight: cheaper than scaling every pixel
-        return F.linear(hidden, self.up() * self.scale().unsqueeze(1))
+        up = self.up() * self.scale().unsqueeze(1)  # (C, r)
+        hidden = self.act(F.linear(u.to(down.dtype), down))  # (N, H, W, r)
+        return F.linear(hidden, up).to(u.dtype)
 
 
 class CAPM(nn.Module):
@@ -54,10 +74,11 @@ class CAPM(nn.Module):
 
     Args:
         channels: stage width C.
-        config: the adapter's `UPetuConfig` (prompt_size, side_bits).
+        config: the adapter's `UPetuConfig` (prompt_size, side_bits, init_weights).
 
     Input and output: a stage feature map (N, C, H, W). The prompt P (C, m, m) is resized bilinearly to H x W, so
     any input resolution works. `beta` (per channel) starts at 0, so the module is the identity at initialisation.
+    The prompt term is computed in the adapter's dtype and added in the features' dtype.
     """
 
     def __init__(self, channels: int, config: UPetuConfig) -> None:
@@ -68,15 +89,16 @@ class CAPM(nn.Module):
         nn.init.kaiming_uniform_(context, a=math.sqrt(5))
         self.prompt = QuantizedParameter(torch.randn(channels, m, m), side)
         self.context = QuantizedParameter(context, side)
-        self.beta = QuantizedParameter(torch.zeros(channels), side)
+        self.beta = QuantizedParameter(_side_init(channels, config), side)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         channels = features.shape[1]
+        prompt = self.prompt()
         prompt = F.interpolate(
-            self.prompt().unsqueeze(0), size=features.shape[-2:], mode="bilinear", align_corners=False
+            prompt.unsqueeze(0), size=features.shape[-2:], mode="bilinear", align_corners=False
         )
-        gate = torch.sigmoid(F.conv2d(features, self.context(), padding=1, groups=channels))
-        return features + self.beta().view(1, channels, 1, 1) * (prompt * gate)
+        gate = torch.sigmoid(F.conv2d(features.to(prompt.dtype), self.context(), padding=1, groups=channels))
+        return features + (self.beta().view(1, channels, 1, 1) * (prompt * gate)).to(features.dtype)
 
 
 def block_channels(block: nn.Module) -> int:
@@ -103,6 +125,8 @@ class UPetuLayer(nn.Module, BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters = []
         self._active_adapter = adapter_name
+        # peft's tuner layers expose their widths; a ConvNeXt block maps C channels to C channels
+        self.in_features = self.out_features = block_channels(base_layer)
         self.update_layer(adapter_name, config, eqam=eqam, capm=capm)
 
     def update_layer(self, adapter_name: str, config: UPetuConfig, eqam: bool, capm: bool) -> None:
@@ -121,13 +145,10 @@ class UPetuLayer(nn.Module, BaseTunerLayer):
         return weight.device, weight.dtype
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        raise NotImplementedError(
-            "UPetu adapters cannot be merged into the base weights: EQAM is a nonlinear adapter and CAPM adds an "
-            "input-dependent prompt. Keep the model wrapped, or call `unload()` to get the base model back."
-        )
+        raise cannot_merge()
 
     def unmerge(self) -> None:
-        pass
+        """Nothing to undo: `merge` always refuses, so no UPetu adapter is ever merged."""
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """hidden_states: (N, C, H, W) -> (N, C, H, W)."""

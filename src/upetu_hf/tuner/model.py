@@ -12,7 +12,7 @@ from transformers.models.convnext.modeling_convnext import ConvNextLayer, ConvNe
 from transformers.models.convnextv2.modeling_convnextv2 import ConvNextV2Layer, ConvNextV2Stage
 
 from .config import UPetuConfig
-from .layer import UPetuLayer
+from .layer import UPetuLayer, cannot_merge
 from .quantization import PACKED_FIELDS, QuantizedParameter
 
 STAGE_TYPES = (ConvNextStage, ConvNextV2Stage)
@@ -40,6 +40,7 @@ def plan_targets(model: nn.Module, config: UPetuConfig) -> dict[str, tuple[bool,
     """
     plan: dict[str, tuple[bool, bool]] = {}
     num_stages = 0
+    matched_target = False
     for stage_name, stage in model.named_modules():
         if not isinstance(stage, STAGE_TYPES):
             continue
@@ -50,10 +51,11 @@ def plan_targets(model: nn.Module, config: UPetuConfig) -> dict[str, tuple[bool,
         depth = len(stage.layers)
         for j in range(depth):
             key = f"{stage_name}.layers.{j}" if stage_name else f"layers.{j}"
-            if config.exclude_modules is not None and _matches(config.exclude_modules, key):
-                continue
-            eqam = config.use_eqam and (config.target_modules is None or _matches(config.target_modules, key))
-            capm = config.use_capm and j == depth - 1
+            targeted = config.target_modules is None or _matches(config.target_modules, key)
+            matched_target = matched_target or (config.target_modules is not None and targeted)
+            excluded = config.exclude_modules is not None and _matches(config.exclude_modules, key)
+            eqam = config.use_eqam and targeted and not excluded
+            capm = config.use_capm and j == depth - 1  # CAPM belongs to the stage, whatever its blocks get
             if eqam or capm:
                 plan[key] = (eqam, capm)
     if num_stages == 0:
@@ -64,6 +66,12 @@ def plan_targets(model: nn.Module, config: UPetuConfig) -> dict[str, tuple[bool,
     if config.stages is not None and max(config.stages) >= num_stages:
         raise ValueError(
             f"UPetuConfig.stages={config.stages} is invalid for this model: allowed values are 0 to {num_stages - 1}."
+        )
+    if config.use_eqam and config.target_modules is not None and not matched_target:
+        raise ValueError(
+            f"UPetuConfig.target_modules={config.target_modules!r} matches no ConvNeXt block of this model, so no "
+            "block would get EQAM: fix the names (they look like 'convnext.encoder.stages.2.layers.5'; a list "
+            "entry may be a suffix such as 'stages.2.layers.5', a string is a regex matched in full)."
         )
     if not plan:
         raise ValueError(
@@ -151,14 +159,21 @@ class UPetuModel(BaseTuner):
                 module.to(weight.device)
 
     def _check_merge_allowed(self) -> None:
-        raise ValueError(
-            "UPetu adapters cannot be merged into the base weights: EQAM is a nonlinear adapter (Q-Linear, "
-            "activation, Q-Linear) and CAPM adds an input-dependent prompt, so no weight update reproduces them. "
-            "Keep the PeftModel for inference, or call `unload()` to get the unmodified base model back."
-        )
+        # Overridden because no UPetu adapter can be merged: refuse before peft touches any weight.
+        raise cannot_merge()
 
     def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
-        self._check_merge_allowed()
+        # Overridden so that the error is the same as for `merge_and_unload`.
+        raise cannot_merge()
+
+    def add_weighted_adapter(self, *args, **kwargs) -> None:
+        """Not supported: a weighted sum of UPetu adapters is not a UPetu adapter (EQAM is nonlinear and its
+        Q-Linear weights are codes on a fixed codebook)."""
+        raise ValueError(
+            "UPetu adapters cannot be combined with `add_weighted_adapter`: EQAM is nonlinear and its Q-Linear weights "
+            "are k-bit codes, so a weighted sum of two adapters is not an adapter. Load the adapters under different "
+            "names and switch between them with `set_adapter`."
+        )
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
@@ -206,7 +221,32 @@ class UPetuModel(BaseTuner):
         for key, value in packed.items():
             owner, _, leaf = key.rpartition(".")
             remapped[f"{owner_map[owner]}.{leaf}"] = value
+        cls._check_adapter_tensors(model, adapter_name, set(owner_map.values()))
         return remapped
+
+    @staticmethod
+    def _check_adapter_tensors(model: nn.Module, adapter_name: str, loaded: set[str]) -> None:
+        """Refuse a checkpoint that would half-load: every UPetu tensor of `adapter_name` in the model must be in it,
+        and nothing else (peft would only warn, leaving untrained adapters next to loaded ones)."""
+        expected = {
+            name.rpartition(".")[0]
+            for name, _ in model.named_parameters()
+            if name.endswith(".latent") and f".{adapter_name}." in name and ".upetu_" in name
+        }
+        missing, unexpected = sorted(expected - loaded), sorted(loaded - expected)
+        if missing or unexpected:
+
+            def show(names: list[str]) -> str:
+                return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+            parts = ([f"{len(missing)} missing ({show(missing)})"] if missing else []) + (
+                [f"{len(unexpected)} unexpected ({show(unexpected)})"] if unexpected else []
+            )
+            raise ValueError(
+                f"The UPetu adapter checkpoint does not fit this model: {'; '.join(parts)} adapter tensors. It was saved "
+                "for a base model with other depths or stages, with another UPetu config, or by another version of "
+                "upetu-hf: load it onto the base model named in its adapter_config.json (base_model_name_or_path)."
+            )
 
     def parameter_counts(self, adapter_name: str = "default") -> dict[str, int]:
         """Parameter counts: `adapter` (UPetu modules of `adapter_name`), `head` (its `modules_to_save` copies),

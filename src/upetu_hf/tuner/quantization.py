@@ -1,10 +1,22 @@
 """Q-Linear building blocks: codebooks, codecs, the straight-through estimator and k-bit packing.
 
-A `QuantizedParameter` holds a latent full-precision tensor for training and hands out its quantized value:
-with the straight-through estimator while gradients flow, and from a cache (computed once per weight version)
-otherwise. Each parameter has a `Codec` that turns the latent tensor into what is stored on disk
-(`packed` codes plus the `stats` needed to decode them) and back. The forward pass uses exactly the decoded
-values, so an adapter reloaded from its packed form reproduces the saved model bit for bit.
+A `QuantizedParameter` holds a latent tensor for training and hands out its quantized value, computed afresh at
+every call from the current latent tensor (no cache, so no optimizer, `.data` write or inference-mode call can
+make it stale). Each parameter has a `Codec` that turns the latent tensor into what is stored on disk (`packed`
+plus, for int8, `stats`) and back.
+
+Every codec is *idempotent*: `decode(encode(x))` is a fixed point of `quantize`, so loading a saved adapter sets
+the latent tensor to a value that quantizes to itself, bit for bit. That is what makes a reloaded adapter
+reproduce the saved model exactly, in eval and in train mode, after `.to(dtype)` round trips, `deepcopy`, and any
+number of save/load cycles.
+
+- `KBitCodec` (Q-Linear weights, 1/2/4/8 bits): the latent tensor is *unitless* (initialised from N(0, 1)); its
+  quantized value is the nearest level of a codebook for N(0, 1), `levels[bucketize(latent, thresholds)]`. The
+  magnitude lives outside, in a per-row scale (`QLinearWeight`). Stored: the codes, packed 8/k per byte.
+- `Int8Codec` (side tensors at 8 bits): symmetric int8 with one power-of-two scale per tensor,
+  `s = 2**ceil(log2(absmax / 127))`. A power of two makes the decoded values exactly representable in float16 and
+  bfloat16 and makes the scale a fixed point of re-encoding.
+- `FloatCodec` (16 or 32 bits): float16 or float32 storage; the forward pass uses the stored precision.
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ import torch
 from torch import nn
 
 PACKED_FIELDS = ("packed", "stats")
-_EPS = 1e-8
+_TINY = 2.0**-100  # floor of the int8 scale: an all-zero tensor stays exactly zero
 
 
 def _normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -73,25 +85,37 @@ def unpack_codes(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
 
 
 class Codec:
-    """How a latent tensor is quantized, stored and decoded. Subclasses define one storage format."""
+    """How a latent tensor is quantized, stored and decoded. Subclasses define one storage format.
+
+    Contract (tested for every codec): `quantize(decode(encode(x))) == decode(encode(x)) == quantize(x)`, bit for
+    bit, in float32.
+    """
 
     bits: int = 32
+    #: dtype of the stored `packed` tensor, and whether a `stats` tensor goes with it
+    packed_dtype: torch.dtype = torch.float32
+    has_stats: bool = False
+    #: |latent| beyond which the straight-through estimator passes no gradient (None: never clipped)
+    ste_bound: float | None = None
 
     def encode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Latent tensor -> stored tensors (`packed` and optionally `stats`)."""
+        """Latent tensor -> stored tensors (`packed` and, if `has_stats`, `stats`)."""
         raise NotImplementedError
 
     def decode(self, stored: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
-        """Stored tensors -> float32 tensor of `shape`, exactly the value the forward pass uses."""
-        raise NotImplementedError
-
-    def packed_shape(self, shape: torch.Size) -> tuple[int, ...]:
-        """Shape of the `packed` tensor for a latent tensor of `shape`."""
+        """Stored tensors -> the float32 latent tensor of `shape` that a loaded parameter takes."""
         raise NotImplementedError
 
     def quantize(self, latent: torch.Tensor) -> torch.Tensor:
-        """The value the forward pass uses: decode(encode(latent)), in float32."""
+        """The float32 value the forward pass uses for `latent`."""
         return self.decode(self.encode(latent), latent.shape)
+
+    def packed_shape(self, shape: torch.Size) -> tuple[int, ...]:
+        """Shape of the `packed` tensor for a latent tensor of `shape`."""
+        return tuple(shape)
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}({self.bits} bits)"
 
 
 class FloatCodec(Codec):
@@ -99,49 +123,62 @@ class FloatCodec(Codec):
 
     def __init__(self, bits: int = 32) -> None:
         self.bits = bits
-        self.dtype = torch.float32 if bits == 32 else torch.float16
+        self.packed_dtype = torch.float32 if bits == 32 else torch.float16
 
     def encode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"packed": latent.detach().to(self.dtype).contiguous()}
+        return {"packed": latent.detach().to(self.packed_dtype).contiguous()}
 
     def decode(self, stored: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
         return stored["packed"].float().reshape(shape)
 
-    def packed_shape(self, shape: torch.Size) -> tuple[int, ...]:
-        return tuple(shape)
+    def quantize(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent.detach().to(self.packed_dtype).float()
 
 
 class Int8Codec(Codec):
-    """Symmetric int8 with one float32 scale per tensor (absmax / 127)."""
+    """Symmetric int8 with one power-of-two float32 scale per tensor: `x ~ s * round(x / s)`,
+    `s = 2**ceil(log2(absmax / 127))`, so the codes use 64..127 of the 127 positive steps."""
 
     bits = 8
+    packed_dtype = torch.int8
+    has_stats = True
+
+    @staticmethod
+    def _scale(x: torch.Tensor) -> torch.Tensor:
+        absmax = x.abs().amax().clamp_min(_TINY)
+        return torch.exp2(torch.ceil(torch.log2(absmax / 127.0)))
 
     def encode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         x = latent.detach().float()
-        scale = (x.abs().amax() / 127.0).clamp_min(_EPS)
+        scale = self._scale(x)
         codes = torch.round(x / scale).clamp_(-127, 127).to(torch.int8)
         return {"packed": codes.contiguous(), "stats": scale.reshape(1)}
 
     def decode(self, stored: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
         return (stored["packed"].float() * stored["stats"].float()).reshape(shape)
 
-    def packed_shape(self, shape: torch.Size) -> tuple[int, ...]:
-        return tuple(shape)
-
 
 class KBitCodec(Codec):
-    """k-bit codebook quantization of a standardised matrix with per-tensor mean and std (Q-Linear weights).
+    """k-bit codebook quantization of a unitless latent tensor (Q-Linear weights).
 
-    The weight (out, in) is standardised with its mean and std, each value is mapped to the nearest codebook level,
-    and the result is de-standardised. Stored: the codes packed 8/k per byte along `in`, and [mean, std] in float32.
+    `quantize(L) = levels[bucketize(L, thresholds)]`, with the `2**k` levels of a codebook for N(0, 1) and the
+    thresholds halfway between them. The levels themselves quantize to themselves, which makes loading exact.
+    The straight-through gradient is clipped outside `[-b, b]`, `b` = the outermost level plus half the outermost
+    gap (1.60 at 1 bit), so a latent value far beyond the last level stops drifting.
+    Stored: the codes (rows, prod(rest)) packed 8/k per byte along the last axis.
     """
+
+    packed_dtype = torch.uint8
 
     def __init__(self, bits: int, codebook: str = "lloyd") -> None:
         if bits not in (1, 2, 4, 8):
             raise ValueError(f"KBitCodec supports 1, 2, 4 or 8 bits, got {bits}.")
         self.bits = bits
-        self.levels = torch.tensor(codebook_levels(bits, codebook), dtype=torch.float32)
+        self.codebook = codebook
+        levels = codebook_levels(bits, codebook)
+        self.levels = torch.tensor(levels, dtype=torch.float32)
         self.thresholds = (self.levels[1:] + self.levels[:-1]) / 2
+        self.ste_bound = levels[-1] + (levels[-1] - levels[-2]) / 2
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,34 +187,31 @@ class KBitCodec(Codec):
             self._on_device[device] = (self.levels.to(device), self.thresholds.to(device))
         return self._on_device[device]
 
-    def _codes_and_stats(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        w = latent.detach().float().reshape(latent.shape[0], -1)
-        mean = w.mean()
-        std = w.std(unbiased=False).clamp_min(_EPS)
-        return torch.bucketize((w - mean) / std, self._tables(w.device)[1]), mean, std
+    def codes(self, latent: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest level for every entry of `latent` (int64, same shape)."""
+        return torch.bucketize(latent.detach().float(), self._tables(latent.device)[1])
 
     def encode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        codes, mean, std = self._codes_and_stats(latent)
-        return {"packed": pack_codes(codes, self.bits), "stats": torch.stack([mean, std])}
+        codes = self.codes(latent).reshape(latent.shape[0], -1)
+        return {"packed": pack_codes(codes, self.bits)}
 
     def decode(self, stored: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
-        cols = math.prod(shape[1:])
-        codes = unpack_codes(stored["packed"], self.bits, cols)
-        stats = stored["stats"].float()
-        return (stats[0] + stats[1] * self._tables(codes.device)[0][codes]).reshape(shape)
+        codes = unpack_codes(stored["packed"], self.bits, math.prod(shape[1:]))
+        return self._tables(codes.device)[0][codes].reshape(shape)
 
     def quantize(self, latent: torch.Tensor) -> torch.Tensor:
         """decode(encode(latent)) without the packing round trip (same values, bit for bit)."""
-        codes, mean, std = self._codes_and_stats(latent)
-        stats = torch.stack([mean, std])
-        return (stats[0] + stats[1] * self._tables(codes.device)[0][codes]).reshape(latent.shape)
+        return self._tables(latent.device)[0][self.codes(latent)]
 
     def packed_shape(self, shape: torch.Size) -> tuple[int, ...]:
         return (shape[0], -(-math.prod(shape[1:]) * self.bits // 8))
 
+    def describe(self) -> str:
+        return f"KBitCodec({self.bits} bits, {self.codebook})"
+
 
 def make_codec(bits: int, codebook: str = "lloyd") -> Codec:
-    """The codec for a bit width: k-bit codebook for 1/2/4/8 bits, float for 16/32 bits."""
+    """The codec of Q-Linear weights: k-bit codebook for 1/2/4/8 bits, float for 16/32 bits."""
     if bits in (16, 32):
         return FloatCodec(bits)
     return KBitCodec(bits, codebook)
@@ -188,77 +222,134 @@ def make_side_codec(bits: int) -> Codec:
     return Int8Codec() if bits == 8 else FloatCodec(bits)
 
 
-class QuantizedParameter(nn.Module):
-    """A trainable tensor used in quantized form (straight-through estimator), stored as packed codes.
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the quantized value, exactly. Backward: the gradient passes to the latent tensor unchanged,
+    except where `|latent| > bound` (clipped straight-through estimator)."""
 
-    Calling the module returns the tensor the forward pass uses, with the dtype of the latent parameter:
-    with the straight-through estimator when gradients are needed, otherwise from a cache that is recomputed
-    only when the latent weight changes (its version counter), its device or its dtype changes.
+    @staticmethod
+    def forward(ctx, latent: torch.Tensor, codec: Codec) -> torch.Tensor:
+        ctx.bound = codec.ste_bound
+        if ctx.bound is not None:
+            ctx.save_for_backward(latent)
+        return codec.quantize(latent).to(latent.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if ctx.bound is None:
+            return grad, None
+        (latent,) = ctx.saved_tensors
+        return grad * (latent.abs() <= ctx.bound).to(grad.dtype), None
+
+
+class QuantizedParameter(nn.Module):
+    """A trainable tensor used in quantized form (straight-through estimator), stored in its codec's format.
+
+    Calling the module returns `codec.quantize(latent)` in the latent tensor's dtype, computed from the current
+    latent tensor at every call. With a 32-bit float codec the latent tensor itself is returned.
     """
 
     def __init__(self, init: torch.Tensor, codec: Codec) -> None:
         super().__init__()
         self.latent = nn.Parameter(init)
         self.codec = codec
-        self._cache: tuple[tuple, torch.Tensor] | None = None
-
-    def _cache_key(self) -> tuple:
-        latent = self.latent
-        return (latent.data_ptr(), latent._version, latent.device, latent.dtype)
 
     def forward(self) -> torch.Tensor:
         latent = self.latent
-        if isinstance(self.codec, FloatCodec) and self.codec.bits == 32 and latent.dtype == torch.float32:
+        if isinstance(self.codec, FloatCodec) and self.codec.bits == 32:
             return latent
         if torch.is_grad_enabled() and latent.requires_grad:
-            quantized = self.codec.quantize(latent).to(latent.dtype)
-            return latent + (quantized - latent).detach()
-        key = self._cache_key()
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.codec.quantize(latent).to(latent.dtype))
-        return self._cache[1]
+            return _StraightThrough.apply(latent, self.codec)
+        return self.codec.quantize(latent).to(latent.dtype)
 
     def pack(self, latent: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The stored form (`packed`, `stats`) of `latent` (default: this parameter's latent tensor)."""
         return self.codec.encode(self.latent if latent is None else latent)
 
+    def _check_stored(self, name: str, stored: dict[str, torch.Tensor]) -> None:
+        """Refuse a stored tensor whose format is not this parameter's codec: decoding it would give wrong numbers."""
+        packed = stored["packed"]
+        expected = self.codec.packed_shape(self.latent.shape)
+        problem = None
+        if packed.dtype != self.codec.packed_dtype or ("stats" in stored) != self.codec.has_stats:
+            found = f"{packed.dtype}{' + stats' if 'stats' in stored else ''}"
+            wanted = f"{self.codec.packed_dtype}{' + stats' if self.codec.has_stats else ''}"
+            problem = (
+                f"the checkpoint stores {found}, this adapter's {self.codec.describe()} expects {wanted}"
+            )
+        elif tuple(packed.shape) != expected:
+            problem = (
+                f"the checkpoint stores shape {tuple(packed.shape)}, this model expects {expected} (unpacked shape "
+                f"{tuple(self.latent.shape)})"
+            )
+        if problem:
+            raise ValueError(
+                f"Cannot load the UPetu adapter tensor '{name}': {problem}. The adapter was saved with another UPetu "
+                "config (bits, side_bits, r, prompt_size) or for a base model with other widths: load it with its own "
+                "adapter_config.json onto the base model named there (base_model_name_or_path)."
+            )
+
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ) -> None:
-        packed_key = prefix + "packed"
-        if packed_key not in state_dict:
+        # Overridden because the checkpoint holds the packed form (`packed`, `stats`), not the latent tensor:
+        # decode it into the latent tensor, whose quantization is then exactly the saved value.
+        if prefix + "packed" not in state_dict:
             super()._load_from_state_dict(
                 state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
             )
             return
         stored = {name: state_dict[prefix + name] for name in PACKED_FIELDS if prefix + name in state_dict}
-        expected = self.codec.packed_shape(self.latent.shape)
-        if tuple(stored["packed"].shape) != expected:
-            raise ValueError(
-                f"Cannot load the UPetu adapter tensor '{prefix.rstrip('.')}': the checkpoint stores shape "
-                f"{tuple(stored['packed'].shape)}, this model expects {expected} (unpacked shape "
-                f"{tuple(self.latent.shape)}). The adapter was trained on a base model with other widths or "
-                "another UPetu config (r, bits, prompt_size): load it onto the base model named in its "
-                "adapter_config.json (base_model_name_or_path)."
-            )
-        if (
-            "stats" in PACKED_FIELDS
-            and isinstance(self.codec, (KBitCodec, Int8Codec))
-            and "stats" not in stored
-        ):
-            raise ValueError(
-                f"The UPetu adapter checkpoint lacks '{prefix}stats', needed to decode '{packed_key}'."
-            )
+        self._check_stored(prefix.rstrip("."), stored)
         device = self.latent.device if not self.latent.is_meta else stored["packed"].device
-        stored = {k: v.to(device) for k, v in stored.items()}
-        decoded = self.codec.decode(stored, self.latent.shape)
+        decoded = self.codec.decode({k: v.to(device) for k, v in stored.items()}, self.latent.shape)
         if self.latent.is_meta or local_metadata.get("assign_to_params_buffers", False):
             self.latent = nn.Parameter(decoded.to(self.latent.dtype), requires_grad=self.latent.requires_grad)
         else:
             with torch.no_grad():
                 self.latent.copy_(decoded)
-        # The decoded tensor is exactly what the saved model used; serve it until the latent weight changes.
-        self._cache = (self._cache_key(), decoded.to(self.latent.dtype))
 
     def extra_repr(self) -> str:
-        return f"shape={tuple(self.latent.shape)}, codec={type(self.codec).__name__}({self.codec.bits} bits)"
+        return f"shape={tuple(self.latent.shape)}, codec={self.codec.describe()}"
+
+
+class QLinearWeight(nn.Module):
+    """The weight W (out, in) of a Q-Linear layer.
+
+    - 32 bits: `W = latent`, the unquantized weight (Kaiming-uniform init).
+    - k bits: `W = scale[:, None] * levels[codes(latent)]`, the latent tensor unitless (N(0, 1) init) and the
+      per-row `scale` (out,) either learned (LSQ-style: it receives the gradient `levels[codes]`, as XNOR-Net's
+      alpha) and stored as a side tensor, or, when `learn_scale=False` because a learned per-row scale follows
+      (EQAM's `s` on `up`), the fixed `gain` = the Kaiming init std `1 / sqrt(3 * in)`.
+
+    At initialisation both forms have the same distribution, std about `1 / sqrt(3 * in)` times the codebook's
+    RMS level.
+    """
+
+    def __init__(
+        self, out_features: int, in_features: int, bits: int, codebook: str, side_bits: int, learn_scale: bool
+    ) -> None:
+        super().__init__()
+        self.gain = 1.0 / math.sqrt(3.0 * in_features)
+        if bits == 32:
+            init = torch.empty(out_features, in_features)
+            nn.init.kaiming_uniform_(init, a=math.sqrt(5))  # nn.Linear's init: U(+-1 / sqrt(in))
+            self.weight = QuantizedParameter(init, make_codec(32))
+            self.scale = None
+        else:
+            self.weight = QuantizedParameter(
+                torch.randn(out_features, in_features), make_codec(bits, codebook)
+            )
+            self.scale = (
+                QuantizedParameter(torch.full((out_features,), self.gain), make_side_codec(side_bits))
+                if learn_scale
+                else None
+            )
+
+    def forward(self) -> torch.Tensor:
+        """The (out, in) weight the forward pass uses."""
+        weight = self.weight()
+        if isinstance(self.weight.codec, FloatCodec):
+            return weight
+        if self.scale is None:
+            return weight * self.gain
+        return weight * self.scale().unsqueeze(1)
