@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from conftest import tiny_config
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import safe_open
 from transformers import ConvNextForImageClassification
 
 import upetu_hf
 from upetu_hf import UPetuConfig, adapter_card, push_to_hub, save_adapter
-from upetu_hf.hub import model_card, save_model, upload_folder
+from upetu_hf.hub import model_card, save_model, upload_folder, verify_manifest
+from upetu_hf.tuner.config import format_metadata
 
 
 def classifier(name_or_path: str = "org/convnext-rs") -> ConvNextForImageClassification:
@@ -83,18 +90,93 @@ def test_save_adapter_is_complete_and_leaves_no_temporaries(tmp_path):
         "README.md",
         "adapter_config.json",
         "adapter_model.safetensors",
+        "manifest.json",
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
     reloaded = PeftModel.from_pretrained(classifier(), target).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(reloaded(x).logits, model.eval()(x).logits)
+    with safe_open(str(target / "adapter_model.safetensors"), framework="pt") as handle:
+        recorded = handle.metadata()
+    assert recorded == format_metadata(model.peft_config["default"])
+    assert (recorded["upetu_bits"], recorded["upetu_codebook"], recorded["upetu_side_bits"]) == (
+        "2",
+        "lloyd",
+        "8",
+    )
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    weights = (target / "adapter_model.safetensors").read_bytes()
+    assert manifest["files"]["adapter_model.safetensors"] == {
+        "bytes": len(weights),
+        "sha256": hashlib.sha256(weights).hexdigest(),
+    }
+    verify_manifest(target)
+
+
+def test_a_save_cut_short_between_two_files_is_detected(tmp_path, monkeypatch):
+    """A kill between the moves of two files (simulated by raising in the second move) leaves the new weights beside
+    the old config; the manifest of the previous save then reports the folder as a mix of two saves."""
+    target = save_adapter(get_peft_model(classifier(), UPetuConfig(bits=4)), tmp_path / "adapter")
+    real_replace, moves = os.replace, []
+
+    def killed_after_the_weights(src, dst):
+        moves.append(Path(dst).name)
+        if len(moves) == 2:
+            raise KeyboardInterrupt("killed between two files")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(upetu_hf.hub.os, "replace", killed_after_the_weights)
+    with pytest.raises(KeyboardInterrupt):
+        save_adapter(get_peft_model(classifier(), UPetuConfig(bits=1, r=8)), target)
+    monkeypatch.undo()
+    assert moves == ["adapter_model.safetensors", "adapter_config.json"]
+    assert json.loads((target / "adapter_config.json").read_text())["bits"] == 4  # the old config
+    with pytest.raises(
+        ValueError, match="adapter_model.safetensors differs from the saved one .*interrupted"
+    ):
+        verify_manifest(target)
+    assert not [p.name for p in target.iterdir() if p.name.startswith(".tmp-save-")]  # temporaries go
+    save_adapter(get_peft_model(classifier(), UPetuConfig(bits=1, r=8)), target)
+    verify_manifest(target)  # a complete save heals the folder
+
+
+def test_save_adapter_writes_only_inside_its_folder(tmp_path, monkeypatch):
+    """A writable adapter folder inside a read-only parent: the save must not create anything in the parent."""
+    parent = tmp_path / "read-only"
+    target = parent / "adapter"
+    target.mkdir(parents=True)
+    parent.chmod(0o555)
+    forbidden = []
+    real_mkdtemp, real_mkstemp = tempfile.mkdtemp, tempfile.mkstemp
+
+    def guard(real):
+        def call(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir).resolve() == parent.resolve():
+                forbidden.append(dir)
+                raise PermissionError(13, "Permission denied", str(dir))  # what a non-root user would get
+            return real(*args, dir=dir, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(tempfile, "mkdtemp", guard(real_mkdtemp))
+    monkeypatch.setattr(tempfile, "mkstemp", guard(real_mkstemp))
+    try:
+        save_adapter(get_peft_model(classifier(), UPetuConfig()), target)
+    finally:
+        parent.chmod(0o755)
+    assert forbidden == [] and sorted(p.name for p in parent.iterdir()) == ["adapter"]
+    assert (target / "manifest.json").is_file() and (target / "adapter_model.safetensors").is_file()
 
 
 def test_save_model_writes_a_transformers_card(tmp_path):
     model = classifier()
     target = save_model(model, tmp_path / "full", base_model="org/convnext-rs", parameters={"trainable": 10})
-    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in target.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "manifest.json"} <= {
+        p.name for p in target.iterdir()
+    }
+    verify_manifest(target)
     meta = metadata(model_card("org/convnext-rs"))
     assert meta["library_name"] == "transformers" and "base_model:finetune:org/convnext-rs" in meta["tags"]
     assert "| trainable parameters | 10 |" in (target / "README.md").read_text()
@@ -113,7 +195,7 @@ def test_push_to_hub_uploads_the_adapter_with_its_card():
         True,
     )
     assert upload_kwargs["repo_id"] == "someone/ucm-upetu" and upload_kwargs["repo_type"] == "model"
-    assert set(files) == {"README.md", "adapter_config.json", "adapter_model.safetensors"}
+    assert set(files) == {"README.md", "adapter_config.json", "adapter_model.safetensors", "manifest.json"}
     assert (
         b"library_name: peft" in files["README.md"] and b"base_model: org/convnext-rs" in files["README.md"]
     )

@@ -25,7 +25,9 @@ from transformers import ConvNextConfig, ConvNextForImageClassification
 import upetu_hf
 from upetu_hf.data import IMAGENET_MEAN, IMAGENET_STD
 from upetu_hf.train import EvalArguments, TrainingArguments, evaluate_model, train
+from upetu_hf.train import checkpoint as checkpoint_module
 from upetu_hf.train.checkpoint import (
+    Trainables,
     check_compatible,
     list_checkpoints,
     resolve_checkpoint,
@@ -175,7 +177,8 @@ def test_cli_end_to_end_classification(assets, tmp_path):
     summary = json.loads(proc.stdout)  # stdout is the machine-readable summary only
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "logs", "metrics.json", "run_config.json",
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "logs", "manifest.json", "metrics.json",
+        "run_config.json",
     ]  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["selection_split"] == "validation" and metrics["best_epoch"] in (1, 2)
@@ -523,7 +526,7 @@ def test_weight_decay_only_on_weight_matrices_and_kernels():
     names = {id(p): n for n, p in model.named_parameters()}
     decay = {names[id(p)] for p in decay_group["params"]}
     no_decay = {names[id(p)] for p in no_decay_group["params"]}
-    assert decay and all(n.endswith(("down.latent", "up.latent", "context.latent", "classifier.modules_to_save.default.weight"))
+    assert decay and all(n.endswith(("down.weight.latent", "up.weight.latent", "context.latent", "classifier.modules_to_save.default.weight"))
                          for n in decay)  # fmt: skip
     assert any(n.endswith("context.latent") for n in decay)
     for suffix in ("scale.latent", "beta.latent", "prompt.latent", "classifier.modules_to_save.default.bias"):
@@ -570,38 +573,58 @@ def test_data_order_and_augmentation_depend_only_on_seed_epoch_and_index(assets)
 
 
 class StubAccelerator:
-    """Enough of `Accelerator` for `save_checkpoint`; `save_state` can be told to die half-way."""
+    """Enough of `Accelerator` for `save_checkpoint` on one process."""
 
     is_main_process = True
-
-    def __init__(self, fail: bool = False):
-        self.fail = fail
+    process_index = 0
+    step = 0
+    scaler = None
 
     def wait_for_everyone(self):
         pass
 
-    def save_state(self, path):
-        (Path(path) / "model.safetensors").write_bytes(b"partial")
-        if self.fail:
-            raise KeyboardInterrupt("killed while saving")
+    def get_state_dict(self, model):
+        return model.state_dict()
 
 
-def test_checkpoint_saves_are_atomic(tmp_path):
+def stub_trainables() -> Trainables:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    return Trainables(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
+
+
+def test_checkpoint_saves_are_atomic(tmp_path, monkeypatch):
     state, config = {"global_step": 2, "epoch": 0}, {"arguments": {}}
-    save_checkpoint(StubAccelerator(), tmp_path, 2, state, config, {"w": torch.ones(2)}, total_limit=2)
-    with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(StubAccelerator(fail=True), tmp_path, 4, dict(state, global_step=4), config, None, 2)
+    trainables = stub_trainables()
+    save_checkpoint(StubAccelerator(), tmp_path, 2, state, config, {"w": torch.ones(2)}, 2, trainables)
+
+    def killed(accelerator, folder, trainables):
+        (Path(folder) / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt("killed while saving")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint_module, "save_training_state", killed)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(
+                StubAccelerator(), tmp_path, 4, dict(state, global_step=4), config, None, 2, trainables
+            )
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_2"]
     assert resolve_checkpoint("latest", tmp_path).name == "step_2"
     assert (tmp_path / "checkpoints" / ".tmp-step_4").is_dir()  # the torn save is left aside, never used
     for step in (4, 6, 8):
-        save_checkpoint(StubAccelerator(), tmp_path, step, dict(state, global_step=step), config, None, 2)
+        save_checkpoint(
+            StubAccelerator(), tmp_path, step, dict(state, global_step=step), config, None, 2, trainables
+        )
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_6", "step_8"]
     assert not (tmp_path / "checkpoints" / ".tmp-step_4").exists()
     assert (
         json.loads((tmp_path / "checkpoints" / "step_8" / "trainer_state.json").read_text())["global_step"]
         == 8
     )
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "step_8").iterdir()) == [
+        "model.safetensors", "optimizer.safetensors", "random_states_0.json", "run_config.json",
+        "trainer_state.json", "training_state.json",
+    ]  # fmt: skip
 
 
 def test_truncate_log_keeps_complete_lines_up_to_the_checkpoint(tmp_path):

@@ -8,19 +8,27 @@ correct card instead. `upload_folder` publishes an already saved folder (e.g. a 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from peft import PeftModel
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from .tuner.config import ADAPTER_WEIGHTS_NAME, PEFT_TYPE
+from ._files import read_json, write_json_atomic
+from .tuner.config import ADAPTER_WEIGHTS_NAME, PEFT_TYPE, format_metadata
 
 CARD_TAGS = ["upetu", "peft", "remote-sensing", "convnext", "parameter-efficient-fine-tuning"]
 BASELINE_TAGS = ["peft", "remote-sensing", "convnext", "parameter-efficient-fine-tuning"]
+#: Written last by `save_adapter` / `save_model`: every saved file's size and SHA-256.
+MANIFEST_FILE = "manifest.json"
+MANIFEST_VERSION = 1
 
 
 def _hub_id(base_model: str | None) -> str | None:
@@ -214,11 +222,74 @@ Trained with [upetu-hf](https://github.com/upetu-hf/upetu-hf), as a baseline for
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
-def _move_files_in(source: Path, target: Path) -> None:
-    target.mkdir(exist_ok=True)
-    for item in source.iterdir():
-        if item.is_file():
-            os.replace(item, target / item.name)
+def saved_file_names(adapter: bool) -> tuple[str, ...]:
+    """The files `save_adapter` (`adapter=True`) or `save_model` writes, besides `manifest.json`."""
+    if adapter:
+        return ("adapter_config.json", ADAPTER_WEIGHTS_NAME, "README.md")
+    return ("config.json", "model.safetensors", "README.md")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _move_order(path: Path) -> tuple[int, str]:
+    """Weights first, then configurations, the card last: a fresh folder cut short has no loadable config."""
+    return (0 if path.suffix == ".safetensors" else 2 if path.name == "README.md" else 1, path.name)
+
+
+def _save_folder(target: Path, write: Callable[[Path], Path]) -> Path:
+    """Run `write(tmp)` (which returns the folder it filled) in a temporary folder inside `target`, move each file
+    into `target` with `os.replace` and write `manifest.json` (name, size and SHA-256 of every file) last.
+
+    A previous manifest stays until the new one replaces it, so a save cut short between two moves leaves files
+    that disagree with the manifest, which `verify_manifest` reports. Nothing is written outside `target`, so its
+    parent may be read-only."""
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-save-", dir=target))
+    try:
+        written = write(tmp)
+        files = sorted((p for p in written.iterdir() if p.is_file()), key=_move_order)
+        manifest = {
+            "format_version": MANIFEST_VERSION,
+            "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files},
+        }
+        for path in files:
+            os.replace(path, target / path.name)
+        write_json_atomic(target / MANIFEST_FILE, manifest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def verify_manifest(folder: str | os.PathLike) -> None:
+    """Raise `ValueError` when a saved folder disagrees with its `manifest.json` (a save was cut short); folders
+    without a manifest (saved by peft itself, or by an older upetu-hf) pass."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return
+    manifest = read_json(path, "manifest")
+    for name, entry in manifest.get("files", {}).items():
+        file = folder / name
+        if not file.is_file() or file.stat().st_size != entry["bytes"] or _sha256(file) != entry["sha256"]:
+            state = "is missing" if not file.is_file() else "differs from the saved one"
+            raise ValueError(
+                f"{file} {state} according to {path}: the save was interrupted and the folder mixes two saves; "
+                "save the adapter (or re-run the training) again."
+            )
+
+
+def _add_format_metadata(weights: Path, config) -> None:
+    """Rewrite `weights` with the adapter's format in its safetensors metadata (peft writes `format: pt` only)."""
+    with safe_open(str(weights), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    tensors = load_file(str(weights))
+    save_file(tensors, str(weights), metadata={**metadata, **format_metadata(config)})
 
 
 def save_adapter(
@@ -229,25 +300,26 @@ def save_adapter(
     datasets: list[str] | None = None,
     usage: str | None = None,
 ) -> Path:
-    """Save one adapter (packed weights, config, model card) into `save_directory`, atomically per file.
+    """Save one adapter (packed weights, config, model card, `manifest.json`) into `save_directory`.
 
-    Everything is first written to a temporary folder next to the target and then moved in with `os.replace`,
-    so an interrupted save never leaves a half-written file behind. Works for UPetu and other PEFT adapters.
+    The files are written in a temporary folder inside `save_directory` and moved into place one by one
+    (`os.replace`), `manifest.json` last (see `_save_folder`): a save cut short is detected by `verify_manifest`,
+    and the parent folder is never written to. A UPetu adapter's weights file records its format (bits, codebook,
+    side bits) in its safetensors metadata. Works for UPetu and other PEFT adapters.
     """
-    target = Path(save_directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    config = model.peft_config[adapter_name]
+
+    def write(tmp: Path) -> Path:
         model.save_pretrained(tmp, selected_adapters=[adapter_name])
         written = tmp / adapter_name if adapter_name != "default" else tmp
-        card = adapter_card(
-            model, adapter_name, (written / ADAPTER_WEIGHTS_NAME).stat().st_size, metrics, datasets, usage
-        )
+        weights = written / ADAPTER_WEIGHTS_NAME
+        if config.peft_type == PEFT_TYPE:
+            _add_format_metadata(weights, config)
+        card = adapter_card(model, adapter_name, weights.stat().st_size, metrics, datasets, usage)
         card.save(written / "README.md")
-        _move_files_in(written, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        return written
+
+    return _save_folder(Path(save_directory), write)
 
 
 def save_model(
@@ -260,17 +332,15 @@ def save_model(
     datasets: list[str] | None = None,
     usage: str | None = None,
 ) -> Path:
-    """Save a whole `PreTrainedModel` (`save_pretrained`) with a `model_card`, atomically per file."""
-    target = Path(save_directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    """Save a whole `PreTrainedModel` (`save_pretrained`) with a `model_card` and `manifest.json`, as
+    `save_adapter` does."""
+
+    def write(tmp: Path) -> Path:
         model.save_pretrained(tmp)
         model_card(base_model, method, parameters, metrics, datasets, usage).save(tmp / "README.md")
-        _move_files_in(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+        return tmp
+
+    return _save_folder(Path(save_directory), write)
 
 
 def upload_folder(

@@ -25,6 +25,7 @@ from .pipelines import (
     ClassificationTransform,
     SegmentationTransform,
     attach_transform,
+    check_mask_files,
 )
 from .segmentation import load_segmentation_folder
 from .splits import add_validation_split, stratified_split
@@ -54,6 +55,7 @@ __all__ = [
     "add_validation_split",
     "attach_transform",
     "change_detection_collate_fn",
+    "check_mask_files",
     "check_min_size",
     "classification_collate_fn",
     "collate_fn",

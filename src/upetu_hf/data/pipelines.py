@@ -13,7 +13,7 @@ so workers differ from one another yet stay reproducible under ``torch.manual_se
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import datasets
@@ -343,6 +343,33 @@ class ChangeDetectionTransform(_DenseTransform):
 
     def prepare_mask(self, mask: np.ndarray, name: str) -> np.ndarray:
         return map_mask(mask, self.label_map, name)
+
+
+def _shorten(values: Sequence[int], limit: int = 8) -> str:
+    shown = ", ".join(str(v) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
+def check_mask_files(
+    masks: Sequence[Any], allowed: Collection[int], what: str = "mask", limit: int = 5
+) -> None:
+    """Decode every mask once (values as ``datasets.Image(decode=False)`` gives them, paths, or PIL images) and
+    raise one ``ValueError`` naming up to ``limit`` files and their values that lie outside ``allowed``, so bad
+    labels fail before training rather than when their batch comes up."""
+    bad = []
+    for i, value in enumerate(masks):
+        name = describe(value, f"{what} of sample {i}")
+        values = np.unique(mask_to_array(open_image(value, name), name))
+        outside = sorted(set(values.tolist()) - set(allowed))
+        if outside:
+            bad.append(f"{name} has {_shorten(outside)}")
+    if bad:
+        more = f"; ... and {len(bad) - limit} more" if len(bad) > limit else ""
+        raise ValueError(
+            f"{len(bad)} {what}(s) hold values outside the allowed {_shorten(sorted(allowed))}: "
+            f"{'; '.join(bad[:limit])}{more}. Check --num-labels / --class-names / --ignore-index (or "
+            "classes.json), or fix the files."
+        )
 
 
 def attach_transform(

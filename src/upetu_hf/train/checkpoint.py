@@ -1,65 +1,59 @@
-"""Atomic files and resumable checkpoints.
+"""Resumable checkpoints, stored as safetensors and JSON only: nothing in a checkpoint is ever unpickled.
 
-A checkpoint is `output_dir/checkpoints/step_<N>/`: `accelerator.save_state` (model with the full fp32 latent
-weights, optimizer, scaler, one RNG file per process, the LR scheduler), `trainer_state.json` (epoch, batch
-position, step, best epoch, history), `run_config.json` and, once an epoch has been evaluated,
-`best_model.safetensors` (the trainable tensors of the best epoch so far). It is written to
+A checkpoint is `output_dir/checkpoints/step_<N>/`:
+
+- `model.safetensors`: the full state of the model being trained (fp32 latent weights included);
+- `optimizer.safetensors` + `training_state.json`: the optimizer's tensors, and as JSON its parameter groups and
+  scalar state, the LR scheduler, the gradient scaler and Accelerate's accumulation counter;
+- `random_states_<rank>.json`: the Python, NumPy and torch (CPU, CUDA) generators of every process;
+- `trainer_state.json` (epoch, batch position, step, best epoch, history, log position), `run_config.json` and, once
+  an epoch has been evaluated, `best_model.safetensors` (the trainable tensors of the best epoch so far).
+
+Accelerate's `save_state` / `load_state` are not used: they pickle registered objects and load them with
+`weights_only=False`, which runs any code a replaced file carries. A checkpoint is written to
 `checkpoints/.tmp-step_<N>` and renamed into place, so a folder named `step_<N>` is always complete; a killed
 save leaves at most a `.tmp-*` folder, which is ignored and later removed.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import random
 import re
 import shutil
-import tempfile
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import MODEL_IDENTITY, RESUME_FREE, TrainingArguments
+from .._files import read_json, write_json_atomic
+from .config import MODEL_IDENTITY, RESUME_FREE, TrainingArguments, resolved_identity
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 RUN_CONFIG_FILE = "run_config.json"
 BEST_WEIGHTS_FILE = "best_model.safetensors"
-MODEL_WEIGHTS_FILE = "model.safetensors"  # written by accelerator.save_state
+MODEL_WEIGHTS_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+TRAINING_STATE_FILE = "training_state.json"
+RANDOM_STATES_FILE = "random_states_{}.json"
+REQUIRED_FILES = (STATE_FILE, RUN_CONFIG_FILE, MODEL_WEIGHTS_FILE, OPTIMIZER_FILE, TRAINING_STATE_FILE)
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-#: What a run leaves in `output_dir` (removed by `--overwrite`).
-RUN_ARTIFACTS = (
-    CHECKPOINTS_DIR,
-    "logs",
-    RUN_CONFIG_FILE,
-    "metrics.json",
-    "README.md",
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "config.json",
-    "model.safetensors",
-)
+_TEMPORARY_STEP_DIR = re.compile(r"^\.(tmp|stale)-step_\d+$")
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON to `path` via a temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, allow_nan=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+@dataclass
+class Trainables:
+    """What a checkpoint restores besides the trainer state: the prepared model, optimizer and LR scheduler."""
+
+    model: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -79,58 +73,36 @@ def resolve_checkpoint(resume: str, output_dir: str | os.PathLike) -> Path:
             raise FileNotFoundError(
                 f"--resume-from-checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINTS_DIR}."
             )
-        return found[-1]
-    path = Path(resume).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(f"Checkpoint folder {resume} does not exist.")
-    missing = [f for f in (STATE_FILE, RUN_CONFIG_FILE, MODEL_WEIGHTS_FILE) if not (path / f).is_file()]
+        path = found[-1]
+    else:
+        path = Path(resume).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"Checkpoint folder {resume} does not exist.")
+    missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
     if missing:
+        pickled = sorted(p.name for p in path.glob("*") if p.suffix in (".pkl", ".bin", ".pt"))
+        hint = (
+            f" It holds pickled state ({', '.join(pickled[:3])}) of an older upetu-hf, which is never loaded "
+            "because unpickling can run code; start the run afresh."
+            if pickled
+            else f" Pass a {CHECKPOINTS_DIR}/step_<N> folder of a run, or 'latest'."
+        )
         raise ValueError(
-            f"{resume} is not a complete upetu-train checkpoint (missing {', '.join(missing)}); pass a "
-            f"{CHECKPOINTS_DIR}/step_<N> folder of a run, or 'latest'."
+            f"{path} is not a complete upetu-train checkpoint (missing {', '.join(missing)}).{hint}"
         )
     return path
-
-
-def check_output_dir(args: TrainingArguments, resuming: bool) -> None:
-    """Refuse to mix two runs in one folder: a non-empty `output_dir` needs `--overwrite` or a resume."""
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output-dir {out} exists and is not a folder.")
-    if not out.is_dir() or resuming or args.overwrite:
-        return
-    entries = sorted(p.name for p in out.iterdir())
-    if entries:
-        previous = ""
-        if (out / RUN_CONFIG_FILE).is_file():
-            previous = " It holds another upetu-train run."
-        raise ValueError(
-            f"--output-dir {out} is not empty ({', '.join(entries[:5])}{', ...' if len(entries) > 5 else ''}).{previous} "
-            "Pass --overwrite to replace its run, --resume-from-checkpoint latest to continue it, or choose "
-            "another folder."
-        )
-
-
-def clear_run_artifacts(output_dir: str | os.PathLike) -> None:
-    """Remove what an earlier run left in `output_dir` (for `--overwrite`); other files stay."""
-    out = Path(output_dir)
-    for name in RUN_ARTIFACTS:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
 
 
 def check_compatible(
     checkpoint: Path, args: TrainingArguments, class_names: list[str], model: torch.nn.Module
 ) -> list[str]:
     """Raise `ValueError` unless `checkpoint` was written by a run of the same model (same task, base model,
-    method and method options, classes, and tensor shapes); return the names of the other settings that differ
-    (resuming with them is allowed but no longer reproduces the original run)."""
-    saved = json.loads((checkpoint / RUN_CONFIG_FILE).read_text())
-    differences = args.differences(saved.get("arguments", {}))
-    identity = {k: v for k, v in differences.items() if k in MODEL_IDENTITY}
+    method and method options once defaults are resolved, classes, and tensor shapes); return the names of the
+    other settings that differ (resuming with them is allowed but no longer reproduces the original run)."""
+    saved = read_json(checkpoint / RUN_CONFIG_FILE, "checkpoint's run config")
+    saved_args = TrainingArguments.from_dict(saved.get("arguments", {}))
+    mine, theirs = resolved_identity(args), resolved_identity(saved_args)
+    identity = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
     if saved.get("class_names") != list(class_names):
         identity["classes"] = (list(class_names), saved.get("class_names"))
     if identity:
@@ -138,6 +110,12 @@ def check_compatible(
             f"{k}: checkpoint {theirs!r}, this run {mine!r}" for k, (mine, theirs) in identity.items()
         )
         raise ValueError(f"Checkpoint {checkpoint} was written for a different model ({listing}).")
+    _check_shapes(checkpoint, model)
+    differences = args.differences(saved_args)
+    return [k for k in differences if k not in RESUME_FREE and k not in MODEL_IDENTITY]
+
+
+def _check_shapes(checkpoint: Path, model: torch.nn.Module) -> None:
     with safe_open(str(checkpoint / MODEL_WEIGHTS_FILE), framework="pt") as handle:
         shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
@@ -156,9 +134,112 @@ def check_compatible(
                 f"model {expected[mismatched[0]]})"
             )
         raise ValueError(f"Checkpoint {checkpoint} does not match this model: {'; '.join(details)}.")
-    return [k for k in differences if k not in RESUME_FREE]
 
 
+# ---------------------------------------------------------------------------------------------- state files
+def _split_tensors(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """A JSON-able copy of `value` where every tensor is moved to `tensors` and replaced by `{"tensor": key}`."""
+    if isinstance(value, torch.Tensor):
+        tensors[prefix] = value.detach().to("cpu").contiguous()
+        return {"tensor": prefix}
+    if isinstance(value, dict):
+        return {str(k): _split_tensors(v, f"{prefix}.{k}", tensors) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_split_tensors(v, f"{prefix}.{i}", tensors) for i, v in enumerate(value)]
+    return value
+
+
+def _join_tensors(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `_split_tensors`."""
+    if isinstance(value, dict):
+        if set(value) == {"tensor"}:
+            return tensors[value["tensor"]]
+        return {k: _join_tensors(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_join_tensors(v, tensors) for v in value]
+    return value
+
+
+def _optimizer_state(optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    tensors: dict[str, torch.Tensor] = {}
+    state = optimizer.state_dict()
+    return {
+        "state": _split_tensors(state["state"], "state", tensors),
+        "param_groups": state["param_groups"],
+    }, tensors
+
+
+def _restore_optimizer(optimizer, saved: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    state = {int(k): v for k, v in _join_tensors(saved["state"], tensors).items()}
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+
+def _random_states() -> dict[str, Any]:
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return states
+
+
+def _restore_random_states(states: dict[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(states["torch"], dtype=torch.uint8))
+    if torch.cuda.is_available() and "cuda" in states:
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in states["cuda"]])
+
+
+def save_training_state(accelerator, folder: Path, trainables: Trainables) -> None:
+    """Write model, optimizer, scheduler, scaler and RNG states into `folder` (collective)."""
+    model_state = accelerator.get_state_dict(trainables.model)
+    if accelerator.is_main_process:
+        save_file({k: v.contiguous() for k, v in model_state.items()}, str(folder / MODEL_WEIGHTS_FILE))
+        optimizer_json, optimizer_tensors = _optimizer_state(trainables.optimizer)
+        save_file(optimizer_tensors, str(folder / OPTIMIZER_FILE))
+        scaler = getattr(accelerator, "scaler", None)
+        write_json_atomic(
+            folder / TRAINING_STATE_FILE,
+            {
+                "optimizer": optimizer_json,
+                "scheduler": trainables.scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "accelerator_step": accelerator.step,
+            },
+        )
+    write_json_atomic(folder / RANDOM_STATES_FILE.format(accelerator.process_index), _random_states())
+
+
+def load_training_state(accelerator, folder: Path, trainables: Trainables) -> None:
+    """Restore what `save_training_state` wrote (every process reads the files; nothing is unpickled)."""
+    model = accelerator.unwrap_model(trainables.model)
+    model.load_state_dict(load_file(str(folder / MODEL_WEIGHTS_FILE)), strict=True)
+    saved = read_json(folder / TRAINING_STATE_FILE, "checkpoint's training state")
+    _restore_optimizer(trainables.optimizer, saved["optimizer"], load_file(str(folder / OPTIMIZER_FILE)))
+    trainables.scheduler.load_state_dict(saved["scheduler"])
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    accelerator.step = int(saved.get("accelerator_step", 0))
+    random_file = folder / RANDOM_STATES_FILE.format(accelerator.process_index)
+    if random_file.is_file():
+        _restore_random_states(read_json(random_file, "checkpoint's random states"))
+    else:
+        warnings.warn(
+            f"{random_file} is missing (the checkpoint was written by fewer processes): this process keeps its "
+            "random state, so the resumed run is no longer bit-identical.",
+            stacklevel=2,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- save / load
 def save_checkpoint(
     accelerator,
     output_dir: str | os.PathLike,
@@ -167,6 +248,7 @@ def save_checkpoint(
     run_config: dict[str, Any],
     best_weights: dict[str, torch.Tensor] | None,
     total_limit: int,
+    trainables: Trainables,
 ) -> Path:
     """Save a resumable checkpoint atomically (collective: every process must call it)."""
     root = Path(output_dir) / CHECKPOINTS_DIR
@@ -177,7 +259,7 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    save_training_state(accelerator, tmp, trainables)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / STATE_FILE, state)
@@ -199,22 +281,35 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(accelerator, checkpoint: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+def load_checkpoint(
+    accelerator, checkpoint: Path, trainables: Trainables
+) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """Restore model, optimizer, scheduler and RNG states; return the trainer state and the best weights."""
-    accelerator.load_state(str(checkpoint))
-    state = json.loads((checkpoint / STATE_FILE).read_text())
+    load_training_state(accelerator, checkpoint, trainables)
+    state = read_json(checkpoint / STATE_FILE, "checkpoint's trainer state")
     best_path = checkpoint / BEST_WEIGHTS_FILE
     best = load_file(str(best_path)) if best_path.is_file() else None
     return state, best
 
 
-def remove_stale_temporaries(output_dir: str | os.PathLike) -> None:
-    """Remove `.tmp-*` / `.stale-*` folders that a killed save left behind."""
+def remove_checkpoints(output_dir: str | os.PathLike, keep_complete: bool = False) -> None:
+    """Remove the checkpoint folders a run wrote (`step_<N>`, and the `.tmp-*` / `.stale-*` folders a killed save
+    left), or with `keep_complete` only the latter; other files in `checkpoints/` stay, and so does the folder
+    unless it is then empty."""
     root = Path(output_dir) / CHECKPOINTS_DIR
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith((".tmp-", ".stale-")):
-                shutil.rmtree(p, ignore_errors=True)
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        ours = _TEMPORARY_STEP_DIR.match(path.name) or (not keep_complete and _STEP_DIR.match(path.name))
+        if ours and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+    if not keep_complete and not any(root.iterdir()):
+        root.rmdir()
+
+
+def remove_stale_temporaries(output_dir: str | os.PathLike) -> None:
+    """Remove `.tmp-*` / `.stale-*` checkpoint folders that a killed save left behind."""
+    remove_checkpoints(output_dir, keep_complete=True)
 
 
 def _fsync_tree(folder: Path) -> None:

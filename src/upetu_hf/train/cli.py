@@ -15,8 +15,31 @@ from typing import Any
 from .config import DEFAULT_LR, METHODS, MIXED_PRECISION, TASKS, TrainingArguments
 from .evaluate import SPLITS, EvalArguments
 
-#: Errors caused by the user's input: reported as one line, without a traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError)
+#: Errors caused by the user's input: reported as one line, without a traceback, with exit code 2.
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    FileExistsError,
+    PermissionError,
+)
+
+
+def user_error_message(err: BaseException) -> str:
+    """One line that names the file and the fix."""
+    if isinstance(err, PermissionError) and err.filename:
+        return (
+            f"permission denied for {err.filename}: make it writable (readable for inputs) for this user, or "
+            "choose another path."
+        )
+    return " ".join(str(err).split())
+
+
+def _report(prog: str, err: BaseException) -> int:
+    print(f"{prog}: error: {user_error_message(err)}", file=sys.stderr)
+    return 2
+
 
 TASK_HELP = {
     "classification": "scene classification: <root>/<class>/*.jpg folders or Hub datasets (image, label)",
@@ -152,7 +175,11 @@ def _add_training_options(parser: argparse.ArgumentParser, task: str) -> None:
         const="latest",
         help="Resume from a checkpoint folder, or 'latest' (the default when given without a value).",
     )
-    run.add_argument("--overwrite", action="store_true", help="Replace the run in a non-empty --output-dir.")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace the previous upetu-train run in --output-dir (only its own files).",
+    )
     run.add_argument("--logging-steps", type=int, default=10)
     run.add_argument("--push-to-hub", action="store_true", help="Upload the outputs to the Hub at the end.")
     run.add_argument("--hub-model-id", help="Hub repo of --push-to-hub (default: the output folder's name).")
@@ -245,8 +272,7 @@ def _run_eval(namespace: argparse.Namespace, prog: str) -> int:
             EvalArguments(**{k: v for k, v in vars(namespace).items() if k != "command"})
         )
     except USER_ERRORS as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        return _report(prog, err)
     _print_main(metrics)
     return 0
 
@@ -263,8 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         results = train(training_arguments(namespace))
     except USER_ERRORS as err:
-        print(f"upetu-train: error: {err}", file=sys.stderr)
-        return 2
+        return _report("upetu-train", err)
     _print_main(_summary(results))
     return 0
 

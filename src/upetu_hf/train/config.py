@@ -6,6 +6,7 @@ import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 TASKS = ("classification", "segmentation", "change-detection")
@@ -336,6 +337,32 @@ class TrainingArguments:
             for k in sorted(set(mine) | set(theirs))
             if mine.get(k) != theirs.get(k)
         }
+
+
+def resolved_model(model: str) -> str:
+    """`--model` as a comparable value: the absolute path of a local folder (no trailing `/`), else the Hub id."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def resolved_identity(args: TrainingArguments) -> dict[str, Any]:
+    """The `MODEL_IDENTITY` fields of a run with every default resolved, so that `--bits 4` equals leaving the
+    default 4 and `./model/` equals `model`. Classes and head width are left out (`None`): the resolved class
+    list and the tensor shapes of a checkpoint are compared instead."""
+    from .methods import DEFAULT_LORA_R, upetu_config
+
+    values = {name: getattr(args, name) for name in MODEL_IDENTITY}
+    values.update(model=resolved_model(args.model), class_names=None, num_labels=None, head_hidden_size=None)
+    if args.method == "upetu":
+        config = upetu_config(args, modules_to_save=None)
+        values.update({name: getattr(config, name) for name in ("r", *UPETU_OPTIONS)})
+        values["side_bits"] = config.effective_side_bits
+        values["stages"] = sorted(config.stages) if config.stages is not None else None
+    elif args.method == "lora":
+        r = args.r or DEFAULT_LORA_R
+        alpha = args.lora_alpha if args.lora_alpha is not None else 2 * r
+        values.update(r=r, lora_alpha=float(alpha), lora_dropout=float(args.lora_dropout or 0.0))
+    return values
 
 
 def flat_config(args: TrainingArguments) -> dict[str, Any]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,9 +19,11 @@ from accelerate import Accelerator
 from peft import PeftModel
 from torch import nn
 
+from .._files import path_inside, read_json, safe_file_name, write_atomic, write_json_atomic
 from ..data import IMAGE_EXTENSIONS
+from ..hub import saved_file_names, verify_manifest
 from ..metrics import ConfusionMatrix, metrics_from_confusion
-from .checkpoint import RUN_CONFIG_FILE, write_json_atomic
+from .checkpoint import RUN_CONFIG_FILE
 from .config import MIXED_PRECISION, PEFT_METHODS, TrainingArguments
 from .data import TransformedDataset, make_loader
 from .tasks import TaskSpec, get_task
@@ -114,7 +114,29 @@ def _resolve_file(source: str, filename: str, **hub_kwargs) -> Path:
 
 def load_run(source: str, **hub_kwargs) -> RunRecord:
     """The `RunRecord` of a trained run (local output folder or Hub repo id)."""
-    return RunRecord.from_dict(json.loads(_resolve_file(source, RUN_CONFIG_FILE, **hub_kwargs).read_text()))
+    path = _resolve_file(source, RUN_CONFIG_FILE, **hub_kwargs)
+    values = read_json(path, "run config")
+    if not isinstance(values, dict) or not isinstance(values.get("arguments"), dict):
+        raise ValueError(f"{path} is not the run_config.json of an upetu-train run (no 'arguments').")
+    return RunRecord.from_dict(values)
+
+
+def _check_saved_folder(source: str, adapter: bool) -> None:
+    """For a local folder: the saved files exist, `adapter_config.json` parses, and the files agree with
+    `manifest.json` (a save cut short is refused), each reported as one line naming the file."""
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        return
+    for name in saved_file_names(adapter)[:2]:
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: the run did not finish saving; re-run it, or resume it with "
+                "--resume-from-checkpoint if it kept checkpoints."
+            )
+        if path.suffix == ".json":
+            read_json(path, "saved configuration")
+    verify_manifest(folder)
 
 
 def load_trained_model(source: str, model: str | None = None, **hub_kwargs) -> tuple[nn.Module, RunRecord]:
@@ -129,14 +151,9 @@ def load_trained_model(source: str, model: str | None = None, **hub_kwargs) -> t
         args = replace(args, model=model)
         record = replace(record, arguments=args)
     spec = get_task(args.task)
+    _check_saved_folder(source, adapter=args.method in PEFT_METHODS)
     if args.method in PEFT_METHODS:
-        try:
-            base = spec.build_model(args, record.class_names)
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"Could not build the base model {args.model!r} recorded in the run ({err}); pass the base "
-                "checkpoint with --model."
-            ) from err
+        base = spec.load_model(args, record.class_names, hint="pass the base checkpoint with --model")
         trained = PeftModel.from_pretrained(base, source, **hub_kwargs)
     else:
         trained = spec.model_class.from_pretrained(source, **hub_kwargs)
@@ -206,6 +223,7 @@ def _names(ds: datasets.Dataset) -> list[str]:
         column = "image" if "image" in ds.column_names else "image_a"
         values = ds.cast_column(column, datasets.Image(decode=False))[column]
         names = [Path(v["path"]).stem if v.get("path") else f"{i:06d}" for i, v in enumerate(values)]
+    names = [safe_file_name(n, f"{i:06d}") for i, n in enumerate(names)]
     if len(set(names)) != len(names):
         names = [f"{i:06d}_{n}" for i, n in enumerate(names)]
     return names
@@ -213,7 +231,8 @@ def _names(ds: datasets.Dataset) -> list[str]:
 
 class PredictionWriter:
     """Writes predictions on the main process: `predictions.csv` (classification) or one PNG mask per example
-    (segmentation: class indices; change detection: 0 / 255), each file atomically."""
+    (segmentation: class indices; change detection: 0 / 255), each file atomically. File names come from the
+    dataset's `name` column made safe (`safe_file_name`): nothing is written outside `folder`."""
 
     def __init__(
         self, folder: str | os.PathLike, spec: TaskSpec, ds: datasets.Dataset, class_names: list[str]
@@ -247,16 +266,13 @@ class PredictionWriter:
                 mask = pred.numpy().astype(np.uint8)
                 if self.spec.name == "change-detection":
                     mask = mask * 255
-                self._write_png(self.folder / f"{self.names[index]}.png", mask)
+                self._write_png(path_inside(self.folder, f"{self.names[index]}.png"), mask)
 
     @staticmethod
     def _write_png(path: Path, mask: np.ndarray) -> None:
         buffer = io.BytesIO()
         PIL.Image.fromarray(mask, mode="L").save(buffer, format="PNG")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
+        write_atomic(path, buffer.getvalue())
 
     def close(self) -> None:
         if self.spec.name != "classification":
@@ -264,12 +280,11 @@ class PredictionWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         rows = sorted(self.rows, key=lambda r: r["index"])
         fields = list(rows[0]) if rows else ["index", "name", "path", "prediction", "prediction_id", "score"]
-        fd, tmp = tempfile.mkstemp(prefix=".predictions.csv.", dir=self.folder)
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.folder / "predictions.csv")
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(self.folder / "predictions.csv", text.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------- API

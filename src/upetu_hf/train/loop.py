@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import sys
 import time
 import warnings
@@ -18,29 +16,28 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .. import __version__
+from .._files import read_json, write_json_atomic
 from ..hub import save_adapter, save_model, upload_folder
 from .checkpoint import (
     CHECKPOINTS_DIR,
     RUN_CONFIG_FILE,
     STATE_FILE,
+    Trainables,
     check_compatible,
-    check_output_dir,
-    clear_run_artifacts,
     load_checkpoint,
+    remove_checkpoints,
     remove_stale_temporaries,
     resolve_checkpoint,
     save_checkpoint,
-    write_json_atomic,
 )
 from .config import PEFT_METHODS, TrainingArguments, flat_config
 from .data import TransformedDataset, make_loader, set_epoch
 from .evaluate import RunRecord, evaluate_loader, make_accelerator
 from .methods import apply_method, parameter_groups, parameter_summary
+from .output_dir import LOGS_DIR, METRICS_FILE, OutputLock, check_output_dir, clear_previous_run
 from .tasks import TaskData, TaskSpec, get_task
-from .tracking import LOG_FILE, trackers, truncate_log
+from .tracking import LOG_FILE, JsonLinesTracker, trackers, truncate_log
 
-METRICS_FILE = "metrics.json"
-LOGS_DIR = "logs"
 #: Task metrics that can pick the best epoch (higher is better).
 TASK_METRICS = {
     "classification": (
@@ -70,7 +67,7 @@ def _score(metrics: dict[str, Any], name: str) -> float:
 
 
 def _prepare_model(spec: TaskSpec, args: TrainingArguments, data: TaskData):
-    model = spec.build_model(args, data.class_names)
+    model = spec.load_model(args, data.class_names)
     model.name_or_path = args.model  # PEFT records it as base_model_name_or_path
     model.config.name_or_path = args.model
     return apply_method(model, args)
@@ -104,17 +101,59 @@ def train(args: TrainingArguments) -> dict[str, Any]:
             f"{', '.join(TASK_METRICS[spec.name])}."
         )
     output_dir = Path(args.output_dir)
+    tracker_list = trackers(output_dir / LOGS_DIR)
     accelerator = make_accelerator(
         args.cpu,
         args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=trackers(output_dir / LOGS_DIR),
+        log_with=tracker_list,
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / LOGS_DIR)
         ),
     )
     if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
         raise ValueError("--mixed-precision fp16 needs a GPU; use bf16 on CPU.")
+    lock = _lock_output_dir(accelerator, output_dir)
+    try:
+        return _train(args, spec, accelerator, output_dir, tracker_list[0])
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _agree(accelerator, error: Exception | None) -> None:
+    """Raise `error` on the process that hit it and a short error on the others, so that no process waits for
+    one that gave up (collective)."""
+    failed = torch.tensor(float(error is not None), device=accelerator.device)
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(failed, "sum")
+    if error is not None:
+        raise error
+    if float(failed) > 0:
+        raise ValueError("Another process of this run stopped with an error (see its message above).")
+
+
+def _lock_output_dir(accelerator, output_dir: Path) -> OutputLock | None:
+    """The main process locks `output_dir` for this run (collective)."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = OutputLock.acquire(output_dir)
+        except (ValueError, OSError) as err:
+            error = err
+    _agree(accelerator, error)
+    return lock
+
+
+def _resume_log(log: Path, checkpoint: Path) -> None:
+    """Cut the log back to what it held when `checkpoint` was saved (a killed or finished run logged past it)."""
+    state = read_json(checkpoint / STATE_FILE, "checkpoint's trainer state")
+    truncate_log(log, state["global_step"], state.get("log_lines"))
+
+
+def _train(
+    args: TrainingArguments, spec: TaskSpec, accelerator, output_dir: Path, log: JsonLinesTracker
+) -> dict[str, Any]:
     set_seed(args.seed)
 
     # ---- check everything before writing anything
@@ -141,12 +180,10 @@ def train(args: TrainingArguments) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if args.overwrite:
-            clear_run_artifacts(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
+            clear_previous_run(output_dir)
         remove_stale_temporaries(output_dir)
         if checkpoint is not None:
-            resumed_step = json.loads((checkpoint / STATE_FILE).read_text())["global_step"]
-            truncate_log(output_dir / LOGS_DIR / LOG_FILE, resumed_step)
+            _resume_log(output_dir / LOGS_DIR / LOG_FILE, checkpoint)
         write_json_atomic(output_dir / RUN_CONFIG_FILE, record.to_dict())
     accelerator.wait_for_everyone()
     accelerator.init_trackers("upetu-train", config=flat_config(args))
@@ -181,7 +218,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
     scheduler = get_cosine_schedule_with_warmup(
         schedule_optimizer, round(args.warmup_ratio * total_steps), total_steps
     )
-    accelerator.register_for_checkpointing(scheduler)
+    trainables = Trainables(model, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(model)
     tracked = {n for n, p in unwrapped.named_parameters() if p.requires_grad} | {
         n for n, _ in unwrapped.named_buffers()
@@ -202,7 +239,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
     }
     best_weights = None
     if checkpoint is not None:
-        state, best_weights = load_checkpoint(accelerator, checkpoint)
+        state, best_weights = load_checkpoint(accelerator, checkpoint, trainables)
         accelerator.print(f"Resumed from {checkpoint} (epoch {state['epoch']}, step {state['global_step']}).")
 
     main = accelerator.is_main_process
@@ -225,6 +262,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
             loss_sum, loss_count = torch.zeros_like(loss_sum), torch.zeros_like(loss_count)
         state["epoch_loss_sum"], state["epoch_loss_count"] = float(loss_sum), int(loss_count)
         state["train_runtime_s"] = runtime()
+        state["log_lines"] = log.lines
         save_checkpoint(
             accelerator,
             output_dir,
@@ -233,6 +271,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
             record.to_dict(),
             best_weights,
             args.save_total_limit,
+            trainables,
         )
 
     segment_start = time.perf_counter()
@@ -395,11 +434,11 @@ def train(args: TrainingArguments) -> dict[str, Any]:
             )
             results["hub_model_id"] = repo_id
         if not args.keep_checkpoints:
-            shutil.rmtree(output_dir / CHECKPOINTS_DIR, ignore_errors=True)
+            remove_checkpoints(output_dir)
     accelerator.wait_for_everyone()
     # Free the DDP wrapper while the process group still exists: its C++ reducer holds the group, and when it is
     # the last holder (after `end_training`) gloo's destructor runs with the GIL held and can deadlock at exit.
-    model = optimizer = train_loader = None
+    model = optimizer = train_loader = trainables = None
     accelerator.free_memory()
     accelerator.end_training()
     return results

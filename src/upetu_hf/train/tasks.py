@@ -18,6 +18,8 @@ import datasets
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoModelForImageClassification, UperNetForSemanticSegmentation
 from transformers.utils import cached_file
@@ -29,6 +31,7 @@ from ..data import (
     SegmentationTransform,
     add_validation_split,
     change_detection_collate_fn,
+    check_mask_files,
     classification_collate_fn,
     load_change_detection_folder,
     load_image_folder,
@@ -182,6 +185,8 @@ class TaskSpec:
         for split_name, ds in splits.items():
             if len(ds) == 0:
                 raise ValueError(f"The {split_name} split is empty.")
+        if args.verify_images:
+            self.check_labels(splits, args, names)
         return TaskData(splits=splits, class_names=names, hub_ids=hub_ids)
 
     def _concatenate(self, parts: list) -> Dataset | DatasetDict:
@@ -222,9 +227,31 @@ class TaskSpec:
             out[name] = ds
         return DatasetDict(out)
 
+    def check_labels(self, splits: DatasetDict, args: TrainingArguments, class_names: list[str]) -> None:
+        """Check every label value of every split before training (dense tasks: the masks)."""
+
     # ------------------------------------------------------------------ model
     def build_model(self, args: TrainingArguments, class_names: list[str]) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
+
+    def load_model(self, args: TrainingArguments, class_names: list[str], hint: str = "") -> nn.Module:
+        """`build_model`, with a missing or unreadable `--model` reported as one line naming it."""
+        check_model_source(args.model)
+        try:
+            return self.build_model(args, class_names)
+        except SafetensorError as err:
+            weights = sorted(Path(args.model).expanduser().glob("*.safetensors"))
+            where = ", ".join(str(p) for p in weights) or args.model
+            raise ValueError(
+                f"The weights of --model {args.model} ({where}) cannot be read ({err}): the file is truncated or "
+                "corrupt; download or save the checkpoint again."
+            ) from err
+        except OSError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(
+                f"Could not load --model {args.model} ({first}); "
+                f"{hint or 'check the Hub id or the folder, your connection and HF_TOKEN'}."
+            ) from err
 
     #: `from_pretrained` class of a saved full model
     model_class: Any = None
@@ -252,6 +279,26 @@ class TaskSpec:
 
     def transform_kwargs(self, args, num_labels, train, label_column) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
+
+
+def check_model_source(model: str) -> None:
+    """Fail early, naming it, when `--model` is neither a checkpoint folder nor a valid Hub model id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"--model {model} has no config.json; pass a ConvNeXt checkpoint folder (saved with "
+                "save_pretrained) or a Hub model id."
+            )
+        return
+    if path.exists():
+        raise ValueError(f"--model {model} is a file; pass a checkpoint folder or a Hub model id.")
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"--model {model}: no such folder, and not a Hub model id (namespace/name); check the path."
+        ) from None
 
 
 def image_processor_settings(checkpoint: str) -> dict[str, Any]:
@@ -365,6 +412,16 @@ class ClassificationTask(TaskSpec):
 
 
 class _DenseTask(TaskSpec):
+    def allowed_labels(self, args: TrainingArguments, class_names: list[str]) -> set[int]:
+        """The mask values the transform accepts."""
+        return set(range(len(class_names))) | {args.ignore_index}
+
+    def check_labels(self, splits: DatasetDict, args: TrainingArguments, class_names: list[str]) -> None:
+        column = "label" if self.name == "change-detection" else "mask"
+        allowed = self.allowed_labels(args, class_names)
+        for ds in splits.values():
+            check_mask_files(ds.cast_column(column, datasets.Image(decode=False))[column], allowed)
+
     def transform_kwargs(self, args, num_labels, train, label_column) -> dict[str, Any]:
         return dict(
             crop_size=args.image_size if train else None,
@@ -496,6 +553,9 @@ class ChangeDetectionTask(_DenseTask):
 
     def class_names(self, ds: DatasetDict, args: TrainingArguments) -> list[str]:
         return list(self.class_list)
+
+    def allowed_labels(self, args: TrainingArguments, class_names: list[str]) -> set[int]:
+        return set(ChangeDetectionTransform().label_map)  # 0 / 1 / 255
 
     def build_model(self, args: TrainingArguments, class_names: list[str]) -> nn.Module:
         extra = {"decoder_hidden_size": args.head_hidden_size} if args.head_hidden_size is not None else {}

@@ -12,6 +12,8 @@ from typing import Any
 from accelerate.tracking import GeneralTracker, on_main_process
 from accelerate.utils import is_tensorboard_available
 
+from .._files import write_atomic
+
 LOG_FILE = "log.jsonl"
 
 
@@ -23,7 +25,8 @@ def _plain(value: Any) -> Any:
 
 class JsonLinesTracker(GeneralTracker):
     """An Accelerate tracker that appends one JSON object per `accelerator.log` call to `path`:
-    `{"step": ..., "time": ..., **values}`. Each line is written with one `write` and flushed."""
+    `{"step": ..., "time": ..., **values}`. Each line is written with one `write` and flushed; `lines` counts the
+    lines of the file, so a checkpoint can record where the log stood."""
 
     name = "jsonl"
     requires_logging_directory = False
@@ -33,10 +36,14 @@ class JsonLinesTracker(GeneralTracker):
         super().__init__()
         self.path = Path(path)
         self._file = None
+        self.lines = 0
 
     @on_main_process
     def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            with open(self.path, "rb") as handle:
+                self.lines = sum(1 for _ in handle)
         self._file = open(self.path, "a", encoding="utf-8")
 
     @property
@@ -52,6 +59,7 @@ class JsonLinesTracker(GeneralTracker):
         record = {"step": step, "time": round(time.time(), 3), **{k: _plain(v) for k, v in values.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        self.lines += 1
 
     @on_main_process
     def finish(self) -> None:
@@ -68,20 +76,20 @@ def trackers(logging_dir: str | os.PathLike) -> list:
     return selected
 
 
-def truncate_log(path: str | os.PathLike, last_step: int) -> None:
-    """On resume: keep only the complete log lines up to `last_step` (a killed run may have logged past its
-    last checkpoint, or died in the middle of a line)."""
+def truncate_log(path: str | os.PathLike, last_step: int, lines: int | None = None) -> None:
+    """On resume: keep the log as it stood at the checkpoint, i.e. its first `lines` lines when the checkpoint
+    recorded them (entries logged at the checkpoint's own step after it was saved, such as the test metrics of a
+    finished run, then go too), else the complete lines up to `last_step`. A killed run may have logged past its
+    last checkpoint, or died in the middle of a line."""
     path = Path(path)
     if not path.is_file():
         return
     kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").splitlines()[:lines]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
         if isinstance(record, dict) and (record.get("step") is None or record["step"] <= last_step):
             kept.append(line)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, "".join(f"{line}\n" for line in kept))

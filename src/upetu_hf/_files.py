@@ -1,0 +1,78 @@
+"""Files that upetu-hf writes: one atomic writer, file modes that follow the umask, names that stay in their folder,
+and JSON that names its file when it cannot be read."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+_UNSAFE = re.compile(r"[\x00-\x1f/\\:]+")
+MAX_NAME_LENGTH = 200
+
+
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than two system calls)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plain `open(path, "w")` gives a new file: 0o666 minus the umask (`mkstemp` gives 0600)."""
+    return 0o666 & ~current_umask()
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder, fsync it, give it the umask's mode,
+    and rename it into place with `os.replace`: readers see the old file or the new one, never a part of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
+    """`data` as indented JSON, written with `write_atomic`."""
+    return write_atomic(path, json.dumps(data, indent=indent, allow_nan=True) + "\n")
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Parse a JSON file; a syntax error becomes a one-line `ValueError` that names the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); restore the {what} from a backup or write it again."
+        ) from err
+
+
+def safe_file_name(name: str, fallback: str) -> str:
+    """`name` as a single file name that cannot leave its folder: path separators and control characters become
+    `_`, leading dots are dropped (no `..`, no hidden files), the length is capped; empty results give
+    `fallback`."""
+    cleaned = _UNSAFE.sub("_", str(name)).lstrip(". ")[:MAX_NAME_LENGTH].rstrip(" ")
+    return cleaned or fallback
+
+
+def path_inside(folder: str | os.PathLike, name: str) -> Path:
+    """`folder / name`, refused (`ValueError`) unless it lies directly inside `folder`."""
+    folder = Path(folder)
+    target = folder / name
+    if target.resolve().parent != folder.resolve():
+        raise ValueError(f"Refusing to write {target}: the name {name!r} would leave {folder}.")
+    return target
