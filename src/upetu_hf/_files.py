@@ -50,6 +50,15 @@ def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 2) -> Pa
     return write_atomic(path, json.dumps(data, indent=indent, allow_nan=True) + "\n")
 
 
+def save_tensors(
+    tensors: dict[str, Any], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> Path:
+    """Tensors as a safetensors file, written with `write_atomic` (safetensors itself creates 0600 files)."""
+    from safetensors.torch import save
+
+    return write_atomic(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
     """Parse a JSON file; a syntax error becomes a one-line `ValueError` that names the file."""
     path = Path(path)

@@ -19,9 +19,9 @@ from typing import Any
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from peft import PeftModel
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ._files import read_json, write_json_atomic
+from ._files import file_mode, read_json, save_tensors, write_json_atomic
 from .tuner.config import ADAPTER_WEIGHTS_NAME, PEFT_TYPE, format_metadata
 
 CARD_TAGS = ["upetu", "peft", "remote-sensing", "convnext", "parameter-efficient-fine-tuning"]
@@ -259,6 +259,7 @@ def _save_folder(target: Path, write: Callable[[Path], Path]) -> Path:
             "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files},
         }
         for path in files:
+            os.chmod(path, file_mode())  # some writers create 0600 files
             os.replace(path, target / path.name)
         write_json_atomic(target / MANIFEST_FILE, manifest)
     finally:
@@ -289,7 +290,7 @@ def _add_format_metadata(weights: Path, config) -> None:
     with safe_open(str(weights), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
     tensors = load_file(str(weights))
-    save_file(tensors, str(weights), metadata={**metadata, **format_metadata(config)})
+    save_tensors(tensors, weights, metadata={**metadata, **format_metadata(config)})
 
 
 def save_adapter(

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .._files import read_json, write_json_atomic
+from .._files import read_json, save_tensors, write_json_atomic
 from .config import MODEL_IDENTITY, RESUME_FREE, TrainingArguments, resolved_identity
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -201,9 +201,9 @@ def save_training_state(accelerator, folder: Path, trainables: Trainables) -> No
     """Write model, optimizer, scheduler, scaler and RNG states into `folder` (collective)."""
     model_state = accelerator.get_state_dict(trainables.model)
     if accelerator.is_main_process:
-        save_file({k: v.contiguous() for k, v in model_state.items()}, str(folder / MODEL_WEIGHTS_FILE))
+        save_tensors(model_state, folder / MODEL_WEIGHTS_FILE)
         optimizer_json, optimizer_tensors = _optimizer_state(trainables.optimizer)
-        save_file(optimizer_tensors, str(folder / OPTIMIZER_FILE))
+        save_tensors(optimizer_tensors, folder / OPTIMIZER_FILE)
         scaler = getattr(accelerator, "scaler", None)
         write_json_atomic(
             folder / TRAINING_STATE_FILE,
@@ -265,7 +265,7 @@ def save_checkpoint(
         write_json_atomic(tmp / STATE_FILE, state)
         write_json_atomic(tmp / RUN_CONFIG_FILE, run_config)
         if best_weights is not None:
-            save_file({k: v.contiguous() for k, v in best_weights.items()}, str(tmp / BEST_WEIGHTS_FILE))
+            save_tensors(best_weights, tmp / BEST_WEIGHTS_FILE)
         _fsync_tree(tmp)
         if final.exists():  # an older run reached this step before being resumed from an earlier checkpoint
             stale = root / f".stale-step_{step}"
