@@ -1,4 +1,5 @@
-"""Task models for UPetu: Siamese ConvNeXt change detection and builders that load pretrained ConvNeXt weights.
+"""Task models for UPetu: Siamese ConvNeXt change detection, builders that load pretrained ConvNeXt weights, and
+the converter of original/timm/SMLFR ConvNeXt checkpoints into Hugging Face folders (`convert`).
 
 Importing this package registers `ConvNextChangeDetectionConfig` / `ConvNextForChangeDetection` with
 `AutoConfig` / `AutoModel` (model type ``"convnext-change-detection"``). It deliberately imports nothing from
@@ -25,6 +26,7 @@ from .change_detection import (
     backbone_total_stride,
     soft_dice_loss,
 )
+from .convert import ConversionError, ConversionReport, convert_checkpoint
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -34,10 +36,13 @@ __all__ = [
     "ConvNextChangeDetectionHead",
     "ConvNextChangeDetectionPreTrainedModel",
     "ConvNextForChangeDetection",
+    "ConversionError",
+    "ConversionReport",
     "backbone_total_stride",
     "build_change_detection_model",
     "build_classification_model",
     "build_segmentation_model",
+    "convert_checkpoint",
     "load_checkpoint_state_dict",
     "load_convnext_backbone_weights",
     "load_convnext_config",
