@@ -10,6 +10,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from transformers.utils import logging
+
 from .api import convert_checkpoint
 from .errors import ConversionError
 
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.disable_progress_bar()  # "Writing model shards" bars say nothing for one small file
     try:
         report = convert_checkpoint(
             args.checkpoint,
