@@ -12,7 +12,9 @@ import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
+import os
 import re
+import stat
 import sys
 import types
 from pathlib import Path
@@ -237,7 +239,7 @@ def test_original_layout_matches_timm(timm, name, tmp_path):
 @pytest.mark.parametrize(
     "wrap",
     [
-        lambda sd: {"model": sd, "epoch": 3},
+        lambda sd: {"model": sd, "epoch": 3, "best_acc": torch.tensor(0.8)},
         lambda sd: {"state_dict": {"module." + k: v for k, v in sd.items()}},
         lambda sd: {"model": {"module.encoder." + k: v for k, v in sd.items()}, "optimizer": {}},
         lambda sd: {"state_dict": {"backbone." + k: v for k, v in sd.items()}, "meta": {"epoch": 1}},
@@ -487,3 +489,16 @@ def test_output_dir_rules(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
     assert AutoModelForImageClassification.from_pretrained(out).config.num_labels == 2
     assert not [p for p in tmp_path.iterdir() if "upetu-convert" in p.name]  # no staging folder left behind
+
+
+def test_output_follows_the_umask(tmp_path):
+    encoder, _ = original_encoder()
+    torch.save(encoder, tmp_path / "enc.pth")
+    old = os.umask(0o027)
+    try:
+        convert_checkpoint(tmp_path / "enc.pth", tmp_path / "out")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o750
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()}
+    assert set(modes.values()) == {0o640}, modes

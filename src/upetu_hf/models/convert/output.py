@@ -4,7 +4,7 @@ Everything is first written to a staging folder beside OUTPUT_DIR (same file sys
 the staging folder renamed into place (one atomic rename). Into an existing folder (empty, a previous conversion,
 or with `overwrite`) each file is moved with `os.replace` (atomic per file) and the record `conversion.json`,
 which lists the files, comes last; files that a previous conversion recorded and this one no longer writes are
-removed. No other file in OUTPUT_DIR is ever changed or deleted.
+removed. No other file in OUTPUT_DIR is ever changed or deleted. Files and a new folder get the umask's modes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..._files import current_umask, file_mode
 from .errors import ConversionError
 
 RECORD_NAME = "conversion.json"
@@ -62,8 +63,10 @@ def write_output(output_dir: Path, write: Callable[[Path], None], record: dict) 
                 raise RuntimeError(f"unexpected folder {name!r} in the converted output")
         full = {"converter": CONVERTER, **record, "files": [*names, RECORD_NAME]}
         (staging / RECORD_NAME).write_text(json.dumps(full, indent=2) + "\n")
+        for name in full["files"]:  # safetensors and mkdtemp create 0600/0700: follow the umask instead
+            (staging / name).chmod(file_mode())
         if not output_dir.exists():
-            staging.chmod(0o755)
+            staging.chmod(0o777 & ~current_umask())
             os.rename(staging, output_dir)
             return full["files"]
         stale = set((previous_record(output_dir) or {}).get("files", [])) - set(full["files"])

@@ -70,7 +70,7 @@ def find_state_dict(obj: Any, key: str | None = None) -> tuple[dict[str, torch.T
     Args:
         obj: what [`load_checkpoint_file`] returned.
         key: wrapper path to follow, ``/``-separated (e.g. ``"model_ema"`` or ``"checkpoint/model"``); by default
-            the first of `WRAPPER_KEYS` holding a dict is followed until a dict with tensors is reached.
+            the first of `WRAPPER_KEYS` holding a dict is followed for as long as there is one.
     """
     path: list[str] = []
     if key:
@@ -84,7 +84,9 @@ def find_state_dict(obj: Any, key: str | None = None) -> tuple[dict[str, torch.T
             obj = obj[part]
             path.append(part)
     else:
-        while isinstance(obj, Mapping) and not _has_tensors(obj):
+        # a state dict never holds dicts under these names, so a dict there is a wrapper (even next to tensors
+        # such as a saved `best_acc`)
+        while isinstance(obj, Mapping):
             inner = next((k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
             if inner is None:
                 break
