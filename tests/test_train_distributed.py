@@ -72,16 +72,17 @@ def test_torchrun_two_processes_gloo(tmp_path, noise_folder):
     assert train_steps == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in records if "test/accuracy" in r] == [3, 6, 6]
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "checkpoints", "logs", "metrics.json",
-        "run_config.json",
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "checkpoints", "logs", "manifest.json",
+        "metrics.json", "run_config.json",
     ]  # fmt: skip
     checkpoints = sorted((out / "checkpoints").iterdir())
     assert [p.name for p in checkpoints] == [f"step_{i}" for i in range(1, 7)]
-    for checkpoint_dir in checkpoints:  # one RNG state per process; everything else once
+    for checkpoint_dir in checkpoints:  # one RNG state per process; everything else once; no pickles
         names = sorted(p.name for p in checkpoint_dir.iterdir())
-        assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors", "optimizer.bin"} <= set(
-            names
-        )
+        assert set(names) - {"best_model.safetensors"} == {
+            "model.safetensors", "optimizer.safetensors", "random_states_0.json", "random_states_1.json",
+            "run_config.json", "trainer_state.json", "training_state.json",
+        }, names  # fmt: skip
 
     # The two-process evaluation (9 test images, batches of 2 per process: the last batch is padded by
     # Accelerate) equals a single-process evaluation of the same data

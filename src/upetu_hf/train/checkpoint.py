@@ -308,8 +308,12 @@ def remove_checkpoints(output_dir: str | os.PathLike, keep_complete: bool = Fals
 
 
 def remove_stale_temporaries(output_dir: str | os.PathLike) -> None:
-    """Remove `.tmp-*` / `.stale-*` checkpoint folders that a killed save left behind."""
+    """Remove the `.tmp-*` / `.stale-*` checkpoint folders and the `.tmp-save-*` folders of `save_adapter` /
+    `save_model` that a killed save left behind (call it while holding the output folder's lock)."""
     remove_checkpoints(output_dir, keep_complete=True)
+    for path in Path(output_dir).glob(".tmp-save-*"):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
 
 
 def _fsync_tree(folder: Path) -> None:
