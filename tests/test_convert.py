@@ -169,6 +169,11 @@ def original_encoder(seed: int = 0, channels: int = 3) -> tuple[dict, ConvNextMo
     return out, model
 
 
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    """A fixed batch of `n` random 3 x IMAGE x IMAGE inputs (independent of the global RNG and test order)."""
+    return torch.randn(n, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(seed))
+
+
 def timm_features(model, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     with torch.no_grad():
         features, y = [], model.stem(x)
@@ -220,7 +225,7 @@ def test_timm_checkpoint_matches_timm(timm, name, tmp_path):
     assert report.depths == [len(s.blocks) for s in reference.stages]
     assert report.hidden_sizes == [s.blocks[0].conv_dw.out_channels for s in reference.stages]
     assert report.num_labels == 5 and report.initialised == []
-    assert_matches_timm(tmp_path / "hf", reference, torch.randn(2, 3, IMAGE, IMAGE))
+    assert_matches_timm(tmp_path / "hf", reference, images(2))
 
 
 @pytest.mark.parametrize("name", list(TIMM_MODELS))
@@ -233,7 +238,7 @@ def test_original_layout_matches_timm(timm, name, tmp_path):
         "ConvNextV2ForImageClassification" if TIMM_MODELS[name] == 2 else "ConvNextForImageClassification"
     )
     assert report.model_class == expected
-    assert_matches_timm(tmp_path / "hf", reference, torch.randn(2, 3, IMAGE, IMAGE))
+    assert_matches_timm(tmp_path / "hf", reference, images(2))
 
 
 @pytest.mark.parametrize(
@@ -251,7 +256,7 @@ def test_wrapped_and_prefixed_timm_checkpoint(timm, wrap, tmp_path):
     torch.save(wrap(reference.state_dict()), tmp_path / "wrapped.pth")
     report = convert_checkpoint(tmp_path / "wrapped.pth", tmp_path / "hf")
     assert report.layout == "timm" and report.num_labels == 3
-    assert_matches_timm(tmp_path / "hf", reference, torch.randn(1, 3, IMAGE, IMAGE))
+    assert_matches_timm(tmp_path / "hf", reference, images(1))
 
 
 # -------------------------------------------------------------------------------------------------- SMLFR
@@ -318,7 +323,7 @@ def test_smlfr_checkpoints(make, wrapper, prefix, tmp_path):
     if make is _smlfr_pretrain_file:
         assert "dense_decoder.dec.0.up_sample.weight" in report.ignored
     converted = AutoModel.from_pretrained(tmp_path / "hf").eval()
-    x = torch.randn(2, 3, IMAGE, IMAGE)
+    x = images(2)
     with torch.no_grad():
         expected = model(x, output_hidden_states=True).hidden_states
         got = converted(x, output_hidden_states=True).hidden_states
@@ -441,7 +446,7 @@ def test_cli_round_trip_trains_with_upetu(tmp_path, capsys):
 
     model = AutoModelForImageClassification.from_pretrained(out).eval()
     assert model.config.id2label == {0: "field", 1: "forest", 2: "water"}
-    x = torch.randn(2, 3, IMAGE, IMAGE)
+    x = images(2)
     with torch.no_grad():
         base = model(x).logits
     peft_model = get_peft_model(model, upetu_hf.UPetuConfig()).eval()
