@@ -19,6 +19,7 @@ from upetu_hf.data import (
     add_validation_split,
     attach_transform,
     change_detection_collate_fn,
+    check_mask_files,
     classification_collate_fn,
     load_change_detection_folder,
     load_classification_dataset,
@@ -372,6 +373,25 @@ def test_error_bad_mask_values(tmp_path: Path) -> None:
     ex = {"image_a": Image.fromarray(rand_rgb(40, 40)), "image_b": Image.fromarray(rand_rgb(40, 40))}
     with pytest.raises(ValueError, match=r"sample 0 in the batch has values \[128\].*\[0, 1, 255\]"):
         ChangeDetectionTransform()({**ex, "label": Image.fromarray(label)})
+
+
+def test_mask_files_are_checked_in_one_pass_naming_files_and_values(tmp_path: Path) -> None:
+    good = np.zeros((8, 8), np.uint8)
+    many = np.arange(64, dtype=np.uint8).reshape(8, 8) + 10
+    paths = [save(tmp_path / f"{name}.png", array) for name, array in (("a", good), ("b", many), ("c", good))]
+    for i in range(7):
+        paths.append(save(tmp_path / f"z{i}.png", np.full((8, 8), 200, np.uint8)))
+    check_mask_files([str(paths[0]), str(paths[2])], {0, 1, 255})  # all values allowed: no error
+    with pytest.raises(ValueError) as caught:
+        check_mask_files([{"path": str(p), "bytes": None} for p in paths], {0, 1, 255})
+    message = str(caught.value)
+    assert message.startswith("8 mask(s) hold values outside the allowed [0, 1, 255]: ")
+    assert f"{paths[1]} has [10, 11, 12, 13, 14, 15, 16, 17, ...]" in message  # values shortened
+    assert f"{paths[6]} has [200]" in message and f"{paths[7]}" not in message  # five files named
+    assert message.endswith(
+        "... and 3 more. Check --num-labels / --class-names / --ignore-index (or classes.json), or fix the files."
+    )
+    assert "\n" not in message and str(paths[0]) not in message
 
 
 def test_error_image_smaller_than_stride(tmp_path: Path) -> None:
