@@ -474,7 +474,15 @@ def test_cli_user_errors_exit_2(tmp_path, capsys):
     argv = [str(tmp_path / "rgbn.pth"), str(tmp_path / "out"), "--image-mean", "0.4,0.4,0.4,0.3"]
     assert main(argv + ["--image-std", "0.2,0.2,0.2"]) == 2
     assert "--image-std has 3 values" in capsys.readouterr().err
-    assert main(argv + ["--image-std", "0.2,0.2,0.2,0.1"]) == 0
+    assert main(argv + ["--image-std", "0.2,0.2,0.2,-0.1"]) == 2
+    assert "must be positive" in capsys.readouterr().err
+    argv += ["--image-std", "0.2,0.2,0.2,0.1"]
+    assert main(argv + ["--num-labels", "3", "--label-names", "a", "b"]) == 2
+    assert "disagrees with 2 label names" in capsys.readouterr().err
+    assert main(argv + ["--label-names", "a", "a"]) == 2
+    assert "without duplicates" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(argv) == 0
     assert AutoModel.from_pretrained(tmp_path / "out").config.num_channels == 4
 
 

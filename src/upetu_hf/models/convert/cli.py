@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConversionError as error:
         print(f"upetu-convert: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. an OUTPUT_DIR whose parent cannot be written
+        print(f"upetu-convert: error: cannot write {args.output_dir!r}: {error}", file=sys.stderr)
+        return 2
     head = f", {report.num_labels} labels" if report.num_labels is not None else ", no head"
     print(
         f"{report.model_class} (ConvNeXt V{report.version}, depths {report.depths}, widths {report.hidden_sizes}"
