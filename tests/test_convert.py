@@ -502,6 +502,21 @@ def test_output_dir_rules(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"
     assert AutoModelForImageClassification.from_pretrained(out).config.num_labels == 2
     assert not [p for p in tmp_path.iterdir() if "upetu-convert" in p.name]  # no staging folder left behind
+    # files a previous conversion recorded and this one does not write are removed, nothing outside the folder
+    record = json.loads((out / "conversion.json").read_text())
+    record["files"] += ["model-00002-of-00002.safetensors", "../outside.txt"]
+    (out / "conversion.json").write_text(json.dumps(record))
+    (out / "model-00002-of-00002.safetensors").write_bytes(b"old shard")
+    (tmp_path / "outside.txt").write_text("keep")
+    assert main([str(tmp_path / "enc.pth"), str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "conversion.json",
+        "model.safetensors",
+        "notes.txt",
+        "preprocessor_config.json",
+    ]
+    assert (tmp_path / "outside.txt").read_text() == "keep"
 
 
 def test_output_follows_the_umask(tmp_path):
