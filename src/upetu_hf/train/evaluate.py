@@ -21,8 +21,9 @@ from torch import nn
 
 from .._files import path_inside, read_json, safe_file_name, write_atomic, write_json_atomic
 from ..data import IMAGE_EXTENSIONS
-from ..hub import saved_file_names, verify_manifest
+from ..hub import verify_manifest
 from ..metrics import ConfusionMatrix, metrics_from_confusion
+from ..tuner.config import ADAPTER_WEIGHTS_NAME
 from .checkpoint import RUN_CONFIG_FILE
 from .config import MIXED_PRECISION, PEFT_METHODS, TrainingArguments
 from .data import TransformedDataset, make_loader
@@ -127,7 +128,7 @@ def _check_saved_folder(source: str, adapter: bool) -> None:
     folder = Path(source).expanduser()
     if not folder.is_dir():
         return
-    for name in saved_file_names(adapter)[:2]:
+    for name in ("adapter_config.json", ADAPTER_WEIGHTS_NAME) if adapter else ("config.json",):
         path = folder / name
         if not path.is_file():
             raise FileNotFoundError(

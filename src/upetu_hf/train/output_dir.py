@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from .._files import read_json
 from ..hub import MANIFEST_FILE, saved_file_names
-from .checkpoint import CHECKPOINTS_DIR, RUN_CONFIG_FILE, remove_checkpoints
+from .checkpoint import RUN_CONFIG_FILE, remove_checkpoints
 from .config import PEFT_METHODS, TrainingArguments
 
 LOCK_FILE = ".upetu-train.lock"
@@ -48,7 +49,10 @@ def _alive(pid: int) -> bool:
 def _holder_is_gone(holder: dict[str, Any] | None, lock: Path) -> bool:
     """Whether the run that wrote this lock has ended (a killed run leaves its lock behind)."""
     if not holder:  # unreadable: possibly being written right now
-        return time.time() - lock.stat().st_mtime > _FRESH_LOCK_S
+        try:
+            return time.time() - lock.stat().st_mtime > _FRESH_LOCK_S
+        except FileNotFoundError:
+            return True
     if holder.get("host") != socket.gethostname():
         return False  # cannot tell for another machine
     pid = int(holder.get("pid", -1))
@@ -70,8 +74,8 @@ class OutputLock:
     """An exclusive lock on an output folder: the file `.upetu-train.lock`, created with `O_EXCL` and holding the
     owner's pid, host and start time. A lock whose process has ended is stale and is taken over."""
 
-    def __init__(self, folder: Path, created_folder: bool) -> None:
-        self.folder, self.created_folder = folder, created_folder
+    def __init__(self, folder: Path, created: list[Path]) -> None:
+        self.folder, self.created = folder, created
         self.path = folder / LOCK_FILE
 
     @classmethod
@@ -80,7 +84,7 @@ class OutputLock:
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"--output-dir {folder} exists and is not a folder; choose a folder.")
-        created = not folder.exists()
+        created = [p for p in (folder, *folder.parents) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         lock = cls(folder, created)
         for _ in range(3):
@@ -134,15 +138,16 @@ class OutputLock:
         )
 
     def _release_folder(self) -> None:
-        if self.created_folder:
+        """Remove the folders this run created, innermost first, as long as they are empty."""
+        for path in self.created:
             try:
-                self.folder.rmdir()  # only if still empty: a folder this run created and left unused
+                path.rmdir()
             except OSError:
-                pass
+                return
 
     def release(self) -> None:
-        """Remove the lock file (only ours) and the output folder if this run created it and left it empty."""
-        if _read_holder(self.path) is not None and _read_holder(self.path).get("pid") == os.getpid():
+        """Remove the lock file (only ours) and the folders this run created if it left them empty."""
+        if (_read_holder(self.path) or {}).get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
         self._release_folder()
 
@@ -219,8 +224,6 @@ def run_files(folder: Path) -> list[Path]:
 def clear_previous_run(folder: str | os.PathLike) -> list[Path]:
     """`--overwrite`: remove the previous run's own files (`run_files`) and its checkpoints; every other file
     stays. Folders are removed only when this leaves them empty. Returns what was removed."""
-    import shutil
-
     folder = Path(folder)
     removed = run_files(folder)
     for path in removed:
@@ -233,16 +236,3 @@ def clear_previous_run(folder: str | os.PathLike) -> list[Path]:
         if sub.is_dir() and not any(sub.iterdir()):
             sub.rmdir()
     return removed
-
-
-__all__ = [
-    "CHECKPOINTS_DIR",
-    "LOCK_FILE",
-    "LOGS_DIR",
-    "METRICS_FILE",
-    "OutputLock",
-    "check_output_dir",
-    "clear_previous_run",
-    "previous_run",
-    "run_files",
-]
