@@ -92,7 +92,8 @@ def train(args: TrainingArguments) -> dict[str, Any]:
 
     Works on one CPU, one GPU or several processes (`torchrun` / `accelerate launch`). Every input is checked
     before anything is written; `output_dir` then receives `run_config.json`, `logs/`, resumable checkpoints
-    under `checkpoints/` and, at the end, the trained adapter (or model) with its card and `metrics.json`.
+    under `checkpoints/` and, at the end, the trained adapter (or model) with its card and `metrics.json`. The
+    run holds a lock on `output_dir` (`.upetu-train.lock`) from start to end, so a second run is refused.
     """
     spec = get_task(args.task)
     if args.selection_metric not in TASK_METRICS[spec.name]:
