@@ -232,7 +232,7 @@ def test_prediction_names_never_leave_the_predict_dir(assets, tmp_path, capsys):
 def test_a_second_run_into_the_same_folder_is_refused(assets, tmp_path, capsys):
     out = tmp_path / "shared"
     first = subprocess.Popen(
-        train_command() + run_args(assets, out, "--epochs", "200", "--checkpointing-steps", "no", "--cpu"),
+        train_command() + run_args(assets, out, "--epochs", "5000", "--checkpointing-steps", "no", "--cpu"),
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
