@@ -141,6 +141,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("ia3", "ia3", "IA3"),
         Variant("upetu", "upetu", "UPetu (default, 4-bit)"),
         Variant("upetu-1bit", "upetu", "UPetu 1-bit", {"bits": 1}),
+        Variant("upetu-2bit", "upetu", "UPetu 2-bit", {"bits": 2}),
         Variant("upetu-32bit", "upetu", "UPetu 32-bit", {"bits": 32}),
         Variant("eqam-only", "upetu", "EQAM only (4-bit)", {"use_capm": False}),
         Variant("capm-only", "upetu", "CAPM only", {"use_eqam": False}),

@@ -53,15 +53,17 @@ def expected_trainable_without_head() -> dict[str, int]:
         p.numel() for p in ConvNextModel(ConvNextConfig(depths=DEPTHS, hidden_sizes=WIDTHS)).parameters()
     )
     r, m = 16, 4
-    upetu = per_block(lambda c: 2 * r * c + c) + sum(c * m * m + 9 * c + c for c in WIDTHS)
+    capm = sum(c * m * m + 9 * c + c for c in WIDTHS)
+    upetu = per_block(lambda c: 2 * r * c + c) + capm  # 32 bits: W_down, W_up, s
+    upetu_kbit = upetu + per_block(lambda c: r)  # k bits: plus the learned row scale of W_down
     return {
         "full": backbone,
         "linear_probe": 0,
         "lora_r8": per_block(lambda c: 10 * 8 * c),
         "lora_r16": per_block(lambda c: 10 * 16 * c),
         "ia3": per_block(lambda c: 8 * c),
-        "upetu_1bit": upetu,
-        "upetu_4bit": upetu,
+        "upetu_1bit": upetu_kbit,
+        "upetu_4bit": upetu_kbit,
         "upetu_32bit": upetu,
     }
 

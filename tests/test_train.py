@@ -526,12 +526,19 @@ def test_weight_decay_only_on_weight_matrices_and_kernels():
     names = {id(p): n for n, p in model.named_parameters()}
     decay = {names[id(p)] for p in decay_group["params"]}
     no_decay = {names[id(p)] for p in no_decay_group["params"]}
-    assert decay and all(n.endswith(("down.weight.latent", "up.weight.latent", "context.latent", "classifier.modules_to_save.default.weight"))
-                         for n in decay)  # fmt: skip
+    assert decay and all(n.endswith(("context.latent", "classifier.modules_to_save.default.weight")) for n in decay)
     assert any(n.endswith("context.latent") for n in decay)
-    for suffix in ("scale.latent", "beta.latent", "prompt.latent", "classifier.modules_to_save.default.bias"):
+    # k-bit (default 4-bit) Q-Linear latents are unitless codes: no decay
+    for suffix in ("scale.latent", "beta.latent", "prompt.latent", "classifier.modules_to_save.default.bias",
+                   "down.weight.latent", "up.weight.latent"):  # fmt: skip
         assert any(n.endswith(suffix) for n in no_decay), suffix
     assert len(decay) + len(no_decay) == sum(p.requires_grad for p in model.parameters())
+    # 32-bit Q-Linear weights are ordinary weight matrices: decayed
+    full = apply_method(tiny_classifier(), TrainingArguments(task="classification", model="m", data="d",
+                                                             output_dir="o", bits=32))  # fmt: skip
+    names = {id(p): n for n, p in full.named_parameters()}
+    decay = {names[id(p)] for p in parameter_groups(full, 0.05)[0]["params"]}
+    assert any(n.endswith("down.weight.latent") for n in decay) and any(n.endswith("up.weight.latent") for n in decay)
 
 
 def test_data_order_and_augmentation_depend_only_on_seed_epoch_and_index(assets):

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..tuner import UPetuConfig
 from ..tuner.model import KNOWN_HEADS
+from ..tuner.quantization import unitless_latents
 from .config import PEFT_METHODS, UPETU_OPTIONS
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -93,11 +94,15 @@ def uses_weight_decay(name: str, param: nn.Parameter) -> bool:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups of the trainable parameters: with and without weight decay."""
+    """AdamW parameter groups of the trainable parameters: with and without weight decay (none on UPetu's
+    unitless k-bit latents, see `unitless_latents`)."""
     decay, no_decay = [], []
+    unitless = unitless_latents(model)
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if uses_weight_decay(name, param) else no_decay).append(param)
+            (decay if uses_weight_decay(name, param) and id(param) not in unitless else no_decay).append(
+                param
+            )
     if not decay and not no_decay:
         raise ValueError("The model has no trainable parameter.")
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -312,6 +312,17 @@ class QuantizedParameter(nn.Module):
         return f"shape={tuple(self.latent.shape)}, codec={self.codec.describe()}"
 
 
+def unitless_latents(model: nn.Module) -> set[int]:
+    """`id`s of the k-bit latent tensors in `model`. Only their codes matter (the magnitude is a separate scale),
+    so weight decay on them would not regularise anything: it would only pull them towards the thresholds and flip
+    codes. Optimizer set-ups leave them out of weight decay."""
+    return {
+        id(module.latent)
+        for module in model.modules()
+        if isinstance(module, QuantizedParameter) and isinstance(module.codec, KBitCodec)
+    }
+
+
 class QLinearWeight(nn.Module):
     """The weight W (out, in) of a Q-Linear layer.
 
