@@ -1,0 +1,76 @@
+"""Ablations of the Q-Linear design (issue 10): undo one remedy, then run the accuracy benchmark as usual.
+
+Each ablation changes exactly one thing of the library's default Q-Linear, in this process only:
+
+- `decay`: weight decay on the unitless k-bit latents (the default leaves them out, `unitless_latents`);
+- `no-clip`: an unclipped straight-through estimator (the default passes no gradient where |latent| > bound);
+- `fixed-down-scale`: `W_down` keeps the fixed init gain instead of a learned per-row scale (LSQ / XNOR-Net alpha).
+
+Everything after `--` goes to `scripts/benchmark_accuracy.py` unchanged, so the protocol (splits, epochs, seeds,
+learning rates) is the benchmark's. Example, the 1-bit remedies on validation:
+
+```bash
+python scripts/ablate_qlinear.py no-clip -- --tasks classification --methods upetu-1bit --lr-factors 1 \
+    --seeds 0,1,2 --epochs 12 --threads 1 --ucm /tmp/bench/ucmerced-112 --output-dir /tmp/bench/abl-no-clip
+```
+
+Compare the runs' `validation_score` with the default design's runs of the same seeds (never the test score).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _decay() -> None:
+    from upetu_hf.train import methods
+
+    methods.unitless_latents = lambda model: set()
+
+
+def _no_clip() -> None:
+    from upetu_hf.tuner.quantization import KBitCodec
+
+    original = KBitCodec.__init__
+
+    def init(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        self.ste_bound = None
+
+    KBitCodec.__init__ = init
+
+
+def _fixed_down_scale() -> None:
+    from upetu_hf.tuner import layer
+
+    original = layer.QLinearWeight
+
+    def qlinear(*args, learn_scale: bool, **kwargs):
+        return original(*args, learn_scale=False, **kwargs)
+
+    layer.QLinearWeight = qlinear
+
+
+ABLATIONS: dict[str, Callable[[], None]] = {
+    "decay": _decay,
+    "no-clip": _no_clip,
+    "fixed-down-scale": _fixed_down_scale,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) < 2 or argv[0] not in ABLATIONS or argv[1] != "--":
+        raise SystemExit(f"usage: ablate_qlinear.py {{{','.join(ABLATIONS)}}} -- BENCHMARK_ARGS...")
+    ABLATIONS[argv[0]]()
+    import benchmark_accuracy
+
+    benchmark_accuracy.main(argv[2:])
+
+
+if __name__ == "__main__":
+    main()
