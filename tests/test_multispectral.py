@@ -128,6 +128,19 @@ def test_non_image_tiffs_are_refused(tmp_path):
     tifffile.imwrite(stack, np.ones((2, 3, 8, 8), dtype=np.uint16), photometric="minisblack")
     with pytest.raises(ValueError, match="is not an image of bands x height x width"):
         read_multiband_image(stack)
+    lzw = (
+        tmp_path / "lzw.tif"
+    )  # an LZW-compressed file needs imagecodecs: the error says so and names the file
+    tifffile.imwrite(lzw, np.ones((3, 8, 8), dtype=np.uint16), photometric="minisblack")
+    with tifffile.TiffFile(lzw, mode="r+b") as tif:
+        tif.pages[0].tags["Compression"].overwrite(5)
+    try:
+        import imagecodecs  # noqa: F401
+    except ImportError:
+        with pytest.raises(
+            ValueError, match="lzw.tif: cannot decode the TIFF raster.*pip install imagecodecs"
+        ):
+            read_multiband_image(lzw)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n")
     with pytest.raises(ValueError, match="Cannot read image file"):

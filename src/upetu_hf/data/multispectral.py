@@ -1,6 +1,7 @@
 """Multi-band images (Sentinel-2, RGB+NIR aerial GeoTIFFs) as `(C, H, W)` float32 arrays, with clear errors.
 
-TIFF files are read with `tifffile` (pure Python + numpy, no GDAL): planar `(bands, H, W)` files, pixel-interleaved
+TIFF files are read with `tifffile` (pure Python + numpy, no GDAL; uncompressed, Deflate/zlib, PackBits, LZMA and
+Zstd out of the box, LZW and JPEG with the optional `imagecodecs` package): planar `(bands, H, W)` files, pixel-interleaved
 `(H, W, samples)` files and files that store one band per page are all returned band-first. The geo-referencing
 tags are not needed for training and are ignored. Other formats (PNG, JPEG, ...) are decoded with Pillow.
 
@@ -124,6 +125,15 @@ def _read_array(path: Path) -> np.ndarray:
                 arrays = [s.asarray() for s in series]
         except tifffile.TiffFileError as exc:
             raise ValueError(f"{path} is not a TIFF image: {exc}") from exc
+        except (
+            ValueError,
+            KeyError,
+            OSError,
+        ) as exc:  # tifffile's decoders: unsupported codec, corrupt strips
+            hint = (
+                " (pip install imagecodecs for LZW/JPEG/... compression)" if "imagecodecs" in str(exc) else ""
+            )
+            raise ValueError(f"{path}: cannot decode the TIFF raster: {exc}{hint}") from exc
         array = (np.stack(arrays) if len(arrays) > 1 else arrays[0]).reshape(shape)
         _check_dtype(array.dtype, path)
         array = array.transpose(_band_axis_first(shape, axes, path))
