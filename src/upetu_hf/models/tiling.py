@@ -7,17 +7,26 @@ Tiles of side ``t' = min(t, H')`` (and ``min(t, W')`` across) start every ``step
 
 so every tile starts on the stride grid of the whole padded scene (`t` and `overlap` are multiples of ``s``) and
 sees exactly the pixels a whole-image pass would see there. A tile that runs past the padded scene is padded
-with the same value (zeros). The logits of pixel ``p`` are the mean over the ``c(p)`` tiles that cover it::
+with the same value (zeros). The logits of pixel ``p`` are the weighted mean over the tiles ``T`` covering it::
 
-    L(p) = sum_{tiles T covering p} L_T(p) / c(p),     c(p) = #{T : p in T} >= 1
+    L(p) = sum_T w_T(p) L_T(p) / sum_T w_T(p)
+    window="uniform":  w_T(p) = 1                     (the mean over the c(p) >= 1 tiles covering p)
+    window="hann":     w_T(p) = h(y - top_T) h(x - left_T),  h(i) = max(sin^2(pi i / (t' - 1)), 0.01)
 
 A scene whose padded size fits in one tile gives exactly [`forward_padded`]'s result. Otherwise tiles differ from
 the whole pass near tile edges (a tile's convolutions see zero padding where the whole scene has neighbours) and
-wherever a layer pools over the whole image (UperNet's pyramid pooling module, ConvNeXt V2's GRN); the overlap
-averages that difference away from tile edges (with equal weights it mostly dilutes it: larger tiles help more
-than larger overlaps). The tests measure it on small random models. UPetu's CAPM resizes its prompt map to each
-forward pass's feature map, so a tile gets the whole prompt map: tiles of the training crop size reproduce the
-prompt geometry seen in training, a whole-scene pass stretches it over the scene.
+wherever a layer pools over the whole image (UperNet's pyramid pooling module, ConvNeXt V2's GRN). Uniform
+weights average the edge predictions in at full weight; the Hann window weights each tile's centre and fades its
+edges, which halves the difference at 50 % overlap. Measured on a 1180 x 1070 Sentinel-2 RGB mosaic with the
+pretrained ConvNeXt-atto backbone and random heads (one draw; another head draw gave up to 2x more for
+UperNet), mean |L_tiles - L_whole| / std(L_whole):
+
+    UperNet            tile 512 / overlap 128: uniform 0.067, hann 0.052;   512 / 256: uniform 0.077, hann 0.040
+    change detection   tile 512 / overlap 128: uniform 0.070, hann 0.044;   512 / 256: uniform 0.095, hann 0.035
+
+UPetu's CAPM resizes its prompt map to each forward pass's feature map, so a tile gets the whole prompt map: tiles
+of the training crop size reproduce the prompt geometry seen in training, a whole-scene pass stretches it over the
+scene.
 """
 
 from __future__ import annotations
@@ -78,6 +87,20 @@ def tile_grid(
     ]
 
 
+WINDOWS = ("uniform", "hann")
+_HANN_FLOOR = 0.01  # keeps the weight of scene-border pixels, covered only by a tile's edge, above zero
+
+
+def tile_weights(tile_h: int, tile_w: int, window: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Per-pixel weight `(tile_h, tile_w)` of a tile's logits: ones (`"uniform"`) or ``h(y) h(x)`` (`"hann"`, see
+    the module docstring)."""
+    if window == "uniform":
+        return torch.ones(tile_h, tile_w, device=device)
+    rows = torch.hann_window(tile_h, periodic=False, device=device).clamp_min(_HANN_FLOOR)
+    cols = torch.hann_window(tile_w, periodic=False, device=device).clamp_min(_HANN_FLOOR)
+    return rows[:, None] * cols[None, :]
+
+
 @torch.no_grad()
 def forward_tiled(
     model: nn.Module,
@@ -87,6 +110,7 @@ def forward_tiled(
     multiple: int | None = None,
     tiles_per_batch: int = 4,
     pad_value: float = 0.0,
+    window: str = "uniform",
 ) -> torch.Tensor:
     """Sliding-window logits of a scene of any size, averaged over overlapping tiles (see module docstring).
 
@@ -99,6 +123,7 @@ def forward_tiled(
         multiple: the stride `s`; `None` reads [`model_total_stride`].
         tiles_per_batch: tiles run together in one forward pass (each of the `N` images contributes one crop).
         pad_value: value of padded pixels.
+        window: `"uniform"` (each covering tile counts once) or `"hann"` (tile centres count more).
 
     Returns:
         float32 logits `(N, K, H, W)`. Inference only: runs under `torch.no_grad()`.
@@ -107,6 +132,8 @@ def forward_tiled(
     stride = model_total_stride(model) if multiple is None else multiple
     if tiles_per_batch < 1:
         raise ValueError(f"tiles_per_batch must be >= 1, got {tiles_per_batch}.")
+    if window not in WINDOWS:
+        raise ValueError(f"window must be one of {WINDOWS}, got {window!r}.")
     first = next(iter(named.values()))
     batch, (height, width) = first.shape[0], first.shape[-2:]
     windows = tile_grid(height, width, tile_size, tile_overlap, stride)
@@ -120,6 +147,7 @@ def forward_tiled(
         for name, value in named.items()
     }
     total: torch.Tensor | None = None
+    weight = tile_weights(tile_h, tile_w, window, first.device)
     count = torch.zeros(1, 1, grid_h, grid_w, device=first.device)
     for begin in range(0, len(windows), tiles_per_batch):
         group = windows[begin : begin + tiles_per_batch]
@@ -133,10 +161,9 @@ def forward_tiled(
         if total is None:
             total = logits.new_zeros(batch, logits.shape[1], grid_h, grid_w)
         for index, (top, left, _, _) in enumerate(group):
-            total[..., top : top + tile_h, left : left + tile_w] += logits[
-                index * batch : (index + 1) * batch
-            ]
-            count[..., top : top + tile_h, left : left + tile_w] += 1
+            tile_logits = logits[index * batch : (index + 1) * batch]
+            total[..., top : top + tile_h, left : left + tile_w] += weight * tile_logits
+            count[..., top : top + tile_h, left : left + tile_w] += weight
     return (total / count)[..., :height, :width]
 
 
@@ -147,12 +174,21 @@ def scene_logits(
     tile_overlap: int = 0,
     multiple: int | None = None,
     tiles_per_batch: int = 4,
+    window: str = "uniform",
 ) -> torch.Tensor:
     """Logits `(N, K, H, W)` of a scene of any size: [`forward_padded`] when `tile_size` is `None`, else
     [`forward_tiled`]. The single entry point for evaluation loops."""
     if tile_size is None:
         return forward_padded(model, inputs, multiple)
-    return forward_tiled(model, inputs, tile_size, tile_overlap, multiple, tiles_per_batch)
+    return forward_tiled(model, inputs, tile_size, tile_overlap, multiple, tiles_per_batch, window=window)
 
 
-__all__ = ["check_tiling", "forward_tiled", "scene_logits", "tile_grid", "tile_starts"]
+__all__ = [
+    "WINDOWS",
+    "check_tiling",
+    "forward_tiled",
+    "scene_logits",
+    "tile_grid",
+    "tile_starts",
+    "tile_weights",
+]
