@@ -154,8 +154,9 @@ def test_inflation_updates_every_config_and_saves_as_a_13_band_model(tmp_path):
         with pytest.raises(ValueError, match="The images have 3 channels but the backbone expects 4"):
             change(pixel_values_a=torch.zeros(1, 3, 64, 64), pixel_values_b=torch.zeros(1, 3, 64, 64))
 
-    classifier = inflate_stem(build("classification"), 13, RGB)
+    classifier = inflate_stem(build("classification").requires_grad_(False), 13, RGB)
     assert classifier.config.num_channels == 13
+    assert not any(p.requires_grad for p in classifier.parameters())  # a frozen stem stays frozen
 
 
 def test_inflation_refuses_peft_models_and_models_without_stem():

@@ -104,9 +104,10 @@ def inflate_stem(
             dtype=conv.weight.dtype,
         )
         new_conv.weight.copy_(inflate_kernel(conv.weight, num_channels, rgb_indices, new_band_scale))
+        new_conv.weight.requires_grad_(conv.weight.requires_grad)
         if conv.bias is not None:
             new_conv.bias.copy_(conv.bias)
-        new_conv.weight.requires_grad_(conv.weight.requires_grad)
+            new_conv.bias.requires_grad_(conv.bias.requires_grad)
         stem.patch_embeddings = new_conv
         stem.num_channels = num_channels  # ConvNextEmbeddings.forward checks the input against this attribute
     configs = [getattr(module, "config", None) for module in model.modules()]
