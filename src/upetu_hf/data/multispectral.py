@@ -120,20 +120,21 @@ def _read_array(path: Path) -> np.ndarray:
     """Decode `path` to `(C, H, W)` in its stored dtype."""
     if path.suffix.lower() in TIFF_SUFFIXES:
         try:
-            with tifffile.TiffFile(path) as tif:
-                series, shape, axes = _tiff_series(tif, path)
-                arrays = [s.asarray() for s in series]
+            tif = tifffile.TiffFile(path)
         except tifffile.TiffFileError as exc:
             raise ValueError(f"{path} is not a TIFF image: {exc}") from exc
-        except (
-            ValueError,
-            KeyError,
-            OSError,
-        ) as exc:  # tifffile's decoders: unsupported codec, corrupt strips
-            hint = (
-                " (pip install imagecodecs for LZW/JPEG/... compression)" if "imagecodecs" in str(exc) else ""
-            )
-            raise ValueError(f"{path}: cannot decode the TIFF raster: {exc}{hint}") from exc
+        with tif:
+            series, shape, axes = _tiff_series(tif, path)
+            try:
+                arrays = [s.asarray() for s in series]
+            # tifffile's decoders raise these for an unsupported codec or corrupt strips
+            except (ValueError, KeyError, OSError) as exc:
+                hint = (
+                    " (pip install imagecodecs for LZW/JPEG/... compression)"
+                    if "imagecodecs" in str(exc)
+                    else ""
+                )
+                raise ValueError(f"{path}: cannot decode the TIFF raster: {exc}{hint}") from exc
         array = (np.stack(arrays) if len(arrays) > 1 else arrays[0]).reshape(shape)
         _check_dtype(array.dtype, path)
         array = array.transpose(_band_axis_first(shape, axes, path))
