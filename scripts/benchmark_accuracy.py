@@ -66,7 +66,6 @@ import math
 import os
 import shutil
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -85,22 +84,25 @@ for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from _common import clean, cpu_model, git_state, machine_info, write_json_atomic  # noqa: E402
+from _common import clean, cpu_model, git_state, machine_info  # noqa: E402
+from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 import upetu_hf  # noqa: E402
 from upetu_hf.train import (  # noqa: E402
     DEFAULT_LR,
+    PEFT_METHODS,
+    TASK_METRICS,
+    TASKS,
     TrainingArguments,
     apply_method,
     get_task,
     parameter_summary,
     train,
 )
-from upetu_hf.train.methods import HEAD_NAMES, head_names  # noqa: E402
+from upetu_hf.train.methods import is_head_parameter  # noqa: E402
 
-SCHEMA_VERSION = 1
 #: The code whose uncommitted changes a session records.
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py")
 SHARED = REPO_ROOT.parent / "shared"
@@ -110,9 +112,6 @@ DEFAULT_PATHS = {
     "gid": SHARED / "data" / "gid5_landcover",
     "cd": [SHARED / "data" / "levir_cd_samples", SHARED / "data" / "dsifn_cd_samples"],
 }
-TASKS = ("classification", "segmentation", "change-detection")
-TASK_METRIC = {"classification": "accuracy", "segmentation": "mean_iou", "change-detection": "f1"}
-PEFT_METHODS = ("upetu", "lora", "ia3")
 #: Fraction of the backbone that `upetu-small` must stay under.
 SMALL_BUDGET = 0.01
 #: Change detection: fractions of each source folder's pairs for test and validation.
@@ -228,14 +227,6 @@ def fmt4(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (0 for a single value); `(None, None)` when empty."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 # ---------------------------------------------------------------------------------------------- machine
 def device_name(cpu: bool = False) -> str:
     """What the training API will train on: the CUDA device name, or `cpu (<model>)`."""
@@ -298,7 +289,7 @@ class TaskSetup:
 
     @property
     def metric(self) -> str:
-        return TASK_METRIC[self.task]
+        return TASK_METRICS[self.task][0]  # the training API's default selection metric
 
     def protocol(self, args: argparse.Namespace) -> dict[str, Any]:
         """The settings that change results: runs recorded under another protocol are never reused."""
@@ -464,11 +455,8 @@ def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path)
     spec = get_task(setup.task)
     probe = training_arguments(setup, args, "full", {}, work_dir / "unused", verify=True)
     class_names = spec.load_data(probe).class_names
-    base = spec.build_model(probe, class_names)
-    heads = head_names(base)
-    head = sum(p.numel() for h in heads for p in getattr(base, h).parameters())
-    total = sum(p.numel() for p in base.parameters())
-    del base
+    whole = parameter_summary(apply_method(spec.build_model(probe, class_names), "full"))
+    head, total = whole["head"], whole["total"]
 
     def adapter(method: str, **options: Any) -> int:
         targs = training_arguments(setup, args, method, options, work_dir / "unused")
@@ -521,11 +509,6 @@ def resolve_options(variant: Variant, counts: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def is_head_key(key: str) -> bool:
-    """Whether a (plain or PEFT-prefixed) weight name belongs to a task head."""
-    return any(part in HEAD_NAMES for part in key.split("."))
-
-
 def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
     """Bytes of the weights file the run wrote, and of that file re-saved with / without the head tensors.
 
@@ -539,8 +522,8 @@ def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
         metadata = handle.metadata()
         keys = list(handle.keys())
         parts = {
-            "with_head": keys if method != "linear" else [k for k in keys if is_head_key(k)],
-            "without_head": [k for k in keys if not is_head_key(k)] if method != "linear" else [],
+            "with_head": keys if method != "linear" else [k for k in keys if is_head_parameter(k)],
+            "without_head": [k for k in keys if not is_head_parameter(k)] if method != "linear" else [],
         }
         for part, chosen in parts.items():
             if not chosen:
@@ -557,11 +540,6 @@ def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def run_key(variant: str, options: dict[str, Any], lr: float, seed: int) -> str:
-    """Identifies a run within a task and protocol."""
-    return f"{variant}|{json.dumps(options, sort_keys=True)}|lr={lr:.6g}|seed={seed}"
-
-
 def execute_run(
     setup: TaskSetup,
     args: argparse.Namespace,
@@ -614,13 +592,9 @@ def execute_run(
     except (OSError, ValueError):
         record["splits"] = None
     params = result["parameters"]
-    if variant.method in PEFT_METHODS:
-        head, adapter = params["head"], params["adapter"]
-        base_total = params["total"] - params["trainable"]  # peft keeps the original heads next to the copies
-    else:
-        base_total = params["total"]
-        head = counts["head_params"]
-        adapter = params["trainable"] - head if variant.method == "full" else 0
+    head, adapter = params["head"], params["adapter"]  # the linear probe trains its heads only: adapter 0
+    # peft keeps the original heads next to the trained copies
+    base_total = params["total"] - (params["trainable"] if variant.method in PEFT_METHODS else 0)
     metric = setup.metric
     record.update(
         status="ok",
@@ -651,167 +625,6 @@ def execute_run(
     return record
 
 
-def select(runs: list[dict[str, Any]], grid: list[tuple[float, float]], seed: int) -> dict[str, Any]:
-    """The learning rate with the best validation metric among the search runs (seed `seed`); ties go to the
-    smaller learning rate. `complete` is False while a candidate is missing or failed."""
-    by_lr = {r["lr"]: r for r in runs if r["seed"] == seed and r.get("status") == "ok"}
-    candidates = [
-        {
-            "lr": lr,
-            "lr_factor": f,
-            "finished": lr in by_lr,
-            "validation_score": by_lr[lr]["validation_score"] if lr in by_lr else None,
-        }
-        for f, lr in grid
-    ]
-    scored = [c for c in candidates if c["finished"]]
-    if not scored:
-        return {"candidates": candidates, "complete": False, "lr": None}
-
-    def rank(c: dict[str, Any]) -> tuple[float, float]:  # an undefined (NaN -> None) score ranks last
-        score = c["validation_score"]
-        return (-math.inf if score is None or math.isnan(score) else score, -c["lr"])
-
-    best = max(scored, key=rank)
-    return {
-        "candidates": candidates,
-        "complete": len(scored) == len(candidates),
-        "lr": best["lr"],
-        "lr_factor": best["lr_factor"],
-        "validation_score": best["validation_score"],
-        "best_epoch": by_lr[best["lr"]]["best_epoch"],
-    }
-
-
-def summarize(state: dict[str, Any], setup: TaskSetup) -> dict[str, Any]:
-    """Per variant: the chosen learning rate and the mean +- std over seeds of the runs at that rate."""
-    summary: dict[str, Any] = {}
-    for name in state["variants"]:
-        options = state["variants"][name]["options"]
-        runs = [r for r in state["runs"] if r["variant"] == name and r["options"] == options]
-        grid = [(f, lr) for f, lr in state["variants"][name]["lr_grid"]]
-        choice = select(runs, grid, setup.seeds[0])
-        state["selection"][name] = choice
-        final = sorted(
-            (
-                r
-                for r in runs
-                if r.get("status") == "ok" and r["lr"] == choice["lr"] and r["seed"] in setup.seeds
-            ),
-            key=lambda r: r["seed"],
-        )
-        if not final:
-            continue
-        test_mean, test_std = mean_std([r["test_score"] for r in final])
-        val_mean, val_std = mean_std([r["validation_score"] for r in final])
-        first = final[0]
-        summary[name] = {
-            "label": state["variants"][name]["label"],
-            "method": first["method"],
-            "options": first["options"],
-            "lr": choice["lr"],
-            "lr_factor": choice.get("lr_factor"),
-            "selection_complete": choice["complete"],
-            "seeds": [r["seed"] for r in final],
-            "n": len(final),
-            "test_scores": [r["test_score"] for r in final],
-            "test_mean": test_mean,
-            "test_std": test_std,
-            "validation_mean": val_mean,
-            "validation_std": val_std,
-            "best_epochs": [r["best_epoch"] for r in final],
-            "trainable_params": first["trainable_params"],
-            "adapter_params": first["adapter_params"],
-            "head_params": first["head_params"],
-            "trainable_pct": first["trainable_pct"],
-            "adapter_pct_of_backbone": first["adapter_pct_of_backbone"],
-            "checkpoint_bytes": first["checkpoint_bytes"],
-            "weights_bytes_with_head": first["weights_bytes_with_head"],
-            "weights_bytes_without_head": first["weights_bytes_without_head"],
-            "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in final),
-            "train_runtime_s_mean": statistics.fmean(r["train_runtime_s"] for r in final),
-            "wall_time_s_all_runs": sum(r["wall_time_s"] for r in runs if r.get("wall_time_s")),
-            "runs_all": len(runs),
-            "devices": sorted({r["device"] for r in final}),
-            "splits": first.get("splits"),
-        }
-    return summary
-
-
-# ---------------------------------------------------------------------------------------------- state
-def new_state(setup: TaskSetup, args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA_VERSION,
-        "task": setup.task,
-        "metric": setup.metric,
-        "protocol": setup.protocol(args),
-        "sessions": [],
-        "backbone": {},
-        "variants": {},
-        "runs": [],
-        "selection": {},
-        "summary": {},
-    }
-
-
-def load_state(path: Path, setup: TaskSetup, args: argparse.Namespace) -> dict[str, Any]:
-    """The task's JSON to continue (`--resume`), or a fresh one; refuses to clobber results by accident."""
-    protocol = setup.protocol(args)
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if args.overwrite or not old.get("runs"):
-            return new_state(setup, args)
-        if not args.resume:
-            raise SystemExit(
-                f"{path} already holds {len(old['runs'])} run(s): pass --resume to continue it, or --overwrite "
-                "to start afresh."
-            )
-        if old.get("protocol") != protocol:
-            changed = sorted(
-                k
-                for k in set(protocol) | set(old.get("protocol", {}))
-                if protocol.get(k) != old.get("protocol", {}).get(k)
-            )
-            raise SystemExit(
-                f"{path} was recorded with other settings ({', '.join(changed)}); its runs cannot be mixed with "
-                "these. Use the same settings, another --output-dir, or --overwrite."
-            )
-        old["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
-        return old
-    return new_state(setup, args)
-
-
-def import_runs(state: dict[str, Any], path: Path, setup: TaskSetup, args: argparse.Namespace) -> None:
-    """Add the finished runs (and sessions) of another JSON of the same task and protocol to `state`: shards of
-    one benchmark run in parallel processes (`--methods`, separate `--output-dir`) merge this way. Files of other
-    tasks are ignored; a file of this task recorded under another protocol is refused."""
-    if not path.is_file():
-        raise SystemExit(f"--import-runs {path}: no such file")
-    other = json.loads(path.read_text())
-    if other.get("task") != setup.task:
-        return
-    if other.get("protocol") != setup.protocol(args):
-        raise SystemExit(
-            f"--import-runs {path}: recorded with other settings than this run; only shards of the same protocol "
-            "(the same flags apart from --methods, paths and runtime options) can be merged."
-        )
-    known = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
-    added = [r for r in other.get("runs", []) if r.get("status") == "ok" and r["key"] not in known]
-    state["runs"].extend(added)
-    new_sessions = [s for s in other.get("sessions", []) if s not in state["sessions"]]
-    state["sessions"].extend(new_sessions)
-    log(f"{setup.task}: imported {len(added)} finished run(s) from {path}")
-
-
-def save_state(path: Path, state: dict[str, Any], setup: TaskSetup) -> None:
-    state["summary"] = summarize(state, setup)
-    finished = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
-    planned = state.get("planned", [])
-    state["complete"] = bool(planned) and all(k in finished for k in planned)
-    state["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    write_json_atomic(path, state)
-
-
 # ---------------------------------------------------------------------------------------------- main loop
 class TaskRunner:
     """Runs the search and seed runs of one task, skipping finished ones, saving after each run."""
@@ -821,7 +634,8 @@ class TaskRunner:
         self.path = Path(args.output_dir) / f"accuracy_{setup.key}.json"
         self.state = load_state(self.path, setup, args)
         for other in args.import_runs:
-            import_runs(self.state, Path(other), setup, args)
+            added = import_runs(self.state, Path(other), setup, args)
+            log(f"{setup.task}: imported {added} finished run(s) from {other}")
         if args.resume and self.state["runs"]:
             log(f"{setup.task}: resuming {self.path} ({len(self.state['runs'])} finished run(s) kept)")
         self.done = {r["key"]: r for r in self.state["runs"] if r.get("status") == "ok"}

@@ -51,10 +51,9 @@ for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
 
 import transformers  # noqa: E402
 from _common import git_state, machine_info, write_json_atomic, write_text_atomic  # noqa: E402
-from peft import IA3Config, LoraConfig, get_peft_model  # noqa: E402
 from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
 
-import upetu_hf  # noqa: E402
+from upetu_hf.train.methods import apply_method, is_head_parameter, parameter_summary  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -62,7 +61,6 @@ warnings.filterwarnings("ignore", message=".*Profiler clears events.*", category
 
 NUM_LABELS = 21
 HEAD = "classifier"
-TARGETS = ["pwconv1", "pwconv2"]
 
 MODEL_SPECS: dict[str, tuple[list[int], list[int]]] = {
     "convnext-t": ([3, 3, 9, 3], [96, 192, 384, 768]),
@@ -133,46 +131,26 @@ def build_base(name: str, seed: int) -> ConvNextForImageClassification:
 
 
 def wrap_method(name: str, base: nn.Module) -> nn.Module:
-    """A deep copy of `base` prepared for method `name` (frozen or PEFT-wrapped as the method requires)."""
-    model = copy.deepcopy(base)
-    if name == "full":
-        model.requires_grad_(True)
-        return model
-    if name == "linear_probe":
-        model.requires_grad_(False)
-        getattr(model, HEAD).requires_grad_(True)
-        return model
-    if name.startswith("lora_r"):
-        r = int(name.removeprefix("lora_r"))
-        config = LoraConfig(r=r, lora_alpha=r, target_modules=TARGETS, modules_to_save=[HEAD])
-        return get_peft_model(model, config)
-    if name == "ia3":
-        # peft's IA3 scales the output of a target module, or its input when it is a feed-forward module:
-        # here the 4C hidden of every block is scaled after pwconv1 and again (after GELU) before pwconv2,
-        # the IA3 paper's l_ff placed on ConvNeXt's inverted-bottleneck MLP.
-        config = IA3Config(target_modules=TARGETS, feedforward_modules=["pwconv2"], modules_to_save=[HEAD])
-        return get_peft_model(model, config)
-    if name.startswith("upetu_") and name.endswith("bit"):
-        bits = int(name.removeprefix("upetu_").removesuffix("bit"))
-        return get_peft_model(model, upetu_hf.UPetuConfig(bits=bits))
-    raise ValueError(f"Unknown method {name!r}: allowed values are {', '.join(METHODS)}.")
-
-
-def is_head_param(name: str) -> bool:
-    """Whether a parameter name (plain or PEFT-wrapped) belongs to the classifier head."""
-    return HEAD in name.split(".")
+    """A deep copy of `base` made trainable for method `name` by the training API's `apply_method` (one code
+    path: LoRA with alpha = 2r, IA3 on the 4C hidden, UPetu with the classifier in `modules_to_save`)."""
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}: allowed values are {', '.join(METHODS)}.")
+    family, _, variant = name.partition("_")
+    if family == "lora":
+        return apply_method(copy.deepcopy(base), "lora", r=int(variant.removeprefix("r")))
+    if family == "upetu":
+        return apply_method(copy.deepcopy(base), "upetu", bits=int(variant.removesuffix("bit")))
+    return apply_method(copy.deepcopy(base), {"linear_probe": "linear"}.get(name, name))
 
 
 def parameter_counts(model: nn.Module, backbone: int) -> dict[str, float]:
-    """Trainable parameters: all, without the head, and the latter as a percentage of `backbone`."""
-    trainable = [(n, p.numel()) for n, p in model.named_parameters() if p.requires_grad]
-    total = sum(c for _, c in trainable)
-    without_head = sum(c for n, c in trainable if not is_head_param(n))
+    """Trainable parameters (`parameter_summary`): all, without the head, and both as a percentage of `backbone`."""
+    summary = parameter_summary(model)
     return {
-        "trainable_params": total,
-        "trainable_params_without_head": without_head,
-        "trainable_pct_of_backbone": 100.0 * without_head / backbone,
-        "trainable_pct_of_backbone_with_head": 100.0 * total / backbone,
+        "trainable_params": summary["trainable"],
+        "trainable_params_without_head": summary["adapter"],
+        "trainable_pct_of_backbone": 100.0 * summary["adapter"] / backbone,
+        "trainable_pct_of_backbone_with_head": 100.0 * summary["trainable"] / backbone,
     }
 
 
@@ -180,7 +158,7 @@ def _without_head_size(path: Path, out: Path) -> int:
     """Size in bytes of `path` re-saved (same safetensors format and metadata) without the head's tensors."""
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys() if not is_head_param(k)}
+        tensors = {k: f.get_tensor(k) for k in f.keys() if not is_head_parameter(k)}
     if not tensors:
         return 0
     save_file(tensors, str(out), metadata=metadata)
@@ -301,7 +279,7 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
     depths, widths = parse_spec(model_name)
     base = build_base(model_name, args.seed)
     base_params = sum(p.numel() for p in base.parameters())
-    head_params = sum(p.numel() for n, p in base.named_parameters() if is_head_param(n))
+    head_params = sum(p.numel() for n, p in base.named_parameters() if is_head_parameter(n))
     backbone_params = base_params - head_params
     log(f"{model_name}: {base_params:,} parameters ({backbone_params:,} backbone)")
 
@@ -483,7 +461,12 @@ def check_targets(models: dict[str, dict[str, object]]) -> list[dict[str, object
 
 
 #: The code whose uncommitted changes a run records.
-CODE_PATHS = ("src/upetu_hf/tuner", "scripts/benchmark_efficiency.py", "scripts/_common.py")
+CODE_PATHS = (
+    "src/upetu_hf/tuner",
+    "src/upetu_hf/train/methods.py",
+    "scripts/benchmark_efficiency.py",
+    "scripts/_common.py",
+)
 
 
 def fmt_bytes(n: float) -> str:
@@ -614,7 +597,8 @@ def render_markdown(results: dict[str, object]) -> str:
         "",
         "## Method notes",
         "",
-        "- LoRA: peft `LoraConfig(r, lora_alpha=r, target_modules=['pwconv1', 'pwconv2'], "
+        "- Every method is built by the training API's `apply_method`, as `upetu-train` builds it.",
+        "- LoRA: peft `LoraConfig(r, lora_alpha=2r, target_modules=['pwconv1', 'pwconv2'], "
         "modules_to_save=['classifier'])`, unmerged at inference (merged LoRA costs exactly the base model).",
         "- IA3: peft `IA3Config(target_modules=['pwconv1', 'pwconv2'], feedforward_modules=['pwconv2'], "
         "modules_to_save=['classifier'])`: scales pwconv1's output and pwconv2's input (the 4C hidden).",

@@ -34,7 +34,7 @@ from upetu_hf.train.checkpoint import (
     save_checkpoint,
 )
 from upetu_hf.train.cli import eval_main, main
-from upetu_hf.train.data import (
+from upetu_hf.train.loaders import (
     EpochSampler,
     SeededClassificationTransform,
     TransformedDataset,
@@ -526,7 +526,9 @@ def test_weight_decay_only_on_weight_matrices_and_kernels():
     names = {id(p): n for n, p in model.named_parameters()}
     decay = {names[id(p)] for p in decay_group["params"]}
     no_decay = {names[id(p)] for p in no_decay_group["params"]}
-    assert decay and all(n.endswith(("context.latent", "classifier.modules_to_save.default.weight")) for n in decay)
+    assert decay and all(
+        n.endswith(("context.latent", "classifier.modules_to_save.default.weight")) for n in decay
+    )
     assert any(n.endswith("context.latent") for n in decay)
     # k-bit (default 4-bit) Q-Linear latents are unitless codes: no decay
     for suffix in ("scale.latent", "beta.latent", "prompt.latent", "classifier.modules_to_save.default.bias",
@@ -538,7 +540,9 @@ def test_weight_decay_only_on_weight_matrices_and_kernels():
                                                              output_dir="o", bits=32))  # fmt: skip
     names = {id(p): n for n, p in full.named_parameters()}
     decay = {names[id(p)] for p in parameter_groups(full, 0.05)[0]["params"]}
-    assert any(n.endswith("down.weight.latent") for n in decay) and any(n.endswith("up.weight.latent") for n in decay)
+    assert any(n.endswith("down.weight.latent") for n in decay) and any(
+        n.endswith("up.weight.latent") for n in decay
+    )
 
 
 def test_data_order_and_augmentation_depend_only_on_seed_epoch_and_index(assets):

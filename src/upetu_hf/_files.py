@@ -85,3 +85,9 @@ def path_inside(folder: str | os.PathLike, name: str) -> Path:
     if target.resolve().parent != folder.resolve():
         raise ValueError(f"Refusing to write {target}: the name {name!r} would leave {folder}.")
     return target
+
+
+def is_local(source: str) -> bool:
+    """Whether `source` (a `--model`, `--data` or `--adapter` value) means a local path rather than a Hub id: it
+    exists, or it is spelled like a path (starts with `.`, `/` or `~`, or holds a backslash)."""
+    return source.startswith((".", "/", "~")) or "\\" in source or Path(source).expanduser().exists()

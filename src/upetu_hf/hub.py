@@ -21,7 +21,7 @@ from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ._files import file_mode, read_json, save_tensors, write_json_atomic
+from ._files import file_mode, is_local, read_json, save_tensors, write_json_atomic
 from .tuner.config import ADAPTER_WEIGHTS_NAME, PEFT_TYPE, format_metadata
 
 CARD_TAGS = ["upetu", "peft", "remote-sensing", "convnext", "parameter-efficient-fine-tuning"]
@@ -33,7 +33,7 @@ MANIFEST_VERSION = 1
 
 def _hub_id(base_model: str | None) -> str | None:
     """`base_model` for the card metadata: a Hub id, or None for a local path (which the Hub would reject)."""
-    if not base_model or base_model.startswith((".", "/", "~")) or os.path.isdir(base_model):
+    if not base_model or is_local(base_model):
         return None
     return base_model
 

@@ -8,19 +8,24 @@ metrics = train(TrainingArguments(task="classification", model="<ConvNeXt checkp
                                   output_dir="runs/ucm-upetu", train_fraction=0.5, validation_fraction=0.1))
 ```
 
-This package may import every other part of `upetu_hf`; nothing else imports it.
+A batch goes `arguments` (the run's description) -> `tasks` (data and model of the task) -> `loaders` ->
+`loop` (`train`) -> `inference` (`evaluate_loader`), with `methods` building the model to train and
+`checkpoint` / `output_dir` / `tracking` keeping what the run writes. This package may import every other part of
+`upetu_hf`; nothing else imports it.
 """
 
-from .config import DEFAULT_LR, METHODS, TASKS, TrainingArguments
-from .evaluate import EvalArguments, RunRecord, evaluate_model, load_run, load_trained_model
+from .arguments import TASK_METRICS, TASKS, EvalArguments, RunRecord, TrainingArguments
+from .inference import evaluate_model, load_run, load_trained_model
 from .loop import train
-from .methods import apply_method, parameter_groups, parameter_summary
+from .methods import DEFAULT_LR, METHODS, PEFT_METHODS, apply_method, parameter_groups, parameter_summary
 from .tasks import TaskData, TaskSpec, get_task
 
 __all__ = [
     "DEFAULT_LR",
     "METHODS",
+    "PEFT_METHODS",
     "TASKS",
+    "TASK_METRICS",
     "EvalArguments",
     "RunRecord",
     "TaskData",

@@ -32,11 +32,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .._files import read_json, save_tensors, write_json_atomic
-from .config import MODEL_IDENTITY, RESUME_FREE, TrainingArguments, resolved_identity
+from .arguments import CHECKPOINTS_DIR, MODEL_IDENTITY, RESUME_FREE, RUN_CONFIG_FILE, TrainingArguments
 
-CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
-RUN_CONFIG_FILE = "run_config.json"
 BEST_WEIGHTS_FILE = "best_model.safetensors"
 MODEL_WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -101,7 +99,7 @@ def check_compatible(
     other settings that differ (resuming with them is allowed but no longer reproduces the original run)."""
     saved = read_json(checkpoint / RUN_CONFIG_FILE, "checkpoint's run config")
     saved_args = TrainingArguments.from_dict(saved.get("arguments", {}))
-    mine, theirs = resolved_identity(args), resolved_identity(saved_args)
+    mine, theirs = args.resolved_identity(), saved_args.resolved_identity()
     identity = {k: (mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]}
     if saved.get("class_names") != list(class_names):
         identity["classes"] = (list(class_names), saved.get("class_names"))

@@ -1,26 +1,41 @@
-"""The Accelerate training loop: `train(args) -> metrics`, the Python API behind `upetu-train`."""
+"""The Accelerate training loop: `train(args) -> metrics`, the Python API behind `upetu-train`.
+
+`train` reads top to bottom as the loop: check the inputs, prepare, then for every epoch train on its batches,
+evaluate, keep the best epoch and save a checkpoint; last, score the best epoch on test and write the outputs.
+Where the run stands is one `TrainState`, saved in every checkpoint.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from peft import PeftModel
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .. import __version__
 from .._files import read_json, write_json_atomic
 from ..hub import save_adapter, save_model, upload_folder
-from .checkpoint import (
+from .accelerator import agree, make_accelerator
+from .arguments import (
     CHECKPOINTS_DIR,
+    LOG_FILE,
+    LOGS_DIR,
+    METRICS_FILE,
     RUN_CONFIG_FILE,
+    RunRecord,
+    TrainingArguments,
+)
+from .checkpoint import (
     STATE_FILE,
     Trainables,
     check_compatible,
@@ -30,27 +45,169 @@ from .checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .config import PEFT_METHODS, TrainingArguments, flat_config
-from .data import TransformedDataset, make_loader, set_epoch
-from .evaluate import RunRecord, evaluate_loader, make_accelerator
-from .methods import apply_method, parameter_groups, parameter_summary
-from .output_dir import LOGS_DIR, METRICS_FILE, OutputLock, check_output_dir, clear_previous_run
+from .inference import evaluate_loader
+from .loaders import TransformedDataset, make_loader, set_epoch
+from .methods import PEFT_METHODS, apply_method, parameter_groups, parameter_summary
+from .output_dir import OutputLock, check_output_dir, clear_previous_run
 from .tasks import TaskData, TaskSpec, get_task
-from .tracking import LOG_FILE, JsonLinesTracker, trackers, truncate_log
+from .tracking import JsonLinesTracker, trackers, truncate_log
 
-#: Task metrics that can pick the best epoch (higher is better).
-TASK_METRICS = {
-    "classification": (
-        "accuracy",
-        "balanced_accuracy",
-        "macro_f1",
-        "macro_precision",
-        "macro_recall",
-        "kappa",
-    ),
-    "segmentation": ("mean_iou", "overall_accuracy", "mean_accuracy", "mean_f1", "frequency_weighted_iou"),
-    "change-detection": ("f1", "iou", "precision", "recall", "overall_accuracy", "kappa"),
-}
+
+@dataclass
+class TrainState:
+    """Where a run stands (`trainer_state.json` of a checkpoint): position, best epoch so far, history, the loss
+    summed over the batches of the current epoch, runtime and samples seen."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    global_step: int = 0
+    best_epoch: int | None = None
+    best_score: float | None = None
+    best_metrics: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_loss_sum: float = 0.0
+    epoch_loss_count: int = 0
+    train_runtime_s: float = 0.0
+    train_samples: int = 0
+    log_lines: int | None = None
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainState:
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values})
+
+
+def train(args: TrainingArguments) -> dict[str, Any]:
+    """Train a model as `args` says and return the content of `metrics.json`.
+
+    Works on one CPU, one GPU or several processes (`torchrun` / `accelerate launch`). Every input is checked
+    before anything is written; `output_dir` then receives `run_config.json`, `logs/`, resumable checkpoints
+    under `checkpoints/` and, at the end, the trained adapter (or model) with its card and `metrics.json`. The
+    run holds a lock on `output_dir` (`.upetu-train.lock`) from start to end, so a second run is refused.
+    """
+    output_dir = Path(args.output_dir)
+    tracker_list = trackers(output_dir / LOGS_DIR)
+    accelerator = make_accelerator(
+        args.cpu,
+        args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=tracker_list,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / LOGS_DIR)
+        ),
+    )
+    args.check_device(accelerator.device.type)
+    lock = _lock_output_dir(accelerator, output_dir)
+    try:
+        run = _Run.start(args, get_task(args.task), accelerator, tracker_list[0])
+        model, optimizer, scheduler = run.trainables.model, run.trainables.optimizer, run.trainables.scheduler
+        state = run.state
+        for epoch in range(state.epoch, args.epochs):
+            model.train()
+            for batch in run.batches(epoch):
+                with accelerator.accumulate(model):
+                    loss = model(**run.spec.model_inputs(batch), labels=batch["labels"]).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and args.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
+                run.count_batch(loss)
+                if not accelerator.sync_gradients:
+                    continue
+                if not accelerator.optimizer_step_was_skipped:
+                    scheduler.step()
+                run.count_step(epoch)
+                if (
+                    isinstance(args.checkpointing_steps, int)
+                    and state.global_step % args.checkpointing_steps == 0
+                ):
+                    run.save_checkpoint()
+            run.end_epoch(epoch)
+            if args.checkpointing_steps == "epoch":
+                run.save_checkpoint()
+        return run.finish()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _lock_output_dir(accelerator: Accelerator, output_dir: Path) -> OutputLock | None:
+    """The main process locks `output_dir` for this run (collective)."""
+    lock, error = None, None
+    if accelerator.is_main_process:
+        try:
+            lock = OutputLock.acquire(output_dir)
+        except (ValueError, OSError) as err:
+            error = err
+    agree(accelerator, error)
+    return lock
+
+
+def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> tuple[Path | None, TaskData, Any, RunRecord]:
+    """Everything a run reads, checked before anything is written: checkpoint, output folder, data, model."""
+    output_dir = Path(args.output_dir)
+    checkpoint = (
+        resolve_checkpoint(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
+    )
+    check_output_dir(args, resuming=checkpoint is not None)
+    data = spec.load_data(args)
+    base = spec.load_model(args, data.class_names)
+    base.name_or_path = base.config.name_or_path = args.model  # PEFT records it as base_model_name_or_path
+    model = apply_method(base, args)
+    if checkpoint is not None:
+        changed = check_compatible(checkpoint, args, data.class_names, model)
+        if changed:
+            warnings.warn(
+                f"Resuming with changed settings {changed}: the run will differ from the original one.",
+                stacklevel=3,
+            )
+    splits = {k: len(v) for k, v in data.splits.items()}
+    record = RunRecord(args, data.class_names, {"splits": splits, "upetu_hf_version": __version__})
+    return checkpoint, data, model, record
+
+
+def _start_outputs(
+    accelerator: Accelerator, args: TrainingArguments, checkpoint: Path | None, record
+) -> None:
+    """Once every process has checked the inputs against the untouched `output_dir` (collective): clear a
+    previous run (`--overwrite`) and killed saves, cut the log back to the checkpoint, write `run_config.json`."""
+    output_dir = Path(args.output_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if args.overwrite:
+            clear_previous_run(output_dir)
+        remove_stale_temporaries(output_dir)
+        if checkpoint is not None:  # a killed or finished run logged past it
+            saved = read_json(checkpoint / STATE_FILE, "checkpoint's trainer state")
+            truncate_log(output_dir / LOGS_DIR / LOG_FILE, saved["global_step"], saved.get("log_lines"))
+        write_json_atomic(output_dir / RUN_CONFIG_FILE, record.to_dict())
+    accelerator.wait_for_everyone()
+    accelerator.init_trackers("upetu-train", config=args.flat())
+
+
+def _loaders(args: TrainingArguments, spec: TaskSpec, data: TaskData, num_processes: int):
+    """The shuffled, augmenting training loader and one evaluation loader per other split."""
+    num_labels = len(data.class_names)
+    train_set = TransformedDataset(
+        data.splits["train"], spec.transform(args, num_labels, True), seed=args.seed
+    )
+    drop_last = len(train_set) >= args.batch_size * num_processes
+    train_loader = make_loader(
+        train_set, args.batch_size, spec.collate_fn, args.seed, True, args.num_workers, drop_last=drop_last
+    )
+    eval_loaders = {
+        name: make_loader(
+            TransformedDataset(ds, spec.transform(args, num_labels, train=False)),
+            args.per_device_eval_batch_size,
+            spec.collate_fn,
+            args.seed,
+            False,
+            args.num_workers,
+        )
+        for name, ds in data.splits.items()
+        if name != "train"
+    }
+    return train_loader, eval_loaders
 
 
 def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -66,11 +223,263 @@ def _score(metrics: dict[str, Any], name: str) -> float:
     return -math.inf if value is None or math.isnan(value) else float(value)
 
 
-def _prepare_model(spec: TaskSpec, args: TrainingArguments, data: TaskData):
-    model = spec.load_model(args, data.class_names)
-    model.name_or_path = args.model  # PEFT records it as base_model_name_or_path
-    model.config.name_or_path = args.model
-    return apply_method(model, args)
+@dataclass
+class _Run:
+    """A started run: what `train` prepared, its `TrainState`, the best weights so far, the running loss of the
+    epoch (a float64 tensor per process, summed when read) and of the logging window, and the clock."""
+
+    args: TrainingArguments
+    spec: TaskSpec
+    accelerator: Accelerator
+    log: JsonLinesTracker
+    data: TaskData
+    record: RunRecord
+    trainables: Trainables
+    train_loader: Any
+    eval_loaders: dict[str, Any]
+    state: TrainState
+    best_weights: dict[str, torch.Tensor] | None
+    progress: Any = None
+    loss_sum: torch.Tensor | None = None
+    loss_count: torch.Tensor | None = None
+    window: list[float] = field(default_factory=list)  # loss, batches, samples, start time
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(cls, args: TrainingArguments, spec: TaskSpec, accelerator: Accelerator, log) -> _Run:
+        """Check the inputs, start the outputs, prepare model, optimizer, schedule and loaders, resume."""
+        set_seed(args.seed)
+        checkpoint, data, model, record = _check_inputs(args, spec)
+        _start_outputs(accelerator, args, checkpoint, record)
+        train_loader, eval_loaders = _loaders(args, spec, data, accelerator.num_processes)
+        optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.lr)
+        plain_optimizer = optimizer  # the scheduler drives the plain optimizer that Accelerate wraps
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+        eval_loaders = {
+            name: accelerator.prepare_data_loader(loader) for name, loader in eval_loaders.items()
+        }
+        total_steps = math.ceil(len(train_loader) / args.gradient_accumulation_steps) * args.epochs
+        scheduler = get_cosine_schedule_with_warmup(
+            plain_optimizer, round(args.warmup_ratio * total_steps), total_steps
+        )
+        trainables = Trainables(model, optimizer, scheduler)
+        state, best = TrainState(), None
+        if checkpoint is not None:
+            saved, best = load_checkpoint(accelerator, checkpoint, trainables)
+            state = TrainState.from_dict(saved)
+            accelerator.print(f"Resumed from {checkpoint} (epoch {state.epoch}, step {state.global_step}).")
+        if data.selection_split == "test" and accelerator.is_main_process:
+            warnings.warn(
+                "No validation split: the best epoch is selected on the test split. Pass "
+                "--validation-fraction for an unbiased test score.",
+                stacklevel=3,
+            )
+        run = cls(
+            args, spec, accelerator, log, data, record, trainables, train_loader, eval_loaders, state, best
+        )
+        main, device = accelerator.is_main_process, accelerator.device
+        run.loss_sum = torch.tensor(state.epoch_loss_sum if main else 0.0, dtype=torch.float64, device=device)
+        run.loss_count = torch.tensor(
+            state.epoch_loss_count if main else 0, dtype=torch.float64, device=device
+        )
+        run.window = [0.0, 0, 0, time.perf_counter()]
+        run.progress = tqdm(
+            total=total_steps,
+            initial=state.global_step,
+            disable=not accelerator.is_local_main_process,
+            desc=f"{spec.name} ({args.method})",
+            unit="step",
+            dynamic_ncols=True,
+        )
+        return run
+
+    @property
+    def runtime(self) -> float:
+        """Training seconds, those of the runs this one resumed included."""
+        return self.state.train_runtime_s + time.perf_counter() - self.started
+
+    @property
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.trainables.model)
+
+    def batches(self, epoch: int):
+        """The training batches of `epoch`, without those a resumed checkpoint had already seen."""
+        set_epoch(self.train_loader, epoch)
+        if not self.state.batch_in_epoch:
+            return self.train_loader
+        loader = self.accelerator.skip_first_batches(self.train_loader, self.state.batch_in_epoch)
+        set_epoch(loader, epoch)
+        return loader
+
+    def count_batch(self, loss: torch.Tensor) -> None:
+        samples = self.args.batch_size * self.accelerator.num_processes
+        self.state.batch_in_epoch += 1
+        self.state.train_samples += samples
+        value = loss.detach().to(torch.float64)
+        self.loss_sum += value
+        self.loss_count += 1
+        self.window[:3] = [self.window[0] + float(value), self.window[1] + 1, self.window[2] + samples]
+
+    def count_step(self, epoch: int) -> None:
+        """An optimizer step was taken: progress bar, and every `--logging-steps` the window's mean loss."""
+        self.state.global_step += 1
+        step = self.state.global_step
+        loss, batches, samples, start = self.window
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        self.progress.update(1)
+        self.progress.set_postfix(
+            loss=f"{loss / batches:.4f}", img_s=f"{samples / elapsed:.1f}", epoch=epoch + 1
+        )
+        if step % self.args.logging_steps:
+            return
+        mean_loss = self.accelerator.reduce(
+            torch.tensor(loss / batches, device=self.accelerator.device), "mean"
+        )
+        values = {
+            "train/loss": float(mean_loss),
+            "train/lr": self.trainables.scheduler.get_last_lr()[0],
+            "train/samples_per_second": samples / elapsed,
+            "train/epoch": epoch + 1,
+        }
+        self.accelerator.log(values, step=step)
+        self.window = [0.0, 0, 0, time.perf_counter()]
+
+    def end_epoch(self, epoch: int) -> None:
+        """Evaluate on the selection split, log the epoch, keep its weights if it is the best so far."""
+        args, state, accelerator = self.args, self.state, self.accelerator
+        total_loss = accelerator.reduce(self.loss_sum, "sum")
+        total_count = accelerator.reduce(self.loss_count, "sum")
+        self.loss_sum.zero_()
+        self.loss_count.zero_()
+        state.epoch, state.batch_in_epoch, state.epoch_loss_sum, state.epoch_loss_count = epoch + 1, 0, 0.0, 0
+        selection = self.data.selection_split
+        metrics = self.evaluate(selection)
+        score = _score(metrics, args.selection_metric)
+        entry = {
+            "epoch": epoch + 1,
+            "step": state.global_step,
+            "train_loss": float(total_loss / max(float(total_count), 1.0)),
+            **_scalars(metrics, f"{selection}/"),
+        }
+        state.history.append(entry)
+        logged = {k: v for k, v in entry.items() if k not in ("epoch", "step")}
+        accelerator.log(logged | {"train/epoch": epoch + 1}, step=state.global_step)
+        if state.best_score is None or score > state.best_score:
+            state.best_epoch, state.best_score, state.best_metrics = epoch + 1, score, metrics
+            model = self.unwrapped
+            tracked = {n for n, p in model.named_parameters() if p.requires_grad}
+            tracked |= {n for n, _ in model.named_buffers()}
+            self.best_weights = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k in tracked
+            }
+        if accelerator.is_main_process:
+            self.progress.write(
+                f"epoch {epoch + 1}/{args.epochs}: train loss {entry['train_loss']:.4f}, {selection} "
+                f"{args.selection_metric} {metrics.get(args.selection_metric, float('nan')):.4f} "
+                f"(best: epoch {state.best_epoch})",
+                file=sys.stderr,
+            )
+
+    def evaluate(self, split: str) -> dict[str, Any]:
+        return evaluate_loader(
+            self.trainables.model,
+            self.eval_loaders[split],
+            self.accelerator,
+            self.spec,
+            self.data.class_names,
+            self.args.ignore_index,
+        )
+
+    def save_checkpoint(self) -> None:
+        """A resumable checkpoint of the current step (collective); the epoch's loss is summed on the main
+        process first, so that the stored state is complete."""
+        accelerator = self.accelerator
+        self.loss_sum = accelerator.reduce(self.loss_sum, "sum")
+        self.loss_count = accelerator.reduce(self.loss_count, "sum")
+        if not accelerator.is_main_process:
+            self.loss_sum, self.loss_count = (
+                torch.zeros_like(self.loss_sum),
+                torch.zeros_like(self.loss_count),
+            )
+        state = dataclasses.replace(
+            self.state,
+            epoch_loss_sum=float(self.loss_sum),
+            epoch_loss_count=int(self.loss_count),
+            train_runtime_s=self.runtime,
+            log_lines=self.log.lines,
+        )
+        save_checkpoint(
+            accelerator,
+            self.args.output_dir,
+            state.global_step,
+            dataclasses.asdict(state),
+            self.record.to_dict(),
+            self.best_weights,
+            self.args.save_total_limit,
+            self.trainables,
+        )
+
+    def finish(self) -> dict[str, Any]:
+        """Restore the best epoch, score it on test, write the outputs (main process), end the run."""
+        args, state, accelerator = self.args, self.state, self.accelerator
+        self.progress.close()
+        train_runtime = self.runtime
+        if self.best_weights is not None:
+            loaded = self.unwrapped.load_state_dict(self.best_weights, strict=False)
+            if loaded.unexpected_keys:
+                raise RuntimeError(f"Best-epoch weights do not fit the model: {loaded.unexpected_keys[:5]}")
+        selection = self.data.selection_split
+        test_metrics = state.best_metrics if selection == "test" else None
+        if selection == "validation" and "test" in self.eval_loaders:
+            test_metrics = self.evaluate("test")
+        results = {
+            "task": self.spec.name,
+            "method": args.method,
+            "model": args.model,
+            "data": args.data,
+            "best_epoch": state.best_epoch,
+            "selection_split": selection,
+            "selection_metric": args.selection_metric,
+        }
+        if selection == "validation":
+            results["validation"] = state.best_metrics
+        if test_metrics is not None:
+            results["test"] = test_metrics
+        results["train"] = {
+            "epochs": args.epochs,
+            "steps": state.global_step,
+            "runtime_s": round(train_runtime, 2),
+            "samples_per_second": round(state.train_samples / max(train_runtime, 1e-9), 2),
+            "num_processes": accelerator.num_processes,
+            "mixed_precision": args.mixed_precision,
+        }
+        results["parameters"] = parameter_summary(self.unwrapped)
+        results["history"] = state.history
+        if test_metrics is not None:
+            accelerator.log(_scalars(test_metrics, "test/"), step=state.global_step)
+        if accelerator.is_main_process:
+            _write_outputs(self.unwrapped, args, results, self.data)
+            if not args.keep_checkpoints:
+                remove_checkpoints(args.output_dir)
+        accelerator.wait_for_everyone()
+        # Free the DDP wrapper while the process group still exists: its C++ reducer holds the group, and when it is
+        # the last holder (after `end_training`) gloo's destructor runs with the GIL held and can deadlock at exit.
+        self.trainables = self.train_loader = None
+        accelerator.free_memory()
+        accelerator.end_training()
+        return results
+
+
+def _card_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers for the model card: test metrics, the selection metric, the best epoch."""
+    card = {}
+    if results.get("test"):
+        card.update(_scalars({k: v for k, v in results["test"].items() if not k.startswith("num_")}, "test_"))
+    if results.get("validation"):
+        name = results["selection_metric"]
+        card[f"validation_{name}"] = results["validation"].get(name)
+    card["best_epoch"] = results["best_epoch"]
+    return card
 
 
 def _usage(args: TrainingArguments) -> str:
@@ -87,397 +496,27 @@ model, run = load_trained_model("<this repo id or folder>")
 ```"""
 
 
-def train(args: TrainingArguments) -> dict[str, Any]:
-    """Train a model as `args` says and return the content of `metrics.json`.
-
-    Works on one CPU, one GPU or several processes (`torchrun` / `accelerate launch`). Every input is checked
-    before anything is written; `output_dir` then receives `run_config.json`, `logs/`, resumable checkpoints
-    under `checkpoints/` and, at the end, the trained adapter (or model) with its card and `metrics.json`. The
-    run holds a lock on `output_dir` (`.upetu-train.lock`) from start to end, so a second run is refused.
-    """
-    spec = get_task(args.task)
-    if args.selection_metric not in TASK_METRICS[spec.name]:
-        raise ValueError(
-            f"--metric-for-best {args.selection_metric!r} is invalid for {spec.name}: allowed values are "
-            f"{', '.join(TASK_METRICS[spec.name])}."
-        )
-    output_dir = Path(args.output_dir)
-    tracker_list = trackers(output_dir / LOGS_DIR)
-    accelerator = make_accelerator(
-        args.cpu,
-        args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=tracker_list,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / LOGS_DIR)
-        ),
-    )
-    if args.mixed_precision == "fp16" and accelerator.device.type == "cpu":
-        raise ValueError("--mixed-precision fp16 needs a GPU; use bf16 on CPU.")
-    lock = _lock_output_dir(accelerator, output_dir)
-    try:
-        return _train(args, spec, accelerator, output_dir, tracker_list[0])
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _agree(accelerator, error: Exception | None) -> None:
-    """Raise `error` on the process that hit it and a short error on the others, so that no process waits for
-    one that gave up (collective)."""
-    failed = torch.tensor(float(error is not None), device=accelerator.device)
-    if accelerator.num_processes > 1:
-        failed = accelerator.reduce(failed, "sum")
-    if error is not None:
-        raise error
-    if float(failed) > 0:
-        raise ValueError("Another process of this run stopped with an error (see its message above).")
-
-
-def _lock_output_dir(accelerator, output_dir: Path) -> OutputLock | None:
-    """The main process locks `output_dir` for this run (collective)."""
-    lock, error = None, None
-    if accelerator.is_main_process:
-        try:
-            lock = OutputLock.acquire(output_dir)
-        except (ValueError, OSError) as err:
-            error = err
-    _agree(accelerator, error)
-    return lock
-
-
-def _resume_log(log: Path, checkpoint: Path) -> None:
-    """Cut the log back to what it held when `checkpoint` was saved (a killed or finished run logged past it)."""
-    state = read_json(checkpoint / STATE_FILE, "checkpoint's trainer state")
-    truncate_log(log, state["global_step"], state.get("log_lines"))
-
-
-def _train(
-    args: TrainingArguments, spec: TaskSpec, accelerator, output_dir: Path, log: JsonLinesTracker
-) -> dict[str, Any]:
-    set_seed(args.seed)
-
-    # ---- check everything before writing anything
-    checkpoint = (
-        resolve_checkpoint(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
-    )
-    check_output_dir(args, resuming=checkpoint is not None)
-    data = spec.load_data(args)
-    model = _prepare_model(spec, args, data)
-    if checkpoint is not None:
-        changed = check_compatible(checkpoint, args, data.class_names, model)
-        if changed:
-            warnings.warn(
-                f"Resuming with changed settings {changed}: the run will differ from the original one.",
-                stacklevel=2,
-            )
-    record = RunRecord(
-        args,
-        data.class_names,
-        {"splits": {k: len(v) for k, v in data.splits.items()}, "upetu_hf_version": __version__},
-    )
-
-    # ---- outputs: only once every process has checked the inputs against the untouched output_dir
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if args.overwrite:
-            clear_previous_run(output_dir)
-        remove_stale_temporaries(output_dir)
-        if checkpoint is not None:
-            _resume_log(output_dir / LOGS_DIR / LOG_FILE, checkpoint)
-        write_json_atomic(output_dir / RUN_CONFIG_FILE, record.to_dict())
-    accelerator.wait_for_everyone()
-    accelerator.init_trackers("upetu-train", config=flat_config(args))
-
-    # ---- data, optimizer, schedule
-    num_labels = len(data.class_names)
-    train_set = TransformedDataset(
-        data.splits["train"], spec.transform(args, num_labels, train=True), seed=args.seed
-    )
-    drop_last = len(train_set) >= args.batch_size * accelerator.num_processes
-    train_loader = make_loader(
-        train_set, args.batch_size, spec.collate_fn, args.seed, True, args.num_workers, drop_last=drop_last
-    )
-    eval_loaders = {
-        name: make_loader(
-            TransformedDataset(ds, spec.transform(args, num_labels, train=False)),
-            args.per_device_eval_batch_size,
-            spec.collate_fn,
-            args.seed,
-            False,
-            args.num_workers,
-        )
-        for name, ds in data.splits.items()
-        if name != "train"
-    }
-    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.lr)
-    schedule_optimizer = optimizer  # the scheduler drives the plain optimizer that Accelerate wraps
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    eval_loaders = {name: accelerator.prepare_data_loader(loader) for name, loader in eval_loaders.items()}
-    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * args.epochs
-    scheduler = get_cosine_schedule_with_warmup(
-        schedule_optimizer, round(args.warmup_ratio * total_steps), total_steps
-    )
-    trainables = Trainables(model, optimizer, scheduler)
-    unwrapped = accelerator.unwrap_model(model)
-    tracked = {n for n, p in unwrapped.named_parameters() if p.requires_grad} | {
-        n for n, _ in unwrapped.named_buffers()
-    }
-
-    state: dict[str, Any] = {
-        "epoch": 0,
-        "batch_in_epoch": 0,
-        "global_step": 0,
-        "best_epoch": None,
-        "best_score": None,
-        "best_metrics": None,
-        "history": [],
-        "epoch_loss_sum": 0.0,
-        "epoch_loss_count": 0,
-        "train_runtime_s": 0.0,
-        "train_samples": 0,
-    }
-    best_weights = None
-    if checkpoint is not None:
-        state, best_weights = load_checkpoint(accelerator, checkpoint, trainables)
-        accelerator.print(f"Resumed from {checkpoint} (epoch {state['epoch']}, step {state['global_step']}).")
-
-    main = accelerator.is_main_process
-    device = accelerator.device
-    loss_sum = torch.tensor(state["epoch_loss_sum"] if main else 0.0, dtype=torch.float64, device=device)
-    loss_count = torch.tensor(state["epoch_loss_count"] if main else 0, dtype=torch.float64, device=device)
-    selection = data.selection_split
-    if selection == "test" and main:
-        warnings.warn(
-            "No validation split: the best epoch is selected on the test split. Pass "
-            "--validation-fraction for an unbiased test score.",
-            stacklevel=2,
-        )
-
-    def checkpoint_now() -> None:
-        nonlocal loss_sum, loss_count
-        # fold the running epoch loss into the main process so the stored state is complete
-        loss_sum, loss_count = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(loss_count, "sum")
-        if not main:
-            loss_sum, loss_count = torch.zeros_like(loss_sum), torch.zeros_like(loss_count)
-        state["epoch_loss_sum"], state["epoch_loss_count"] = float(loss_sum), int(loss_count)
-        state["train_runtime_s"] = runtime()
-        state["log_lines"] = log.lines
-        save_checkpoint(
-            accelerator,
-            output_dir,
-            state["global_step"],
-            state,
-            record.to_dict(),
-            best_weights,
-            args.save_total_limit,
-            trainables,
-        )
-
-    segment_start = time.perf_counter()
-    runtime_before = state["train_runtime_s"]
-
-    def runtime() -> float:
-        return runtime_before + time.perf_counter() - segment_start
-
-    progress = tqdm(
-        total=total_steps,
-        initial=state["global_step"],
-        disable=not accelerator.is_local_main_process,
-        desc=f"{spec.name} ({args.method})",
-        unit="step",
-        dynamic_ncols=True,
-    )
-    window_loss, window_batches, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
-    samples_per_batch = args.batch_size * accelerator.num_processes
-    for epoch in range(state["epoch"], args.epochs):
-        model.train()
-        set_epoch(train_loader, epoch)
-        loader = train_loader
-        if state["batch_in_epoch"]:
-            loader = accelerator.skip_first_batches(train_loader, state["batch_in_epoch"])
-            set_epoch(loader, epoch)
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**spec.model_inputs(batch), labels=batch["labels"]).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            state["batch_in_epoch"] += 1
-            state["train_samples"] += samples_per_batch
-            loss_value = loss.detach().to(torch.float64)
-            loss_sum += loss_value
-            loss_count += 1
-            window_loss += float(loss_value)
-            window_batches += 1
-            window_samples += samples_per_batch
-            if not accelerator.sync_gradients:
-                continue
-            if not accelerator.optimizer_step_was_skipped:
-                scheduler.step()
-            state["global_step"] += 1
-            step = state["global_step"]
-            progress.update(1)
-            elapsed = max(time.perf_counter() - window_start, 1e-9)
-            progress.set_postfix(
-                loss=f"{window_loss / window_batches:.4f}",
-                img_s=f"{window_samples / elapsed:.1f}",
-                epoch=epoch + 1,
-            )
-            if step % args.logging_steps == 0:
-                mean_loss = accelerator.reduce(
-                    torch.tensor(window_loss / window_batches, device=device), "mean"
-                )
-                accelerator.log(
-                    {
-                        "train/loss": float(mean_loss),
-                        "train/lr": scheduler.get_last_lr()[0],
-                        "train/samples_per_second": window_samples / elapsed,
-                        "train/epoch": epoch + 1,
-                    },
-                    step=step,
-                )
-                window_loss, window_batches, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
-            if isinstance(args.checkpointing_steps, int) and step % args.checkpointing_steps == 0:
-                checkpoint_now()
-
-        # ---- end of epoch: evaluate, keep the best epoch
-        total_loss = accelerator.reduce(loss_sum, "sum")
-        total_count = accelerator.reduce(loss_count, "sum")
-        loss_sum.zero_()
-        loss_count.zero_()
-        state.update(epoch=epoch + 1, batch_in_epoch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
-        metrics = evaluate_loader(
-            model, eval_loaders[selection], accelerator, spec, data.class_names, args.ignore_index
-        )
-        score = _score(metrics, args.selection_metric)
-        entry = {
-            "epoch": epoch + 1,
-            "step": state["global_step"],
-            "train_loss": float(total_loss / max(float(total_count), 1.0)),
-            **_scalars(metrics, f"{selection}/"),
-        }
-        state["history"].append(entry)
-        accelerator.log(
-            {k: v for k, v in entry.items() if k not in ("epoch", "step")} | {"train/epoch": epoch + 1},
-            step=state["global_step"],
-        )
-        if state["best_score"] is None or score > state["best_score"]:
-            state.update(best_epoch=epoch + 1, best_score=score, best_metrics=metrics)
-            best_weights = {
-                k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items() if k in tracked
-            }
-        if main:
-            progress.write(
-                f"epoch {epoch + 1}/{args.epochs}: train loss {entry['train_loss']:.4f}, {selection} "
-                f"{args.selection_metric} {metrics.get(args.selection_metric, float('nan')):.4f} "
-                f"(best: epoch {state['best_epoch']})",
-                file=sys.stderr,
-            )
-        if args.checkpointing_steps == "epoch":
-            checkpoint_now()
-    progress.close()
-
-    # ---- the best epoch: test metrics, outputs
-    train_runtime = runtime()
-    if best_weights is not None:
-        result = unwrapped.load_state_dict(best_weights, strict=False)
-        if result.unexpected_keys:
-            raise RuntimeError(f"Best-epoch weights do not fit the model: {result.unexpected_keys[:5]}")
-    if selection == "validation" and "test" in eval_loaders:
-        test_metrics = evaluate_loader(
-            model, eval_loaders["test"], accelerator, spec, data.class_names, args.ignore_index
-        )
-    elif selection == "test":
-        test_metrics = state["best_metrics"]
-    else:
-        test_metrics = None
-    results: dict[str, Any] = {
-        "task": spec.name,
-        "method": args.method,
-        "model": args.model,
-        "data": args.data,
-        "best_epoch": state["best_epoch"],
-        "selection_split": selection,
-        "selection_metric": args.selection_metric,
-    }
-    if selection == "validation":
-        results["validation"] = state["best_metrics"]
-    if test_metrics is not None:
-        results["test"] = test_metrics
-    results["train"] = {
-        "epochs": args.epochs,
-        "steps": state["global_step"],
-        "runtime_s": round(train_runtime, 2),
-        "samples_per_second": round(state["train_samples"] / max(train_runtime, 1e-9), 2),
-        "num_processes": accelerator.num_processes,
-        "mixed_precision": args.mixed_precision,
-    }
-    results["parameters"] = parameter_summary(unwrapped)
-    results["history"] = state["history"]
-    if test_metrics is not None:
-        accelerator.log(_scalars(test_metrics, "test/"), step=state["global_step"])
-
-    if main:
-        _write_outputs(unwrapped, args, results, data)
-        if args.push_to_hub:
-            repo_id = args.hub_model_id or output_dir.resolve().name
-            upload_folder(
-                output_dir,
-                repo_id,
-                private=args.hub_private,
-                token=args.hub_token,
-                commit_message=f"upetu-train {spec.name} ({args.method})",
-                ignore_patterns=[f"{CHECKPOINTS_DIR}/**", ".*"],
-            )
-            results["hub_model_id"] = repo_id
-        if not args.keep_checkpoints:
-            remove_checkpoints(output_dir)
-    accelerator.wait_for_everyone()
-    # Free the DDP wrapper while the process group still exists: its C++ reducer holds the group, and when it is
-    # the last holder (after `end_training`) gloo's destructor runs with the GIL held and can deadlock at exit.
-    model = optimizer = train_loader = trainables = None
-    accelerator.free_memory()
-    accelerator.end_training()
-    return results
-
-
-def _card_metrics(results: dict[str, Any]) -> dict[str, Any]:
-    """The headline numbers for the model card: test metrics, the selection metric, the best epoch."""
-    card = {}
-    if results.get("test"):
-        card.update(_scalars({k: v for k, v in results["test"].items() if not k.startswith("num_")}, "test_"))
-    if results.get("validation"):
-        name = results["selection_metric"]
-        card[f"validation_{name}"] = results["validation"].get(name)
-    card["best_epoch"] = results["best_epoch"]
-    return card
-
-
 def _write_outputs(model, args: TrainingArguments, results: dict[str, Any], data: TaskData) -> None:
-    """Main process: the adapter (or model) with its card, `metrics.json`, `run_config.json`; each atomic."""
+    """Main process: the adapter (or model) with its card, `metrics.json` (each atomic), then `--push-to-hub`."""
     output_dir = Path(args.output_dir)
-    card_metrics = _card_metrics(results)
+    card = dict(metrics=_card_metrics(results), datasets=data.hub_ids or None, usage=_usage(args))
     if args.method in PEFT_METHODS:
-        assert isinstance(model, PeftModel)
-        save_adapter(
-            model, output_dir, metrics=card_metrics, datasets=data.hub_ids or None, usage=_usage(args)
-        )
+        save_adapter(model, output_dir, **card)
         results["adapter_bytes"] = (output_dir / "adapter_model.safetensors").stat().st_size
     else:
         method = {"full": "full fine-tuning", "linear": "linear probe (frozen backbone)"}[args.method]
-        save_model(
-            model,
-            output_dir,
-            base_model=args.model,
-            method=method,
-            parameters=results["parameters"],
-            metrics=card_metrics,
-            datasets=data.hub_ids or None,
-            usage=_usage(args),
-        )
+        counts = {k: results["parameters"][k] for k in ("trainable", "total")}
+        save_model(model, output_dir, base_model=args.model, method=method, parameters=counts, **card)
         results["model_bytes"] = (output_dir / "model.safetensors").stat().st_size
     write_json_atomic(output_dir / METRICS_FILE, results)
+    if args.push_to_hub:  # the folder as written, without checkpoints
+        repo_id = args.hub_model_id or output_dir.resolve().name
+        upload_folder(
+            output_dir,
+            repo_id,
+            private=args.hub_private,
+            token=args.hub_token,
+            commit_message=f"upetu-train {args.task} ({args.method})",
+            ignore_patterns=[f"{CHECKPOINTS_DIR}/**", ".*"],
+        )
+        results["hub_model_id"] = repo_id

@@ -1,25 +1,40 @@
 """Tuning methods: UPetu and the baselines (full fine-tuning, linear probe, LoRA, IA3), and what to decay.
 
-`apply_method(model, args)` returns the model to train: a `PeftModel` for the PEFT methods (UPetu, LoRA, IA3;
-task heads in `modules_to_save`), the model itself for full fine-tuning and the linear probe (only the heads
-trainable).
+`apply_method(model, "lora", r=4)` (or `apply_method(model, args)` with `TrainingArguments`) returns the model to
+train: a `PeftModel` for the PEFT methods (UPetu, LoRA, IA3; task heads in `modules_to_save`), the model itself for
+full fine-tuning and the linear probe (only the heads trainable). The training loop and both benchmark scripts use
+it, so every method is built one way.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from peft import IA3Config, LoraConfig, PeftModel, get_peft_model
+from peft import IA3Config, LoraConfig, PeftConfig, get_peft_model
 from torch import nn
 
 from ..tuner import UPetuConfig
 from ..tuner.model import KNOWN_HEADS
 from ..tuner.quantization import unitless_latents
-from .config import PEFT_METHODS, UPETU_OPTIONS
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .config import TrainingArguments
-
+METHODS = ("upetu", "full", "linear", "lora", "ia3")
+PEFT_METHODS = ("upetu", "lora", "ia3")
+#: Default learning rate of each method (used when `lr` is None). UPetu needs a high rate because its scales
+#: (`s`, `beta`) start at 0; full fine-tuning a low one.
+DEFAULT_LR = {"upetu": 1e-2, "full": 5e-4, "linear": 1e-2, "lora": 3e-3, "ia3": 3e-3}
+#: Options that only mean something for one family of methods (`r` is the UPetu bottleneck and the LoRA rank).
+UPETU_OPTIONS = (
+    "bits",
+    "prompt_size",
+    "activation",
+    "codebook",
+    "side_bits",
+    "use_eqam",
+    "use_capm",
+    "stages",
+)
+LORA_OPTIONS = ("lora_alpha", "lora_dropout")
+RANK_METHODS = ("upetu", "lora")
 #: Task heads of the three task models (classifier; UperNet decode/auxiliary heads; change-detection decoder).
 HEAD_NAMES = KNOWN_HEADS  # the heads UPetu trains by default
 #: The ConvNeXt block layers the LoRA / IA3 baselines adapt.
@@ -32,45 +47,48 @@ def head_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_children() if name in HEAD_NAMES]
 
 
-def upetu_config(args: TrainingArguments, modules_to_save: list[str] | None) -> UPetuConfig:
-    """`UPetuConfig` from the run's UPetu options; options left at None keep `UPetuConfig`'s defaults."""
-    options = {name: getattr(args, name) for name in ("r", *UPETU_OPTIONS) if getattr(args, name) is not None}
-    return UPetuConfig(modules_to_save=modules_to_save, **options)
-
-
-def method_config(args: TrainingArguments, model: nn.Module):
-    """The PEFT config of a PEFT method, with the model's task heads in `modules_to_save`."""
-    heads = head_names(model)
-    if args.method == "upetu":
-        return upetu_config(args, modules_to_save=heads or None)
-    if args.method == "lora":
-        r = args.r or DEFAULT_LORA_R
+def peft_config(method: str, heads: list[str] | None = None, **options: Any) -> PeftConfig:
+    """The PEFT config of `method` with `heads` in `modules_to_save`; options left out (or None) keep the
+    defaults: `UPetuConfig`'s for UPetu, `r=8`, `lora_alpha=2r`, no dropout for LoRA."""
+    options = {k: v for k, v in options.items() if v is not None}
+    if method == "upetu":
+        return UPetuConfig(modules_to_save=heads or None, **options)
+    if method == "lora":
+        r = options.get("r", DEFAULT_LORA_R)
         return LoraConfig(
             r=r,
-            lora_alpha=args.lora_alpha if args.lora_alpha is not None else 2 * r,
-            lora_dropout=args.lora_dropout or 0.0,
+            lora_alpha=options.get("lora_alpha", 2 * r),
+            lora_dropout=options.get("lora_dropout", 0.0),
             target_modules=list(BASELINE_TARGETS),
             modules_to_save=heads,
         )
-    if args.method == "ia3":
+    if method == "ia3":
+        # peft's IA3 scales a target's output, or its input for a feed-forward module: the 4C hidden of every block
+        # is scaled after pwconv1 and again (after GELU) before pwconv2, the paper's l_ff on ConvNeXt's MLP.
         return IA3Config(
             target_modules=list(BASELINE_TARGETS), feedforward_modules=["pwconv2"], modules_to_save=heads
         )
-    raise ValueError(f"{args.method!r} is not a PEFT method ({', '.join(PEFT_METHODS)}).")
+    raise ValueError(f"{method!r} is not a PEFT method ({', '.join(PEFT_METHODS)}).")
 
 
-def apply_method(model: nn.Module, args: TrainingArguments) -> nn.Module:
-    """Make `model` trainable the way `args.method` says and return the model to train.
+def apply_method(model: nn.Module, method: Any = "upetu", **options: Any) -> nn.Module:
+    """Make `model` trainable the way `method` says and return the model to train.
+
+    `method` is a method name with its options as keywords, or `TrainingArguments` (its method and options).
 
     - `upetu`, `lora`, `ia3`: `get_peft_model` with the heads in `modules_to_save`;
     - `full`: every parameter trains;
     - `linear`: only the task heads train (a linear probe for classification, a frozen-backbone decoder for the
       dense tasks).
     """
-    if args.method in PEFT_METHODS:
-        return get_peft_model(model, method_config(args, model))
+    if not isinstance(method, str):  # TrainingArguments
+        method, options = method.method, method.method_options()
     heads = head_names(model)
-    if args.method == "linear":
+    if method in PEFT_METHODS:
+        return get_peft_model(model, peft_config(method, heads, **options))
+    if method not in ("full", "linear") or options:
+        raise ValueError(f"apply_method({method!r}, {options}): choose one of {', '.join(METHODS)}.")
+    if method == "linear":
         if not heads:
             raise ValueError(
                 f"--method linear needs a task head ({', '.join(HEAD_NAMES)}); the model has none."
@@ -88,9 +106,7 @@ def uses_weight_decay(name: str, param: nn.Parameter) -> bool:
     layer scales, UPetu scales / betas (1-D), UPetu prompts (3-D maps added to features) or IA3 scaling vectors."""
     if param.ndim < 2:
         return False
-    if name.endswith("prompt.latent") or ".ia3_l." in name:
-        return False
-    return True
+    return not (name.endswith("prompt.latent") or ".ia3_l." in name)
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -100,26 +116,28 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     unitless = unitless_latents(model)
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if uses_weight_decay(name, param) and id(param) not in unitless else no_decay).append(
-                param
-            )
+            decayed = uses_weight_decay(name, param) and id(param) not in unitless
+            (decay if decayed else no_decay).append(param)
     if not decay and not no_decay:
         raise ValueError("The model has no trainable parameter.")
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
+def is_head_parameter(name: str) -> bool:
+    """Whether a (plain or PEFT-prefixed) parameter or weight name belongs to a task head."""
+    return any(part in HEAD_NAMES for part in name.split("."))
+
+
 def parameter_summary(model: nn.Module) -> dict[str, int]:
-    """Counts of `trainable` and `total` parameters; for PEFT models also `head` (`modules_to_save`) and
-    `adapter` (the other trainable parameters)."""
+    """Counts of `trainable` and `total` parameters, and of the trainable ones `head` (the task heads, in
+    `modules_to_save` for PEFT models) and `adapter` (the others). The head copies peft keeps are counted in
+    `total`; for full fine-tuning `adapter` is the trained backbone."""
     trainable = head = total = 0
     for name, param in model.named_parameters():
         total += param.numel()
         if param.requires_grad:
             trainable += param.numel()
-            if "modules_to_save" in name.split("."):
+            if is_head_parameter(name):
                 head += param.numel()
-    summary = {"trainable": trainable, "total": total}
-    if isinstance(model, PeftModel):
-        summary.update(adapter=trainable - head, head=head)
-    return summary
+    return {"trainable": trainable, "total": total, "adapter": trainable - head, "head": head}

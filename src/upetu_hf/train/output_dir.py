@@ -14,15 +14,18 @@ from typing import Any
 
 from .._files import read_json
 from ..hub import MANIFEST_FILE, saved_file_names
-from .checkpoint import RUN_CONFIG_FILE, remove_checkpoints
-from .config import PEFT_METHODS, TrainingArguments
+from .arguments import (
+    LOCK_FILE,
+    LOG_FILE,
+    LOGS_DIR,
+    METRICS_FILE,
+    RUN_CONFIG_FILE,
+    TENSORBOARD_RUN,
+    TrainingArguments,
+)
+from .checkpoint import remove_checkpoints
+from .methods import PEFT_METHODS
 
-LOCK_FILE = ".upetu-train.lock"
-METRICS_FILE = "metrics.json"
-LOGS_DIR = "logs"
-LOG_FILE = "log.jsonl"
-#: TensorBoard's folder inside `logs/` (Accelerate names it after the project of `init_trackers`).
-TENSORBOARD_RUN = "upetu-train"
 #: A lock file younger than this may still be being written by the run that created it.
 _FRESH_LOCK_S = 10.0
 

@@ -9,13 +9,12 @@ folder of data files (parquet, csv, json, ...) that `datasets.load_dataset` read
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict
 from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -30,34 +29,23 @@ from ..data import (
     ClassificationTransform,
     SegmentationTransform,
     add_validation_split,
-    change_detection_collate_fn,
     check_mask_files,
-    classification_collate_fn,
+    collate_fn,
     load_change_detection_folder,
     load_image_folder,
     load_segmentation_folder,
     processor_settings,
-    segmentation_collate_fn,
     stratified_split,
 )
+from ..data.sources import SPLIT_NAMES, concatenate, limit_splits, load_source, named_splits, random_split
 from ..models import (
     ConvNextForChangeDetection,
     build_change_detection_model,
     build_classification_model,
     build_segmentation_model,
 )
-from .config import TrainingArguments
-from .data import SEEDED
-
-SPLIT_NAMES = {
-    "train": "train",
-    "training": "train",
-    "val": "validation",
-    "valid": "validation",
-    "validation": "validation",
-    "test": "test",
-    "testing": "test",
-}
+from .arguments import TrainingArguments, normalize_task
+from .loaders import SEEDED
 
 
 @dataclass
@@ -74,14 +62,6 @@ class TaskData:
         return "validation" if "validation" in self.splits else "test"
 
 
-def _is_saved_dataset(path: Path) -> bool:
-    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
-
-
-def _looks_like_path(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or "\\" in source or Path(source).suffix != ""
-
-
 def _has_images(folder: Path) -> bool:
     return any(p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir())
 
@@ -90,16 +70,11 @@ class TaskSpec:
     """Everything task-specific. Subclasses set the class attributes and implement the hooks."""
 
     name: str = ""
-    #: task name understood by `upetu_hf.metrics`
-    metric_task: str = ""
     #: model inputs, in the order of the model's forward arguments
     input_names: tuple[str, ...] = ("pixel_values",)
-    #: columns after standardisation
-    columns: tuple[str, ...] = ()
     #: how the folder layout looks (for error messages)
     layout: str = ""
     transform_class: type = object
-    collate_fn: Callable[[Sequence[dict[str, Any]]], dict[str, Any]] = staticmethod(classification_collate_fn)
 
     # ------------------------------------------------------------------ data
     def is_layout(self, folder: Path) -> bool:  # pragma: no cover - abstract
@@ -109,7 +84,7 @@ class TaskSpec:
         raise NotImplementedError
 
     def standardize(self, ds: Dataset | DatasetDict, args: TrainingArguments, source: str):
-        """Rename the columns to `self.columns` and check them."""
+        """Rename the columns to the task's standard names and check them."""
         return ds
 
     def class_names(
@@ -119,55 +94,24 @@ class TaskSpec:
 
     def split(self, ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
         """Seeded random split: `fraction` of the rows first (dense tasks; classification stratifies)."""
-        order = np.random.default_rng(seed).permutation(len(ds))
-        n_first = min(max(int(np.floor(len(ds) * fraction + 0.5)), 1), len(ds) - 1)
-        return ds.select(sorted(order[:n_first].tolist())), ds.select(sorted(order[n_first:].tolist()))
+        return random_split(ds, fraction, seed)
 
     def load_source(self, source: str, args: TrainingArguments) -> tuple[Dataset | DatasetDict, str | None]:
         """Load one `--data` value; returns the dataset and its Hub id (None for local data)."""
-        path = Path(source).expanduser()
-        if path.is_dir():
-            if _is_saved_dataset(path):
-                return datasets.load_from_disk(str(path)), None
-            if self.is_layout(path):
-                return self.load_folder(path, args), None
-            subfolders = {
-                SPLIT_NAMES[p.name.lower()]: p
-                for p in sorted(path.iterdir())
-                if p.is_dir() and p.name.lower() in SPLIT_NAMES and self.is_layout(p)
-            }
-            if subfolders:
-                return DatasetDict({k: self.load_folder(p, args) for k, p in subfolders.items()}), None
-            try:
-                return datasets.load_dataset(str(path)), None
-            except Exception as err:
-                raise ValueError(
-                    f"{path} is not a {self.name} dataset folder: expected {self.layout}, train/ val/ test/ "
-                    f"sub-folders in that layout, a dataset saved with save_to_disk, or data files that "
-                    f"datasets.load_dataset reads ({type(err).__name__}: {err})."
-                ) from err
-        if path.exists():
-            raise ValueError(f"--data {source} is a file; pass a folder or a Hub dataset id.")
-        if _looks_like_path(source):
-            raise FileNotFoundError(f"Dataset folder {source} does not exist.")
-        try:
-            return datasets.load_dataset(source), source
-        except Exception as err:
-            raise ValueError(
-                f"Could not load the dataset {source!r} from the Hugging Face Hub ({type(err).__name__}: {err}). "
-                "Check the id, your connection and HF_TOKEN, or pass a local folder."
-            ) from err
+        return load_source(
+            source, self.name, self.layout, self.is_layout, lambda p: self.load_folder(p, args)
+        )
 
     def load_data(self, args: TrainingArguments) -> TaskData:
         """Load `args.data`, standardise it and build the train / validation / test splits."""
         loaded = [self.load_source(source, args) for source in args.data]
         hub_ids = [hub_id for _, hub_id in loaded if hub_id]
         parts = [self.standardize(ds, args, source) for (ds, _), source in zip(loaded, args.data)]
-        raw = parts[0] if len(parts) == 1 else self._concatenate(parts)
+        raw = concatenate(parts)
         if isinstance(raw, DatasetDict) and set(raw) == {"train"}:
             raw = raw["train"]
         if isinstance(raw, DatasetDict):
-            splits = self._named_splits(raw, args)
+            splits = named_splits(raw, args.train_fraction)
         else:
             if args.train_fraction is None:
                 raise ValueError(
@@ -180,7 +124,7 @@ class TaskSpec:
             if "validation" in splits:
                 raise ValueError("The dataset already has a validation split; drop --validation-fraction.")
             splits = self._carve_validation(splits, args.validation_fraction, args.split_seed)
-        splits = self._limit(splits, args)
+        splits = limit_splits(splits, args.max_train_samples, args.max_eval_samples, args.split_seed)
         names = self.class_names(splits, args)
         for split_name, ds in splits.items():
             if len(ds) == 0:
@@ -189,43 +133,11 @@ class TaskSpec:
             self.check_labels(splits, args, names)
         return TaskData(splits=splits, class_names=names, hub_ids=hub_ids)
 
-    def _concatenate(self, parts: list) -> Dataset | DatasetDict:
-        if all(isinstance(p, Dataset) for p in parts):
-            return datasets.concatenate_datasets(parts)
-        if all(isinstance(p, DatasetDict) for p in parts) and len({tuple(sorted(p)) for p in parts}) == 1:
-            return DatasetDict({k: datasets.concatenate_datasets([p[k] for p in parts]) for k in parts[0]})
-        raise ValueError("Several --data values must all be single folders or all have the same splits.")
-
-    def _named_splits(self, raw: DatasetDict, args: TrainingArguments) -> DatasetDict:
-        renamed = {SPLIT_NAMES.get(k.lower(), k): v for k, v in raw.items()}
-        if args.train_fraction is not None:
-            raise ValueError(
-                f"The dataset already has the splits {sorted(raw)}; --train-fraction splits a single folder."
-            )
-        if "train" not in renamed:
-            raise ValueError(f"The dataset has no train split (splits: {sorted(raw)}).")
-        if "test" not in renamed and "validation" not in renamed:
-            raise ValueError(
-                f"The dataset has no test or validation split (splits: {sorted(raw)}); pass a single folder with "
-                "--train-fraction instead."
-            )
-        return DatasetDict({k: renamed[k] for k in ("train", "validation", "test") if k in renamed})
-
     def _carve_validation(self, splits: DatasetDict, fraction: float, seed: int) -> DatasetDict:
         validation, train = self.split(splits["train"], fraction, seed)
         return DatasetDict(
             {"train": train, "validation": validation, **{k: v for k, v in splits.items() if k != "train"}}
         )
-
-    @staticmethod
-    def _limit(splits: DatasetDict, args: TrainingArguments) -> DatasetDict:
-        out = {}
-        for name, ds in splits.items():
-            limit = args.max_train_samples if name == "train" else args.max_eval_samples
-            if limit is not None and limit < len(ds):
-                ds = ds.shuffle(seed=args.split_seed).select(range(limit))
-            out[name] = ds
-        return DatasetDict(out)
 
     def check_labels(self, splits: DatasetDict, args: TrainingArguments, class_names: list[str]) -> None:
         """Check every label value of every split before training (dense tasks: the masks)."""
@@ -259,6 +171,10 @@ class TaskSpec:
     @staticmethod
     def _backbone_overrides(args: TrainingArguments) -> dict | None:
         return {"drop_path_rate": args.drop_path_rate} if args.drop_path_rate is not None else None
+
+    def collate_fn(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """A batch of transformed examples (`upetu_hf.data.collate_fn`), with the model inputs required."""
+        return collate_fn(examples, self.input_names)
 
     def model_inputs(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         return {name: batch[name] for name in self.input_names}
@@ -324,11 +240,8 @@ class ClassificationTask(TaskSpec):
     """Scene classification: `<root>/<class>/*.jpg` folders, or datasets with `image` and `label` columns."""
 
     name = "classification"
-    metric_task = "classification"
-    columns = ("image", "label")
     layout = "<root>/<class>/*.jpg (one sub-folder per class)"
     transform_class = ClassificationTransform
-    collate_fn = staticmethod(classification_collate_fn)
     model_class = AutoModelForImageClassification
 
     def is_layout(self, folder: Path) -> bool:
@@ -438,11 +351,8 @@ class SegmentationTask(_DenseTask):
     `classes.json` (`{"0": "name", ...}`) in the data folder."""
 
     name = "segmentation"
-    metric_task = "segmentation"
-    columns = ("image", "mask")
     layout = "<root>/images/* and <root>/masks/* (paired by file stem)"
     transform_class = SegmentationTransform
-    collate_fn = staticmethod(segmentation_collate_fn)
     model_class = UperNetForSemanticSegmentation
 
     def is_layout(self, folder: Path) -> bool:
@@ -522,12 +432,9 @@ class ChangeDetectionTask(_DenseTask):
     file stem; several `--data` roots are concatenated), or datasets with `image_a`, `image_b`, `label`."""
 
     name = "change-detection"
-    metric_task = "change_detection"
     input_names = ("pixel_values_a", "pixel_values_b")
-    columns = ("image_a", "image_b", "label")
     layout = "<root>/A/*, <root>/B/* and <root>/label/* (paired by file stem)"
     transform_class = ChangeDetectionTransform
-    collate_fn = staticmethod(change_detection_collate_fn)
     model_class = ConvNextForChangeDetection
     class_list = ["no-change", "change"]
 
@@ -579,6 +486,4 @@ TASK_SPECS: dict[str, TaskSpec] = {
 
 def get_task(name: str) -> TaskSpec:
     """The `TaskSpec` of `name` (`classification`, `segmentation`, `change-detection`)."""
-    from .config import normalize_task
-
     return TASK_SPECS[normalize_task(name)]

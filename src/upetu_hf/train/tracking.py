@@ -13,8 +13,7 @@ from accelerate.tracking import GeneralTracker, on_main_process
 from accelerate.utils import is_tensorboard_available
 
 from .._files import write_atomic
-
-LOG_FILE = "log.jsonl"
+from .arguments import LOG_FILE
 
 
 def _plain(value: Any) -> Any:

@@ -1,5 +1,5 @@
-"""Evaluation and prediction: the evaluation loop shared with training, reloading a trained run (a local
-`upetu-train` output folder or a Hub repo), and the `upetu-eval` Python API `evaluate_model`."""
+"""Using a trained run: the evaluation loop (shared with training), reloading a run (a local `upetu-train` output
+folder or a Hub repo), writing predictions, and the `upetu-eval` Python API `evaluate_model`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import csv
 import io
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +19,15 @@ from accelerate import Accelerator
 from peft import PeftModel
 from torch import nn
 
-from .._files import path_inside, read_json, safe_file_name, write_atomic, write_json_atomic
-from ..data import IMAGE_EXTENSIONS
-from ..hub import verify_manifest
+from .._files import is_local, path_inside, read_json, safe_file_name, write_atomic, write_json_atomic
+from ..data.sources import load_unlabeled_folder
+from ..hub import saved_file_names, verify_manifest
 from ..metrics import ConfusionMatrix, metrics_from_confusion
-from ..tuner.config import ADAPTER_WEIGHTS_NAME
-from .checkpoint import RUN_CONFIG_FILE
-from .config import MIXED_PRECISION, PEFT_METHODS, TrainingArguments
-from .data import TransformedDataset, make_loader
+from .accelerator import make_accelerator
+from .arguments import RUN_CONFIG_FILE, EvalArguments, RunRecord, TrainingArguments
+from .loaders import TransformedDataset, make_loader
+from .methods import PEFT_METHODS
 from .tasks import TaskSpec, get_task
-
-SPLITS = ("train", "validation", "test", "all")
 
 
 # ---------------------------------------------------------------------------------------------- evaluation loop
@@ -69,29 +67,12 @@ def evaluate_loader(
             on_batch({k: v.cpu() for k, v in gathered.items()})
     if not labeled:
         return {}
-    metrics = metrics_from_confusion(spec.metric_task, matrix, class_names)
+    metrics = metrics_from_confusion(spec.name, matrix, class_names)
     metrics["num_samples" if classification else "num_pixels"] = matrix.total
     return metrics
 
 
 # ---------------------------------------------------------------------------------------------- reloading
-@dataclass
-class RunRecord:
-    """What `run_config.json` holds: the arguments of the run and the class names it resolved."""
-
-    arguments: TrainingArguments
-    class_names: list[str]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"arguments": self.arguments.to_dict(), "class_names": self.class_names, **self.extra}
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RunRecord:
-        extra = {k: v for k, v in values.items() if k not in ("arguments", "class_names")}
-        return cls(TrainingArguments.from_dict(values["arguments"]), list(values["class_names"]), extra)
-
-
 def _resolve_file(source: str, filename: str, **hub_kwargs) -> Path:
     local = Path(source).expanduser()
     if local.is_dir():
@@ -101,7 +82,7 @@ def _resolve_file(source: str, filename: str, **hub_kwargs) -> Path:
                 f"{source} has no {filename}: pass the output folder of an upetu-train run (or its Hub repo)."
             )
         return path
-    if local.exists() or source.startswith((".", "/", "~")):
+    if is_local(source):
         raise FileNotFoundError(f"{source} is not an upetu-train output folder.")
     from huggingface_hub import hf_hub_download
 
@@ -128,7 +109,7 @@ def _check_saved_folder(source: str, adapter: bool) -> None:
     folder = Path(source).expanduser()
     if not folder.is_dir():
         return
-    for name in ("adapter_config.json", ADAPTER_WEIGHTS_NAME) if adapter else ("config.json",):
+    for name in saved_file_names(adapter)[: 2 if adapter else 1]:  # the configuration (and adapter weights)
         path = folder / name
         if not path.is_file():
             raise FileNotFoundError(
@@ -161,47 +142,11 @@ def load_trained_model(source: str, model: str | None = None, **hub_kwargs) -> t
     return trained.eval(), record
 
 
-# ---------------------------------------------------------------------------------------------- data
-def _unlabeled_folder(spec: TaskSpec, folder: Path) -> datasets.Dataset | None:
-    """Images without labels, for predictions: a flat image folder (classification, segmentation; or its
-    `images/` sub-folder) or `A/` + `B/` folders (change detection). None if `folder` is not such a folder."""
-
-    def images(path: Path) -> dict[str, Path]:
-        return {
-            p.stem: p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        }
-
-    if spec.name == "change-detection":
-        if not ((folder / "A").is_dir() and (folder / "B").is_dir()):
-            return None
-        a, b = images(folder / "A"), images(folder / "B")
-        unpaired = sorted(set(a) ^ set(b))
-        if unpaired:
-            raise ValueError(f"Unpaired images in {folder}/A and {folder}/B: {unpaired[:10]}.")
-        names = sorted(a)
-        columns = {
-            "image_a": [str(a[n]) for n in names],
-            "image_b": [str(b[n]) for n in names],
-            "name": names,
-        }
-        features = {"image_a": datasets.Image(), "image_b": datasets.Image()}
-    else:
-        source = folder / "images" if (folder / "images").is_dir() else folder
-        found = images(source)
-        if not found:
-            return None
-        columns = {"image": [str(p) for p in found.values()], "name": list(found)}
-        features = {"image": datasets.Image()}
-    return datasets.Dataset.from_dict(
-        columns, features=datasets.Features({**features, "name": datasets.Value("string")})
-    )
-
-
 def evaluation_dataset(spec: TaskSpec, args: TrainingArguments, split: str) -> tuple[datasets.Dataset, bool]:
     """The dataset to evaluate (`split` of the run's splits, or `all` of `args.data`) and whether it is labeled."""
     if split == "all":
         if len(args.data) == 1 and Path(args.data[0]).is_dir() and not spec.is_layout(Path(args.data[0])):
-            unlabeled = _unlabeled_folder(spec, Path(args.data[0]))
+            unlabeled = load_unlabeled_folder(Path(args.data[0]), paired=spec.name == "change-detection")
             if unlabeled is not None:
                 return unlabeled, False
         loaded = [spec.standardize(spec.load_source(s, args)[0], args, s) for s in args.data]
@@ -289,79 +234,12 @@ class PredictionWriter:
 
 
 # ---------------------------------------------------------------------------------------------- API
-@dataclass
-class EvalArguments:
-    """Settings of `upetu-eval`. Data settings left at None are taken from the trained run (so by default the
-    run's own test split is evaluated, reproducing the reported metrics)."""
-
-    adapter: str
-    model: str | None = None
-    data: list[str] | None = None
-    split: str = "test"
-    train_fraction: float | None = None
-    validation_fraction: float | None = None
-    split_seed: int | None = None
-    max_eval_samples: int | None = None
-    image_size: int | None = None
-    resize: int | None = None
-    batch_size: int | None = None
-    predict_dir: str | None = None
-    metrics_file: str | None = None
-    mixed_precision: str = "no"
-    num_workers: int = 0
-    cpu: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.data, str):
-            self.data = [self.data]
-        if self.split not in SPLITS:
-            raise ValueError(f"--split {self.split!r} is invalid: allowed values are {', '.join(SPLITS)}.")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(
-                f"--mixed-precision {self.mixed_precision!r} is invalid: use {', '.join(MIXED_PRECISION)}."
-            )
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"--batch-size={self.batch_size} is invalid: it must be >= 1.")
-
-
-def make_accelerator(cpu: bool, mixed_precision: str, **kwargs) -> Accelerator:
-    """An `Accelerator`; on machines without an accelerator it is forced to CPU, which is also what makes
-    `torchrun` / `accelerate launch --multi_gpu` start a multi-process gloo run there.
-
-    In a single process (a notebook calling `train` twice, say) the state of a previous run is cleared first,
-    so each call may choose its own mixed precision and accumulation steps.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        from accelerate.state import AcceleratorState, GradientState
-
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
-    has_accelerator = torch.cuda.is_available() or (
-        hasattr(torch, "accelerator") and torch.accelerator.current_accelerator() is not None
-    )
-    return Accelerator(cpu=cpu or not has_accelerator, mixed_precision=mixed_precision, **kwargs)
-
-
 def evaluate_model(args: EvalArguments) -> dict[str, Any]:
     """Evaluate a trained run on a dataset and/or write its predictions; returns the metrics (`{}` for
     unlabeled data). Runs on one or several processes (`torchrun` / `accelerate launch`)."""
     accelerator = make_accelerator(args.cpu, args.mixed_precision)
     model, record = load_trained_model(args.adapter, args.model)
-    run = record.arguments
-    overrides = {
-        k: v
-        for k, v in dict(
-            data=args.data,
-            train_fraction=args.train_fraction,
-            validation_fraction=args.validation_fraction,
-            split_seed=args.split_seed,
-            max_eval_samples=args.max_eval_samples,
-            image_size=args.image_size,
-            resize=args.resize,
-        ).items()
-        if v is not None
-    }
-    run = replace(run, **overrides)
+    run = replace(record.arguments, **args.data_overrides())
     spec = get_task(run.task)
     ds, labeled = evaluation_dataset(spec, run, args.split)
     if labeled and spec.name == "classification" and list(ds.features["label"].names) != record.class_names:

@@ -1,0 +1,568 @@
+"""A run's description: `TrainingArguments` and `EvalArguments` (every option, its default, its command-line help,
+and all validation), the run record (`run_config.json`) and the names of every file a run writes.
+
+Each field's metadata holds its command-line help, its group and the tasks it applies to; `cli.py` builds the
+parsers from them, so every default exists once, here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import metrics
+from .methods import (
+    DEFAULT_LR,
+    LORA_OPTIONS,
+    METHODS,
+    RANK_METHODS,
+    UPETU_OPTIONS,
+    peft_config,
+)
+
+TASKS = ("classification", "segmentation", "change-detection")
+DENSE_TASKS = ("segmentation", "change-detection")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+SPLITS = ("train", "validation", "test", "all")
+#: Task metrics that can pick the best epoch (higher is better); the first is the default.
+TASK_METRICS = {
+    "classification": (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "macro_precision",
+        "macro_recall",
+        "kappa",
+    ),
+    "segmentation": ("mean_iou", "overall_accuracy", "mean_accuracy", "mean_f1", "frequency_weighted_iou"),
+    "change-detection": ("f1", "iou", "precision", "recall", "overall_accuracy", "kappa"),
+}
+
+# ---- what a run writes into --output-dir (besides the adapter or model files of `upetu_hf.hub`)
+RUN_CONFIG_FILE = "run_config.json"
+METRICS_FILE = "metrics.json"
+LOGS_DIR = "logs"
+LOG_FILE = "log.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".upetu-train.lock"
+#: TensorBoard's folder inside `logs/` (Accelerate names it after the project of `init_trackers`).
+TENSORBOARD_RUN = "upetu-train"
+
+#: Fields that define the trained model: a checkpoint is only resumable by a run that agrees on all of them.
+MODEL_IDENTITY = (
+    "task",
+    "model",
+    "method",
+    "r",
+    *UPETU_OPTIONS,
+    *LORA_OPTIONS,
+    "head_hidden_size",
+    "class_names",
+    "num_labels",
+    "ignore_index",
+)
+#: Fields that may differ between a run and the run it resumes without changing the result.
+RESUME_FREE = (
+    "output_dir",
+    "resume_from_checkpoint",
+    "overwrite",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private",
+    "hub_token",
+    "num_workers",
+    "logging_steps",
+    "keep_checkpoints",
+    "save_total_limit",
+    "checkpointing_steps",
+    "verify_images",
+    "cpu",
+)
+#: Never written to disk.
+SECRET_FIELDS = ("hub_token",)
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a field: `prompt_size` -> `--prompt-size`."""
+    return "--" + name.replace("_", "-")
+
+
+def normalize_task(task: str) -> str:
+    """`"change_detection"` / `"change-detection"` / `"cd"` -> `"change-detection"`; raise on unknown tasks. The
+    aliases are those of `upetu_hf.metrics.normalize_task`, spelled with dashes."""
+    try:
+        return metrics.normalize_task(task).replace("_", "-")
+    except ValueError:
+        raise ValueError(f"task={task!r} is invalid: allowed values are {', '.join(TASKS)}.") from None
+
+
+def option(
+    default: Any = None, help: str | dict[str, str] | None = None, group: str | None = None, **cli: Any
+):
+    """A dataclass field with its command-line form: `help` (a text, or one per task with `"*"` for the others),
+    `group` (of the help), `tasks` (those whose parser offers it; default all) and argparse keywords (`flag`,
+    `action`, `choices`, ...) where the type annotation does not say them."""
+    tasks = cli.pop("tasks", TASKS)
+    repr_ = cli.pop("repr", True)
+    metadata = {"help": help, "group": group, "tasks": tasks, "cli": cli}
+    if default is dataclasses.MISSING:
+        return field(metadata=metadata, repr=repr_)
+    return field(default=default, metadata=metadata, repr=repr_)
+
+
+def required(help: str, group: str | None = "required", **cli: Any):
+    """A field without default: a required command-line option."""
+    return option(dataclasses.MISSING, help, group, **cli)
+
+
+METHOD, OPTIM, DATA, MODEL, RUN = "method", "optimisation", "data", "model", "checkpoints, logging, outputs"
+
+
+@dataclass
+class TrainingArguments:
+    """Every setting of a `upetu-train` run; `upetu_hf.train.train(args)` consumes it.
+
+    Options left at `None` take a documented default: `lr` the method's default (`DEFAULT_LR`), the UPetu
+    options those of `UPetuConfig`, `image_size` the checkpoint's image-processor size (classification) or no
+    crop (dense tasks).
+    """
+
+    task: str
+    model: str = required("Hub model id or local folder of a ConvNeXt checkpoint.")
+    data: list[str] = required(
+        {
+            "change-detection": "Hub dataset id or local folder (several roots are concatenated).",
+            "*": "Hub dataset id or local folder.",
+        }
+    )
+    output_dir: str = required("Where the run writes its outputs.")
+    # method options (UPetu; `r` is also the LoRA rank)
+    method: str = option(
+        "upetu",
+        "upetu (default), or a baseline: full fine-tuning, linear probe, lora, ia3.",
+        METHOD,
+        choices=METHODS,
+    )
+    r: int | None = option(None, "UPetu EQAM bottleneck (default 16) / LoRA rank (default 8).", METHOD)
+    bits: int | None = option(None, "UPetu: Q-Linear bit width 1, 2, 4 (default), 8 or 32.", METHOD)
+    prompt_size: int | None = option(None, "UPetu: side of the CAPM prompt maps (default 4).", METHOD)
+    activation: str | None = option(None, "UPetu: EQAM activation (default gelu).", METHOD)
+    codebook: str | None = option(None, "UPetu: lloyd (default) or quantile.", METHOD)
+    side_bits: int | None = option(None, "UPetu: side-tensor storage bits 8, 16 or 32.", METHOD)
+    use_eqam: bool | None = option(
+        None, "UPetu: no EQAM.", METHOD, flag="--no-eqam", action="store_const", const=False
+    )
+    use_capm: bool | None = option(
+        None, "UPetu: no CAPM.", METHOD, flag="--no-capm", action="store_const", const=False
+    )
+    stages: list[int] | None = option(None, "UPetu: 0-based stages to adapt (default all).", METHOD)
+    lora_alpha: float | None = option(None, "LoRA: alpha (default 2 * r).", METHOD)
+    lora_dropout: float | None = option(None, "LoRA: dropout (default 0).", METHOD)
+    # optimisation
+    epochs: int = option(10, None, OPTIM)
+    batch_size: int = option(32, "Per-process training batch size.", OPTIM)
+    eval_batch_size: int | None = option(
+        None, "Per-process evaluation batch size (default --batch-size).", OPTIM
+    )
+    lr: float | None = option(
+        None,
+        f"Peak learning rate (defaults: {', '.join(f'{m} {lr:g}' for m, lr in DEFAULT_LR.items())}).",
+        OPTIM,
+    )
+    weight_decay: float = option(
+        0.05, "AdamW weight decay on weight matrices and kernels only (default 0.05).", OPTIM
+    )
+    warmup_ratio: float = option(0.05, "Linear warmup share of the steps.", OPTIM)
+    gradient_accumulation_steps: int = option(1, None, OPTIM)
+    max_grad_norm: float = option(1.0, "Gradient clipping (0 = off).", OPTIM)
+    mixed_precision: str = option("no", "fp16 needs a GPU.", OPTIM, choices=MIXED_PRECISION)
+    seed: int = option(42, None, OPTIM)
+    # data
+    image_size: int | None = option(
+        None,
+        {
+            "classification": "Input size (default: the checkpoint's image processor, else 224).",
+            "*": "Random training crop (default: whole images).",
+        },
+        DATA,
+    )
+    train_fraction: float | None = option(
+        None, "Split a single folder: this share of each class trains, the rest tests (UCM-55: 0.5).", DATA
+    )
+    validation_fraction: float | None = option(
+        None, "Carve this share of train out as validation; the best epoch is then picked on it.", DATA
+    )
+    split_seed: int = option(0, "Seed of the splits (default 0).", DATA)
+    max_train_samples: int | None = option(None, None, DATA)
+    max_eval_samples: int | None = option(None, None, DATA)
+    image_column: str | None = option(None, "Image column of a Hub dataset.", DATA)
+    label_column: str | None = option(None, "Label (mask) column of a Hub dataset.", DATA)
+    verify_images: bool = option(
+        True, "Skip decoding every local image before training.", DATA, flag="--no-verify-images"
+    )
+    num_workers: int = option(0, "DataLoader workers per process.", DATA)
+    resize: int | None = option(
+        None, "Resize images and masks to this size first (train and eval).", DATA, tasks=DENSE_TASKS
+    )
+    ignore_index: int = option(255, "Label value ignored by loss and metrics.", DATA, tasks=DENSE_TASKS)
+    num_labels: int | None = option(
+        None, "Number of classes (or --class-names, or classes.json).", DATA, tasks=("segmentation",)
+    )
+    class_names: list[str] | None = option(
+        None, "Class names, in label order.", DATA, tasks=("segmentation",)
+    )
+    # model
+    drop_path_rate: float | None = option(None, "Stochastic depth of the backbone.", MODEL)
+    metric_for_best: str | None = option(
+        None, "Metric that picks the best epoch (default: accuracy / mean_iou / f1).", MODEL
+    )
+    head_hidden_size: int | None = option(
+        None, "Channels of the decoder (default: the model's).", MODEL, tasks=DENSE_TASKS
+    )
+    # checkpoints, logging, outputs
+    checkpointing_steps: int | str | None = option(
+        "epoch", "Save a resumable checkpoint every N optimizer steps, every 'epoch' (default) or 'no'.", RUN
+    )
+    save_total_limit: int = option(2, "Checkpoints kept (default 2).", RUN)
+    keep_checkpoints: bool = option(False, "Keep checkpoints/ after a successful run.", RUN)
+    resume_from_checkpoint: str | None = option(
+        None,
+        "Resume from a checkpoint folder, or 'latest' (the default when given without a value).",
+        RUN,
+        nargs="?",
+        const="latest",
+    )
+    overwrite: bool = option(
+        False, "Replace the previous upetu-train run in --output-dir (only its own files).", RUN
+    )
+    logging_steps: int = option(10, None, RUN)
+    push_to_hub: bool = option(False, "Upload the outputs to the Hub at the end.", RUN)
+    hub_model_id: str | None = option(
+        None, "Hub repo of --push-to-hub (default: the output folder's name).", RUN
+    )
+    hub_private: bool = option(False, None, RUN)
+    hub_token: str | None = option(None, "Hub token (default: the logged-in one).", RUN, repr=False)
+    cpu: bool = option(False, "Train on CPU even if a GPU is available.", RUN)
+
+    def __post_init__(self) -> None:
+        self.task = normalize_task(self.task)
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        self.data = [str(d) for d in self.data]
+        self.output_dir = str(self.output_dir)
+        if isinstance(self.checkpointing_steps, str) and self.checkpointing_steps.isdigit():
+            self.checkpointing_steps = int(self.checkpointing_steps)
+        if self.checkpointing_steps in ("no", "none", 0):
+            self.checkpointing_steps = None
+        self.validate()
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.method]
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise `ValueError` with a message naming the offending option (as a command-line flag)."""
+        _check(
+            self.method in METHODS,
+            f"--method {self.method!r} is invalid: allowed values are {', '.join(METHODS)}.",
+        )
+        _check(bool(self.model), "--model is required: a Hub model id or a local ConvNeXt checkpoint folder.")
+        _check(len(self.data) >= 1, "--data is required: a Hub dataset id or a local folder.")
+        _check(bool(self.output_dir), "--output-dir is required.")
+        self._validate_numbers()
+        self._validate_task_options()
+        self._validate_run_options()
+        self._validate_method_options()
+
+    def _validate_numbers(self) -> None:
+        for name in (
+            "epochs",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+            "save_total_limit",
+        ):
+            value = getattr(self, name)
+            _check(
+                isinstance(value, int) and value >= 1, f"{flag(name)}={value!r} is invalid: it must be >= 1."
+            )
+        for name in (
+            "eval_batch_size",
+            "max_train_samples",
+            "max_eval_samples",
+            "num_labels",
+            "head_hidden_size",
+        ):
+            value = getattr(self, name)
+            _check(
+                value is None or (isinstance(value, int) and value >= 1),
+                f"{flag(name)}={value!r} is invalid: it must be a positive integer.",
+            )
+        _check(self.lr is None or self.lr > 0, f"--lr={self.lr!r} is invalid: it must be > 0.")
+        _check(self.weight_decay >= 0, f"--weight-decay={self.weight_decay!r} is invalid: it must be >= 0.")
+        _check(
+            0 <= self.warmup_ratio < 1, f"--warmup-ratio={self.warmup_ratio!r} is invalid: use 0 <= x < 1."
+        )
+        _check(
+            self.max_grad_norm >= 0, f"--max-grad-norm={self.max_grad_norm!r} is invalid: use >= 0 (0 = off)."
+        )
+        _check(
+            self.mixed_precision in MIXED_PRECISION,
+            f"--mixed-precision {self.mixed_precision!r} is invalid: allowed values are {', '.join(MIXED_PRECISION)}.",
+        )
+        _check(self.num_workers >= 0, f"--num-workers={self.num_workers!r} is invalid: it must be >= 0.")
+        for name in ("train_fraction", "validation_fraction"):
+            value = getattr(self, name)
+            _check(
+                value is None or 0 < value < 1,
+                f"{flag(name)}={value!r} is invalid: it must lie strictly between 0 and 1.",
+            )
+        _check(
+            self.drop_path_rate is None or 0 <= self.drop_path_rate < 1,
+            f"--drop-path-rate={self.drop_path_rate!r} is invalid: use 0 <= x < 1.",
+        )
+
+    def _validate_task_options(self) -> None:
+        if self.task != "change-detection":
+            _check(
+                len(self.data) == 1,
+                f"--data takes one dataset for {self.task}, got {len(self.data)}: {self.data}.",
+            )
+        if self.image_size is not None:
+            _check(self.image_size >= 32, f"--image-size={self.image_size} is invalid: it must be >= 32.")
+            _check(
+                self.task != "change-detection" or self.image_size % 32 == 0,
+                f"--image-size={self.image_size} is invalid for change detection: it must be a multiple of "
+                "32 (the backbone stride), e.g. 256.",
+            )
+        if self.resize is not None:
+            _check(self.task != "classification", "--resize applies to the dense tasks; use --image-size.")
+            _check(self.resize >= 32, f"--resize={self.resize} is invalid: it must be >= 32.")
+        if self.task == "classification":
+            for name in ("num_labels", "class_names"):
+                _check(
+                    getattr(self, name) is None,
+                    f"{flag(name)} applies to segmentation only; classification takes its classes from the dataset.",
+                )
+        if self.task == "change-detection":
+            _check(
+                self.class_names is None and self.num_labels in (None, 2),
+                "change detection is binary (no change / change): --num-labels and --class-names do not apply.",
+            )
+        if self.class_names is not None and self.num_labels is not None:
+            _check(
+                len(self.class_names) == self.num_labels,
+                f"--class-names has {len(self.class_names)} names but --num-labels is {self.num_labels}.",
+            )
+        _check(
+            self.selection_metric in TASK_METRICS[self.task],
+            f"--metric-for-best {self.selection_metric!r} is invalid for {self.task}: allowed values are "
+            f"{', '.join(TASK_METRICS[self.task])}.",
+        )
+
+    def _validate_run_options(self) -> None:
+        cp = self.checkpointing_steps
+        _check(
+            cp is None or cp == "epoch" or (isinstance(cp, int) and cp >= 1),
+            f"--checkpointing-steps={cp!r} is invalid: use a positive number of steps, 'epoch' or 'no'.",
+        )
+        _check(
+            not (self.overwrite and self.resume_from_checkpoint),
+            "--overwrite and --resume-from-checkpoint exclude each other: resuming continues the run in "
+            "--output-dir, --overwrite starts it afresh.",
+        )
+        _check(
+            self.hub_model_id is None or self.push_to_hub, "--hub-model-id is only used with --push-to-hub."
+        )
+
+    def _validate_method_options(self) -> None:
+        misplaced = []
+        if self.method != "upetu":
+            misplaced += [n for n in UPETU_OPTIONS if getattr(self, n) is not None]
+        if self.method != "lora":
+            misplaced += [n for n in LORA_OPTIONS if getattr(self, n) is not None]
+        if self.method not in RANK_METHODS and self.r is not None:
+            misplaced.append("r")
+        if misplaced:
+            owners = (
+                {n: "UPetu" for n in UPETU_OPTIONS} | {n: "LoRA" for n in LORA_OPTIONS} | {"r": "UPetu/LoRA"}
+            )
+            described = ", ".join(f"{flag(n)} ({owners[n]})" for n in misplaced)
+            raise ValueError(
+                f"{described} do(es) not apply to --method {self.method}: remove them, or choose the method they "
+                "belong to."
+            )
+        if self.method == "upetu":
+            self.peft_config()  # UPetuConfig checks the values now, before anything is loaded or written
+        _check(
+            self.r is None or (isinstance(self.r, int) and self.r >= 1),
+            f"--r={self.r!r} is invalid: it must be a positive integer.",
+        )
+        _check(
+            self.lora_dropout is None or 0 <= self.lora_dropout < 1,
+            f"--lora-dropout={self.lora_dropout!r} is invalid: use 0 <= x < 1.",
+        )
+
+    def check_device(self, device_type: str) -> None:
+        """Refuse settings the device the run got cannot honour (known once Accelerate has chosen it)."""
+        _check(
+            not (self.mixed_precision == "fp16" and device_type == "cpu"),
+            "--mixed-precision fp16 needs a GPU; use bf16 on CPU.",
+        )
+
+    # ------------------------------------------------------------------ derived values
+    def method_options(self) -> dict[str, Any]:
+        """The options given for the method (`r`, the UPetu or the LoRA options), for `apply_method`."""
+        names = {"upetu": ("r", *UPETU_OPTIONS), "lora": ("r", *LORA_OPTIONS)}.get(self.method, ())
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+    def peft_config(self, heads: list[str] | None = None):
+        """The PEFT config of a PEFT method with every default resolved (`upetu_hf.train.methods.peft_config`)."""
+        return peft_config(self.method, heads, **self.method_options())
+
+    @property
+    def selection_metric(self) -> str:
+        """The metric that picks the best epoch (higher is better)."""
+        return self.metric_for_best or TASK_METRICS[self.task][0]
+
+    @property
+    def per_device_eval_batch_size(self) -> int:
+        return self.eval_batch_size or self.batch_size
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """All fields except secrets (`hub_token`), JSON-serialisable."""
+        values = dataclasses.asdict(self)
+        for name in SECRET_FIELDS:
+            values.pop(name, None)
+        return values
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingArguments:
+        """Inverse of `to_dict`; unknown keys (from a newer version) are ignored with a warning."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            warnings.warn(f"Ignoring unknown run-config keys {unknown}.", stacklevel=2)
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def differences(self, other: TrainingArguments | dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """`{field: (self value, other value)}` for every field that differs."""
+        mine = self.to_dict()
+        theirs = other.to_dict() if isinstance(other, TrainingArguments) else dict(other)
+        keys = sorted(set(mine) | set(theirs))
+        return {k: (mine.get(k), theirs.get(k)) for k in keys if mine.get(k) != theirs.get(k)}
+
+    def resolved_identity(self) -> dict[str, Any]:
+        """The `MODEL_IDENTITY` fields with every default resolved, so that `--bits 4` equals leaving the default 4
+        and `./model/` equals `model`. Classes and head width are left out (`None`): the resolved class list and the
+        tensor shapes of a checkpoint are compared instead."""
+        values = {name: getattr(self, name) for name in MODEL_IDENTITY}
+        path = Path(self.model).expanduser()
+        values.update(
+            model=str(path.resolve()) if path.is_dir() else self.model,
+            class_names=None,
+            num_labels=None,
+            head_hidden_size=None,
+        )
+        if self.method == "upetu":
+            config = self.peft_config()
+            values.update({name: getattr(config, name) for name in ("r", *UPETU_OPTIONS)})
+            values["side_bits"] = config.effective_side_bits
+            values["stages"] = sorted(config.stages) if config.stages is not None else None
+        elif self.method == "lora":
+            config = self.peft_config()
+            values.update(
+                r=config.r, lora_alpha=float(config.lora_alpha), lora_dropout=float(config.lora_dropout)
+            )
+        return values
+
+    def flat(self) -> dict[str, Any]:
+        """The run config with only `str`/`int`/`float`/`bool` values, as experiment trackers want it."""
+        return {
+            k: json.dumps(v) if v is None or isinstance(v, (list, tuple, dict)) else v
+            for k, v in self.to_dict().items()
+        }
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass
+class EvalArguments:
+    """Settings of `upetu-eval`. Data settings left at None are taken from the trained run (so by default the
+    run's own test split is evaluated, reproducing the reported metrics)."""
+
+    adapter: str = required("Output folder of an upetu-train run, or the Hub repo it was pushed to.", None)
+    model: str | None = option(None, "Base checkpoint (default: the run's --model).")
+    data: list[str] | None = option(None, "Dataset (default: the run's).")
+    split: str = option(
+        "test", "Which split of the run's splits to use, or 'all' of --data (default test).", choices=SPLITS
+    )
+    train_fraction: float | None = option()
+    validation_fraction: float | None = option()
+    split_seed: int | None = option()
+    max_eval_samples: int | None = option()
+    image_size: int | None = option()
+    resize: int | None = option()
+    batch_size: int | None = option()
+    predict_dir: str | None = option(
+        None, "Write predictions here: predictions.csv, or one PNG mask per image."
+    )
+    metrics_file: str | None = option(None, "Also write the metrics to this JSON file.")
+    mixed_precision: str = option("no", choices=MIXED_PRECISION)
+    num_workers: int = option(0)
+    cpu: bool = option(False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        _check(
+            self.split in SPLITS,
+            f"--split {self.split!r} is invalid: allowed values are {', '.join(SPLITS)}.",
+        )
+        _check(
+            self.mixed_precision in MIXED_PRECISION,
+            f"--mixed-precision {self.mixed_precision!r} is invalid: use {', '.join(MIXED_PRECISION)}.",
+        )
+        _check(
+            self.batch_size is None or self.batch_size >= 1,
+            f"--batch-size={self.batch_size} is invalid: it must be >= 1.",
+        )
+
+    def data_overrides(self) -> dict[str, Any]:
+        """The data settings given, which replace the trained run's."""
+        names = (
+            "data",
+            "train_fraction",
+            "validation_fraction",
+            "split_seed",
+            "max_eval_samples",
+            "image_size",
+        )
+        return {k: getattr(self, k) for k in (*names, "resize") if getattr(self, k) is not None}
+
+
+@dataclass
+class RunRecord:
+    """What `run_config.json` holds: the arguments of the run and the class names it resolved."""
+
+    arguments: TrainingArguments
+    class_names: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arguments": self.arguments.to_dict(), "class_names": self.class_names, **self.extra}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunRecord:
+        extra = {k: v for k, v in values.items() if k not in ("arguments", "class_names")}
+        return cls(TrainingArguments.from_dict(values["arguments"]), list(values["class_names"]), extra)

@@ -1,0 +1,53 @@
+"""`scripts/make_report.py` renders the committed `results/` files (written by earlier versions of the benchmark
+scripts): the results JSON schema stays readable, and the key numbers reach the README section."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+RESULTS = REPO_ROOT / "results"
+
+
+def load_report():
+    if "make_report" in sys.modules:
+        return sys.modules["make_report"]
+    spec = importlib.util.spec_from_file_location("make_report", REPO_ROOT / "scripts" / "make_report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_report"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not list(RESULTS.glob("accuracy_*.json")), reason="no committed results/accuracy_*.json")
+def test_committed_results_render_with_their_numbers(tmp_path, capsys):
+    for path in RESULTS.glob("*.json"):
+        shutil.copy(path, tmp_path / path.name)
+    readme = tmp_path / "README.md"
+    readme.write_text("# p\n\n<!-- results:start -->\nold\n<!-- results:end -->\n")
+    argv = ["--results-dir", str(tmp_path), "--readme", str(readme)]
+    section = load_report().main([*argv, "--plot", str(tmp_path / "plot.png")])
+    summary = (tmp_path / "accuracy_summary.md").read_text()
+    assert section in readme.read_text() and "old" not in readme.read_text()
+    for path in RESULTS.glob("accuracy_*.json"):
+        state = json.loads(path.read_text())
+        assert state["summary"], path.name
+        for name, entry in state["summary"].items():
+            if entry["test_mean"] is None:
+                continue
+            shown = f"{100 * entry['test_mean']:.2f} ± {100 * entry['test_std']:.2f}"
+            assert f"| {entry['label']} | {shown} |" in section, (path.name, name, shown)
+            assert shown in summary
+    efficiency = RESULTS / "efficiency.json"
+    if efficiency.is_file():
+        targets = [t for t in json.loads(efficiency.read_text())["targets"] if t["primary"]]
+        assert targets
+        for t in targets:
+            if "bytes" not in t["target"]:
+                assert f"| {t['target']} | {t['value']:.2f} | {'yes' if t['met'] else '**no**'} |" in section
+    assert "has a layout this report does not know" not in section
