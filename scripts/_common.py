@@ -38,15 +38,25 @@ def clean(value: Any) -> Any:
     return value
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """`path.write_text(text)` through `upetu_hf`'s atomic writer (a temporary file in the same folder, then
-    `os.replace`, with the umask's file mode), so a crash never leaves a half-written file."""
-    write_atomic(path, text)
+#: `path.write_text(text)` through `upetu_hf`'s one atomic writer (a temporary file in the same folder, then
+#: `os.replace`, with the umask's file mode), so a crash never leaves a half-written file.
+write_text_atomic = write_atomic
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """`clean(data)` as indented JSON, written atomically (`write_text_atomic`)."""
-    write_text_atomic(path, json.dumps(clean(data), indent=1, allow_nan=False) + "\n")
+    write_atomic(path, json.dumps(clean(data), indent=1, allow_nan=False) + "\n")
+
+
+def fmt_count(n: float | None) -> str:
+    """Parameter counts in K / M (`-` for None)."""
+    if n is None:
+        return "-"
+    if n >= 1e6:
+        return f"{n / 1e6:.2f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return str(int(n))
 
 
 def cpu_model() -> str:

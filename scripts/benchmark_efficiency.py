@@ -50,7 +50,7 @@ for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
         sys.path.insert(0, str(_path))
 
 import transformers  # noqa: E402
-from _common import git_state, machine_info, write_json_atomic, write_text_atomic  # noqa: E402
+from _common import fmt_count, git_state, machine_info, write_json_atomic, write_text_atomic  # noqa: E402
 from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
 
 from upetu_hf.train.methods import apply_method, is_head_parameter, parameter_summary  # noqa: E402
@@ -475,15 +475,6 @@ def fmt_bytes(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{int(n)} B"
-
-
-def fmt_count(n: float) -> str:
-    """Parameter counts in K / M."""
-    if n >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f}K"
-    return str(int(n))
 
 
 def render_markdown(results: dict[str, object]) -> str:

@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT / "scripts") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-from _common import write_text_atomic  # noqa: E402
+from _common import fmt_count, write_text_atomic  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 TASK_ORDER = ("classification", "segmentation", "change-detection")
@@ -93,17 +93,6 @@ def fmt_bytes(n: float | None) -> str:
     if n >= 1e6:
         return f"{n / 1e6:.2f} MB"
     return f"{n / 1e3:.1f} KB"
-
-
-def fmt_count(n: float | None) -> str:
-    """Parameter counts in K / M."""
-    if n is None:
-        return "-"
-    if n >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f}K"
-    return str(int(n))
 
 
 def fmt_seconds(s: float | None) -> str:

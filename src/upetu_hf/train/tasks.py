@@ -197,6 +197,24 @@ class TaskSpec:
         raise NotImplementedError
 
 
+def _columns(ds: Dataset, args: TrainingArguments, source: str, label: str) -> Dataset:
+    """The image column (`--image-column`, default `image`) and the label column (`--label-column`, default
+    `label`), renamed `image` and `label`: classification casts the images to `datasets.Image`; segmentation
+    (`label="mask"`) keeps a `name` column."""
+    image, given = args.image_column or "image", args.label_column or label
+    for column, option in ((image, "--image-column"), (given, "--label-column")):
+        if column not in ds.column_names:
+            raise ValueError(
+                f"Dataset {source} has no column {column!r} (columns: {ds.column_names}); name the right "
+                f"column with {option}."
+            )
+    if label == "label" and not isinstance(ds.features[image], datasets.Image):
+        ds = ds.cast_column(image, datasets.Image())
+    keep = [image, given] + (["name"] if label == "mask" and "name" in ds.column_names else [])
+    ds = ds.select_columns(keep)
+    return ds.rename_columns({k: v for k, v in {image: "image", given: label}.items() if k != v})
+
+
 def check_model_source(model: str) -> None:
     """Fail early, naming it, when `--model` is neither a checkpoint folder nor a valid Hub model id."""
     path = Path(model).expanduser()
@@ -260,23 +278,9 @@ class ClassificationTask(TaskSpec):
 
     def standardize(self, ds, args, source):
         if isinstance(ds, DatasetDict):
-            parts = DatasetDict({k: self._columns(v, args, source) for k, v in ds.items()})
+            parts = DatasetDict({k: _columns(v, args, source, "label") for k, v in ds.items()})
             return self._encode_labels(parts, source)
-        return self._encode_labels(DatasetDict(all=self._columns(ds, args, source)), source)["all"]
-
-    @staticmethod
-    def _columns(ds: Dataset, args: TrainingArguments, source: str) -> Dataset:
-        image, label = args.image_column or "image", args.label_column or "label"
-        for column, option in ((image, "--image-column"), (label, "--label-column")):
-            if column not in ds.column_names:
-                raise ValueError(
-                    f"Dataset {source} has no column {column!r} (columns: {ds.column_names}); name the right "
-                    f"column with {option}."
-                )
-        if not isinstance(ds.features[image], datasets.Image):
-            ds = ds.cast_column(image, datasets.Image())
-        ds = ds.select_columns([image, label])
-        return ds.rename_columns({k: v for k, v in {image: "image", label: "label"}.items() if k != v})
+        return self._encode_labels(DatasetDict(all=_columns(ds, args, source, "label")), source)["all"]
 
     @staticmethod
     def _encode_labels(parts: DatasetDict, source: str) -> DatasetDict:
@@ -363,21 +367,8 @@ class SegmentationTask(_DenseTask):
 
     def standardize(self, ds, args, source):
         if isinstance(ds, DatasetDict):
-            return DatasetDict({k: self._columns(v, args, source) for k, v in ds.items()})
-        return self._columns(ds, args, source)
-
-    @staticmethod
-    def _columns(ds: Dataset, args: TrainingArguments, source: str) -> Dataset:
-        image, mask = args.image_column or "image", args.label_column or "mask"
-        for column, option in ((image, "--image-column"), (mask, "--label-column")):
-            if column not in ds.column_names:
-                raise ValueError(
-                    f"Dataset {source} has no column {column!r} (columns: {ds.column_names}); name the right "
-                    f"column with {option}."
-                )
-        keep = [image, mask] + (["name"] if "name" in ds.column_names else [])
-        ds = ds.select_columns(keep)
-        return ds.rename_columns({k: v for k, v in {image: "image", mask: "mask"}.items() if k != v})
+            return DatasetDict({k: _columns(v, args, source, "mask") for k, v in ds.items()})
+        return _columns(ds, args, source, "mask")
 
     def class_names(self, ds: DatasetDict, args: TrainingArguments) -> list[str]:
         if args.class_names:
