@@ -98,3 +98,26 @@ def test_resolved_identity_resolves_the_method_defaults():
     lora = TrainingArguments(**base, method="lora", r=4).resolved_identity()
     assert (lora["r"], lora["lora_alpha"], lora["lora_dropout"]) == (4, 8.0, 0.0)
     assert TrainingArguments(**base, method="lora", r=4, lora_alpha=8).resolved_identity() == lora
+
+
+BAD = {
+    "count": 0,
+    "optional count": 0,
+    "positive": 0.0,
+    "non-negative": -1,
+    "fraction": 1.5,
+    "rate": 1.0,
+    "clip": -1,
+}
+
+
+@pytest.mark.parametrize(
+    "field",
+    [f for f in dataclasses.fields(TrainingArguments) if f.metadata.get("check")],
+    ids=lambda f: f.name,
+)
+def test_every_checked_field_refuses_a_bad_value_by_its_flag(field):
+    base = dict(task="segmentation", model="m", data="d", output_dir="o", method="lora")
+    TrainingArguments(**base)  # the defaults pass
+    with pytest.raises(ValueError, match=f"^--{field.name.replace('_', '-')}=.* is invalid"):
+        TrainingArguments(**base, **{field.name: BAD[field.metadata["check"]]})

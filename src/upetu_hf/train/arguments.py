@@ -100,15 +100,30 @@ def normalize_task(task: str) -> str:
         raise ValueError(f"task={task!r} is invalid: allowed values are {', '.join(TASKS)}.") from None
 
 
+#: Value checks of single fields (`option(check=...)`): what a valid value is, and the message's end otherwise.
+CHECKS = {
+    "count": (lambda v: isinstance(v, int) and v >= 1, "it must be >= 1"),
+    "optional count": (
+        lambda v: v is None or (isinstance(v, int) and v >= 1),
+        "it must be a positive integer",
+    ),
+    "positive": (lambda v: v is None or v > 0, "it must be > 0"),
+    "non-negative": (lambda v: v >= 0, "it must be >= 0"),
+    "fraction": (lambda v: v is None or 0 < v < 1, "it must lie strictly between 0 and 1"),
+    "rate": (lambda v: v is None or 0 <= v < 1, "use 0 <= x < 1"),
+    "clip": (lambda v: v >= 0, "use >= 0 (0 = off)"),
+}
+
+
 def option(
     default: Any = None, help: str | dict[str, str] | None = None, group: str | None = None, **cli: Any
 ):
     """A dataclass field with its command-line form: `help` (a text, or one per task with `"*"` for the others),
-    `group` (of the help), `tasks` (those whose parser offers it; default all) and argparse keywords (`flag`,
-    `action`, `choices`, ...) where the type annotation does not say them."""
-    tasks = cli.pop("tasks", TASKS)
-    repr_ = cli.pop("repr", True)
-    metadata = {"help": help, "group": group, "tasks": tasks, "cli": cli}
+    `group` (of the help), `tasks` (those whose parser offers it; default all), `check` (one of `CHECKS`, which
+    `validate` applies) and argparse keywords (`flag`, `action`, `choices`, ...) where the type annotation does not
+    say them."""
+    tasks, repr_, check = cli.pop("tasks", TASKS), cli.pop("repr", True), cli.pop("check", None)
+    metadata = {"help": help, "group": group, "tasks": tasks, "check": check, "cli": cli}
     if default is dataclasses.MISSING:
         return field(metadata=metadata, repr=repr_)
     return field(default=default, metadata=metadata, repr=repr_)
@@ -147,7 +162,9 @@ class TrainingArguments:
         METHOD,
         choices=METHODS,
     )
-    r: int | None = option(None, "UPetu EQAM bottleneck (default 16) / LoRA rank (default 8).", METHOD)
+    r: int | None = option(
+        None, "UPetu EQAM bottleneck (default 16) / LoRA rank (default 8).", METHOD, check="optional count"
+    )
     bits: int | None = option(None, "UPetu: Q-Linear bit width 1, 2, 4 (default), 8 or 32.", METHOD)
     prompt_size: int | None = option(None, "UPetu: side of the CAPM prompt maps (default 4).", METHOD)
     activation: str | None = option(None, "UPetu: EQAM activation (default gelu).", METHOD)
@@ -161,24 +178,28 @@ class TrainingArguments:
     )
     stages: list[int] | None = option(None, "UPetu: 0-based stages to adapt (default all).", METHOD)
     lora_alpha: float | None = option(None, "LoRA: alpha (default 2 * r).", METHOD)
-    lora_dropout: float | None = option(None, "LoRA: dropout (default 0).", METHOD)
+    lora_dropout: float | None = option(None, "LoRA: dropout (default 0).", METHOD, check="rate")
     # optimisation
-    epochs: int = option(10, None, OPTIM)
-    batch_size: int = option(32, "Per-process training batch size.", OPTIM)
+    epochs: int = option(10, None, OPTIM, check="count")
+    batch_size: int = option(32, "Per-process training batch size.", OPTIM, check="count")
     eval_batch_size: int | None = option(
-        None, "Per-process evaluation batch size (default --batch-size).", OPTIM
+        None, "Per-process evaluation batch size (default --batch-size).", OPTIM, check="optional count"
     )
     lr: float | None = option(
         None,
         f"Peak learning rate (defaults: {', '.join(f'{m} {lr:g}' for m, lr in DEFAULT_LR.items())}).",
         OPTIM,
+        check="positive",
     )
     weight_decay: float = option(
-        0.05, "AdamW weight decay on weight matrices and kernels only (default 0.05).", OPTIM
+        0.05,
+        "AdamW weight decay on weight matrices and kernels only (default 0.05).",
+        OPTIM,
+        check="non-negative",
     )
-    warmup_ratio: float = option(0.05, "Linear warmup share of the steps.", OPTIM)
-    gradient_accumulation_steps: int = option(1, None, OPTIM)
-    max_grad_norm: float = option(1.0, "Gradient clipping (0 = off).", OPTIM)
+    warmup_ratio: float = option(0.05, "Linear warmup share of the steps.", OPTIM, check="rate")
+    gradient_accumulation_steps: int = option(1, None, OPTIM, check="count")
+    max_grad_norm: float = option(1.0, "Gradient clipping (0 = off).", OPTIM, check="clip")
     mixed_precision: str = option("no", "fp16 needs a GPU.", OPTIM, choices=MIXED_PRECISION)
     seed: int = option(42, None, OPTIM)
     # data
@@ -191,43 +212,57 @@ class TrainingArguments:
         DATA,
     )
     train_fraction: float | None = option(
-        None, "Split a single folder: this share of each class trains, the rest tests (UCM-55: 0.5).", DATA
+        None,
+        "Split a single folder: this share of each class trains, the rest tests (UCM-55: 0.5).",
+        DATA,
+        check="fraction",
     )
     validation_fraction: float | None = option(
-        None, "Carve this share of train out as validation; the best epoch is then picked on it.", DATA
+        None,
+        "Carve this share of train out as validation; the best epoch is then picked on it.",
+        DATA,
+        check="fraction",
     )
     split_seed: int = option(0, "Seed of the splits (default 0).", DATA)
-    max_train_samples: int | None = option(None, None, DATA)
-    max_eval_samples: int | None = option(None, None, DATA)
+    max_train_samples: int | None = option(None, None, DATA, check="optional count")
+    max_eval_samples: int | None = option(None, None, DATA, check="optional count")
     image_column: str | None = option(None, "Image column of a Hub dataset.", DATA)
     label_column: str | None = option(None, "Label (mask) column of a Hub dataset.", DATA)
     verify_images: bool = option(
         True, "Skip decoding every local image before training.", DATA, flag="--no-verify-images"
     )
-    num_workers: int = option(0, "DataLoader workers per process.", DATA)
+    num_workers: int = option(0, "DataLoader workers per process.", DATA, check="non-negative")
     resize: int | None = option(
         None, "Resize images and masks to this size first (train and eval).", DATA, tasks=DENSE_TASKS
     )
     ignore_index: int = option(255, "Label value ignored by loss and metrics.", DATA, tasks=DENSE_TASKS)
     num_labels: int | None = option(
-        None, "Number of classes (or --class-names, or classes.json).", DATA, tasks=("segmentation",)
+        None,
+        "Number of classes (or --class-names, or classes.json).",
+        DATA,
+        tasks=("segmentation",),
+        check="optional count",
     )
     class_names: list[str] | None = option(
         None, "Class names, in label order.", DATA, tasks=("segmentation",)
     )
     # model
-    drop_path_rate: float | None = option(None, "Stochastic depth of the backbone.", MODEL)
+    drop_path_rate: float | None = option(None, "Stochastic depth of the backbone.", MODEL, check="rate")
     metric_for_best: str | None = option(
         None, "Metric that picks the best epoch (default: accuracy / mean_iou / f1).", MODEL
     )
     head_hidden_size: int | None = option(
-        None, "Channels of the decoder (default: the model's).", MODEL, tasks=DENSE_TASKS
+        None,
+        "Channels of the decoder (default: the model's).",
+        MODEL,
+        tasks=DENSE_TASKS,
+        check="optional count",
     )
     # checkpoints, logging, outputs
     checkpointing_steps: int | str | None = option(
         "epoch", "Save a resumable checkpoint every N optimizer steps, every 'epoch' (default) or 'no'.", RUN
     )
-    save_total_limit: int = option(2, "Checkpoints kept (default 2).", RUN)
+    save_total_limit: int = option(2, "Checkpoints kept (default 2).", RUN, check="count")
     keep_checkpoints: bool = option(False, "Keep checkpoints/ after a successful run.", RUN)
     resume_from_checkpoint: str | None = option(
         None,
@@ -239,7 +274,7 @@ class TrainingArguments:
     overwrite: bool = option(
         False, "Replace the previous upetu-train run in --output-dir (only its own files).", RUN
     )
-    logging_steps: int = option(10, None, RUN)
+    logging_steps: int = option(10, None, RUN, check="count")
     push_to_hub: bool = option(False, "Upload the outputs to the Hub at the end.", RUN)
     hub_model_id: str | None = option(
         None, "Hub repo of --push-to-hub (default: the output folder's name).", RUN
@@ -278,51 +313,14 @@ class TrainingArguments:
         self._validate_method_options()
 
     def _validate_numbers(self) -> None:
-        for name in (
-            "epochs",
-            "batch_size",
-            "gradient_accumulation_steps",
-            "logging_steps",
-            "save_total_limit",
-        ):
-            value = getattr(self, name)
-            _check(
-                isinstance(value, int) and value >= 1, f"{flag(name)}={value!r} is invalid: it must be >= 1."
-            )
-        for name in (
-            "eval_batch_size",
-            "max_train_samples",
-            "max_eval_samples",
-            "num_labels",
-            "head_hidden_size",
-        ):
-            value = getattr(self, name)
-            _check(
-                value is None or (isinstance(value, int) and value >= 1),
-                f"{flag(name)}={value!r} is invalid: it must be a positive integer.",
-            )
-        _check(self.lr is None or self.lr > 0, f"--lr={self.lr!r} is invalid: it must be > 0.")
-        _check(self.weight_decay >= 0, f"--weight-decay={self.weight_decay!r} is invalid: it must be >= 0.")
-        _check(
-            0 <= self.warmup_ratio < 1, f"--warmup-ratio={self.warmup_ratio!r} is invalid: use 0 <= x < 1."
-        )
-        _check(
-            self.max_grad_norm >= 0, f"--max-grad-norm={self.max_grad_norm!r} is invalid: use >= 0 (0 = off)."
-        )
+        for spec in dataclasses.fields(self):
+            if spec.metadata.get("check"):
+                valid, requirement = CHECKS[spec.metadata["check"]]
+                value = getattr(self, spec.name)
+                _check(valid(value), f"{flag(spec.name)}={value!r} is invalid: {requirement}.")
         _check(
             self.mixed_precision in MIXED_PRECISION,
             f"--mixed-precision {self.mixed_precision!r} is invalid: allowed values are {', '.join(MIXED_PRECISION)}.",
-        )
-        _check(self.num_workers >= 0, f"--num-workers={self.num_workers!r} is invalid: it must be >= 0.")
-        for name in ("train_fraction", "validation_fraction"):
-            value = getattr(self, name)
-            _check(
-                value is None or 0 < value < 1,
-                f"{flag(name)}={value!r} is invalid: it must lie strictly between 0 and 1.",
-            )
-        _check(
-            self.drop_path_rate is None or 0 <= self.drop_path_rate < 1,
-            f"--drop-path-rate={self.drop_path_rate!r} is invalid: use 0 <= x < 1.",
         )
 
     def _validate_task_options(self) -> None:
@@ -397,14 +395,6 @@ class TrainingArguments:
             )
         if self.method == "upetu":
             self.peft_config()  # UPetuConfig checks the values now, before anything is loaded or written
-        _check(
-            self.r is None or (isinstance(self.r, int) and self.r >= 1),
-            f"--r={self.r!r} is invalid: it must be a positive integer.",
-        )
-        _check(
-            self.lora_dropout is None or 0 <= self.lora_dropout < 1,
-            f"--lora-dropout={self.lora_dropout!r} is invalid: use 0 <= x < 1.",
-        )
 
     def check_device(self, device_type: str) -> None:
         """Refuse settings the device the run got cannot honour (known once Accelerate has chosen it)."""

@@ -125,6 +125,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
             run.end_epoch(epoch)
             if args.checkpointing_steps == "epoch":
                 run.save_checkpoint()
+        del model, optimizer, scheduler  # `finish` frees the DDP wrapper before the process group ends
         return run.finish()
     finally:
         if lock is not None:
