@@ -7,7 +7,7 @@ import math
 import os
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ import numpy as np
 import peft
 import torch
 import transformers
+from safetensors import safe_open
+from safetensors.torch import save
 
 import upetu_hf
 from upetu_hf._files import write_atomic
@@ -57,6 +59,15 @@ def fmt_count(n: float | None) -> str:
     if n >= 1e3:
         return f"{n / 1e3:.1f}K"
     return str(int(n))
+
+
+def resaved_bytes(path: Path, keep: Callable[[str], bool]) -> int:
+    """Bytes of the safetensors file `path` saved again (same format and metadata) with only the tensors whose
+    names `keep` accepts; 0 when it accepts none. How the benchmarks size a weights file without its task head."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys() if keep(k)}
+    return len(save(tensors, metadata=metadata)) if tensors else 0
 
 
 def cpu_model() -> str:

@@ -84,10 +84,8 @@ for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from _common import clean, cpu_model, git_state, machine_info  # noqa: E402
+from _common import clean, cpu_model, git_state, machine_info, resaved_bytes  # noqa: E402
 from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select  # noqa: E402
-from safetensors import safe_open  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
 
 import upetu_hf  # noqa: E402
 from upetu_hf.train import (  # noqa: E402
@@ -517,26 +515,17 @@ def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
     """
     name = "adapter_model.safetensors" if method in PEFT_METHODS else "model.safetensors"
     path = run_dir / name
-    out: dict[str, Any] = {"checkpoint_file": name, "checkpoint_bytes": path.stat().st_size}
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        keys = list(handle.keys())
-        parts = {
-            "with_head": keys if method != "linear" else [k for k in keys if is_head_parameter(k)],
-            "without_head": [k for k in keys if not is_head_parameter(k)] if method != "linear" else [],
-        }
-        for part, chosen in parts.items():
-            if not chosen:
-                out[f"weights_bytes_{part}"] = 0
-                continue
-            if part == "with_head" and method != "linear":
-                out[f"weights_bytes_{part}"] = out["checkpoint_bytes"]
-                continue
-            tmp = run_dir / f".{part}.safetensors.tmp"
-            save_file({k: handle.get_tensor(k) for k in chosen}, str(tmp), metadata=metadata)
-            out[f"weights_bytes_{part}"] = tmp.stat().st_size
-            tmp.unlink()
-    return out
+    size = path.stat().st_size
+    if method == "linear":
+        with_head, without_head = resaved_bytes(path, is_head_parameter), 0
+    else:
+        with_head, without_head = size, resaved_bytes(path, lambda key: not is_head_parameter(key))
+    return {
+        "checkpoint_file": name,
+        "checkpoint_bytes": size,
+        "weights_bytes_with_head": with_head,
+        "weights_bytes_without_head": without_head,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- runs

@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -50,7 +49,7 @@ for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
         sys.path.insert(0, str(_path))
 
 import transformers  # noqa: E402
-from _common import fmt_count, git_state, machine_info, write_json_atomic, write_text_atomic  # noqa: E402
+from _common import fmt_count, git_state, machine_info, resaved_bytes, write_json_atomic, write_text_atomic  # noqa: E402
 from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
 
 from upetu_hf.train.methods import apply_method, is_head_parameter, parameter_summary  # noqa: E402
@@ -154,17 +153,6 @@ def parameter_counts(model: nn.Module, backbone: int) -> dict[str, float]:
     }
 
 
-def _without_head_size(path: Path, out: Path) -> int:
-    """Size in bytes of `path` re-saved (same safetensors format and metadata) without the head's tensors."""
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys() if not is_head_parameter(k)}
-    if not tensors:
-        return 0
-    save_file(tensors, str(out), metadata=metadata)
-    return out.stat().st_size
-
-
 def disk_sizes(name: str, model: nn.Module, workdir: Path) -> dict[str, object]:
     """Bytes of the weights file `save_pretrained` writes for this method, with and without the head."""
     folder = workdir / name
@@ -184,7 +172,7 @@ def disk_sizes(name: str, model: nn.Module, workdir: Path) -> dict[str, object]:
     return {
         "file": path.name,
         "disk_bytes_with_head": path.stat().st_size,
-        "disk_bytes_without_head": _without_head_size(path, folder / "without_head.safetensors.tmp"),
+        "disk_bytes_without_head": resaved_bytes(path, lambda key: not is_head_parameter(key)),
     }
 
 
