@@ -260,17 +260,11 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Namespace) -> dict[str, object]:
-    """Every measurement of one model size, all methods interleaved."""
+def build_methods(
+    base: nn.Module, methods: Sequence[str], backbone_params: int, args: argparse.Namespace
+) -> tuple[dict[str, dict[str, object]], list[Method]]:
+    """Every method on a copy of `base`, with its parameter counts and sizes on disk (`results`), ready to train."""
     device = torch.device(args.device)
-    loadavg_start, wall_start, cpu_start = os.getloadavg(), time.perf_counter(), time.process_time()
-    depths, widths = parse_spec(model_name)
-    base = build_base(model_name, args.seed)
-    base_params = sum(p.numel() for p in base.parameters())
-    head_params = sum(p.numel() for n, p in base.named_parameters() if is_head_parameter(n))
-    backbone_params = base_params - head_params
-    log(f"{model_name}: {base_params:,} parameters ({backbone_params:,} backbone)")
-
     results: dict[str, dict[str, object]] = {}
     built: list[Method] = []
     with tempfile.TemporaryDirectory(prefix="upetu-bench-") as workdir:
@@ -286,21 +280,23 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
             optimizer = torch.optim.AdamW(trainable, lr=args.lr)
             built.append(Method(name, model, optimizer, trainable))
             results[name] = entry
-    base.to(device).eval()
+    return results, built
 
-    generator = torch.Generator().manual_seed(args.seed)
-    size = args.image_size
-    pixels = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device)
-    labels = torch.randint(0, NUM_LABELS, (args.batch_size,), generator=generator).to(device)
 
-    # Training: warm-up rounds, one memory-measured step per method (also a warm-up), then timed rounds.
+def measure_training(
+    built: list[Method], pixels: torch.Tensor, labels: torch.Tensor, args: argparse.Namespace, model_name: str
+) -> tuple[dict[str, dict[str, object]], dict[str, list[float]]]:
+    """Warm-up rounds, one memory-measured step per method (also a warm-up), then timed rounds; returns the memory
+    and the step times of each method."""
+    device = torch.device(args.device)
+    memory: dict[str, dict[str, object]] = {}
     for _ in range(args.warmup):
         for method in built:
             train_step(method, pixels, labels)
     for method in built:
         static = static_tensor_bytes(method)
         increase, how = step_peak_increase(method, pixels, labels, device)
-        results[method.name]["memory"] = {
+        memory[method.name] = {
             "static_bytes": static,
             "step_peak_increase_bytes": increase,
             "peak_bytes": static + increase,
@@ -313,9 +309,15 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
         for method in order:
             step_samples[method.name].append(timed(lambda m=method: train_step(m, pixels, labels), device))
         log(f"{model_name}: training round {round_index + 1}/{args.steps}")
+    return memory, step_samples
 
-    # Inference: every round times the base model and every method once, in a rotated order; each method's ratio
-    # is taken against the base run of the same round.
+
+def measure_inference(
+    base: nn.Module, built: list[Method], pixels: torch.Tensor, args: argparse.Namespace, model_name: str
+) -> tuple[dict[str, dict[str, list[float]]], list[float]]:
+    """Every round times the base model and every method once, in a rotated order; each method's ratio is taken
+    against the base run of the same round. Returns the method and same-round base times, and the base runs."""
+    device = torch.device(args.device)
     for method in built:
         method.model.eval()
     inference: dict[str, dict[str, list[float]]] = {m.name: {"method": [], "base": []} for m in built}
@@ -339,9 +341,33 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
             inference[name]["method"].append(seconds)
             inference[name]["base"].append(base_runs[-1])
         log(f"{model_name}: inference round {round_index + 1}/{args.inference_runs}")
+    return inference, base_runs
+
+
+def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Namespace) -> dict[str, object]:
+    """Every measurement of one model size, all methods interleaved."""
+    device = torch.device(args.device)
+    loadavg_start, wall_start, cpu_start = os.getloadavg(), time.perf_counter(), time.process_time()
+    depths, widths = parse_spec(model_name)
+    base = build_base(model_name, args.seed)
+    base_params = sum(p.numel() for p in base.parameters())
+    head_params = sum(p.numel() for n, p in base.named_parameters() if is_head_parameter(n))
+    backbone_params = base_params - head_params
+    log(f"{model_name}: {base_params:,} parameters ({backbone_params:,} backbone)")
+
+    results, built = build_methods(base, methods, backbone_params, args)
+    base.to(device).eval()
+
+    generator = torch.Generator().manual_seed(args.seed)
+    size = args.image_size
+    pixels = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device)
+    labels = torch.randint(0, NUM_LABELS, (args.batch_size,), generator=generator).to(device)
+    memory, step_samples = measure_training(built, pixels, labels, args, model_name)
+    inference, base_runs = measure_inference(base, built, pixels, args, model_name)
 
     for method in built:
         entry = results[method.name]
+        entry["memory"] = memory[method.name]
         samples = step_samples[method.name]
         entry["train_step_s"] = samples
         entry["train_step"] = summarize(samples)
@@ -465,6 +491,96 @@ def fmt_bytes(n: float) -> str:
     return f"{int(n)} B"
 
 
+def model_markdown(model_name: str, data: dict[str, object], meta: dict[str, object]) -> list[str]:
+    """One model's table, the contention warning when the CPU was shared, and the noise line."""
+    lines: list[str] = []
+    lines += [
+        "",
+        f"## {model_name} (depths {'-'.join(map(str, data['depths']))}, "
+        f"widths {'-'.join(map(str, data['widths']))}; backbone {fmt_count(data['backbone_params'])} params)",
+        "",
+        "| method | trainable (no head) | % backbone | disk no head | disk with head | step (s) | vs full "
+        "| vs LoRA r=8 | peak memory | mem vs full | inference vs base |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, entry in data["methods"].items():
+        ratio = data["ratios"][name]
+        step = entry["train_step"]
+        inf = entry["inference_ratio"]
+
+        def r(key: str, ratio: dict = ratio) -> str:
+            value = ratio.get(key)
+            return "-" if value is None else f"{value:.2f}x"
+
+        lines.append(
+            f"| {entry['label']} | {fmt_count(entry['trainable_params_without_head'])} "
+            f"| {entry['trainable_pct_of_backbone']:.2f} % | {fmt_bytes(entry['disk_bytes_without_head'])} "
+            f"| {fmt_bytes(entry['disk_bytes_with_head'])} | {step['median']:.3f} "
+            f"± {step['rel_iqr'] * 100:.0f} % | {r('train_step_vs_full')} | {r('train_step_vs_lora_r8')} "
+            f"| {fmt_bytes(entry['memory']['peak_bytes'])} | {r('peak_memory_vs_full')} "
+            f"| {inf['median']:.3f}x [{inf['q1']:.3f}-{inf['q3']:.3f}] |"
+        )
+    base = data["base_inference"]
+    share = data["noise"]["cpu_share"]
+    if share < CONTENDED_CPU_SHARE:
+        lines += [
+            "",
+            f"> **Warning: contended machine.** This process got {share:.2f} of the CPU time its "
+            f"{meta['machine']['torch_num_threads']} threads could use (load average up to "
+            f"{max(data['noise']['loadavg_start'][0], data['noise']['loadavg_end'][0]):.1f}): other work "
+            "competed for the cores. Interleaving spreads slow phases over every method, but with several threads "
+            "OpenMP also waits for descheduled threads at every parallel region, a cost per operator that "
+            "penalises methods with many small operators (adapters) and inflates their time ratios. "
+            "Rerun on an idle machine, or with `--threads 1`, before trusting the timing ratios; sizes, "
+            "parameter counts and memory are unaffected.",
+        ]
+    noise = [
+        f"{data['methods'][n]['label']} {c['median']:.3f}x [{c['q1']:.3f}-{c['q3']:.3f}]"
+        for n, c in data["noise"]["same_architecture_inference_ratio"].items()
+    ]
+    lines += [
+        "",
+        f"Base model inference: median {base['median']:.3f} s (relative IQR {base['rel_iqr'] * 100:.1f} %). "
+        "Noise: ± after a step time is its relative inter-quartile range"
+        + (
+            "; full fine-tuning and the linear probe run the base architecture, so their latency ratios "
+            f"(ideally 1) show the timing noise: {', '.join(noise)}"
+            if noise
+            else ""
+        )
+        + f". Load average {data['noise']['loadavg_start'][0]:.2f} at the start, "
+        f"{data['noise']['loadavg_end'][0]:.2f} at the end; CPU share obtained "
+        f"{data['noise']['cpu_share']:.2f} (CPU seconds per wall second and thread; 1 = no competition); "
+        f"{data['wall_time_s']:.0f} s for this model.",
+    ]
+    return lines
+
+
+def targets_markdown(targets: list[dict[str, object]]) -> list[str]:
+    """The issue's targets, one column per UPetu variant."""
+    lines: list[str] = []
+    variants = list(dict.fromkeys(check["method"] for check in targets))
+    lines += [
+        "",
+        "## Targets",
+        "",
+        f"The issue's targets are for {TARGET_MODEL} with {TARGET_METHOD}; the other UPetu variants are shown "
+        "for reference.",
+        "",
+        "| model | target | " + " | ".join(variants) + " |",
+        "|---|---|" + "---:|" * len(variants),
+    ]
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for check in targets:
+        value = check["value"]
+        shown = fmt_bytes(value) if "bytes" in check["target"] else f"{value:.2f}"
+        cell = f"{shown} {'yes' if check['met'] else '**NO**'}"
+        rows.setdefault((check["model"], check["target"]), {})[check["method"]] = cell
+    for (model_name, target), cells in rows.items():
+        lines.append(f"| {model_name} | {target} | " + " | ".join(cells.get(v, "-") for v in variants) + " |")
+    return lines
+
+
 def render_markdown(results: dict[str, object]) -> str:
     """The markdown report: settings, one table per model, the targets and the noise."""
     meta = results["meta"]
@@ -491,87 +607,9 @@ def render_markdown(results: dict[str, object]) -> str:
         "its ratio to full fine-tuning; inference latency ratio to the base model (median, [q1-q3]).",
     ]
     for model_name, data in results["models"].items():
-        lines += [
-            "",
-            f"## {model_name} (depths {'-'.join(map(str, data['depths']))}, "
-            f"widths {'-'.join(map(str, data['widths']))}; backbone {fmt_count(data['backbone_params'])} params)",
-            "",
-            "| method | trainable (no head) | % backbone | disk no head | disk with head | step (s) | vs full "
-            "| vs LoRA r=8 | peak memory | mem vs full | inference vs base |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name, entry in data["methods"].items():
-            ratio = data["ratios"][name]
-            step = entry["train_step"]
-            inf = entry["inference_ratio"]
-
-            def r(key: str, ratio: dict = ratio) -> str:
-                value = ratio.get(key)
-                return "-" if value is None else f"{value:.2f}x"
-
-            lines.append(
-                f"| {entry['label']} | {fmt_count(entry['trainable_params_without_head'])} "
-                f"| {entry['trainable_pct_of_backbone']:.2f} % | {fmt_bytes(entry['disk_bytes_without_head'])} "
-                f"| {fmt_bytes(entry['disk_bytes_with_head'])} | {step['median']:.3f} "
-                f"± {step['rel_iqr'] * 100:.0f} % | {r('train_step_vs_full')} | {r('train_step_vs_lora_r8')} "
-                f"| {fmt_bytes(entry['memory']['peak_bytes'])} | {r('peak_memory_vs_full')} "
-                f"| {inf['median']:.3f}x [{inf['q1']:.3f}-{inf['q3']:.3f}] |"
-            )
-        base = data["base_inference"]
-        share = data["noise"]["cpu_share"]
-        if share < CONTENDED_CPU_SHARE:
-            lines += [
-                "",
-                f"> **Warning: contended machine.** This process got {share:.2f} of the CPU time its "
-                f"{meta['machine']['torch_num_threads']} threads could use (load average up to "
-                f"{max(data['noise']['loadavg_start'][0], data['noise']['loadavg_end'][0]):.1f}): other work "
-                "competed for the cores. Interleaving spreads slow phases over every method, but with several threads "
-                "OpenMP also waits for descheduled threads at every parallel region, a cost per operator that "
-                "penalises methods with many small operators (adapters) and inflates their time ratios. "
-                "Rerun on an idle machine, or with `--threads 1`, before trusting the timing ratios; sizes, "
-                "parameter counts and memory are unaffected.",
-            ]
-        noise = [
-            f"{data['methods'][n]['label']} {c['median']:.3f}x [{c['q1']:.3f}-{c['q3']:.3f}]"
-            for n, c in data["noise"]["same_architecture_inference_ratio"].items()
-        ]
-        lines += [
-            "",
-            f"Base model inference: median {base['median']:.3f} s (relative IQR {base['rel_iqr'] * 100:.1f} %). "
-            "Noise: ± after a step time is its relative inter-quartile range"
-            + (
-                "; full fine-tuning and the linear probe run the base architecture, so their latency ratios "
-                f"(ideally 1) show the timing noise: {', '.join(noise)}"
-                if noise
-                else ""
-            )
-            + f". Load average {data['noise']['loadavg_start'][0]:.2f} at the start, "
-            f"{data['noise']['loadavg_end'][0]:.2f} at the end; CPU share obtained "
-            f"{data['noise']['cpu_share']:.2f} (CPU seconds per wall second and thread; 1 = no competition); "
-            f"{data['wall_time_s']:.0f} s for this model.",
-        ]
+        lines += model_markdown(model_name, data, meta)
     if results["targets"]:
-        variants = list(dict.fromkeys(check["method"] for check in results["targets"]))
-        lines += [
-            "",
-            "## Targets",
-            "",
-            f"The issue's targets are for {TARGET_MODEL} with {TARGET_METHOD}; the other UPetu variants are shown "
-            "for reference.",
-            "",
-            "| model | target | " + " | ".join(variants) + " |",
-            "|---|---|" + "---:|" * len(variants),
-        ]
-        rows: dict[tuple[str, str], dict[str, str]] = {}
-        for check in results["targets"]:
-            value = check["value"]
-            shown = fmt_bytes(value) if "bytes" in check["target"] else f"{value:.2f}"
-            cell = f"{shown} {'yes' if check['met'] else '**NO**'}"
-            rows.setdefault((check["model"], check["target"]), {})[check["method"]] = cell
-        for (model_name, target), cells in rows.items():
-            lines.append(
-                f"| {model_name} | {target} | " + " | ".join(cells.get(v, "-") for v in variants) + " |"
-            )
+        lines += targets_markdown(results["targets"])
     lines += [
         "",
         "## Method notes",
