@@ -529,6 +529,38 @@ def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- runs
+def finished_run(
+    result: dict[str, Any], metric: str, method: str, counts: dict[str, Any], wall: float
+) -> dict[str, Any]:
+    """The record of a finished run from what `train` returned: scores at the best epoch, parameter counts and
+    shares, times."""
+    params = result["parameters"]
+    head, adapter = params["head"], params["adapter"]  # the linear probe trains its heads only: adapter 0
+    # peft keeps the original heads next to the trained copies
+    base_total = params["total"] - (params["trainable"] if method in PEFT_METHODS else 0)
+    return dict(
+        metric=metric,
+        best_epoch=result["best_epoch"],
+        selection_split=result["selection_split"],
+        validation_score=clean(scalars(result.get("validation")).get(metric)),
+        test_score=clean(scalars(result.get("test")).get(metric)),
+        validation=result.get("validation"),
+        test=result.get("test"),
+        history=result.get("history"),
+        parameters=params,
+        trainable_params=params["trainable"],
+        head_params=head,
+        adapter_params=adapter,
+        base_model_params=base_total,
+        trainable_pct=100.0 * params["trainable"] / base_total,
+        adapter_pct_of_backbone=100.0 * adapter / counts["backbone_params"],
+        wall_time_s=wall,
+        train_runtime_s=result["train"]["runtime_s"],
+        samples_per_second=result["train"]["samples_per_second"],
+        steps=result["train"]["steps"],
+    )
+
+
 def execute_run(
     setup: TaskSetup,
     args: argparse.Namespace,
@@ -580,34 +612,8 @@ def execute_run(
         record["splits"] = json.loads((run_dir / "run_config.json").read_text()).get("splits")
     except (OSError, ValueError):
         record["splits"] = None
-    params = result["parameters"]
-    head, adapter = params["head"], params["adapter"]  # the linear probe trains its heads only: adapter 0
-    # peft keeps the original heads next to the trained copies
-    base_total = params["total"] - (params["trainable"] if variant.method in PEFT_METHODS else 0)
-    metric = setup.metric
-    record.update(
-        status="ok",
-        metric=metric,
-        best_epoch=result["best_epoch"],
-        selection_split=result["selection_split"],
-        validation_score=clean(scalars(result.get("validation")).get(metric)),
-        test_score=clean(scalars(result.get("test")).get(metric)),
-        validation=result.get("validation"),
-        test=result.get("test"),
-        history=result.get("history"),
-        parameters=params,
-        trainable_params=params["trainable"],
-        head_params=head,
-        adapter_params=adapter,
-        base_model_params=base_total,
-        trainable_pct=100.0 * params["trainable"] / base_total,
-        adapter_pct_of_backbone=100.0 * adapter / counts["backbone_params"],
-        wall_time_s=wall,
-        train_runtime_s=result["train"]["runtime_s"],
-        samples_per_second=result["train"]["samples_per_second"],
-        steps=result["train"]["steps"],
-        **weight_sizes(run_dir, variant.method),
-    )
+    record.update(status="ok", **finished_run(result, setup.metric, variant.method, counts, wall))
+    record.update(weight_sizes(run_dir, variant.method))
     if args.delete_weights:
         for path in run_dir.glob("*.safetensors"):
             path.unlink()
@@ -743,7 +749,8 @@ def plan(setups: list[TaskSetup]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options; the protocol ones left at None take `FULL` or `QUICK`'s values."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -829,6 +836,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     runtime.add_argument(
         "--delete-weights", action="store_true", help="delete each run's weights once measured"
     )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options with the preset filled in and the lists parsed; a bad combination is a usage error."""
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     preset = QUICK if args.quick else FULL
