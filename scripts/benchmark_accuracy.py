@@ -214,13 +214,6 @@ def round_lr(value: float) -> float:
     return float(f"{value:.3g}")
 
 
-def scalars(metrics: dict[str, Any] | None) -> dict[str, float]:
-    """The numeric entries of a metrics dict (per-class dicts dropped)."""
-    return {
-        k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
-
-
 def fmt4(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -277,9 +270,7 @@ class TaskSetup:
     seeds: list[int]
     variants: list[str]
     split: dict[str, Any] = field(default_factory=dict)
-    sources: list[str] = field(
-        default_factory=list
-    )  # the data folders given (`data` may be derived from them)
+    sources: list[str] = field(default_factory=list)  # the data folders given (`data` may come from them)
 
     @property
     def key(self) -> str:
@@ -370,33 +361,23 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
             max_train_samples=args.dense_max_train_samples if dense else args.max_train_samples,
             max_eval_samples=args.dense_max_eval_samples if dense else args.max_eval_samples,
         )
-        if task == "classification":
-            data = [args.ucm]
-            fixed = dict(
-                common,
-                train_fraction=args.train_fraction,
-                validation_fraction=args.val_fraction,
-                image_size=args.image_size,
-                **limits,
-            )
-            split = {"train_fraction": args.train_fraction, "validation_fraction": args.val_fraction}
-        elif task == "segmentation":
-            data = [args.gid]
-            fixed = dict(
-                common,
-                train_fraction=SEG_TRAIN_FRACTION,
-                validation_fraction=SEG_VALIDATION_FRACTION,
-                resize=args.seg_resize or args.image_size,
-                image_size=args.seg_crop,
-                head_hidden_size=args.seg_head_hidden,
-                **limits,
-            )
-            split = {"train_fraction": SEG_TRAIN_FRACTION, "validation_fraction": SEG_VALIDATION_FRACTION}
-        else:
+        if task == "change-detection":
             folder, split = cd_split(args.cd, args.split_seed, work_dir, args.cd_repeats)
             data = [str(folder)]
             crop = args.cd_crop or 32 * math.ceil(args.image_size / 32)
             fixed = dict(common, image_size=crop, resize=args.cd_resize, **limits)
+        else:
+            seg = task == "segmentation"
+            data = [args.gid if seg else args.ucm]
+            split = {
+                "train_fraction": SEG_TRAIN_FRACTION if seg else args.train_fraction,
+                "validation_fraction": SEG_VALIDATION_FRACTION if seg else args.val_fraction,
+            }
+            sizes = dict(image_size=args.image_size)
+            if seg:
+                sizes = dict(resize=args.seg_resize or args.image_size, image_size=args.seg_crop)
+                sizes["head_hidden_size"] = args.seg_head_hidden
+            fixed = dict(common, **split, **sizes, **limits)
         setups.append(
             TaskSetup(
                 task=task,
@@ -542,8 +523,8 @@ def finished_run(
         metric=metric,
         best_epoch=result["best_epoch"],
         selection_split=result["selection_split"],
-        validation_score=clean(scalars(result.get("validation")).get(metric)),
-        test_score=clean(scalars(result.get("test")).get(metric)),
+        validation_score=clean((result.get("validation") or {}).get(metric)),
+        test_score=clean((result.get("test") or {}).get(metric)),
         validation=result.get("validation"),
         test=result.get("test"),
         history=result.get("history"),

@@ -101,7 +101,6 @@ class Method:
     name: str
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    trainable: list[nn.Parameter]
 
 
 def parse_spec(name: str) -> tuple[list[int], list[int]]:
@@ -276,9 +275,8 @@ def build_methods(
                 entry["upetu_parameter_counts"] = model.base_model.parameter_counts()
             entry.update(disk_sizes(name, model, Path(workdir)))
             model.to(device).train()
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(trainable, lr=args.lr)
-            built.append(Method(name, model, optimizer, trainable))
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+            built.append(Method(name, model, optimizer))
             results[name] = entry
     return results, built
 
