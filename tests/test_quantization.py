@@ -131,14 +131,14 @@ def test_qlinear_weight_forms():
     fixed = QLinearWeight(4, 12, bits=1, codebook="lloyd", side_bits=8, learn_scale=False)
     with torch.no_grad():
         learned.scale.latent.copy_(torch.tensor([1.0, 2.0, 0.5, 0.25]))
-        row_scale = learned().abs().amax(dim=1) / 0.7979
+        row_scale = learned().abs().amax(dim=1) / (0.7979 / 6.0)  # gain 1 / sqrt(3 * 12) = 1/6
     assert row_scale == pytest.approx([1.0, 2.0, 0.5, 0.25], rel=1e-3)
     with torch.no_grad():
-        assert fixed().abs().unique().numel() == 1 and fixed().abs().max().item() == pytest.approx(
-            0.7979 / 6.0, rel=1e-3
-        )  # the fixed gain 1 / sqrt(3 * 12) = 1/6
-    # the learned scale receives the gradient levels[codes] (LSQ / XNOR-Net alpha)
+        assert fixed().abs().unique().numel() == 1
+        assert fixed().abs().max().item() == pytest.approx(0.7979 / 6.0, rel=1e-3)
+    assert torch.equal(QLinearWeight(4, 12, 1, "lloyd", 8, learn_scale=True).scale.latent, torch.ones(4))
+    # the learned scale receives the gradient gain * levels[codes] (LSQ / XNOR-Net alpha)
     grad_out = torch.randn(4, 12)
     (learned() * grad_out).sum().backward()
     codes_value = KBitCodec(1).quantize(learned.weight.latent)
-    assert torch.allclose(learned.scale.latent.grad, (grad_out * codes_value).sum(1))
+    assert torch.allclose(learned.scale.latent.grad, (grad_out * codes_value).sum(1) / 6.0)

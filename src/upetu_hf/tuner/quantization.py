@@ -327,13 +327,15 @@ class QLinearWeight(nn.Module):
     """The weight W (out, in) of a Q-Linear layer.
 
     - 32 bits: `W = latent`, the unquantized weight (Kaiming-uniform init).
-    - k bits: `W = scale[:, None] * levels[codes(latent)]`, the latent tensor unitless (N(0, 1) init) and the
-      per-row `scale` (out,) either learned (LSQ-style: it receives the gradient `levels[codes]`, as XNOR-Net's
-      alpha) and stored as a side tensor, or, when `learn_scale=False` because a learned per-row scale follows
-      (EQAM's `s` on `up`), the fixed `gain` = the Kaiming init std `1 / sqrt(3 * in)`.
+    - k bits: `W = gain * scale[:, None] * levels[codes(latent)]`, with the latent tensor unitless (N(0, 1) init),
+      `gain` the Kaiming init std `1 / sqrt(3 * in)` (a constant), and `scale` (out,) a learned per-row factor
+      (LSQ-style: it receives the gradient `gain * levels[codes]`, as XNOR-Net's alpha), initialised to 1 and stored
+      as a side tensor. `scale` is relative to `gain` so that it is of order 1, like every other parameter Adam steps
+      by about the learning rate. With `learn_scale=False` (EQAM's `up`, which EQAM's own per-channel `s` scales),
+      `W = gain * levels[codes(latent)]`.
 
-    At initialisation both forms have the same distribution, std about `1 / sqrt(3 * in)` times the codebook's
-    RMS level.
+    At initialisation both k-bit forms have the same distribution, std about `1 / sqrt(3 * in)` times the codebook's
+    RMS level, like the 32-bit weight.
     """
 
     def __init__(
@@ -351,7 +353,7 @@ class QLinearWeight(nn.Module):
                 torch.randn(out_features, in_features), make_codec(bits, codebook)
             )
             self.scale = (
-                QuantizedParameter(torch.full((out_features,), self.gain), make_side_codec(side_bits))
+                QuantizedParameter(torch.ones(out_features), make_side_codec(side_bits))
                 if learn_scale
                 else None
             )
@@ -363,4 +365,4 @@ class QLinearWeight(nn.Module):
             return weight
         if self.scale is None:
             return weight * self.gain
-        return weight * self.scale().unsqueeze(1)
+        return weight * (self.gain * self.scale()).unsqueeze(1)
