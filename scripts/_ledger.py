@@ -162,7 +162,8 @@ def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
 
 def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespace) -> int:
     """Add the finished runs (and sessions) of another JSON of the same task and protocol to `state`: shards of
-    one benchmark run in parallel processes (`--methods`, separate `--output-dir`) merge this way. Files of other
+    one benchmark run in parallel processes (`--methods`, separate `--output-dir`) merge this way. Only runs of
+    this run's methods (`setup.variants`) are taken, and the first file to hold a run key wins. Files of other
     tasks are ignored; a file of this task recorded under another protocol is refused. Returns how many runs were
     added."""
     if not path.is_file():
@@ -176,7 +177,11 @@ def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespa
             "(the same flags apart from --methods, paths and runtime options) can be merged."
         )
     known = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
-    added = [r for r in other.get("runs", []) if r.get("status") == "ok" and r["key"] not in known]
+    added = [
+        r
+        for r in other.get("runs", [])
+        if r.get("status") == "ok" and r["key"] not in known and r["variant"] in setup.variants
+    ]
     state["runs"].extend(added)
     new_sessions = [s for s in other.get("sessions", []) if s not in state["sessions"]]
     state["sessions"].extend(new_sessions)
