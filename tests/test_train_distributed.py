@@ -133,7 +133,9 @@ def test_torchrun_two_processes_gloo_equal_one_process(tmp_path, noise_folder):
     one = load_file(str(single_out / "checkpoints" / "step_6" / "model.safetensors"))
     assert one.keys() == last.keys()
     for key in one:
-        torch.testing.assert_close(last[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(
+            last[key], one[key], rtol=1e-4, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}"
+        )
     assert [h["train_loss"] for h in metrics["history"]] == pytest.approx(
         [h["train_loss"] for h in single["history"]], rel=1e-5
     )
