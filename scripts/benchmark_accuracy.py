@@ -88,6 +88,7 @@ from _common import clean, cpu_model, git_state, machine_info, resaved_bytes  # 
 from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select  # noqa: E402
 
 import upetu_hf  # noqa: E402
+from upetu_hf.hub import saved_file_names  # noqa: E402
 from upetu_hf.train import (  # noqa: E402
     DEFAULT_LR,
     PEFT_METHODS,
@@ -99,6 +100,7 @@ from upetu_hf.train import (  # noqa: E402
     parameter_summary,
     train,
 )
+from upetu_hf.train.arguments import RUN_CONFIG_FILE  # noqa: E402
 from upetu_hf.train.methods import is_head_parameter  # noqa: E402
 
 #: The code whose uncommitted changes a session records.
@@ -494,7 +496,7 @@ def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
     PEFT methods: `adapter_model.safetensors` (adapter + heads). Full fine-tuning: `model.safetensors`. The linear
     probe saves the whole model too, but only its heads are trained: its checkpoint is the heads alone.
     """
-    name = "adapter_model.safetensors" if method in PEFT_METHODS else "model.safetensors"
+    name = saved_file_names(method in PEFT_METHODS)[1]
     path = run_dir / name
     size = path.stat().st_size
     if method == "linear":
@@ -590,7 +592,7 @@ def execute_run(
             torch.cuda.empty_cache()
     wall = time.perf_counter() - start
     try:
-        record["splits"] = json.loads((run_dir / "run_config.json").read_text()).get("splits")
+        record["splits"] = json.loads((run_dir / RUN_CONFIG_FILE).read_text()).get("splits")
     except (OSError, ValueError):
         record["splits"] = None
     record.update(status="ok", **finished_run(result, setup.metric, variant.method, counts, wall))

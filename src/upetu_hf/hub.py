@@ -223,7 +223,8 @@ Trained with [upetu-hf](https://github.com/upetu-hf/upetu-hf), as a baseline for
 
 
 def saved_file_names(adapter: bool) -> tuple[str, ...]:
-    """The files `save_adapter` (`adapter=True`) or `save_model` writes, besides `manifest.json`."""
+    """The files `save_adapter` (`adapter=True`) or `save_model` writes, besides `manifest.json`: the
+    configuration, the weights and the card, in that order."""
     if adapter:
         return ("adapter_config.json", ADAPTER_WEIGHTS_NAME, "README.md")
     return ("config.json", "model.safetensors", "README.md")

@@ -24,7 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .. import __version__
 from .._files import read_json, write_json_atomic
-from ..hub import save_adapter, save_model, upload_folder
+from ..hub import save_adapter, save_model, saved_file_names, upload_folder
 from .accelerator import agree, make_accelerator
 from .arguments import (
     CHECKPOINTS_DIR,
@@ -501,14 +501,15 @@ def _write_outputs(model, args: TrainingArguments, results: dict[str, Any], data
     """Main process: the adapter (or model) with its card, `metrics.json` (each atomic), then `--push-to-hub`."""
     output_dir = Path(args.output_dir)
     card = dict(metrics=_card_metrics(results), datasets=data.hub_ids or None, usage=_usage(args))
-    if args.method in PEFT_METHODS:
+    peft = args.method in PEFT_METHODS
+    if peft:
         save_adapter(model, output_dir, **card)
-        results["adapter_bytes"] = (output_dir / "adapter_model.safetensors").stat().st_size
     else:
         method = {"full": "full fine-tuning", "linear": "linear probe (frozen backbone)"}[args.method]
         counts = {k: results["parameters"][k] for k in ("trainable", "total")}
         save_model(model, output_dir, base_model=args.model, method=method, parameters=counts, **card)
-        results["model_bytes"] = (output_dir / "model.safetensors").stat().st_size
+    weights = output_dir / saved_file_names(peft)[1]
+    results["adapter_bytes" if peft else "model_bytes"] = weights.stat().st_size
     write_json_atomic(output_dir / METRICS_FILE, results)
     if args.push_to_hub:  # the folder as written, without checkpoints
         repo_id = args.hub_model_id or output_dir.resolve().name
