@@ -41,13 +41,13 @@ def collate_fn(examples: Sequence[dict[str, Any]], required: Sequence[str] = ())
 
 
 def classification_collate_fn(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``pixel_values`` ``B x 3 x H x W`` float, ``labels`` ``B`` long (when present)."""
+    """``pixel_values`` ``B x 3 x H x W`` float, ``labels`` (when present) ``B`` long for classification,
+    ``B x H x W`` long for segmentation: one function for both."""
     return collate_fn(examples, ("pixel_values",))
 
 
-def segmentation_collate_fn(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``pixel_values`` ``B x 3 x H x W`` float, ``labels`` ``B x H x W`` long (when present)."""
-    return collate_fn(examples, ("pixel_values",))
+#: Segmentation batches stack the same way as classification batches (``labels`` are ``B x H x W``).
+segmentation_collate_fn = classification_collate_fn
 
 
 def change_detection_collate_fn(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
