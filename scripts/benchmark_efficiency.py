@@ -86,6 +86,8 @@ METHOD_LABELS = {
     "upetu_4bit": "UPetu 4-bit",
     "upetu_32bit": "UPetu 32-bit",
 }
+#: The settings a run records in its `meta`, in this order.
+SETTINGS = "quick models methods steps inference_runs warmup batch_size image_size lr seed".split()
 QUICK = {"models": ["convnext-t"], "steps": 5, "batch_size": 4, "image_size": 128}
 DEFAULTS = {"models": ["convnext-t", "convnext-b"], "steps": 10, "batch_size": 8, "image_size": 224}
 # Targets from the benchmark issue, checked on every UPetu variant; the issue's own is ConvNeXt-B at 1 bit.
@@ -692,16 +694,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         "command": command,
         "argv": argv_list,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "quick": args.quick,
-        "models": args.models,
-        "methods": args.methods,
-        "steps": args.steps,
-        "inference_runs": args.inference_runs,
-        "warmup": args.warmup,
-        "batch_size": args.batch_size,
-        "image_size": args.image_size,
-        "lr": args.lr,
-        "seed": args.seed,
+        **{key: getattr(args, key) for key in SETTINGS},
         "machine": machine_info(str(device)),
         "git": git_state(CODE_PATHS),
     }
@@ -709,8 +702,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     meta["wall_time_s"] = time.perf_counter() - started
     results = {"meta": meta, "models": models, "targets": check_targets(models)}
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(output, results)
+    write_json_atomic(output, results)  # creates the folder
     markdown = Path(args.markdown) if args.markdown else output.with_suffix(".md")
     write_text_atomic(markdown, render_markdown(results))
     log(f"wrote {output} and {markdown} in {meta['wall_time_s']:.0f} s")
