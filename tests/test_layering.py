@@ -42,7 +42,9 @@ def import_graph(root: Path) -> dict[str, set[str]]:
             else:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
                 module = ".".join(base + ([node.module] if node.module else []))
-                targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in files else module for a in node.names]
+                targets = [
+                    f"{module}.{a.name}" if f"{module}.{a.name}" in files else module for a in node.names
+                ]
             edges |= {t for t in targets if t.split(".")[0] == top and t in files and t != name}
         graph[name] = edges
     return graph
