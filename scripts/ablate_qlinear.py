@@ -2,16 +2,16 @@
 
 Each ablation changes exactly one thing of the library's default Q-Linear, in this process only:
 
-- `decay`: weight decay on the unitless k-bit latents (the default leaves them out, `unitless_latents`);
-- `no-clip`: an unclipped straight-through estimator (the default passes no gradient where |latent| > bound);
+- `decay`: weight decay on the k-bit latents (the default leaves them out, `kbit_latents`);
+- `clip`: a clipped straight-through estimator (no gradient where |latent| > bound; the default passes it);
 - `fixed-down-scale`: `W_down` keeps the fixed init gain instead of a learned per-row scale (LSQ / XNOR-Net alpha).
 
 Everything after `--` goes to `scripts/benchmark_accuracy.py` unchanged, so the protocol (splits, epochs, seeds,
 learning rates) is the benchmark's. Example, the 1-bit remedies on validation:
 
 ```bash
-python scripts/ablate_qlinear.py no-clip -- --tasks classification --methods upetu-1bit --lr-factors 1 \
-    --seeds 0,1,2 --epochs 12 --threads 1 --ucm /tmp/bench/ucmerced-112 --output-dir /tmp/bench/abl-no-clip
+python scripts/ablate_qlinear.py clip -- --tasks classification --methods upetu-1bit --lr-factors 1 \
+    --seeds 0,1,2 --epochs 12 --threads 1 --ucm /tmp/bench/ucmerced-112 --output-dir /tmp/bench/abl-clip
 ```
 
 Compare the runs' `validation_score` with the default design's runs of the same seeds (never the test score).
@@ -29,17 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def _decay() -> None:
     from upetu_hf.train import methods
 
-    methods.unitless_latents = lambda model: set()
+    methods.kbit_latents = lambda model: set()
 
 
-def _no_clip() -> None:
+def _clip() -> None:
     from upetu_hf.tuner.quantization import KBitCodec
 
     original = KBitCodec.__init__
 
-    def init(self, *args, **kwargs) -> None:
-        original(self, *args, **kwargs)
-        self.ste_bound = None
+    def init(self, bits: int, codebook: str = "lloyd", unit: float = 1.0, clip: bool = False) -> None:
+        original(self, bits, codebook, unit, clip=True)
 
     KBitCodec.__init__ = init
 
@@ -57,7 +56,7 @@ def _fixed_down_scale() -> None:
 
 ABLATIONS: dict[str, Callable[[], None]] = {
     "decay": _decay,
-    "no-clip": _no_clip,
+    "clip": _clip,
     "fixed-down-scale": _fixed_down_scale,
 }
 

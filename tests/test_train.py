@@ -530,7 +530,7 @@ def test_weight_decay_only_on_weight_matrices_and_kernels():
         n.endswith(("context.latent", "classifier.modules_to_save.default.weight")) for n in decay
     )
     assert any(n.endswith("context.latent") for n in decay)
-    # k-bit (default 4-bit) Q-Linear latents are unitless codes: no decay
+    # k-bit (default 4-bit) Q-Linear latents are codes with a separate scale: no decay
     for suffix in ("scale.latent", "beta.latent", "prompt.latent", "classifier.modules_to_save.default.bias",
                    "down.weight.latent", "up.weight.latent"):  # fmt: skip
         assert any(n.endswith(suffix) for n in no_decay), suffix

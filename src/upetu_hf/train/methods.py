@@ -8,6 +8,7 @@ it, so every method is built one way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from peft import IA3Config, LoraConfig, PeftConfig, get_peft_model
@@ -15,7 +16,7 @@ from torch import nn
 
 from ..tuner import UPetuConfig
 from ..tuner.model import KNOWN_HEADS
-from ..tuner.quantization import unitless_latents
+from ..tuner.quantization import kbit_latents
 
 METHODS = ("upetu", "full", "linear", "lora", "ia3")
 PEFT_METHODS = ("upetu", "lora", "ia3")
@@ -71,10 +72,14 @@ def peft_config(method: str, heads: list[str] | None = None, **options: Any) -> 
     raise ValueError(f"{method!r} is not a PEFT method ({', '.join(PEFT_METHODS)}).")
 
 
-def apply_method(model: nn.Module, method: Any = "upetu", **options: Any) -> nn.Module:
+def apply_method(
+    model: nn.Module, method: Any = "upetu", extra_modules: Sequence[str] = (), **options: Any
+) -> nn.Module:
     """Make `model` trainable the way `method` says and return the model to train.
 
     `method` is a method name with its options as keywords, or `TrainingArguments` (its method and options).
+    `extra_modules` (module name suffixes, e.g. an inflated stem's `STEM_MODULES_TO_SAVE`) train with every method:
+    in `modules_to_save` next to the heads for the PEFT methods, unfrozen for the linear probe.
 
     - `upetu`, `lora`, `ia3`: `get_peft_model` with the heads in `modules_to_save`;
     - `full`: every parameter trains;
@@ -85,7 +90,7 @@ def apply_method(model: nn.Module, method: Any = "upetu", **options: Any) -> nn.
         method, options = method.method, method.method_options()
     heads = head_names(model)
     if method in PEFT_METHODS:
-        return get_peft_model(model, peft_config(method, heads, **options))
+        return get_peft_model(model, peft_config(method, heads + list(extra_modules), **options))
     if method not in ("full", "linear") or options:
         raise ValueError(f"apply_method({method!r}, {options}): choose one of {', '.join(METHODS)}.")
     if method == "linear":
@@ -96,6 +101,9 @@ def apply_method(model: nn.Module, method: Any = "upetu", **options: Any) -> nn.
         model.requires_grad_(False)
         for name in heads:
             getattr(model, name).requires_grad_(True)
+        for name, module in model.named_modules():
+            if any(name == e or name.endswith("." + e) for e in extra_modules):
+                module.requires_grad_(True)
     else:
         model.requires_grad_(True)
     return model
@@ -111,12 +119,12 @@ def uses_weight_decay(name: str, param: nn.Parameter) -> bool:
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW parameter groups of the trainable parameters: with and without weight decay (none on UPetu's
-    unitless k-bit latents, see `unitless_latents`)."""
+    k-bit latents, see `kbit_latents`)."""
     decay, no_decay = [], []
-    unitless = unitless_latents(model)
+    kbit = kbit_latents(model)
     for name, param in model.named_parameters():
         if param.requires_grad:
-            decayed = uses_weight_decay(name, param) and id(param) not in unitless
+            decayed = uses_weight_decay(name, param) and id(param) not in kbit
             (decay if decayed else no_decay).append(param)
     if not decay and not no_decay:
         raise ValueError("The model has no trainable parameter.")

@@ -19,7 +19,7 @@ class UPetuPeftType(str, enum.Enum):
 
 
 PEFT_TYPE = UPetuPeftType.UPETU
-#: version of the stored adapter format, recorded in the weights file's metadata (2: unitless k-bit codes with
+#: version of the stored adapter format, recorded in the weights file's metadata (2: k-bit codes with
 #: learned row scales, power-of-two int8 side tensors)
 FORMAT_VERSION = "2"
 ALLOWED_BITS = (1, 2, 4, 8, 32)

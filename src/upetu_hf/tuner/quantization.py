@@ -10,9 +10,10 @@ the latent tensor to a value that quantizes to itself, bit for bit. That is what
 reproduce the saved model exactly, in eval and in train mode, after `.to(dtype)` round trips, `deepcopy`, and any
 number of save/load cycles.
 
-- `KBitCodec` (Q-Linear weights, 1/2/4/8 bits): the latent tensor is *unitless* (initialised from N(0, 1)); its
-  quantized value is the nearest level of a codebook for N(0, 1), `levels[bucketize(latent, thresholds)]`. The
-  magnitude lives outside, in a per-row scale (`QLinearWeight`). Stored: the codes, packed 8/k per byte.
+- `KBitCodec` (Q-Linear weights, 1/2/4/8 bits): the quantized value of a latent entry is the nearest level of a
+  codebook for N(0, 1) in units of the latent tensor's init std, `unit * levels[bucketize(latent, unit *
+  thresholds)]`. A learned per-row scale multiplies the result (`QLinearWeight`). Stored: the codes, packed 8/k
+  per byte.
 - `Int8Codec` (side tensors at 8 bits): symmetric int8 with one power-of-two scale per tensor,
   `s = 2**ceil(log2(absmax / 127))`. A power of two makes the decoded values exactly representable in float16 and
   bfloat16 and makes the scale a fixed point of re-encoding.
@@ -159,26 +160,27 @@ class Int8Codec(Codec):
 
 
 class KBitCodec(Codec):
-    """k-bit codebook quantization of a unitless latent tensor (Q-Linear weights).
+    """k-bit codebook quantization of a latent tensor (Q-Linear weights).
 
-    `quantize(L) = levels[bucketize(L, thresholds)]`, with the `2**k` levels of a codebook for N(0, 1) and the
-    thresholds halfway between them. The levels themselves quantize to themselves, which makes loading exact.
-    The straight-through gradient is clipped outside `[-b, b]`, `b` = the outermost level plus half the outermost
-    gap (1.60 at 1 bit), so a latent value far beyond the last level stops drifting.
-    Stored: the codes (rows, prod(rest)) packed 8/k per byte along the last axis.
+    `quantize(L) = unit * levels[bucketize(L, unit * thresholds)]`, with the `2**k` levels of a codebook for N(0, 1)
+    (in units of `unit`, the latent tensor's init std) and the thresholds halfway between them. The levels themselves
+    quantize to themselves, which makes loading exact. With `clip=True` the straight-through gradient is clipped
+    outside `[-b, b]`, `b = unit * (last level + half the last gap)` (1.60 units at 1 bit); the default passes it
+    everywhere (measured better on UCM-55 validation, see results/qlinear_comparison.md). Stored: the codes
+    (rows, prod(rest)) packed 8/k per byte along the last axis.
     """
 
     packed_dtype = torch.uint8
 
-    def __init__(self, bits: int, codebook: str = "lloyd") -> None:
+    def __init__(self, bits: int, codebook: str = "lloyd", unit: float = 1.0, clip: bool = False) -> None:
         if bits not in (1, 2, 4, 8):
             raise ValueError(f"KBitCodec supports 1, 2, 4 or 8 bits, got {bits}.")
         self.bits = bits
         self.codebook = codebook
-        levels = codebook_levels(bits, codebook)
-        self.levels = torch.tensor(levels, dtype=torch.float32)
+        levels = torch.tensor(codebook_levels(bits, codebook), dtype=torch.float64) * unit
+        self.levels = levels.float()
         self.thresholds = (self.levels[1:] + self.levels[:-1]) / 2
-        self.ste_bound = levels[-1] + (levels[-1] - levels[-2]) / 2
+        self.ste_bound = float(levels[-1] + (levels[-1] - levels[-2]) / 2) if clip else None
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,11 +212,11 @@ class KBitCodec(Codec):
         return f"KBitCodec({self.bits} bits, {self.codebook})"
 
 
-def make_codec(bits: int, codebook: str = "lloyd") -> Codec:
-    """The codec of Q-Linear weights: k-bit codebook for 1/2/4/8 bits, float for 16/32 bits."""
+def make_codec(bits: int, codebook: str = "lloyd", unit: float = 1.0) -> Codec:
+    """The codec of Q-Linear weights: k-bit codebook (levels in units of `unit`) for 1/2/4/8 bits, float for 16/32."""
     if bits in (16, 32):
         return FloatCodec(bits)
-    return KBitCodec(bits, codebook)
+    return KBitCodec(bits, codebook, unit)
 
 
 def make_side_codec(bits: int) -> Codec:
@@ -312,10 +314,10 @@ class QuantizedParameter(nn.Module):
         return f"shape={tuple(self.latent.shape)}, codec={self.codec.describe()}"
 
 
-def unitless_latents(model: nn.Module) -> set[int]:
-    """`id`s of the k-bit latent tensors in `model`. Only their codes matter (the magnitude is a separate scale),
-    so weight decay on them would not regularise anything: it would only pull them towards the thresholds and flip
-    codes. Optimizer set-ups leave them out of weight decay."""
+def kbit_latents(model: nn.Module) -> set[int]:
+    """`id`s of the k-bit latent tensors in `model`. Only their codes matter (the magnitude is a separate learned
+    row scale), so weight decay on them would not regularise anything: it would only pull them towards the
+    thresholds and flip codes. Optimizer set-ups leave them out of weight decay."""
     return {
         id(module.latent)
         for module in model.modules()
@@ -326,43 +328,35 @@ def unitless_latents(model: nn.Module) -> set[int]:
 class QLinearWeight(nn.Module):
     """The weight W (out, in) of a Q-Linear layer.
 
-    - 32 bits: `W = latent`, the unquantized weight (Kaiming-uniform init).
-    - k bits: `W = gain * scale[:, None] * levels[codes(latent)]`, with the latent tensor unitless (N(0, 1) init),
-      `gain` the Kaiming init std `1 / sqrt(3 * in)` (a constant), and `scale` (out,) a learned per-row factor
-      (LSQ-style: it receives the gradient `gain * levels[codes]`, as XNOR-Net's alpha), initialised to 1 and stored
-      as a side tensor. `scale` is relative to `gain` so that it is of order 1, like every other parameter Adam steps
-      by about the learning rate. With `learn_scale=False` (EQAM's `up`, which EQAM's own per-channel `s` scales),
-      `W = gain * levels[codes(latent)]`.
+    - 32 bits: `W = latent`, the unquantized weight (Kaiming-uniform init, std `gain = 1 / sqrt(3 * in)`).
+    - k bits: `W = scale[:, None] * q(latent)`, where `q` snaps each latent value to the nearest of the `2**k`
+      levels `gain * levels` of a codebook for N(0, 1) (`KBitCodec` with `unit=gain`; the latent tensor is initialised
+      from N(0, gain^2)), and `scale` (out,) is a learned per-row factor (XNOR-Net's alpha, learned as in LSQ: it
+      receives the gradient `sum(grad * q(latent))`), initialised to 1 and stored as a side tensor. With
+      `learn_scale=False` (EQAM's `up`, which EQAM's own per-channel `s` scales), `W = q(latent)`.
 
-    At initialisation both k-bit forms have the same distribution, std about `1 / sqrt(3 * in)` times the codebook's
-    RMS level, like the 32-bit weight.
+    The latent tensor lives in the units of the 32-bit weight, so a learning rate that suits the 32-bit adapter
+    moves the codes at a comparable pace, and `scale` is of order 1, like every other parameter Adam steps by about
+    the learning rate.
     """
 
     def __init__(
         self, out_features: int, in_features: int, bits: int, codebook: str, side_bits: int, learn_scale: bool
     ) -> None:
         super().__init__()
-        self.gain = 1.0 / math.sqrt(3.0 * in_features)
+        gain = 1.0 / math.sqrt(3.0 * in_features)
+        self.scale = None
         if bits == 32:
             init = torch.empty(out_features, in_features)
-            nn.init.kaiming_uniform_(init, a=math.sqrt(5))  # nn.Linear's init: U(+-1 / sqrt(in))
+            nn.init.kaiming_uniform_(init, a=math.sqrt(5))  # nn.Linear's init: U(+-1 / sqrt(in)), std = gain
             self.weight = QuantizedParameter(init, make_codec(32))
-            self.scale = None
-        else:
-            self.weight = QuantizedParameter(
-                torch.randn(out_features, in_features), make_codec(bits, codebook)
-            )
-            self.scale = (
-                QuantizedParameter(torch.ones(out_features), make_side_codec(side_bits))
-                if learn_scale
-                else None
-            )
+            return
+        init = torch.randn(out_features, in_features) * gain
+        self.weight = QuantizedParameter(init, make_codec(bits, codebook, unit=gain))
+        if learn_scale:
+            self.scale = QuantizedParameter(torch.ones(out_features), make_side_codec(side_bits))
 
     def forward(self) -> torch.Tensor:
         """The (out, in) weight the forward pass uses."""
         weight = self.weight()
-        if isinstance(self.weight.codec, FloatCodec):
-            return weight
-        if self.scale is None:
-            return weight * self.gain
-        return weight * (self.gain * self.scale()).unsqueeze(1)
+        return weight if self.scale is None else weight * self.scale().unsqueeze(1)
