@@ -11,6 +11,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
+from .multispectral import TIFF_SUFFIXES, probe_multiband, read_multiband_image
+
 #: File extensions (lower case) recognised as images by the folder loaders.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 
@@ -38,8 +40,14 @@ def probe_image(path: Path, verify: bool = False) -> tuple[int, int]:
     """Return ``(width, height)`` of an image file, reading only its header unless ``verify`` is true.
 
     Raises ``ValueError`` naming the file when it cannot be read (``verify=True`` decodes every pixel,
-    which also catches truncated files).
+    which also catches truncated files). TIFFs are read with tifffile (any band count, e.g. 13-band GeoTIFFs that
+    Pillow cannot open); a TIFF without an image raster is refused here, when a folder is first scanned.
     """
+    if Path(path).suffix.lower() in TIFF_SUFFIXES:
+        info = probe_multiband(path)
+        if verify:
+            read_multiband_image(path, num_bands=info.num_bands)
+        return info.width, info.height
     try:
         with PIL.Image.open(path) as img:
             if verify:

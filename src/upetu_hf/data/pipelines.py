@@ -22,6 +22,7 @@ import PIL.Image
 import torch
 
 from ._io import describe, open_image
+from .band_images import BandReading, normalize_band_image, read_bands, resize_bands
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -60,9 +61,14 @@ class _Transform:
         rot90: bool = True,
         resample: int = PIL.Image.Resampling.BILINEAR,
         seed: int | torch.Generator | None = None,
+        bands: BandReading | None = None,
     ) -> None:
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise ValueError(f"mean and std need 3 values (RGB) and std > 0; got mean={mean}, std={std}.")
+        channels = 3 if bands is None else len(bands.indices)
+        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+            raise ValueError(
+                f"mean and std need {channels} values (one per band) and std > 0; got mean={mean}, std={std}."
+            )
+        self.bands = bands
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.train, self.hflip, self.vflip, self.rot90 = train, hflip, vflip, rot90
         self.resample = resample
@@ -112,6 +118,23 @@ class _Transform:
     def process_batch(self, batch: Batch) -> Batch:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # an image is an (H, W, 3) uint8 array (RGB: Pillow and the processor's statistics), or with `bands` an
+    # (H, W, C) float32 array of the selected bands (tifffile and per-band statistics, see `band_images`)
+    def read(self, value: Any, name: str) -> np.ndarray:
+        if self.bands is None:
+            return image_to_array(open_image(value, name))
+        return read_bands(value, name, self.bands.num_bands, self.bands.indices)
+
+    def resize(self, image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        if self.bands is None:
+            return resize_image(image, size, self.resample)
+        return resize_bands(image, size)
+
+    def normalize(self, image: np.ndarray) -> torch.Tensor:
+        if self.bands is None:
+            return normalize(image, self.mean, self.std)
+        return normalize_band_image(image, self.mean, self.std, self.bands.scale)
+
 
 def _require(batch: Batch, column: str, argument: str) -> None:
     if column not in batch:
@@ -151,8 +174,9 @@ class ClassificationTransform(_Transform):
         label_column: str | None = "label",
         min_size: int = 1,
         seed: int | torch.Generator | None = None,
+        bands: BandReading | None = None,
     ) -> None:
-        super().__init__(mean, std, train, hflip, vflip, rot90, resample, seed)
+        super().__init__(mean, std, train, hflip, vflip, rot90, resample, seed, bands)
         self.size = as_hw(size)
         check_min_size(*self.size, min_size, f"size={size} (the resize target)")
         self.image_column, self.label_column = image_column, label_column
@@ -171,10 +195,10 @@ class ClassificationTransform(_Transform):
             _require(batch, self.label_column, "label_column")
         pixel_values = []
         for value, name in zip(batch[self.image_column], _names(batch, self.image_column), strict=True):
-            img = resize_image(image_to_array(open_image(value, name)), self.size, self.resample)
+            img = self.resize(self.read(value, name), self.size)
             if self.train:
                 (img,) = joint_flip_rotate([img], self.generator(), self.hflip, self.vflip, self.rot90)
-            pixel_values.append(normalize(img, self.mean, self.std))
+            pixel_values.append(self.normalize(img))
         out: Batch = {"pixel_values": pixel_values}
         if self.label_column is not None:
             out["labels"] = [
@@ -204,12 +228,13 @@ class _DenseTransform(_Transform):
         ignore_index: int = 255,
         min_size: int = 32,
         seed: int | torch.Generator | None = None,
+        bands: BandReading | None = None,
     ) -> None:
-        super().__init__(mean, std, train, hflip, vflip, rot90, resample, seed)
+        super().__init__(mean, std, train, hflip, vflip, rot90, resample, seed, bands)
         self.crop_size = as_hw(crop_size) if crop_size is not None else None
-        self.resize = as_hw(resize) if resize is not None else None
+        self.resize_to = as_hw(resize) if resize is not None else None
         self.ignore_index, self.min_size = ignore_index, min_size
-        for what, size in (("crop_size", self.crop_size), ("resize", self.resize)):
+        for what, size in (("crop_size", self.crop_size), ("resize", self.resize_to)):
             if size is not None:
                 check_min_size(*size, min_size, f"{what}={size}")
 
@@ -225,7 +250,7 @@ class _DenseTransform(_Transform):
         if self.mask_column is not None:
             out["labels"] = []
         for i in range(len(batch[image_cols[0]])):
-            images = [image_to_array(open_image(batch[c][i], names[c][i])) for c in image_cols]
+            images = [self.read(batch[c][i], names[c][i]) for c in image_cols]
             masks = []
             if self.mask_column is not None:
                 mask_name = names[self.mask_column][i]
@@ -238,13 +263,13 @@ class _DenseTransform(_Transform):
                     for c, s in zip(self.image_columns, shapes, strict=False)
                 )
                 raise ValueError(f"Size mismatch (HxW) within one sample: {listing}.")
-            if self.resize is not None:
-                images = [resize_image(a, self.resize, self.resample) for a in images]
-                masks = [resize_mask(m, self.resize) for m in masks]
+            if self.resize_to is not None:
+                images = [self.resize(a, self.resize_to) for a in images]
+                masks = [resize_mask(m, self.resize_to) for m in masks]
             if self.crop_size is not None:
                 gen = self.generator() if self.train else None
                 images, masks = joint_crop(images, masks, self.crop_size, gen, self.ignore_index)
-            elif self.resize is None:
+            elif self.resize_to is None:
                 check_min_size(*shapes[0], self.min_size, names[image_cols[0]][i])
             if self.train:
                 arrays = joint_flip_rotate(
@@ -252,7 +277,7 @@ class _DenseTransform(_Transform):
                 )
                 images, masks = arrays[: len(images)], arrays[len(images) :]
             for key, img in zip(self.output_names, images, strict=True):
-                out[key].append(normalize(img, self.mean, self.std))
+                out[key].append(self.normalize(img))
             if masks:
                 out["labels"].append(mask_to_tensor(masks[0]))
         return out
@@ -287,9 +312,22 @@ class SegmentationTransform(_DenseTransform):
         image_column: str = "image",
         mask_column: str | None = "mask",
         seed: int | torch.Generator | None = None,
+        bands: BandReading | None = None,
     ) -> None:
         super().__init__(
-            crop_size, resize, mean, std, train, hflip, vflip, rot90, resample, ignore_index, min_size, seed
+            crop_size,
+            resize,
+            mean,
+            std,
+            train,
+            hflip,
+            vflip,
+            rot90,
+            resample,
+            ignore_index,
+            min_size,
+            seed,
+            bands,
         )
         if num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {num_labels}.")
@@ -333,9 +371,22 @@ class ChangeDetectionTransform(_DenseTransform):
         image_b_column: str = "image_b",
         label_column: str | None = "label",
         seed: int | torch.Generator | None = None,
+        bands: BandReading | None = None,
     ) -> None:
         super().__init__(
-            crop_size, resize, mean, std, train, hflip, vflip, rot90, resample, ignore_index, min_size, seed
+            crop_size,
+            resize,
+            mean,
+            std,
+            train,
+            hflip,
+            vflip,
+            rot90,
+            resample,
+            ignore_index,
+            min_size,
+            seed,
+            bands,
         )
         self.label_map = dict(label_map) if label_map is not None else {0: 0, 1: 1, 255: 1}
         self.mask_column = label_column

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import metrics
+from ..models.tiling import check_tiling
 from .methods import (
     DEFAULT_LR,
     LORA_OPTIONS,
@@ -64,6 +65,9 @@ MODEL_IDENTITY = (
     "class_names",
     "num_labels",
     "ignore_index",
+    "bands",
+    "num_channels",
+    "new_band_scale",
 )
 #: Fields that may differ between a run and the run it resumes without changing the result.
 RESUME_FREE = (
@@ -135,6 +139,24 @@ def required(help: str, group: str | None = "required", **cli: Any):
 
 
 METHOD, OPTIM, DATA, MODEL, RUN = "method", "optimisation", "data", "model", "checkpoints, logging, outputs"
+BANDS, SCENES = "multispectral bands", "scenes of any size"
+TILE_WINDOWS = ("uniform", "hann")
+#: `--band-statistics` values besides a JSON file's path.
+BAND_STATISTICS = ("train", "processor")
+
+
+def parse_bands(values: list[str | int] | None) -> list[str | int] | None:
+    """`--bands` values: band names stay strings, integers (or digit strings such as "3") become 0-based indices."""
+    if values is None:
+        return None
+    return [int(v) if isinstance(v, str) and v.strip().isdigit() else v for v in values]
+
+
+def parse_crops(value: int | str) -> int | str:
+    """`--crops-per-image`: a positive integer, or "auto" (see `upetu_hf.data.crops.default_crops_per_image`)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value
 
 
 @dataclass
@@ -246,6 +268,57 @@ class TrainingArguments:
     class_names: list[str] | None = option(
         None, "Class names, in label order.", DATA, tasks=("segmentation",)
     )
+    crops_per_image: int | str = option(
+        "auto",
+        "Random training crops drawn from every scene per epoch: a number, or 'auto' (default: enough crops of "
+        "--image-size to cover the average training scene once, at most 64; 1 without --image-size).",
+        DATA,
+        tasks=DENSE_TASKS,
+    )
+    # multispectral bands
+    bands: list[str | int] | None = option(
+        None,
+        "Bands to use, by name (bands.json next to the data; Sentinel-2 names B01..B12 for 13-band files) or "
+        "0-based index, e.g. --bands B04 B03 B02 B08 (default: every band of the files).",
+        BANDS,
+    )
+    num_channels: int | None = option(
+        None,
+        "Band count the images must have (default: read from the files; checked when the data is scanned).",
+        BANDS,
+        check="optional count",
+    )
+    new_band_scale: float = option(
+        0.0,
+        "Inflating an RGB stem: the kernels of non-RGB bands start at this times the mean RGB kernel (0: zero).",
+        BANDS,
+    )
+    band_statistics: str | None = option(
+        None,
+        "Per-band mean/std: 'train' (computed on the training split in one pass; the default for multi-band "
+        "files), 'processor' (the checkpoint's image_mean/image_std, one per band; the default for RGB) or a JSON "
+        "file with 'mean' and 'std' lists.",
+        BANDS,
+    )
+    # scenes of any size (dense evaluation)
+    tile_size: int | None = option(
+        None,
+        "Evaluate scenes with a sliding window of this side (a multiple of 32); default: the whole scene, padded "
+        "to a multiple of 32 and cropped back.",
+        SCENES,
+        tasks=DENSE_TASKS,
+        check="optional count",
+    )
+    tile_overlap: int = option(
+        0, "Pixels shared by neighbouring tiles (a multiple of 32).", SCENES, tasks=DENSE_TASKS
+    )
+    tile_window: str = option(
+        "uniform",
+        "How overlapping tiles are averaged: uniform or hann (tile centres weigh more).",
+        SCENES,
+        tasks=DENSE_TASKS,
+        choices=TILE_WINDOWS,
+    )
     # model
     drop_path_rate: float | None = option(None, "Stochastic depth of the backbone.", MODEL, check="rate")
     metric_for_best: str | None = option(
@@ -293,6 +366,8 @@ class TrainingArguments:
             self.checkpointing_steps = int(self.checkpointing_steps)
         if self.checkpointing_steps in ("no", "none", 0):
             self.checkpointing_steps = None
+        self.bands = parse_bands(self.bands)
+        self.crops_per_image = parse_crops(self.crops_per_image)
         self.validate()
         if self.lr is None:
             self.lr = DEFAULT_LR[self.method]
@@ -309,6 +384,8 @@ class TrainingArguments:
         _check(bool(self.output_dir), "--output-dir is required.")
         self._validate_numbers()
         self._validate_task_options()
+        self._validate_band_options()
+        check_tile_options(self.tile_size, self.tile_overlap, self.tile_window)
         self._validate_run_options()
         self._validate_method_options()
 
@@ -359,6 +436,26 @@ class TrainingArguments:
             self.selection_metric in TASK_METRICS[self.task],
             f"--metric-for-best {self.selection_metric!r} is invalid for {self.task}: allowed values are "
             f"{', '.join(TASK_METRICS[self.task])}.",
+        )
+
+    def _validate_band_options(self) -> None:
+        crops = self.crops_per_image
+        _check(
+            crops == "auto" or (isinstance(crops, int) and not isinstance(crops, bool) and crops >= 1),
+            f"--crops-per-image={crops!r} is invalid: use a positive number of crops or 'auto'.",
+        )
+        _check(
+            self.task != "classification" or crops in ("auto", 1),
+            "--crops-per-image applies to segmentation and change detection (random crops of large scenes).",
+        )
+        if self.bands is not None:
+            _check(len(self.bands) >= 1, "--bands needs at least one band name or index.")
+            _check(len(set(self.bands)) == len(self.bands), f"--bands {self.bands} names a band twice.")
+        stats = self.band_statistics
+        _check(
+            stats is None or stats in BAND_STATISTICS or Path(stats).expanduser().is_file(),
+            f"--band-statistics {stats!r} is invalid: use 'train', 'processor' or the path of a JSON file with "
+            "'mean' and 'std' lists.",
         )
 
     def _validate_run_options(self) -> None:
@@ -486,6 +583,24 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def check_tile_options(tile_size: int | None, tile_overlap: int, tile_window: str, stride: int = 32) -> None:
+    """`--tile-size` / `--tile-overlap` / `--tile-window` (`upetu_hf.models.tiling.check_tiling`, with the flags
+    named); `stride` is the backbone's total stride (32 for every released ConvNeXt; the model's own is checked
+    again once it is loaded)."""
+    _check(
+        tile_window in TILE_WINDOWS,
+        f"--tile-window {tile_window!r} is invalid: allowed values are {', '.join(TILE_WINDOWS)}.",
+    )
+    if tile_size is None:
+        _check(tile_overlap == 0, "--tile-overlap needs --tile-size (the sliding window's side).")
+        return
+    try:
+        check_tiling(tile_size, tile_overlap, stride)
+    except ValueError as err:
+        message = str(err).replace("tile_size=", "--tile-size=").replace("tile_overlap=", "--tile-overlap=")
+        raise ValueError(message) from None
+
+
 @dataclass
 class EvalArguments:
     """Settings of `upetu-eval`. Data settings left at None are taken from the trained run (so by default the
@@ -503,6 +618,12 @@ class EvalArguments:
     max_eval_samples: int | None = option()
     image_size: int | None = option()
     resize: int | None = option()
+    tile_size: int | None = option(
+        None,
+        "Sliding-window side for segmentation / change detection (default: the run's, else whole scenes).",
+    )
+    tile_overlap: int | None = option(None, "Tile overlap (default: the run's).")
+    tile_window: str | None = option(None, "uniform or hann (default: the run's).", choices=TILE_WINDOWS)
     batch_size: int | None = option()
     predict_dir: str | None = option(
         None, "Write predictions here: predictions.csv, or one PNG mask per image."
@@ -527,6 +648,8 @@ class EvalArguments:
             self.batch_size is None or self.batch_size >= 1,
             f"--batch-size={self.batch_size} is invalid: it must be >= 1.",
         )
+        if self.tile_size is not None or self.tile_overlap:
+            check_tile_options(self.tile_size, self.tile_overlap or 0, self.tile_window or "uniform")
 
     def data_overrides(self) -> dict[str, Any]:
         """The data settings given, which replace the trained run's."""
@@ -538,7 +661,8 @@ class EvalArguments:
             "max_eval_samples",
             "image_size",
         )
-        return {k: getattr(self, k) for k in (*names, "resize") if getattr(self, k) is not None}
+        names = (*names, "resize", "tile_size", "tile_overlap", "tile_window")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
 
 
 @dataclass

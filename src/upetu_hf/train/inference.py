@@ -23,14 +23,31 @@ from .._files import is_local, path_inside, read_json, safe_file_name, write_ato
 from ..data.sources import load_unlabeled_folder
 from ..hub import saved_file_names, verify_manifest
 from ..metrics import ConfusionMatrix, metrics_from_confusion
+from ..models.padding import model_total_stride
+from ..models.tiling import scene_logits
 from .accelerator import make_accelerator
 from .arguments import RUN_CONFIG_FILE, EvalArguments, RunRecord, TrainingArguments
+from .bands import BandSetup, adapt_stem, check_band_count, scan_data, uniform_sizes
 from .loaders import TransformedDataset, make_loader
 from .methods import PEFT_METHODS
 from .tasks import TaskSpec, get_task
 
 
 # ---------------------------------------------------------------------------------------------- evaluation loop
+def scene_tiling(args: TrainingArguments, model: nn.Module) -> dict[str, Any] | None:
+    """How dense tasks predict a whole scene (`upetu_hf.models.tiling.scene_logits` keywords): padded to the
+    backbone's total stride and cropped back, or tiled with `--tile-size` / `--tile-overlap` / `--tile-window`.
+    None for classification (a plain forward pass of the resized image)."""
+    if args.task == "classification":
+        return None
+    return {
+        "tile_size": args.tile_size,
+        "tile_overlap": args.tile_overlap if args.tile_size is not None else 0,
+        "window": args.tile_window,
+        "multiple": model_total_stride(model),
+    }
+
+
 @torch.no_grad()
 def evaluate_loader(
     model: nn.Module,
@@ -40,25 +57,35 @@ def evaluate_loader(
     class_names: list[str],
     ignore_index: int = 255,
     on_batch: Callable[[dict[str, torch.Tensor]], None] | None = None,
+    tiling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The task's metrics of `model` on a prepared loader; collective (every process must call it).
 
+    Dense tasks predict with `scene_logits(model, inputs, **tiling)` (any scene size; see `scene_tiling`). Their
+    predictions and labels `(N, H, W)` are padded to the largest scene of all processes (labels with
+    `ignore_index`, so padding never counts) before they are gathered, with each scene's `sizes` `(N, 2)`.
     Predictions, labels and row indices are gathered with `accelerator.gather_for_metrics`, so the samples that
     Accelerate repeats to even out the last batch are dropped and each sample counts once. `on_batch` (main
-    process only) receives the gathered `preds`, `index` (and `labels`, `scores`) of every batch. Returns `{}`
-    for unlabeled data.
+    process only) receives the gathered `preds`, `index` (and `labels`, `scores`, `sizes`) of every batch. Returns
+    `{}` for unlabeled data.
     """
     model.eval()
     classification = spec.name == "classification"
     matrix = ConfusionMatrix(len(class_names), ignore_index=None if classification else ignore_index)
     labeled = False
     for batch in loader:
-        logits = model(**spec.model_inputs(batch)).logits
+        inputs = spec.model_inputs(batch)
+        if tiling is None:
+            logits = model(**inputs).logits
+        else:
+            logits = scene_logits(model, inputs, **tiling)
         payload = {"preds": spec.predictions(logits), "index": batch["index"]}
         if "labels" in batch:
             payload["labels"] = batch["labels"]
         if classification and on_batch is not None:
             payload["scores"] = logits.float().softmax(dim=1).amax(dim=1)
+        if not classification:
+            payload = _pad_scenes(accelerator, payload, ignore_index)
         gathered = accelerator.gather_for_metrics(payload)
         if "labels" in gathered:
             labeled = True
@@ -70,6 +97,19 @@ def evaluate_loader(
     metrics = metrics_from_confusion(spec.name, matrix, class_names)
     metrics["num_samples" if classification else "num_pixels"] = matrix.total
     return metrics
+
+
+def _pad_scenes(accelerator: Accelerator, payload: dict[str, torch.Tensor], ignore_index: int):
+    """`preds` and `labels` `(N, H, W)` padded to the largest `H` and `W` of all processes (so they can be
+    gathered), and the scenes' own `sizes` `(N, 2)` to crop them back."""
+    preds = payload["preds"]
+    sizes = torch.tensor([list(preds.shape[-2:])] * preds.shape[0], device=preds.device)
+    padded = dict(payload, sizes=sizes)
+    for key, value in (("preds", 0), ("labels", ignore_index)):
+        if key in padded:
+            for dim in (1, 2):
+                padded[key] = accelerator.pad_across_processes(padded[key], dim=dim, pad_index=value)
+    return padded
 
 
 # ---------------------------------------------------------------------------------------------- reloading
@@ -136,10 +176,17 @@ def load_trained_model(source: str, model: str | None = None, **hub_kwargs) -> t
     _check_saved_folder(source, adapter=args.method in PEFT_METHODS)
     if args.method in PEFT_METHODS:
         base = spec.load_model(args, record.class_names, hint="pass the base checkpoint with --model")
+        adapt_stem(base, run_bands(record))  # the adapter's stem was trained on the run's bands
         trained = PeftModel.from_pretrained(base, source, **hub_kwargs)
     else:
         trained = spec.model_class.from_pretrained(source, **hub_kwargs)
     return trained.eval(), record
+
+
+def run_bands(record: RunRecord) -> BandSetup | None:
+    """The bands a run read (its record's `"bands"`), or None for an RGB run."""
+    values = record.extra.get("bands")
+    return BandSetup.from_dict(values) if values else None
 
 
 def evaluation_dataset(spec: TaskSpec, args: TrainingArguments, split: str) -> tuple[datasets.Dataset, bool]:
@@ -209,6 +256,9 @@ class PredictionWriter:
                     row["label"] = self.class_names[int(gathered["labels"][j])]
                 self.rows.append(row)
             else:
+                if "sizes" in gathered:  # a scene padded to its batch's largest: crop it back to its own size
+                    height, width = gathered["sizes"][j].tolist()
+                    pred = pred[:height, :width]
                 mask = pred.numpy().astype(np.uint8)
                 if self.spec.name == "change-detection":
                     mask = mask * 255
@@ -236,7 +286,9 @@ class PredictionWriter:
 # ---------------------------------------------------------------------------------------------- API
 def evaluate_model(args: EvalArguments) -> dict[str, Any]:
     """Evaluate a trained run on a dataset and/or write its predictions; returns the metrics (`{}` for
-    unlabeled data). Runs on one or several processes (`torchrun` / `accelerate launch`)."""
+    unlabeled data). Images are read as the run read them (its bands and per-band statistics, from the run
+    record); dense scenes of any size are predicted whole (padded to the stride) or tiled (`--tile-size`). Runs
+    on one or several processes (`torchrun` / `accelerate launch`)."""
     accelerator = make_accelerator(args.cpu, args.mixed_precision)
     model, record = load_trained_model(args.adapter, args.model)
     run = replace(record.arguments, **args.data_overrides())
@@ -247,19 +299,29 @@ def evaluate_model(args: EvalArguments) -> dict[str, Any]:
             f"The dataset's classes {ds.features['label'].names} are not the {record.class_names} the model was "
             "trained on."
         )
-    transform = spec.transform(run, len(record.class_names), train=False, label_column=labeled)
+    bands = run_bands(record)
+    scan = scan_data(datasets.DatasetDict(eval=ds), spec.image_columns)
+    if bands is not None:
+        check_band_count(scan, bands)
+    transform = spec.transform(run, len(record.class_names), train=False, label_column=labeled, bands=bands)
+    batch_size = args.batch_size or run.per_device_eval_batch_size
+    if spec.name != "classification" and run.resize is None and not uniform_sizes(scan, "eval"):
+        batch_size = 1  # whole scenes of different sizes: one per batch
     loader = make_loader(
         TransformedDataset(ds, transform),
-        args.batch_size or run.per_device_eval_batch_size,
+        batch_size,
         spec.collate_fn,
         seed=run.seed,
         train=False,
         num_workers=args.num_workers,
     )
+    tiling = scene_tiling(run, model)
     model = accelerator.prepare_model(model, evaluation_mode=True)
     loader = accelerator.prepare_data_loader(loader)
     writer = PredictionWriter(args.predict_dir, spec, ds, record.class_names) if args.predict_dir else None
-    metrics = evaluate_loader(model, loader, accelerator, spec, record.class_names, run.ignore_index, writer)
+    metrics = evaluate_loader(
+        model, loader, accelerator, spec, record.class_names, run.ignore_index, writer, tiling
+    )
     if accelerator.is_main_process:
         if writer is not None:
             writer.close()

@@ -25,6 +25,7 @@ from transformers import get_cosine_schedule_with_warmup
 from .. import __version__
 from .._files import read_json, write_json_atomic
 from ..hub import save_adapter, save_model, saved_file_names, upload_folder
+from ..models.padding import model_total_stride
 from .accelerator import agree, make_accelerator
 from .arguments import (
     CHECKPOINTS_DIR,
@@ -34,6 +35,18 @@ from .arguments import (
     RUN_CONFIG_FILE,
     RunRecord,
     TrainingArguments,
+    check_tile_options,
+)
+from .bands import (
+    BandSetup,
+    adapt_stem,
+    check_scene_sizes,
+    crops_per_image,
+    input_channels,
+    processor_of,
+    resolve_bands,
+    scan_data,
+    uniform_sizes,
 )
 from .checkpoint import (
     STATE_FILE,
@@ -45,11 +58,11 @@ from .checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .inference import evaluate_loader
+from .inference import evaluate_loader, scene_tiling
 from .loaders import TransformedDataset, make_loader, set_epoch
 from .methods import PEFT_METHODS, apply_method, parameter_groups, parameter_summary
 from .output_dir import OutputLock, check_output_dir, clear_previous_run
-from .tasks import TaskData, TaskSpec, get_task
+from .tasks import TaskData, TaskSpec, get_task, image_processor_settings
 from .tracking import JsonLinesTracker, trackers, truncate_log
 
 
@@ -144,8 +157,23 @@ def _lock_output_dir(accelerator: Accelerator, output_dir: Path) -> OutputLock |
     return lock
 
 
-def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> tuple[Path | None, TaskData, Any, RunRecord]:
-    """Everything a run reads, checked before anything is written: checkpoint, output folder, data, model."""
+@dataclass
+class _Inputs:
+    """What `_check_inputs` read and checked: the checkpoint to resume, the data and what its scan decided (bands,
+    crops per scene, one-scene evaluation batches), the model to train and the run record."""
+
+    checkpoint: Path | None
+    data: TaskData
+    bands: BandSetup | None
+    crops: int
+    eval_sizes_vary: dict[str, bool]
+    model: Any
+    record: RunRecord
+
+
+def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
+    """Everything a run reads, checked before anything is written: checkpoint, output folder, data (every image's
+    header: bands and sizes), model."""
     output_dir = Path(args.output_dir)
     checkpoint = (
         resolve_checkpoint(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
@@ -154,7 +182,17 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> tuple[Path | None,
     data = spec.load_data(args)
     base = spec.load_model(args, data.class_names)
     base.name_or_path = base.config.name_or_path = args.model  # PEFT records it as base_model_name_or_path
-    model = apply_method(base, args)
+    scan = scan_data(data.splits, spec.image_columns)
+    bands = resolve_bands(
+        args, scan, input_channels(base), processor_of(image_processor_settings(args.model))
+    )
+    if spec.name != "classification":
+        stride = model_total_stride(base)
+        check_scene_sizes(args, scan, stride)
+        if args.tile_size is not None:
+            check_tile_options(args.tile_size, args.tile_overlap, args.tile_window, stride)
+    crops = crops_per_image(args, scan)
+    model = apply_method(base, args, extra_modules=adapt_stem(base, bands))
     if checkpoint is not None:
         changed = check_compatible(checkpoint, args, data.class_names, model)
         if changed:
@@ -163,8 +201,14 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> tuple[Path | None,
                 stacklevel=3,
             )
     splits = {k: len(v) for k, v in data.splits.items()}
-    record = RunRecord(args, data.class_names, {"splits": splits, "upetu_hf_version": __version__})
-    return checkpoint, data, model, record
+    extra = {"splits": splits, "crops_per_image": crops, "upetu_hf_version": __version__}
+    if bands is not None:
+        extra["bands"] = bands.to_dict()
+    record = RunRecord(args, data.class_names, extra)
+    vary = {
+        name: not uniform_sizes(scan, name) and args.resize is None for name in data.splits if name != "train"
+    }
+    return _Inputs(checkpoint, data, bands, crops, vary, model, record)
 
 
 def _start_outputs(
@@ -186,11 +230,16 @@ def _start_outputs(
     accelerator.init_trackers("upetu-train", config=args.flat())
 
 
-def _loaders(args: TrainingArguments, spec: TaskSpec, data: TaskData, num_processes: int):
-    """The shuffled, augmenting training loader and one evaluation loader per other split."""
+def _loaders(args: TrainingArguments, spec: TaskSpec, inputs: _Inputs, num_processes: int):
+    """The shuffled, augmenting training loader (each scene `inputs.crops` times, each copy its own seeded random
+    crop) and one evaluation loader per other split (one scene per batch when the split's sizes vary)."""
+    data, bands = inputs.data, inputs.bands
     num_labels = len(data.class_names)
+    train_split = data.splits["train"]
+    if inputs.crops > 1:
+        train_split = train_split.select([i for i in range(len(train_split)) for _ in range(inputs.crops)])
     train_set = TransformedDataset(
-        data.splits["train"], spec.transform(args, num_labels, True), seed=args.seed
+        train_split, spec.transform(args, num_labels, True, bands=bands), seed=args.seed
     )
     drop_last = len(train_set) >= args.batch_size * num_processes
     train_loader = make_loader(
@@ -198,8 +247,8 @@ def _loaders(args: TrainingArguments, spec: TaskSpec, data: TaskData, num_proces
     )
     eval_loaders = {
         name: make_loader(
-            TransformedDataset(ds, spec.transform(args, num_labels, train=False)),
-            args.per_device_eval_batch_size,
+            TransformedDataset(ds, spec.transform(args, num_labels, train=False, bands=bands)),
+            1 if inputs.eval_sizes_vary.get(name) else args.per_device_eval_batch_size,
             spec.collate_fn,
             args.seed,
             False,
@@ -250,9 +299,10 @@ class _Run:
     def start(cls, args: TrainingArguments, spec: TaskSpec, accelerator: Accelerator, log) -> _Run:
         """Check the inputs, start the outputs, prepare model, optimizer, schedule and loaders, resume."""
         set_seed(args.seed)
-        checkpoint, data, model, record = _check_inputs(args, spec)
+        inputs = _check_inputs(args, spec)
+        checkpoint, data, model, record = inputs.checkpoint, inputs.data, inputs.model, inputs.record
         _start_outputs(accelerator, args, checkpoint, record)
-        train_loader, eval_loaders = _loaders(args, spec, data, accelerator.num_processes)
+        train_loader, eval_loaders = _loaders(args, spec, inputs, accelerator.num_processes)
         optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.lr)
         plain_optimizer = optimizer  # the scheduler drives the plain optimizer that Accelerate wraps
         model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -389,6 +439,7 @@ class _Run:
             self.spec,
             self.data.class_names,
             self.args.ignore_index,
+            tiling=scene_tiling(self.args, self.unwrapped),
         )
 
     def save_checkpoint(self) -> None:

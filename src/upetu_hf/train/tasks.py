@@ -45,6 +45,7 @@ from ..models import (
     build_segmentation_model,
 )
 from .arguments import TrainingArguments, normalize_task
+from .bands import BandSetup
 from .loaders import SEEDED
 
 
@@ -72,6 +73,8 @@ class TaskSpec:
     name: str = ""
     #: model inputs, in the order of the model's forward arguments
     input_names: tuple[str, ...] = ("pixel_values",)
+    #: the dataset's image columns (after `standardize`), one per model input
+    image_columns: tuple[str, ...] = ("image",)
     #: how the folder layout looks (for error messages)
     layout: str = ""
     transform_class: type = object
@@ -185,13 +188,23 @@ class TaskSpec:
         return logits.argmax(dim=1)
 
     # ------------------------------------------------------------------ transforms
-    def transform(self, args: TrainingArguments, num_labels: int, train: bool, label_column: bool = True):
-        """The transform of a split: augmenting and per-example seeded (`train`), or deterministic."""
+    def transform(
+        self,
+        args: TrainingArguments,
+        num_labels: int,
+        train: bool,
+        label_column: bool = True,
+        bands: BandSetup | None = None,
+    ):
+        """The transform of a split: augmenting and per-example seeded (`train`), or deterministic. With `bands`
+        (a multi-band run) it reads the selected bands and normalises them with the run's per-band statistics;
+        otherwise RGB with the checkpoint's image processor."""
         cls = SEEDED[self.transform_class] if train else self.transform_class
         settings = image_processor_settings(args.model)
-        return cls.from_image_processor(
-            settings, **self.transform_kwargs(args, num_labels, train, label_column)
-        )
+        kwargs = self.transform_kwargs(args, num_labels, train, label_column)
+        if bands is not None:
+            kwargs.update(mean=bands.mean, std=bands.std, bands=bands.reading())
+        return cls.from_image_processor(settings, **kwargs)
 
     def transform_kwargs(self, args, num_labels, train, label_column) -> dict[str, Any]:  # pragma: no cover
         raise NotImplementedError
@@ -424,6 +437,7 @@ class ChangeDetectionTask(_DenseTask):
 
     name = "change-detection"
     input_names = ("pixel_values_a", "pixel_values_b")
+    image_columns = ("image_a", "image_b")
     layout = "<root>/A/*, <root>/B/* and <root>/label/* (paired by file stem)"
     transform_class = ChangeDetectionTransform
     model_class = ConvNextForChangeDetection
