@@ -297,7 +297,8 @@ class TaskSetup:
                 "weight_decay": TrainingArguments.weight_decay,
                 "warmup_ratio": TrainingArguments.warmup_ratio,
                 "quick": bool(args.quick),
-                **{k: v for k, v in self.fixed.items() if k not in ("verify_images",)},
+                # crops_per_image=1 is what every recorded run did (one crop per scene copy): not a protocol change
+                **{k: v for k, v in self.fixed.items() if k not in ("verify_images", "crops_per_image")},
                 "split": self.split,
             }
         )
@@ -367,7 +368,8 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
             folder, split = cd_split(args.cd, args.split_seed, work_dir, args.cd_repeats)
             data = [str(folder)]
             crop = args.cd_crop or 32 * math.ceil(args.image_size / 32)
-            fixed = dict(common, image_size=crop, resize=args.cd_resize, **limits)
+            # the training pairs are repeated by cd_split; one crop per copy keeps the protocol of the results
+            fixed = dict(common, image_size=crop, resize=args.cd_resize, crops_per_image=1, **limits)
         else:
             seg = task == "segmentation"
             data = [args.gid if seg else args.ucm]
@@ -379,6 +381,7 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
             if seg:
                 sizes = dict(resize=args.seg_resize or args.image_size, image_size=args.seg_crop)
                 sizes["head_hidden_size"] = args.seg_head_hidden
+                sizes["crops_per_image"] = 1  # one crop per tile and epoch, the protocol of the results
             fixed = dict(common, **split, **sizes, **limits)
         setups.append(
             TaskSetup(
