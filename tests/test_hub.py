@@ -208,3 +208,96 @@ def test_upload_folder_forwards_ignore_patterns(tmp_path):
     upload_folder(tmp_path, "someone/run", api=api, ignore_patterns=["checkpoints/**"])
     assert api.calls[1][1]["ignore_patterns"] == ["checkpoints/**"]
     assert upetu_hf.hub.upload_folder is upload_folder
+
+
+# ---------------------------------------------------------------------------------------------- Hub-native cards
+def test_card_metadata_has_pipeline_tag_and_model_index():
+    from upetu_hf.hub import TaskResults
+
+    model = get_peft_model(classifier(), UPetuConfig(bits=1))
+    results = TaskResults(
+        "classification", "org/ucm", {"accuracy": 0.75, "kappa": 0.5, "num_samples": 8, "per_class": {}}
+    )
+    meta = metadata(adapter_card(model, datasets=["org/ucm"], results=results))
+    assert meta["pipeline_tag"] == "image-classification" and meta["base_model"] == "org/convnext-rs"
+    (entry,) = meta["model-index"]
+    (result,) = entry["results"]
+    assert result["task"]["type"] == "image-classification"
+    assert result["dataset"] == {"name": "org/ucm", "type": "org/ucm", "split": "test"}
+    assert {m["type"]: m["value"] for m in result["metrics"]} == {"accuracy": 0.75, "kappa": 0.5}
+    # without results the tag comes from the model class; a local base model is never written as base_model
+    plain = metadata(adapter_card(get_peft_model(classifier("./local/model"), UPetuConfig())))
+    assert plain["pipeline_tag"] == "image-classification" and "base_model" not in plain
+    assert "model-index" not in plain
+    seg = metadata(model_card("org/base", results=TaskResults("change-detection", "cd", {"f1": 0.5})))
+    assert seg["pipeline_tag"] == "image-segmentation" and seg["library_name"] == "transformers"
+
+
+FAKE_HUB_DATASET = """
+import sys
+import datasets
+
+saved = datasets.load_from_disk(sys.argv[1])
+real = datasets.load_dataset
+
+
+def load_dataset(name, *args, **kwargs):  # the Hub dataset, as datasets.load_dataset would return it
+    return saved if name == "blanchon/UC_Merced" else real(name, *args, **kwargs)
+
+
+datasets.load_dataset = load_dataset
+from upetu_hf.train.cli import main
+
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_the_readme_command_runs_from_hub_ids_alone(tmp_path):
+    """The README's first command with a Hub model id and a Hub dataset id (one `train` split, `image` and
+    `label` columns, images held as bytes): the model comes from an offline Hub cache, the dataset from a stand-in
+    for `datasets.load_dataset`; the split is seeded and stratified, and the card names both ids."""
+    import io
+    import subprocess
+    import sys
+
+    import numpy as np
+    import PIL.Image
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    from transformers import ConvNextConfig
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = tmp_path / "hub" / "models--facebook--convnext-base-224-22k" / "snapshots" / commit
+    config = ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], num_labels=3)
+    ConvNextForImageClassification(config).save_pretrained(snapshot)
+    (snapshot / "preprocessor_config.json").write_text(json.dumps({"size": {"shortest_edge": 32}}))
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text(commit)
+    rng = np.random.default_rng(0)
+    rows = {"image": [], "label": []}
+    for label in range(3):
+        for i in range(4):
+            buffer = io.BytesIO()
+            pixels = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) // (label + 1)
+            PIL.Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="TIFF")
+            rows["image"].append({"bytes": buffer.getvalue(), "path": f"{label}_{i}.tif"})
+            rows["label"].append(label)
+    features = Features({"image": Image(), "label": ClassLabel(names=["agricultural", "beach", "forest"])})
+    DatasetDict(train=Dataset.from_dict(rows, features=features)).save_to_disk(tmp_path / "ucm")
+    out = tmp_path / "runs" / "ucm55-upetu"
+    command = [
+        sys.executable, "-c", FAKE_HUB_DATASET, str(tmp_path / "ucm"), "classification",
+        "--model", "facebook/convnext-base-224-22k", "--data", "blanchon/UC_Merced",
+        "--train-fraction", "0.5", "--split-seed", "0", "--image-size", "32", "--epochs", "1",
+        "--batch-size", "4", "--method", "upetu", "--bits", "1", "--r", "2", "--output-dir", str(out),
+    ]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"), TQDM_DISABLE="1")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads((out / "run_config.json").read_text())
+    assert run["splits"] == {"train": 6, "test": 6}  # stratified: 2 of each class's 4 images train
+    results = json.loads((out / "metrics.json").read_text())
+    meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert meta["base_model"] == "facebook/convnext-base-224-22k"
+    assert meta["datasets"] == ["blanchon/UC_Merced"] and meta["pipeline_tag"] == "image-classification"
+    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics["accuracy"] == results["test"]["accuracy"]

@@ -9,14 +9,16 @@ correct card instead. `upload_folder` publishes an already saved folder (e.g. a 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -38,6 +40,83 @@ def _hub_id(base_model: str | None) -> str | None:
     return base_model
 
 
+#: The Hub pipeline of each `upetu-train` task (change detection predicts a per-pixel mask, as segmentation).
+PIPELINE_TAGS = {
+    "classification": "image-classification",
+    "segmentation": "image-segmentation",
+    "change-detection": "image-segmentation",
+}
+
+
+@dataclass
+class TaskResults:
+    """A trained model's evaluation, for the card's `model-index` (the Hub's results widget and search): the
+    `upetu-train` task, the dataset (a Hub id, else a name), the split and its scalar metrics."""
+
+    task: str
+    dataset: str
+    metrics: dict[str, Any]
+    split: str = "test"
+    name: str = "upetu-hf model"
+
+    @property
+    def pipeline_tag(self) -> str:
+        return PIPELINE_TAGS[self.task]
+
+    def eval_results(self) -> list[EvalResult]:
+        """One `EvalResult` per finite scalar metric (counts such as `num_samples` left out)."""
+        return [
+            EvalResult(
+                task_type=self.pipeline_tag,
+                dataset_type=self.dataset,
+                dataset_name=self.dataset,
+                dataset_split=self.split,
+                metric_type=key,
+                metric_name=key,
+                metric_value=float(value),
+            )
+            for key, value in self.metrics.items()
+            if isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and not key.startswith("num_")
+            and math.isfinite(value)
+        ]
+
+
+def pipeline_tag(model) -> str | None:
+    """The Hub pipeline of a (PEFT-wrapped) task model, from its class: image classification, or image
+    segmentation for UperNet and change detection; None for a bare backbone."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = type(base).__name__
+    if "ImageClassification" in name:
+        return "image-classification"
+    if "SemanticSegmentation" in name or "ChangeDetection" in name:
+        return "image-segmentation"
+    return None
+
+
+def card_data(
+    library_name: str,
+    base_model: str | None,
+    tags: list[str],
+    datasets: list[str] | None,
+    tag: str | None,
+    results: TaskResults | None,
+) -> ModelCardData:
+    """The card's metadata: library, `base_model` (a Hub id only), tags, `datasets`, `pipeline_tag` (the
+    results' task, else `tag`) and the results as `model-index`."""
+    evaluated = results.eval_results() if results is not None else []
+    return ModelCardData(
+        library_name=library_name,
+        base_model=base_model,
+        tags=tags,
+        datasets=datasets or None,
+        pipeline_tag=results.pipeline_tag if results is not None else tag,
+        model_name=results.name if evaluated else None,
+        eval_results=evaluated or None,
+    )
+
+
 def _metric_rows(metrics: dict[str, Any] | None) -> list[tuple[str, str]]:
     return [
         (f"eval {key}", f"{value:.4f}" if isinstance(value, float) else str(value))
@@ -52,16 +131,19 @@ def adapter_card(
     metrics: dict[str, Any] | None = None,
     datasets: list[str] | None = None,
     usage: str | None = None,
+    results: TaskResults | None = None,
 ) -> ModelCard:
-    """A Hub model card for a UPetu adapter: `library_name: peft`, `base_model`, tags, and a summary table with
-    the bit width, trainable share, adapter size on disk and (optionally) evaluation metrics.
+    """A Hub model card for a UPetu adapter: `library_name: peft`, `base_model`, `pipeline_tag`, tags, `datasets`,
+    the `results` as `model-index`, and a summary table with the bit width, trainable share, adapter size on disk
+    and (optionally) evaluation metrics.
 
     Other PEFT adapters (e.g. the LoRA / IA3 baselines) get a card with the same metadata and a table of their
     own settings. `usage` (Markdown) replaces the default "Usage" section.
     """
     config = model.peft_config[adapter_name]
+    card = dict(datasets=datasets, tag=pipeline_tag(model), results=results)
     if config.peft_type != PEFT_TYPE:
-        return _baseline_adapter_card(model, adapter_name, adapter_bytes, metrics, datasets, usage)
+        return _baseline_adapter_card(model, adapter_name, adapter_bytes, metrics, usage, card)
     base_model = config.base_model_name_or_path or None
     counts = model.base_model.parameter_counts(adapter_name)
     share = 100.0 * counts["adapter"] / max(counts["backbone"], 1)
@@ -85,8 +167,8 @@ prompts on every stage, stored as packed {config.bits}-bit codes."""
         rows,
         adapter_bytes,
         metrics,
-        datasets,
         usage or _default_usage(base_model, upetu=True),
+        card,
     )
 
 
@@ -98,13 +180,14 @@ def _peft_card(
     rows: list[tuple[str, str]],
     adapter_bytes: int | None,
     metrics: dict[str, Any] | None,
-    datasets: list[str] | None,
     usage: str,
+    card: dict[str, Any],
 ) -> ModelCard:
-    """The card of a PEFT adapter: peft metadata, a property table (+ size and metrics), a usage section."""
+    """The card of a PEFT adapter: peft metadata (`card`: `card_data`'s datasets, tag and results), a property
+    table (+ size and metrics), a usage section."""
     hub_base = _hub_id(base_model)
     tags = tags + ([f"base_model:adapter:{hub_base}"] if hub_base else [])
-    data = ModelCardData(library_name="peft", base_model=hub_base, tags=tags, datasets=datasets or None)
+    data = card_data("peft", hub_base, tags, **card)
     if adapter_bytes is not None:
         rows = rows + [("adapter_model.safetensors", f"{adapter_bytes / 1000:.1f} KB")]
     rows = rows + _metric_rows(metrics)
@@ -141,8 +224,8 @@ def _baseline_adapter_card(
     adapter_name: str,
     adapter_bytes: int | None,
     metrics: dict[str, Any] | None,
-    datasets: list[str] | None,
     usage: str | None,
+    card: dict[str, Any],
 ) -> ModelCard:
     config = model.peft_config[adapter_name]
     method = str(getattr(config.peft_type, "value", config.peft_type))
@@ -176,8 +259,8 @@ def _baseline_adapter_card(
         rows,
         adapter_bytes,
         metrics,
-        datasets,
         usage or _default_usage(base_model, upetu=False),
+        card,
     )
 
 
@@ -188,15 +271,16 @@ def model_card(
     metrics: dict[str, Any] | None = None,
     datasets: list[str] | None = None,
     usage: str | None = None,
+    results: TaskResults | None = None,
+    tag: str | None = None,
 ) -> ModelCard:
-    """A Hub model card for a whole fine-tuned model (`library_name: transformers`, `base_model`, tags)."""
+    """A Hub model card for a whole fine-tuned model (`library_name: transformers`, `base_model`, tags,
+    `pipeline_tag` (`tag`, or the results' task) and the `results` as `model-index`)."""
     hub_base = _hub_id(base_model)
     tags = ["remote-sensing", "convnext", "upetu-hf"] + (
         [f"base_model:finetune:{hub_base}"] if hub_base else []
     )
-    data = ModelCardData(
-        library_name="transformers", base_model=hub_base, tags=tags, datasets=datasets or None
-    )
+    data = card_data("transformers", hub_base, tags, datasets, tag, results)
     rows = [("method", method)]
     rows += [(f"{key} parameters", f"{value:,}") for key, value in (parameters or {}).items()]
     rows += _metric_rows(metrics)
@@ -301,6 +385,7 @@ def save_adapter(
     metrics: dict[str, Any] | None = None,
     datasets: list[str] | None = None,
     usage: str | None = None,
+    results: TaskResults | None = None,
 ) -> Path:
     """Save one adapter (packed weights, config, model card, `manifest.json`) into `save_directory`.
 
@@ -317,7 +402,7 @@ def save_adapter(
         weights = written / ADAPTER_WEIGHTS_NAME
         if config.peft_type == PEFT_TYPE:
             _add_format_metadata(weights, config)
-        card = adapter_card(model, adapter_name, weights.stat().st_size, metrics, datasets, usage)
+        card = adapter_card(model, adapter_name, weights.stat().st_size, metrics, datasets, usage, results)
         card.save(written / "README.md")
         return written
 
@@ -333,13 +418,17 @@ def save_model(
     metrics: dict[str, Any] | None = None,
     datasets: list[str] | None = None,
     usage: str | None = None,
+    results: TaskResults | None = None,
 ) -> Path:
     """Save a whole `PreTrainedModel` (`save_pretrained`) with a `model_card` and `manifest.json`, as
     `save_adapter` does."""
 
     def write(tmp: Path) -> Path:
         model.save_pretrained(tmp)
-        model_card(base_model, method, parameters, metrics, datasets, usage).save(tmp / "README.md")
+        card = model_card(
+            base_model, method, parameters, metrics, datasets, usage, results, pipeline_tag(model)
+        )
+        card.save(tmp / "README.md")
         return tmp
 
     return _save_folder(Path(save_directory), write)

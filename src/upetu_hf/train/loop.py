@@ -24,7 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .. import __version__
 from .._files import read_json, write_json_atomic
-from ..hub import save_adapter, save_model, saved_file_names, upload_folder
+from ..hub import TaskResults, save_adapter, save_model, saved_file_names, upload_folder
 from ..models.padding import model_total_stride
 from .accelerator import agree, make_accelerator
 from .arguments import (
@@ -534,6 +534,15 @@ def _card_metrics(results: dict[str, Any]) -> dict[str, Any]:
     return card
 
 
+def _task_results(args: TrainingArguments, results: dict[str, Any], data: TaskData) -> TaskResults | None:
+    """The test metrics for the card's `model-index`, on the dataset's Hub id (or its folder's name)."""
+    if not results.get("test"):
+        return None
+    dataset = data.hub_ids[0] if data.hub_ids else Path(args.data[0]).expanduser().resolve().name
+    name = Path(args.hub_model_id or args.output_dir).name
+    return TaskResults(args.task, dataset, results["test"], "test", name)
+
+
 def _usage(args: TrainingArguments) -> str:
     return f"""Reload and evaluate it with [upetu-hf](https://github.com/upetu-hf/upetu-hf):
 
@@ -551,7 +560,12 @@ model, run = load_trained_model("<this repo id or folder>")
 def _write_outputs(model, args: TrainingArguments, results: dict[str, Any], data: TaskData) -> None:
     """Main process: the adapter (or model) with its card, `metrics.json` (each atomic), then `--push-to-hub`."""
     output_dir = Path(args.output_dir)
-    card = dict(metrics=_card_metrics(results), datasets=data.hub_ids or None, usage=_usage(args))
+    card = dict(
+        metrics=_card_metrics(results),
+        datasets=data.hub_ids or None,
+        usage=_usage(args),
+        results=_task_results(args, results, data),
+    )
     peft = args.method in PEFT_METHODS
     if peft:
         save_adapter(model, output_dir, **card)
