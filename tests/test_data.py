@@ -465,3 +465,36 @@ def test_data_package_imports_no_other_subpackage() -> None:
                 )
             elif isinstance(node, ast.Import):
                 assert all(not a.name.startswith("upetu_hf") for a in node.names), file.name
+
+
+# ---------------------------------------------------------------------------------------------- multi-band transforms
+def test_multiband_transforms_read_crop_flip_and_normalise_any_band_count(tmp_path):
+    """13 bands through the segmentation transform: the selected bands, jointly cropped with the mask, each
+    normalised ``(x * scale - mean) / std`` with its own statistics."""
+    import tifffile
+
+    from upetu_hf.data import SegmentationTransform
+    from upetu_hf.data.band_images import BandReading, resize_bands
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 10000, (13, 40, 50)).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", array, photometric="minisblack")
+    mask = (rng.random((40, 50)) > 0.5).astype(np.uint8)
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    bands = BandReading(13, (3, 2, 1, 7), scale=0.5)
+    mean, std = [100.0, 200.0, 300.0, 400.0], [2.0, 4.0, 5.0, 10.0]
+    whole = SegmentationTransform(2, mean=mean, std=std, bands=bands, min_size=1)
+    out = whole({"image": str(tmp_path / "s.tif"), "mask": str(tmp_path / "m.png")})
+    expected = (array[[3, 2, 1, 7]] * 0.5 - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    np.testing.assert_allclose(out["pixel_values"].numpy(), expected, rtol=1e-5, atol=1e-4)
+    assert torch.equal(out["labels"], torch.from_numpy(mask.astype(np.int64)))
+    cropped = SegmentationTransform(2, crop_size=32, mean=mean, std=std, bands=bands, train=True, seed=3)
+    crop = cropped({"image": str(tmp_path / "s.tif"), "mask": str(tmp_path / "m.png")})
+    assert crop["pixel_values"].shape == (4, 32, 32) and crop["labels"].shape == (32, 32)
+    # the crop is a window of the scene (possibly flipped/rotated): undoing the normalisation gives band B08's counts
+    counts = (crop["pixel_values"][3].numpy().astype(np.float64) * 10.0 + 400.0) / 0.5
+    np.testing.assert_allclose(counts, np.rint(counts), atol=1e-2)
+    assert set(np.rint(counts).astype(int).ravel()) <= set(array[7].astype(int).ravel())
+    assert resize_bands(np.ones((40, 50, 13), np.float32), (20, 25)).shape == (20, 25, 13)
+    with pytest.raises(ValueError, match="mean and std need 4 values"):
+        SegmentationTransform(2, bands=bands)

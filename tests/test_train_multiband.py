@@ -278,9 +278,29 @@ def test_whole_scene_training_of_odd_change_pairs_is_refused_at_scan_time(tmp_pa
         ("crops_per_image", 0, "--crops-per-image=0 is invalid"),
         ("tile_size", 48, "--tile-size=48 must be a positive multiple"),
         ("tile_overlap", 32, "--tile-overlap needs --tile-size"),
-        ("band_statistics", "nowhere.json", "--band-statistics 'nowhere.json' is invalid"),
+        ("band_statistics", "stats.txt", "--band-statistics 'stats.txt' is invalid"),
     ],
 )
 def test_option_checks(option, value, message):
     with pytest.raises(ValueError, match=message):
         TrainingArguments(task="segmentation", model="m", data="d", output_dir="o", **{option: value})
+
+
+def test_band_statistics_from_a_file_or_the_processor(tmp_path, tiny, capsys):
+    data = multiband_segmentation(tmp_path / "seg4", 4)
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"mean": [1000, 2000, 3000, 4000], "std": [50, 60, 70, 80]}))
+    out = tmp_path / "run"
+    results = train(base_args("segmentation", tiny, data, out, image_size=32, band_statistics=str(stats)))
+    setup = json.loads((out / "run_config.json").read_text())["bands"]
+    assert (setup["mean"], setup["std"], setup["scale"], setup["statistics"]) == (
+        [1000.0, 2000.0, 3000.0, 4000.0],
+        [50.0, 60.0, 70.0, 80.0],
+        1.0,
+        None,
+    )
+    stats.unlink()  # upetu-eval reads the run record, not the file
+    assert evaluate_model(EvalArguments(adapter=str(out)))["mean_iou"] == results["test"]["mean_iou"]
+    # the checkpoint's processor has 3 (RGB) values: not one per band
+    code, err = run_cli(seg_argv(tiny, data, tmp_path / "p", "--band-statistics", "processor"), capsys)
+    assert code == 2 and "not 4 values (one per band)" in err

@@ -315,20 +315,9 @@ class SegmentationTransform(_DenseTransform):
         bands: BandReading | None = None,
     ) -> None:
         super().__init__(
-            crop_size,
-            resize,
-            mean,
-            std,
-            train,
-            hflip,
-            vflip,
-            rot90,
-            resample,
-            ignore_index,
-            min_size,
-            seed,
+            crop_size, resize, mean, std, train, hflip, vflip, rot90, resample, ignore_index, min_size, seed,
             bands,
-        )
+        )  # fmt: skip
         if num_labels < 1:
             raise ValueError(f"num_labels must be >= 1, got {num_labels}.")
         self.num_labels = num_labels
@@ -374,20 +363,9 @@ class ChangeDetectionTransform(_DenseTransform):
         bands: BandReading | None = None,
     ) -> None:
         super().__init__(
-            crop_size,
-            resize,
-            mean,
-            std,
-            train,
-            hflip,
-            vflip,
-            rot90,
-            resample,
-            ignore_index,
-            min_size,
-            seed,
+            crop_size, resize, mean, std, train, hflip, vflip, rot90, resample, ignore_index, min_size, seed,
             bands,
-        )
+        )  # fmt: skip
         self.label_map = dict(label_map) if label_map is not None else {0: 0, 1: 1, 255: 1}
         self.mask_column = label_column
         self.image_columns = (image_a_column, image_b_column) + ((label_column,) if label_column else ())

@@ -453,8 +453,8 @@ class TrainingArguments:
             _check(len(set(self.bands)) == len(self.bands), f"--bands {self.bands} names a band twice.")
         stats = self.band_statistics
         _check(
-            stats is None or stats in BAND_STATISTICS or Path(stats).expanduser().is_file(),
-            f"--band-statistics {stats!r} is invalid: use 'train', 'processor' or the path of a JSON file with "
+            stats is None or stats in BAND_STATISTICS or stats.lower().endswith(".json"),
+            f"--band-statistics {stats!r} is invalid: use 'train', 'processor' or the path of a .json file with "
             "'mean' and 'std' lists.",
         )
 

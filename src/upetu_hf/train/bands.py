@@ -231,7 +231,12 @@ def _statistics(
                 "or a JSON file, or give the checkpoint per-band statistics (upetu-convert --image-mean/--image-std)."
             )
         return source, list(mean), list(std), float(processor.get("rescale_factor", 1 / 255)), None
-    values = json.loads(Path(source).expanduser().read_text())
+    path = Path(source).expanduser()
+    if not path.is_file():  # read when a run starts; a finished run keeps the values in its record
+        raise FileNotFoundError(
+            f"--band-statistics {source}: no such file; pass a JSON file with 'mean' and 'std'."
+        )
+    values = json.loads(path.read_text())
     mean, std = values.get("mean"), values.get("std")
     if (
         not isinstance(mean, list)
