@@ -293,6 +293,13 @@ class TrainingArguments:
         "Inflating an RGB stem: the kernels of non-RGB bands start at this times the mean RGB kernel (0: zero).",
         BANDS,
     )
+    stem_lr: float | None = option(
+        None,
+        "Learning rate of an inflated stem, which trains with the adapter (default 5e-4, full fine-tuning's: the "
+        "pretrained kernels change gently, the new bands' kernels grow from zero).",
+        BANDS,
+        check="positive",
+    )
     band_statistics: str | None = option(
         None,
         "Per-band mean/std: 'train' (computed on the training split in one pass; the default for multi-band "
@@ -330,6 +337,13 @@ class TrainingArguments:
         MODEL,
         tasks=DENSE_TASKS,
         check="optional count",
+    )
+    dice_weight: float = option(
+        0.0,
+        "Add this times a soft-Dice loss to the cross-entropy (for rare changes, e.g. 1.0 on OSCD).",
+        MODEL,
+        tasks=("change-detection",),
+        check="non-negative",
     )
     # checkpoints, logging, outputs
     checkpointing_steps: int | str | None = option(
@@ -422,6 +436,10 @@ class TrainingArguments:
                     getattr(self, name) is None,
                     f"{flag(name)} applies to segmentation only; classification takes its classes from the dataset.",
                 )
+        _check(
+            self.task == "change-detection" or not self.dice_weight,
+            "--dice-weight applies to change detection (ConvNextForChangeDetection's loss).",
+        )
         if self.task == "change-detection":
             _check(
                 self.class_names is None and self.num_labels in (None, 2),

@@ -60,7 +60,7 @@ from .checkpoint import (
 )
 from .inference import evaluate_loader, scene_tiling
 from .loaders import TransformedDataset, make_loader, set_epoch
-from .methods import PEFT_METHODS, apply_method, parameter_groups, parameter_summary
+from .methods import DEFAULT_LR, PEFT_METHODS, apply_method, parameter_groups, parameter_summary
 from .output_dir import OutputLock, check_output_dir, clear_previous_run
 from .tasks import TaskData, TaskSpec, get_task, image_processor_settings
 from .tracking import JsonLinesTracker, trackers, truncate_log
@@ -169,6 +169,7 @@ class _Inputs:
     eval_sizes_vary: dict[str, bool]
     model: Any
     record: RunRecord
+    module_lrs: dict[str, float] = field(default_factory=dict)
 
 
 def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
@@ -192,7 +193,11 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
         if args.tile_size is not None:
             check_tile_options(args.tile_size, args.tile_overlap, args.tile_window, stride)
     crops = crops_per_image(args, scan)
-    model = apply_method(base, args, extra_modules=adapt_stem(base, bands))
+    stem = adapt_stem(base, bands)
+    model = apply_method(base, args, extra_modules=stem)
+    module_lrs = {}
+    if stem and args.method != "full":  # full fine-tuning trains the stem with everything else
+        module_lrs = dict.fromkeys(stem, args.stem_lr or DEFAULT_LR["full"])
     if checkpoint is not None:
         changed = check_compatible(checkpoint, args, data.class_names, model)
         if changed:
@@ -208,7 +213,7 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
     vary = {
         name: not uniform_sizes(scan, name) and args.resize is None for name in data.splits if name != "train"
     }
-    return _Inputs(checkpoint, data, bands, crops, vary, model, record)
+    return _Inputs(checkpoint, data, bands, crops, vary, model, record, module_lrs)
 
 
 def _start_outputs(
@@ -303,7 +308,8 @@ class _Run:
         checkpoint, data, model, record = inputs.checkpoint, inputs.data, inputs.model, inputs.record
         _start_outputs(accelerator, args, checkpoint, record)
         train_loader, eval_loaders = _loaders(args, spec, inputs, accelerator.num_processes)
-        optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.lr)
+        groups = parameter_groups(model, args.weight_decay, inputs.module_lrs)
+        optimizer = torch.optim.AdamW(groups, lr=args.lr)
         plain_optimizer = optimizer  # the scheduler drives the plain optimizer that Accelerate wraps
         model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
         eval_loaders = {

@@ -117,19 +117,29 @@ def uses_weight_decay(name: str, param: nn.Parameter) -> bool:
     return not (name.endswith("prompt.latent") or ".ia3_l." in name)
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(
+    model: nn.Module, weight_decay: float, module_lrs: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
     """AdamW parameter groups of the trainable parameters: with and without weight decay (none on UPetu's
-    k-bit latents, see `kbit_latents`)."""
-    decay, no_decay = [], []
+    k-bit latents, see `kbit_latents`). `module_lrs` gives the parameters under some modules their own learning
+    rate (`{"embeddings.patch_embeddings": 5e-4}`: a name containing `.embeddings.patch_embeddings.`, e.g. an
+    inflated stem that trains next to an adapter); the others take the optimizer's."""
+    module_lrs = module_lrs or {}
+    groups: dict[tuple[bool, float | None], list[nn.Parameter]] = {}
     kbit = kbit_latents(model)
     for name, param in model.named_parameters():
         if param.requires_grad:
             decayed = uses_weight_decay(name, param) and id(param) not in kbit
-            (decay if decayed else no_decay).append(param)
-    if not decay and not no_decay:
+            lr = next((v for k, v in module_lrs.items() if f".{k}." in f".{name}"), None)
+            groups.setdefault((decayed, lr), []).append(param)
+    if not groups:
         raise ValueError("The model has no trainable parameter.")
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+    order = sorted(groups, key=lambda key: (not key[0], key[1] is not None, key[1] or 0.0))
+    return [
+        {"params": groups[key], "weight_decay": weight_decay if key[0] else 0.0}
+        | ({"lr": key[1]} if key[1] is not None else {})
+        for key in order
+    ]
 
 
 def is_head_parameter(name: str) -> bool:

@@ -471,6 +471,8 @@ class ChangeDetectionTask(_DenseTask):
 
     def build_model(self, args: TrainingArguments, class_names: list[str]) -> nn.Module:
         extra = {"decoder_hidden_size": args.head_hidden_size} if args.head_hidden_size is not None else {}
+        if args.dice_weight:
+            extra["dice_weight"] = args.dice_weight
         return build_change_detection_model(
             args.model,
             num_labels=2,
