@@ -304,3 +304,35 @@ def test_band_statistics_from_a_file_or_the_processor(tmp_path, tiny, capsys):
     # the checkpoint's processor has 3 (RGB) values: not one per band
     code, err = run_cli(seg_argv(tiny, data, tmp_path / "p", "--band-statistics", "processor"), capsys)
     assert code == 2 and "not 4 values (one per band)" in err
+
+
+@pytest.mark.parametrize("method", ["full", "linear"])
+def test_full_and_linear_runs_save_the_inflated_model(tmp_path, tiny, method):
+    data = multiband_change(tmp_path / "cd4", 4)
+    out = tmp_path / "run"
+    kw = dict(method=method, r=None, lr=1e-3, image_size=32, head_hidden_size=16)
+    results = train(base_args("change-detection", tiny, data, out, **kw))
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["backbone_config"]["num_channels"] == 4
+    model, _ = load_trained_model(str(out))
+    assert model.backbone.embeddings.patch_embeddings.in_channels == 4
+    assert evaluate_model(EvalArguments(adapter=str(out)))["f1"] == results["test"]["f1"]
+
+
+def test_an_inflated_stem_has_its_own_learning_rate(tiny):
+    from upetu_hf.models import build_segmentation_model
+    from upetu_hf.models.stem import STEM_MODULES_TO_SAVE, inflate_stem
+    from upetu_hf.train.methods import apply_method, parameter_groups
+
+    model = build_segmentation_model(str(tiny), num_labels=2, hidden_size=16, auxiliary_channels=16)
+    inflate_stem(model, 13, [3, 2, 1])
+    peft = apply_method(model, "upetu", extra_modules=STEM_MODULES_TO_SAVE, r=2)
+    lrs = dict.fromkeys(STEM_MODULES_TO_SAVE, 5e-4)
+    groups = parameter_groups(peft, 0.05, lrs)
+    names = {id(p): n for n, p in peft.named_parameters()}
+    own = {names[id(p)] for g in groups if g.get("lr") == 5e-4 for p in g["params"]}
+    assert own and all(".embeddings." in n and "modules_to_save" in n for n in own)
+    stem_trainables = {n for n, p in peft.named_parameters() if p.requires_grad and ".embeddings." in n}
+    assert own == stem_trainables  # conv weight and bias, LayerNorm weight and bias
+    assert {g["weight_decay"] for g in groups if g.get("lr") == 5e-4} == {0.05, 0.0}
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in peft.parameters())
