@@ -24,6 +24,13 @@ def test_large_scenes_are_covered_about_once_per_epoch():
     assert default_crops_per_image([(10000, 10000)], 256, max_crops=200) == 200
 
 
+def test_a_handful_of_scenes_gets_enough_crops_per_epoch():
+    # issue 14: 7 pairs in batches of 32 at 8 batches per epoch: 256 crops -> ceil(256 / 7) = 37 each
+    assert default_crops_per_image([(640, 952)] * 7, 256, min_crops=8 * 32) == 37
+    assert default_crops_per_image([(256, 256)] * 1000, 256, min_crops=256) == 1  # many tiles: unchanged
+    assert default_crops_per_image([(256, 256)], 256, min_crops=1000) == 64  # still capped
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="No scene sizes"):
         default_crops_per_image([], 256)

@@ -7,7 +7,13 @@ cover the average scene once::
     k = min(max_crops, max(1, ceil(mean_i(H_i * W_i) / crop_size^2)))
 
 so datasets of crop-sized tiles keep one crop per image (k = 1) and each pixel of a large scene is seen about
-once per epoch (952 x 640 at 256: k = 10). An epoch of `n` scenes then holds `n * k` crops; with a
+once per epoch (952 x 640 at 256: k = 10). A handful of scenes also gets at least `min_crops` crops per epoch in
+all (`upetu-train` asks for 8 batches)::
+
+    k = min(max_crops, max(k, ceil(min_crops / n)))
+
+(7 pairs, batches of 32: k = ceil(256 / 7) = 37, 8 optimizer steps per epoch instead of 2). An epoch of `n` scenes
+then holds `n * k` crops; with a
 `datasets.Dataset` that is ``train.select([i for i in range(n) for _ in range(k)])``, each copy drawing its own
 seeded crop.
 """
@@ -19,9 +25,10 @@ from collections.abc import Iterable
 
 
 def default_crops_per_image(
-    sizes: Iterable[tuple[int, int]], crop_size: int | None, max_crops: int = 64
+    sizes: Iterable[tuple[int, int]], crop_size: int | None, max_crops: int = 64, min_crops: int = 0
 ) -> int:
-    """`k` of the module docstring from the scenes' `(height, width)` (read at scan time) and the crop side.
+    """`k` of the module docstring from the scenes' `(height, width)` (read at scan time), the crop side and the
+    fewest crops an epoch should hold (`min_crops`, e.g. 8 batches).
 
     `crop_size=None` (whole images, no crop) gives 1.
     """
@@ -33,7 +40,8 @@ def default_crops_per_image(
     if not areas:
         raise ValueError("No scene sizes given.")
     mean_area = sum(areas) / len(areas)
-    return min(max_crops, max(1, math.ceil(mean_area / crop_size**2)))
+    cover = max(1, math.ceil(mean_area / crop_size**2))
+    return min(max_crops, max(cover, math.ceil(min_crops / len(areas))))
 
 
 __all__ = ["default_crops_per_image"]

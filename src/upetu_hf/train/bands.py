@@ -38,6 +38,8 @@ from .arguments import DENSE_TASKS, TrainingArguments, flag
 
 #: Band names, other than Sentinel-2's, that receive the pretrained R, G and B kernels (case-insensitive).
 RGB_NAMES = (("r", "g", "b"), ("red", "green", "blue"))
+#: `--crops-per-image auto` draws at least this many training batches per epoch from a handful of scenes.
+MIN_BATCHES_PER_EPOCH = 8
 #: Rows read at a time while scanning a column (bounds the memory of in-memory Hub images).
 _SCAN_ROWS = 256
 
@@ -308,9 +310,13 @@ def crops_per_image(args: TrainingArguments, scan: DataScan) -> int:
         return 1
     if args.crops_per_image != "auto":
         return int(args.crops_per_image)
+    sizes = scan.sizes("train")
     if args.resize is not None:
-        return default_crops_per_image([(args.resize, args.resize)], args.image_size)
-    return default_crops_per_image(scan.sizes("train"), args.image_size)
+        sizes = [(args.resize, args.resize)] * len(sizes)
+    if args.image_size is None:  # whole scenes: one per epoch
+        return 1
+    min_crops = MIN_BATCHES_PER_EPOCH * args.batch_size
+    return default_crops_per_image(sizes, args.image_size, min_crops=min_crops)
 
 
 def check_scene_sizes(args: TrainingArguments, scan: DataScan, stride: int) -> None:
