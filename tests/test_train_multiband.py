@@ -118,6 +118,11 @@ def test_multiband_classification_trains_and_upetu_eval_reproduces_it(tmp_path, 
     assert stem.modules_to_save["default"].in_channels == bands
     metrics = evaluate_model(EvalArguments(adapter=str(out)))
     assert metrics["accuracy"] == results["test"]["accuracy"]
+    card = (out / "README.md").read_text()  # the card lists the bands and their statistics
+    assert (
+        f"{bands} of the {bands} bands" in card
+        and f"| {setup['selected'][0]} | 0 | {setup['mean'][0]:.6g} |" in card
+    )
     assert metrics["num_samples"] == results["test"]["num_samples"] == len(files) // 2
 
 

@@ -58,7 +58,7 @@ from .checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .inference import evaluate_loader, scene_tiling
+from .inference import evaluate_loader, run_bands, scene_tiling
 from .loaders import TransformedDataset, make_loader, set_epoch
 from .methods import DEFAULT_LR, PEFT_METHODS, apply_method, parameter_groups, parameter_summary
 from .output_dir import OutputLock, check_output_dir, clear_previous_run
@@ -516,7 +516,7 @@ class _Run:
         if test_metrics is not None:
             accelerator.log(_scalars(test_metrics, "test/"), step=state.global_step)
         if accelerator.is_main_process:
-            _write_outputs(self.unwrapped, args, results, self.data)
+            _write_outputs(self.unwrapped, args, results, self.data, run_bands(self.record))
             if not args.keep_checkpoints:
                 remove_checkpoints(args.output_dir)
         accelerator.wait_for_everyone()
@@ -549,7 +549,7 @@ def _task_results(args: TrainingArguments, results: dict[str, Any], data: TaskDa
     return TaskResults(args.task, dataset, results["test"], "test", name)
 
 
-def _usage(args: TrainingArguments) -> str:
+def _usage(args: TrainingArguments, bands: BandSetup | None = None) -> str:
     return f"""Reload and evaluate it with [upetu-hf](https://github.com/upetu-hf/upetu-hf):
 
 ```bash
@@ -560,16 +560,42 @@ upetu-eval --adapter <this repo id or folder> --model {args.model}
 from upetu_hf.train import load_trained_model
 
 model, run = load_trained_model("<this repo id or folder>")
-```"""
+```""" + (_bands_section(bands) if bands is not None else "")
 
 
-def _write_outputs(model, args: TrainingArguments, results: dict[str, Any], data: TaskData) -> None:
+def _bands_section(bands: BandSetup) -> str:
+    """The card's table of the input bands and their normalisation, ``(x * scale - mean) / std``."""
+    rows = "\n".join(
+        f"| {name} | {index} | {mean:.6g} | {std:.6g} |"
+        for name, index, mean, std in zip(bands.selected, bands.indices, bands.mean, bands.std)
+    )
+    stem = (
+        f"inflated from {bands.model_channels} channels (pretrained kernels on bands {bands.rgb_indices}), saved "
+        "with the adapter"
+        if bands.inflates
+        else "the checkpoint's own"
+    )
+    return f"""
+
+### Input bands
+
+{bands.num_channels} of the {bands.file_bands} bands of each file, normalised `(x * {bands.scale:g} - mean) / std` with
+statistics from `{bands.statistics_source}` (also in `run_config.json`); the stem is {stem}.
+
+| band | index in the file | mean | std |
+|---|---|---|---|
+{rows}"""
+
+
+def _write_outputs(
+    model, args: TrainingArguments, results: dict[str, Any], data: TaskData, bands: BandSetup | None
+) -> None:
     """Main process: the adapter (or model) with its card, `metrics.json` (each atomic), then `--push-to-hub`."""
     output_dir = Path(args.output_dir)
     card = dict(
         metrics=_card_metrics(results),
         datasets=data.hub_ids or None,
-        usage=_usage(args),
+        usage=_usage(args, bands),
         results=_task_results(args, results, data),
     )
     peft = args.method in PEFT_METHODS
