@@ -154,7 +154,16 @@ class Benchmark:
         path = Path(args.output)
         if args.resume and path.is_file():
             old = json.loads(path.read_text())
-            if old.get("protocol") != self.state["protocol"]:
+
+            # the seeds may change: a shorter list summarises the runs so far (after an interruption)
+            def same(protocol: dict | None) -> dict:  # as JSON stores it (tuples become lists)
+                return {
+                    k: v
+                    for k, v in json.loads(json.dumps(protocol or {})).items()
+                    if k not in ("seeds", "reduced")
+                }
+
+            if same(old.get("protocol")) != same(self.state["protocol"]):
                 raise SystemExit(f"{path} was recorded under another protocol; use another --output.")
             self.state["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
             self.state["sessions"] = old.get("sessions", [])
@@ -213,30 +222,39 @@ class Benchmark:
         return record
 
     def run(self) -> dict[str, Any]:
+        """Both variants' searches first, then their seed runs, one seed at a time for both (an interrupted
+        benchmark still compares them on the same seeds)."""
         seeds = self.args.seeds
-        for variant in VARIANTS:
-            search = [self.ensure(variant, lr, f, seeds[0], "search") for f, lr in self.grid]
-            choice = select(search, self.grid, seeds[0])
-            self.state["selection"][variant] = choice
-            if not choice["complete"]:
+        searches = {v: [self.ensure(v, lr, f, seeds[0], "search") for f, lr in self.grid] for v in VARIANTS}
+        choices = {v: select(search, self.grid, seeds[0]) for v, search in searches.items()}
+        self.state["selection"] = choices
+        done = {v: choices[v]["complete"] for v in VARIANTS}
+        finals = {
+            v: [search[[lr for _, lr in self.grid].index(choices[v]["lr"])]] if done[v] else []
+            for v, search in searches.items()
+        }
+        for seed in seeds[1:]:
+            for variant in (v for v in VARIANTS if done[v]):
+                choice = choices[variant]
+                finals[variant].append(self.ensure(variant, choice["lr"], choice["lr_factor"], seed, "seed"))
+        for variant, runs in finals.items():
+            if not done[variant]:
                 log(f"{variant}: learning-rate search incomplete; no seed runs")
                 continue
-            finals = [search[[lr for _, lr in self.grid].index(choice["lr"])]]
-            finals += [self.ensure(variant, choice["lr"], choice["lr_factor"], s, "seed") for s in seeds[1:]]
-            scores = [r.get("test_score") for r in finals if r.get("status") == "ok"]
+            scores = [r.get("test_score") for r in runs if r.get("status") == "ok"]
             mean, std = mean_std(scores)
             self.state["summary"][variant] = {
                 "bands": VARIANTS[variant] or "all 13",
-                "lr": choice["lr"],
-                "validation_f1_search": choice["validation_score"],
+                "lr": choices[variant]["lr"],
+                "validation_f1_search": choices[variant]["validation_score"],
                 "test_f1": scores,
                 "test_f1_mean": mean,
                 "test_f1_std": std,
                 "n": len(scores),
-                "trainable_params": finals[0].get("parameters", {}).get("trainable"),
-                "adapter_bytes": finals[0].get("adapter_bytes"),
+                "trainable_params": runs[0].get("parameters", {}).get("trainable"),
+                "adapter_bytes": runs[0].get("adapter_bytes"),
             }
-            self.save()
+        self.save()
         return self.state
 
 

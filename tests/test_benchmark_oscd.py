@@ -42,3 +42,12 @@ def test_benchmark_oscd_writes_both_variants(tmp_path):
         saved["summary"]["upetu-13band"]["trainable_params"]
         > saved["summary"]["upetu-rgb"]["trainable_params"]
     )
+    # an interrupted benchmark is summarised on fewer seeds from its finished runs, without training again
+    again = script.main(
+        [
+            "--data", str(data), "--model", str(model), "--output", str(output), "--work-dir", str(tmp_path / "w"),
+            "--train-cities", "3", "--val-cities", "1", "--epochs", "1", "--batch-size", "2", "--crop", "32",
+            "--lr-factors", "1", "--seeds", "0", "--resume", "--reduced", "interrupted",
+        ]
+    )  # fmt: skip
+    assert len(again["runs"]) == 4 and again["summary"]["upetu-rgb"]["test_f1"] == summary["test_f1"][:1]
