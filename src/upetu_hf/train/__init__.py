@@ -8,7 +8,8 @@ metrics = train(TrainingArguments(task="classification", model="<ConvNeXt checkp
                                   output_dir="runs/ucm-upetu", train_fraction=0.5, validation_fraction=0.1))
 ```
 
-A batch goes `arguments` (the run's description) -> `tasks` (data and model of the task) -> `loaders` ->
+A batch goes `arguments` (the run's description) -> `tasks` (data and model of the task) -> `bands` (what the
+scan of the images decides: bands, per-band statistics, the stem, crops per scene) -> `loaders` ->
 `loop` (`train`) -> `inference` (`evaluate_loader`), with `methods` building the model to train and
 `checkpoint` / `output_dir` / `tracking` keeping what the run writes. This package may import every other part of
 `upetu_hf`; nothing else imports it.
