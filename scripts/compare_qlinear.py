@@ -12,9 +12,8 @@ of the new design (format 2), and of the ablation runs of `scripts/ablate_qlinea
 ```bash
 python scripts/compare_qlinear.py --old results/qlinear_v1_accuracy_classification.json \
     --new results/accuracy_classification.json \
-    --ablation decay=/tmp/bench/abl-decay/accuracy_classification.json \
-    --ablation no-clip=/tmp/bench/abl-noclip/accuracy_classification.json \
-    --ablation fixed-down-scale=/tmp/bench/abl-fixed/accuracy_classification.json
+    --ablation decay=results/qlinear_ablations/decay.json --ablation clip=results/qlinear_ablations/clip.json \
+    --ablation fixed-down-scale=results/qlinear_ablations/fixed.json
 ```
 """
 
@@ -110,13 +109,14 @@ def markdown(comparison: dict[str, Any]) -> str:
         "Old: format 1 (per-tensor mean/std recomputed from the latent weight, detached; unclipped STE). New: format 2",
         "(latents in weight units, learned row scales, exact idempotent codecs, no weight decay on k-bit latents).",
         "",
-        "| bits | old test | new test | new validation | new lr |",
-        "|---:|---:|---:|---:|---:|",
+        "| bits | old test | new test | old validation | new validation | old lr | new lr |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in comparison["bits"]["rows"].values():
         old, new = row["old"], row["new"]
         lines.append(
-            f"| {row['bits']} | {fmt(old['test'])} | {fmt(new['test'])} | {fmt(new['validation'])} | {new['lr']} |"
+            f"| {row['bits']} | {fmt(old['test'])} | {fmt(new['test'])} | {fmt(old['validation'])} | "
+            f"{fmt(new['validation'])} | {old['lr'] or '—'} | {new['lr']} |"
         )
     lines += ["", "| aim (new design) | value | met |", "|---|---:|---|"]
     for aim, value in comparison["bits"]["aims"].items():
