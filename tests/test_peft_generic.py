@@ -421,3 +421,21 @@ def test_config_refuses_floats_and_bools(kwargs, field):
 
 def test_import_registers_the_enum_type():
     assert upetu_hf.UPetuConfig().peft_type is upetu_hf.tuner.PEFT_TYPE
+
+
+def test_a_folder_mixing_two_saves_is_refused_by_peft_loading(tmp_path):
+    """`save_adapter` writes `manifest.json` last; `PeftModel.from_pretrained` itself refuses weights from another
+    save, even when they have the same format and shapes (only the manifest can tell)."""
+    first, _ = trained("v1", bits=1)
+    second = get_peft_model(build("v1"), UPetuConfig(bits=1, init_weights=False))
+    upetu_hf.save_adapter(first, tmp_path / "a")
+    upetu_hf.save_adapter(second, tmp_path / "b")
+    assert torch.equal(
+        logits(PeftModel.from_pretrained(build("v1"), tmp_path / "a"), "v1"), logits(first, "v1")
+    )
+    weights = "adapter_model.safetensors"
+    (tmp_path / "a" / weights).write_bytes((tmp_path / "b" / weights).read_bytes())
+    with pytest.raises(
+        ValueError, match=r"adapter_model\.safetensors differs .*manifest\.json.*mixes two saves"
+    ):
+        PeftModel.from_pretrained(build("v1"), tmp_path / "a")

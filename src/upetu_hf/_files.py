@@ -3,6 +3,7 @@ and JSON that names its file when it cannot be read."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -10,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+#: written last by every save (name, size and SHA-256 of each file), so that a save cut short is detectable
+MANIFEST_FILE = "manifest.json"
 _UNSAFE = re.compile(r"[\x00-\x1f/\\:]+")
 MAX_NAME_LENGTH = 200
 
@@ -91,3 +94,30 @@ def is_local(source: str) -> bool:
     """Whether `source` (a `--model`, `--data` or `--adapter` value) means a local path rather than a Hub id: it
     exists, or it is spelled like a path (starts with `.`, `/` or `~`, or holds a backslash)."""
     return source.startswith((".", "/", "~")) or "\\" in source or Path(source).expanduser().exists()
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_manifest(folder: str | os.PathLike) -> None:
+    """Raise `ValueError` when a saved folder disagrees with its `manifest.json` (a save was cut short); folders
+    without a manifest (saved by peft itself, or by an older upetu-hf) pass."""
+    folder = Path(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        return
+    manifest = read_json(path, "manifest")
+    for name, entry in manifest.get("files", {}).items():
+        file = folder / name
+        if not file.is_file() or file.stat().st_size != entry["bytes"] or sha256_of(file) != entry["sha256"]:
+            state = "is missing" if not file.is_file() else "differs from the saved one"
+            raise ValueError(
+                f"{file} {state} according to {path}: the save was interrupted and the folder mixes two saves; "
+                "save the adapter (or re-run the training) again."
+            )

@@ -8,7 +8,6 @@ correct card instead. `upload_folder` publishes an already saved folder (e.g. a 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -23,13 +22,13 @@ from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ._files import file_mode, is_local, read_json, save_tensors, write_json_atomic
+from ._files import MANIFEST_FILE, file_mode, is_local, save_tensors, sha256_of, write_json_atomic
+from ._files import verify_manifest as verify_manifest  # re-exported: the check of what `save_adapter` writes
 from .tuner.config import ADAPTER_WEIGHTS_NAME, PEFT_TYPE, format_metadata
 
 CARD_TAGS = ["upetu", "peft", "remote-sensing", "convnext", "parameter-efficient-fine-tuning"]
 BASELINE_TAGS = ["peft", "remote-sensing", "convnext", "parameter-efficient-fine-tuning"]
 #: Written last by `save_adapter` / `save_model`: every saved file's size and SHA-256.
-MANIFEST_FILE = "manifest.json"
 MANIFEST_VERSION = 1
 
 
@@ -314,14 +313,6 @@ def saved_file_names(adapter: bool) -> tuple[str, ...]:
     return ("config.json", "model.safetensors", "README.md")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _move_order(path: Path) -> tuple[int, str]:
     """Weights first, then configurations, the card last: a fresh folder cut short has no loadable config."""
     return (0 if path.suffix == ".safetensors" else 2 if path.name == "README.md" else 1, path.name)
@@ -341,7 +332,7 @@ def _save_folder(target: Path, write: Callable[[Path], Path]) -> Path:
         files = sorted((p for p in written.iterdir() if p.is_file()), key=_move_order)
         manifest = {
             "format_version": MANIFEST_VERSION,
-            "files": {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files},
+            "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in files},
         }
         for path in files:
             os.chmod(path, file_mode())  # some writers create 0600 files
@@ -350,24 +341,6 @@ def _save_folder(target: Path, write: Callable[[Path], Path]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def verify_manifest(folder: str | os.PathLike) -> None:
-    """Raise `ValueError` when a saved folder disagrees with its `manifest.json` (a save was cut short); folders
-    without a manifest (saved by peft itself, or by an older upetu-hf) pass."""
-    folder = Path(folder)
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        return
-    manifest = read_json(path, "manifest")
-    for name, entry in manifest.get("files", {}).items():
-        file = folder / name
-        if not file.is_file() or file.stat().st_size != entry["bytes"] or _sha256(file) != entry["sha256"]:
-            state = "is missing" if not file.is_file() else "differs from the saved one"
-            raise ValueError(
-                f"{file} {state} according to {path}: the save was interrupted and the folder mixes two saves; "
-                "save the adapter (or re-run the training) again."
-            )
 
 
 def _add_format_metadata(weights: Path, config) -> None:

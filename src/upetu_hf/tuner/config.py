@@ -200,13 +200,16 @@ def check_adapter_weights(
     config: UPetuConfig | None = None,
 ) -> str | None:
     """Raise a clear error if the adapter's `adapter_model.safetensors` (local, or already in the HF cache) is
-    corrupt, or if its recorded format disagrees with `config`.
+    corrupt, if its recorded format disagrees with `config`, or if a local folder disagrees with its
+    `manifest.json` (a save cut short).
 
     Returns the checked file's path, or None when the file is not available locally yet (it is then downloaded,
     and checked, by huggingface_hub).
     """
     from huggingface_hub import try_to_load_from_cache
     from safetensors import SafetensorError, safe_open
+
+    from .._files import verify_manifest
 
     local = os.path.join(model_id, subfolder or "", ADAPTER_WEIGHTS_NAME)
     if os.path.isdir(model_id):
@@ -217,6 +220,8 @@ def check_adapter_weights(
         path = cached if isinstance(cached, str) else None
     if path is None:
         return None
+    if os.path.isdir(model_id):  # a folder written by `save_adapter`: refuse one that mixes two saves
+        verify_manifest(os.path.join(model_id, subfolder or ""))
     try:
         with safe_open(path, framework="pt") as f:
             f.keys()
