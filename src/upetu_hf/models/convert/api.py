@@ -134,6 +134,42 @@ def _image_processor(mean: tuple[float, ...], std: tuple[float, ...], image_size
     return Processor(image_mean=list(mean), image_std=list(std), size={"shortest_edge": image_size})
 
 
+def _read_and_map(checkpoint: str | os.PathLike, key: str | None, prefix: str | None):
+    """Read `checkpoint`, find its weights (wrapper `key`, encoder `prefix`) and map them onto HF ConvNeXt keys.
+
+    Returns `(mapped, layout, wrapper, prefix, ignored)`; raises `ConversionError` naming the keys it cannot map.
+    """
+    raw = load_checkpoint_file(checkpoint)
+    state_dict, wrapper = find_state_dict(raw, key)
+    del raw
+    layout, found_prefix = detect(state_dict, prefix)
+    scoped = {k[len(found_prefix) :]: v for k, v in state_dict.items() if k.startswith(found_prefix)}
+    ignored = sorted(k for k in state_dict if not k.startswith(found_prefix))
+    mapped = map_keys(scoped, layout)
+    if mapped.unmatched:
+        raise ConversionError(
+            f"cannot map {len(mapped.unmatched)} of {len(scoped)} keys (layout {layout.name!r}, prefix "
+            f"{found_prefix!r}): {preview(mapped.unmatched)}"
+        )
+    return mapped, layout, wrapper, found_prefix, ignored
+
+
+def _normalisation(
+    num_channels: int, image_mean: Sequence[float] | None, image_std: Sequence[float] | None, image_size: int
+):
+    """The checked per-channel mean and std for the processor (ImageNet's by default, for 3 channels only)."""
+    if image_mean is None and image_std is None and num_channels != 3:
+        raise ConversionError(
+            f"the model takes {num_channels} input channels: give --image-mean and --image-std with "
+            f"{num_channels} values each"
+        )
+    mean = _check_stats("--image-mean", image_mean if image_mean is not None else IMAGENET_MEAN, num_channels)
+    std = _check_stats("--image-std", image_std if image_std is not None else IMAGENET_STD, num_channels)
+    if image_size < 1:
+        raise ConversionError(f"--image-size must be positive, got {image_size}")
+    return mean, std
+
+
 def convert_checkpoint(
     checkpoint: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -174,34 +210,13 @@ def convert_checkpoint(
             named), inconsistent options, or an OUTPUT_DIR it may not write to.
     """
     output_path = check_output_dir(output_dir, overwrite)
-    raw = load_checkpoint_file(checkpoint)
-    state_dict, wrapper = find_state_dict(raw, key)
-    del raw
-    layout, found_prefix = detect(state_dict, prefix)
-    scoped = {k[len(found_prefix) :]: v for k, v in state_dict.items() if k.startswith(found_prefix)}
-    ignored = sorted(k for k in state_dict if not k.startswith(found_prefix))
-    mapped = map_keys(scoped, layout)
-    if mapped.unmatched:
-        raise ConversionError(
-            f"cannot map {len(mapped.unmatched)} of {len(scoped)} keys (layout {layout.name!r}, prefix "
-            f"{found_prefix!r}): {preview(mapped.unmatched)}"
-        )
+    mapped, layout, wrapper, found_prefix, ignored = _read_and_map(checkpoint, key, prefix)
     arch = infer_architecture(mapped.tensors, depths, hidden_sizes)
     labels = _label_count(arch, num_labels, label_names)
     tensors = dict(mapped.tensors)
     if arch.head_labels is not None and labels != arch.head_labels:
         tensors = {k: v for k, v in tensors.items() if not k.startswith("classifier.")}
-    if image_mean is None and image_std is None and arch.num_channels != 3:
-        raise ConversionError(
-            f"the model takes {arch.num_channels} input channels: give --image-mean and --image-std with "
-            f"{arch.num_channels} values each"
-        )
-    mean = _check_stats(
-        "--image-mean", image_mean if image_mean is not None else IMAGENET_MEAN, arch.num_channels
-    )
-    std = _check_stats("--image-std", image_std if image_std is not None else IMAGENET_STD, arch.num_channels)
-    if image_size < 1:
-        raise ConversionError(f"--image-size must be positive, got {image_size}")
+    mean, std = _normalisation(arch.num_channels, image_mean, image_std, image_size)
 
     config = make_config(arch, labels, label_names, image_size)
     model = _MODEL_CLASSES[(arch.version, labels is not None)](config)
