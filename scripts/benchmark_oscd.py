@@ -25,7 +25,7 @@ The results (protocol, split, every run, selection, summary, machine, git state)
 `results/accuracy_oscd13.json`), rewritten atomically after every run; `--resume` skips the finished runs.
 
 Usage:
-    OMP_NUM_THREADS=2 python scripts/benchmark_oscd.py --threads 2
+    OMP_NUM_THREADS=2 python scripts/benchmark_oscd.py --threads 2          # the README numbers (about 23 min, 2 cores)
     python scripts/benchmark_oscd.py --epochs 4 --seeds 0 --lr-factors 1 --output /tmp/oscd.json   # a quick look
 """
 
@@ -267,7 +267,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--train-cities", type=int, default=8)
     parser.add_argument("--val-cities", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=128, help="Random training crop (a multiple of 32).")
     parser.add_argument("--crops-per-image", default="auto")
