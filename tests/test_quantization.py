@@ -128,18 +128,24 @@ def test_qlinear_weight_forms():
 
     full = QLinearWeight(4, 12, bits=32, codebook="lloyd", side_bits=32, learn_scale=True)
     assert full.scale is None and full() is full.weight.latent  # 32 bits: exactly the unquantized weight
-    learned = QLinearWeight(4, 12, bits=1, codebook="lloyd", side_bits=8, learn_scale=True)
+    learned = QLinearWeight(4, 12, bits=1, codebook="lloyd", side_bits=32, learn_scale=True)
     fixed = QLinearWeight(4, 12, bits=1, codebook="lloyd", side_bits=8, learn_scale=False)
+    # the row scale lives in weight units (gain = 1 / sqrt(3 * 12) = 1/6): m = gain * alpha
     with torch.no_grad():
-        learned.scale.latent.copy_(torch.tensor([1.0, 2.0, 0.5, 0.25]))
-        row_scale = learned().abs().amax(dim=1) / (0.7979 / 6.0)  # gain 1 / sqrt(3 * 12) = 1/6
+        learned.scale.latent.copy_(torch.tensor([1.0, 2.0, 0.5, 0.25]) / 6.0)
+        row_scale = learned().abs().amax(dim=1) / (0.7979 / 6.0)
     assert row_scale == pytest.approx([1.0, 2.0, 0.5, 0.25], rel=1e-3)
+    assert learned.row_scale_unit == pytest.approx(6.0) and full.row_scale_unit == 1.0
     with torch.no_grad():
         assert fixed().abs().unique().numel() == 1
         assert fixed().abs().max().item() == pytest.approx(0.7979 / 6.0, rel=1e-3)
-    assert torch.equal(QLinearWeight(4, 12, 1, "lloyd", 8, learn_scale=True).scale.latent, torch.ones(4))
-    # the learned scale receives the gradient gain * levels[codes] (LSQ / XNOR-Net alpha)
+    # initialised at alpha = 1: the k-bit weight starts at the codebook levels times the weight's init std
+    fresh = QLinearWeight(4, 12, 1, "lloyd", 32, learn_scale=True)
+    assert torch.allclose(fresh.scale.latent, torch.full((4,), 1.0 / 6.0))
+    with torch.no_grad():
+        assert torch.allclose(fresh(), fresh.weight(), rtol=1e-6)
+    # the learned scale receives the gradient sum(grad * q(latent)) / gain (LSQ / XNOR-Net alpha, in weight units)
     grad_out = torch.randn(4, 12)
     (learned() * grad_out).sum().backward()
-    codes_value = KBitCodec(1).quantize(learned.weight.latent)
-    assert torch.allclose(learned.scale.latent.grad, (grad_out * codes_value).sum(1) / 6.0)
+    codes_value = KBitCodec(1, unit=1.0 / 6.0).quantize(learned.weight.latent)
+    assert torch.allclose(learned.scale.latent.grad, (grad_out * codes_value).sum(1) * 6.0, rtol=1e-5)

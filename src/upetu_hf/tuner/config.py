@@ -19,9 +19,9 @@ class UPetuPeftType(str, enum.Enum):
 
 
 PEFT_TYPE = UPetuPeftType.UPETU
-#: version of the stored adapter format, recorded in the weights file's metadata (2: k-bit codes with
-#: learned row scales, power-of-two int8 side tensors)
-FORMAT_VERSION = "2"
+#: version of the stored adapter format, recorded in the weights file's metadata (3: k-bit codes with
+#: learned row scales in weight units, power-of-two int8 side tensors; 2 stored unit-sized row scales)
+FORMAT_VERSION = "3"
 ALLOWED_BITS = (1, 2, 4, 8, 32)
 ALLOWED_SIDE_BITS = (8, 16, 32)
 ALLOWED_CODEBOOKS = ("lloyd", "quantile")

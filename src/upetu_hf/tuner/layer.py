@@ -45,7 +45,9 @@ class EQAM(nn.Module):
     Input `u`: the block's normalised channels-last tensor (N, H, W, C). Output: delta of the same shape and dtype.
     `W_down` (r, C) and `W_up` (C, r) are Q-Linear weights (`QLinearWeight`; `W_down` with its own learned per-row
     scale, `W_up` scaled by `s`). `s` (C,) starts at 0, so the adapted block equals the base block at
-    initialisation. The adapter computes in its own dtype (float32 under peft's `autocast_adapter_dtype`) and casts
+    initialisation. At k bits the parameter behind `s` is in the units of `W_up`'s entries (`s = scale /
+    gain_up`, `QLinearWeight.row_scale_unit`), so Adam grows the up-projection's magnitude at the 32-bit pace.
+    The adapter computes in its own dtype (float32 under peft's `autocast_adapter_dtype`) and casts
     the result back to the input's dtype, as peft's layers do.
     """
 
@@ -64,7 +66,7 @@ class EQAM(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         down = self.down()  # (r, C)
         # the per-channel scale is folded into the (C, r) up weight: cheaper than scaling every pixel
-        up = self.up() * self.scale().unsqueeze(1)  # (C, r)
+        up = self.up() * (self.scale() * self.up.row_scale_unit).unsqueeze(1)  # (C, r)
         hidden = self.act(F.linear(u.to(down.dtype), down))  # (N, H, W, r)
         return F.linear(hidden, up).to(u.dtype)
 

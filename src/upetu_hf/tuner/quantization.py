@@ -329,15 +329,18 @@ class QLinearWeight(nn.Module):
     """The weight W (out, in) of a Q-Linear layer.
 
     - 32 bits: `W = latent`, the unquantized weight (Kaiming-uniform init, std `gain = 1 / sqrt(3 * in)`).
-    - k bits: `W = scale[:, None] * q(latent)`, where `q` snaps each latent value to the nearest of the `2**k`
+    - k bits: `W = (m / gain)[:, None] * q(latent)`, where `q` snaps each latent value to the nearest of the `2**k`
       levels `gain * levels` of a codebook for N(0, 1) (`KBitCodec` with `unit=gain`; the latent tensor is initialised
-      from N(0, gain^2)), and `scale` (out,) is a learned per-row factor (XNOR-Net's alpha, learned as in LSQ: it
-      receives the gradient `sum(grad * q(latent))`), initialised to 1 and stored as a side tensor. With
+      from N(0, gain^2)), and `m` (out,) is a learned per-row magnitude (XNOR-Net's alpha, learned as in LSQ: it
+      receives the gradient `sum(grad * q(latent)) / gain`), initialised to `gain` and stored as a side tensor. With
       `learn_scale=False` (EQAM's `up`, which EQAM's own per-channel `s` scales), `W = q(latent)`.
 
-    The latent tensor lives in the units of the 32-bit weight, so a learning rate that suits the 32-bit adapter
-    moves the codes at a comparable pace, and `scale` is of order 1, like every other parameter Adam steps by about
-    the learning rate.
+    Units, and why: the latent tensor and `m` both live in the units of the 32-bit weight. At k bits the codes only
+    carry signs and level indices, so the magnitude of a row is all in `m`; Adam steps every parameter by about the
+    learning rate, so `m` (of size `gain`, like the 32-bit entries) changes a row's magnitude at the pace a 32-bit
+    adapter's entries do. A unit-sized alpha would move `1 / gain` (20-55x on ConvNeXt) times slower, which
+    measurably cost 1-bit accuracy (results/qlinear_comparison.md). `row_scale_unit` is the factor that turns a
+    row scale in weight units into a multiplier of `q(latent)`: `1 / gain` at k bits, 1 at 32 bits.
     """
 
     def __init__(
@@ -350,13 +353,17 @@ class QLinearWeight(nn.Module):
             init = torch.empty(out_features, in_features)
             nn.init.kaiming_uniform_(init, a=math.sqrt(5))  # nn.Linear's init: U(+-1 / sqrt(in)), std = gain
             self.weight = QuantizedParameter(init, make_codec(32))
+            self.row_scale_unit = 1.0
             return
         init = torch.randn(out_features, in_features) * gain
         self.weight = QuantizedParameter(init, make_codec(bits, codebook, unit=gain))
+        self.row_scale_unit = 1.0 / gain
         if learn_scale:
-            self.scale = QuantizedParameter(torch.ones(out_features), make_side_codec(side_bits))
+            self.scale = QuantizedParameter(torch.full((out_features,), gain), make_side_codec(side_bits))
 
     def forward(self) -> torch.Tensor:
         """The (out, in) weight the forward pass uses."""
         weight = self.weight()
-        return weight if self.scale is None else weight * self.scale().unsqueeze(1)
+        if self.scale is None:
+            return weight
+        return weight * (self.scale() * self.row_scale_unit).unsqueeze(1)
