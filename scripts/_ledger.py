@@ -18,9 +18,26 @@ from _common import write_json_atomic
 SCHEMA_VERSION = 1
 
 
-def run_key(variant: str, options: dict[str, Any], lr: float, seed: int) -> str:
-    """Identifies a run within a task and protocol."""
-    return f"{variant}|{json.dumps(options, sort_keys=True)}|lr={lr:.6g}|seed={seed}"
+#: Protocol entries that do not change any run's result, so files that differ only there can be merged: the
+#: learning-rate grid (runs are keyed by their learning rate) and the list of split seeds (runs are keyed by theirs).
+MERGEABLE_PROTOCOL_KEYS = ("lr_factors", "split_seeds")
+
+
+def run_key(variant: str, options: dict[str, Any], lr: float, seed: int, split_seed: int = 0) -> str:
+    """Identifies a run within a task and protocol (split seed 0 adds nothing, the key of the first files)."""
+    split = f"|split={split_seed}" if split_seed else ""
+    return f"{variant}|{json.dumps(options, sort_keys=True)}|lr={lr:.6g}|seed={seed}{split}"
+
+
+def same_protocol(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """The protocol entries in which `a` and `b` differ, apart from `MERGEABLE_PROTOCOL_KEYS`."""
+    keys = (set(a) | set(b)) - set(MERGEABLE_PROTOCOL_KEYS)
+    return sorted(k for k in keys if a.get(k) != b.get(k))
+
+
+def split_of(run: dict[str, Any]) -> int:
+    """A run's split seed (runs recorded before repeated splits used split seed 0)."""
+    return run.get("split_seed", 0)
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -31,10 +48,17 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def select(runs: list[dict[str, Any]], grid: list[tuple[float, float]], seed: int) -> dict[str, Any]:
-    """The learning rate with the best validation metric among the search runs (seed `seed`); ties go to the
-    smaller learning rate. `complete` is False while a candidate is missing or failed."""
-    by_lr = {r["lr"]: r for r in runs if r["seed"] == seed and r.get("status") == "ok"}
+def select(
+    runs: list[dict[str, Any]], grid: list[tuple[float, float]], seed: int, split_seed: int = 0
+) -> dict[str, Any]:
+    """The learning rate with the best validation metric among the search runs (seed `seed` on split
+    `split_seed`); ties go to the smaller learning rate. `complete` is False while a candidate is missing or
+    failed; `interior` says whether the choice is neither the smallest nor the largest candidate."""
+    by_lr = {
+        r["lr"]: r
+        for r in runs
+        if r["seed"] == seed and split_of(r) == split_seed and r.get("status") == "ok"
+    }
     candidates = [
         {
             "lr": lr,
@@ -53,13 +77,89 @@ def select(runs: list[dict[str, Any]], grid: list[tuple[float, float]], seed: in
         return (-math.inf if score is None or math.isnan(score) else score, -c["lr"])
 
     best = max(scored, key=rank)
+    lrs = [lr for _, lr in grid]
     return {
         "candidates": candidates,
         "complete": len(scored) == len(candidates),
+        "interior": min(lrs) < best["lr"] < max(lrs),
         "lr": best["lr"],
         "lr_factor": best["lr_factor"],
         "validation_score": best["validation_score"],
         "best_epoch": by_lr[best["lr"]]["best_epoch"],
+    }
+
+
+#: Two-sided 95 % quantiles of Student's t distribution by degrees of freedom (beyond 30: the normal's 1.96).
+_T95 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
+
+
+def paired_difference(summary: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
+    """`a` minus `b` over the (split seed, seed) pairs both methods ran at their chosen learning rates: mean,
+    sample std, and the 95 % t-interval of the mean difference. `decided` is "a" or "b" when the interval
+    excludes 0, else None (no difference claimed). None when the methods share fewer than 2 pairs.
+
+    Pairing removes what the two runs of a pair share (the split, the head initialisation and data order of the
+    seed), so it detects smaller differences than comparing two means with their own spreads."""
+    if a not in summary or b not in summary:
+        return None
+
+    def by_pair(name: str) -> dict[tuple[int, int], float]:
+        s = summary[name]
+        splits = s.get("split_seeds") or [0] * len(s["seeds"])
+        return {
+            (split, seed): score
+            for split, seed, score in zip(splits, s["seeds"], s["test_scores"])
+            if score is not None
+        }
+
+    left, right = by_pair(a), by_pair(b)
+    pairs = sorted(set(left) & set(right))
+    if len(pairs) < 2:
+        return None
+    diffs = [left[p] - right[p] for p in pairs]
+    mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
+    half = (_T95[len(diffs) - 2] if len(diffs) - 1 <= len(_T95) else 1.96) * std / math.sqrt(len(diffs))
+    low, high = mean - half, mean + half
+    return {
+        "a": a,
+        "b": b,
+        "n": len(pairs),
+        "pairs": [list(p) for p in pairs],
+        "mean": mean,
+        "std": std,
+        "ci95": [low, high],
+        "decided": a if low > 0 else b if high < 0 else None,
     }
 
 
@@ -70,15 +170,18 @@ def summarize(state: dict[str, Any], setup) -> dict[str, Any]:
         options = state["variants"][name]["options"]
         runs = [r for r in state["runs"] if r["variant"] == name and r["options"] == options]
         grid = [(f, lr) for f, lr in state["variants"][name]["lr_grid"]]
-        choice = select(runs, grid, setup.seeds[0])
+        choice = select(runs, grid, setup.seeds[0], setup.split_seeds[0])
         state["selection"][name] = choice
         final = sorted(
             (
                 r
                 for r in runs
-                if r.get("status") == "ok" and r["lr"] == choice["lr"] and r["seed"] in setup.seeds
+                if r.get("status") == "ok"
+                and r["lr"] == choice["lr"]
+                and r["seed"] in setup.seeds
+                and split_of(r) in setup.split_seeds
             ),
-            key=lambda r: r["seed"],
+            key=lambda r: (split_of(r), r["seed"]),
         )
         if not final:
             continue
@@ -93,6 +196,7 @@ def summarize(state: dict[str, Any], setup) -> dict[str, Any]:
             "lr_factor": choice.get("lr_factor"),
             "selection_complete": choice["complete"],
             "seeds": [r["seed"] for r in final],
+            "split_seeds": [split_of(r) for r in final],
             "n": len(final),
             "test_scores": [r["test_score"] for r in final],
             "test_mean": test_mean,
@@ -145,17 +249,16 @@ def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
                 f"{path} already holds {len(old['runs'])} run(s): pass --resume to continue it, or --overwrite "
                 "to start afresh."
             )
-        if old.get("protocol") != protocol:
-            changed = sorted(
-                k
-                for k in set(protocol) | set(old.get("protocol", {}))
-                if protocol.get(k) != old.get("protocol", {}).get(k)
-            )
+        changed = same_protocol(protocol, old.get("protocol", {}))
+        if changed:
             raise SystemExit(
                 f"{path} was recorded with other settings ({', '.join(changed)}); its runs cannot be mixed with "
                 "these. Use the same settings, another --output-dir, or --overwrite."
             )
         old["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
+        old["protocol"] = (
+            protocol  # the grid and split seeds of this session (their runs are kept either way)
+        )
         return old
     return new_state(setup, args)
 
@@ -164,14 +267,15 @@ def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespa
     """Add the finished runs (and sessions) of another JSON of the same task and protocol to `state`: shards of
     one benchmark run in parallel processes (`--methods`, separate `--output-dir`) merge this way. Only runs of
     this run's methods (`setup.variants`) are taken, and the first file to hold a run key wins. Files of other
-    tasks are ignored; a file of this task recorded under another protocol is refused. Returns how many runs were
+    tasks are ignored; a file of this task recorded under another protocol is refused (another learning-rate grid
+    or other split seeds are fine: runs are keyed by their learning rate and split). Returns how many runs were
     added."""
     if not path.is_file():
         raise SystemExit(f"--import-runs {path}: no such file")
     other = json.loads(path.read_text())
     if other.get("task") != setup.task:
         return 0
-    if other.get("protocol") != setup.protocol(args):
+    if same_protocol(other.get("protocol", {}), setup.protocol(args)):
         raise SystemExit(
             f"--import-runs {path}: recorded with other settings than this run; only shards of the same protocol "
             "(the same flags apart from --methods, paths and runtime options) can be merged."

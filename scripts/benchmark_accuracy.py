@@ -5,7 +5,7 @@ training API (`upetu_hf.train.train`).
 Tasks, data and methods (every path is a flag; the defaults point at `../shared`):
 
 - classification, UCM-55 (`--ucm`, a class-per-folder image set): 50 % of each class for training, stratified,
-  `split_seed` 0. Methods: linear probe, full fine-tuning, LoRA on `pwconv1`/`pwconv2` with its rank matched to
+  one split per `--split-seeds` entry. Methods: linear probe, full fine-tuning, LoRA on `pwconv1`/`pwconv2` with its rank matched to
   UPetu's trainable adapter parameters, IA3, UPetu at 4 (the default configuration), 1 and 32 bits, EQAM only,
   CAPM only, and UPetu with the largest `r` that keeps its adapter under 1 % of the backbone (`upetu-small`).
   Images are resized to `--image-size` (112, the pretraining size of the reference backbone).
@@ -25,10 +25,15 @@ Protocol, the same for every method of a task:
    AdamW and a cosine schedule. Each run keeps the weights of its best validation epoch (the training API's
    best-epoch selection), which chooses the number of epochs; the candidate with the best validation metric wins
    (ties: the smaller learning rate). The test split is never used for any choice.
-2. Seeds: the chosen learning rate is trained with every seed of `--seeds` (default 0, 1, 2; the data split stays
-   fixed, the seed changes the head initialisation, data order and augmentation). The seed-0 run of step 1 is
-   reused as the seed-0 final run (the same configuration gives the same result). Each run reports its TEST
-   metric once, at its best-validation epoch; the report gives mean +- sample std over the seeds.
+   The search runs on the first split seed of `--split-seeds`; a choice at the smallest or largest candidate is
+   flagged (widen `--lr-factors` until every choice is interior).
+2. Seeds and splits: the chosen learning rate is trained with every seed of `--seeds` (default 0, 1, 2: the head
+   initialisation, data order and augmentation) on every split of `--split-seeds` (default 0 only; e.g. 0,1,2 for
+   repeated stratified splits, which add the split-to-split spread). The search run is reused as the final run of
+   its (split, seed) pair. Each run reports its TEST metric once, at its best-validation epoch; the report gives
+   mean +- sample std over all final runs, and paired differences between methods over the (split, seed) pairs
+   they share, with a 95 % t-interval (`_ledger.paired_difference`): a difference is claimed only when the
+   interval excludes 0.
 
 Every run (configuration, per-epoch validation metrics, validation and test metrics at the best epoch, trainable
 parameters, bytes on disk, wall time, device) is written to `<output-dir>/accuracy_<task>.json` after it finishes
@@ -271,8 +276,14 @@ class TaskSetup:
     lr_factors: list[float]
     seeds: list[int]
     variants: list[str]
-    split: dict[str, Any] = field(default_factory=dict)
+    split_seeds: list[int] = field(default_factory=lambda: [0])
+    split: dict[str, Any] = field(default_factory=dict)  # the search split's description
     sources: list[str] = field(default_factory=list)  # the data folders given (`data` may come from them)
+    split_data: dict[int, list[str]] = field(default_factory=dict)  # data per split seed, where it differs
+
+    def data_for(self, split_seed: int) -> list[str]:
+        """The data paths of a run on split `split_seed` (change detection: one folder of links per split)."""
+        return self.split_data.get(split_seed, self.data)
 
     @property
     def key(self) -> str:
@@ -293,6 +304,8 @@ class TaskSetup:
                 "batch_size": self.batch_size,
                 "lr_factors": [round(f, 6) for f in self.lr_factors],
                 "search_seed": self.seeds[0],
+                "split_seed": self.split_seeds[0],  # the search split
+                "split_seeds": self.split_seeds,
                 "mixed_precision": args.mixed_precision,
                 "weight_decay": TrainingArguments.weight_decay,
                 "warmup_ratio": TrainingArguments.warmup_ratio,
@@ -352,7 +365,6 @@ def cd_split(roots: Sequence[str], seed: int, work_dir: Path, repeats: int) -> t
 def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
     """One `TaskSetup` per requested task, with the flags resolved."""
     setups = []
-    common = dict(split_seed=args.split_seed)
     for task in args.tasks:
         dense = task != "classification"
         requested = args.methods or (QUICK_VARIANTS if args.quick else TASK_VARIANTS)[task]
@@ -364,12 +376,15 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
             max_train_samples=args.dense_max_train_samples if dense else args.max_train_samples,
             max_eval_samples=args.dense_max_eval_samples if dense else args.max_eval_samples,
         )
+        split_data: dict[int, list[str]] = {}
         if task == "change-detection":
-            folder, split = cd_split(args.cd, args.split_seed, work_dir, args.cd_repeats)
-            data = [str(folder)]
+            for split_seed in reversed(args.split_seeds):  # ends with the search split's description
+                folder, split = cd_split(args.cd, split_seed, work_dir, args.cd_repeats)
+                split_data[split_seed] = [str(folder)]
+            data = split_data[args.split_seeds[0]]
             crop = args.cd_crop or 32 * math.ceil(args.image_size / 32)
             # the training pairs are repeated by cd_split; one crop per copy keeps the protocol of the results
-            fixed = dict(common, image_size=crop, resize=args.cd_resize, crops_per_image=1, **limits)
+            fixed = dict(image_size=crop, resize=args.cd_resize, crops_per_image=1, **limits)
         else:
             seg = task == "segmentation"
             data = [args.gid if seg else args.ucm]
@@ -382,7 +397,7 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
                 sizes = dict(resize=args.seg_resize or args.image_size, image_size=args.seg_crop)
                 sizes["head_hidden_size"] = args.seg_head_hidden
                 sizes["crops_per_image"] = 1  # one crop per tile and epoch, the protocol of the results
-            fixed = dict(common, **split, **sizes, **limits)
+            fixed = dict(**split, **sizes, **limits)
         setups.append(
             TaskSetup(
                 task=task,
@@ -393,8 +408,10 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
                 lr_factors=args.dense_lr_factors if dense else args.lr_factors,
                 seeds=args.dense_seeds if dense else args.seeds,
                 variants=variants,
+                split_seeds=args.split_seeds,
                 split=split,
                 sources=[str(d) for d in (args.cd if task == "change-detection" else data)],
+                split_data=split_data,
             )
         )
     return setups
@@ -409,16 +426,19 @@ def training_arguments(
     lr: float | None = None,
     seed: int = 0,
     verify: bool = False,
+    split_seed: int | None = None,
 ) -> TrainingArguments:
-    """The `TrainingArguments` of one run."""
+    """The `TrainingArguments` of one run (on the search split unless `split_seed` is given)."""
+    split_seed = setup.split_seeds[0] if split_seed is None else split_seed
     return TrainingArguments(
         task=setup.task,
         model=args.model,
-        data=list(setup.data),
+        data=list(setup.data_for(split_seed)),
         output_dir=str(output_dir),
         method=method,
         lr=lr,
         seed=seed,
+        split_seed=split_seed,
         epochs=setup.epochs,
         batch_size=setup.batch_size,
         mixed_precision=args.mixed_precision,
@@ -558,11 +578,12 @@ def execute_run(
     run_dir: Path,
     counts: dict[str, Any],
     verify: bool = False,
+    split_seed: int = 0,
 ) -> dict[str, Any]:
     """Train one configuration and return its record (status `ok`, or `failed` with the error). Images are
     checked by `count_parameters` (once per task), so runs skip the check unless `verify`."""
     record: dict[str, Any] = {
-        "key": run_key(variant.name, options, lr, seed),
+        "key": run_key(variant.name, options, lr, seed, split_seed),
         "task": setup.task,
         "variant": variant.name,
         "label": variant.label,
@@ -571,12 +592,13 @@ def execute_run(
         "lr": lr,
         "lr_factor": factor,
         "seed": seed,
+        "split_seed": split_seed,
         "epochs": setup.epochs,
         "run_dir": str(run_dir),
         "device": device_name(args.cpu),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    targs = training_arguments(setup, args, variant.method, options, run_dir, lr, seed, verify)
+    targs = training_arguments(setup, args, variant.method, options, run_dir, lr, seed, verify, split_seed)
     record["arguments"] = {k: v for k, v in targs.to_dict().items() if k not in ("output_dir", "data")}
     start = time.perf_counter()
     try:
@@ -625,23 +647,35 @@ class TaskRunner:
         self.counts: dict[str, Any] = {}
 
     def ensure(
-        self, variant: Variant, options: dict[str, Any], lr: float, factor: float, seed: int, phase: str
+        self,
+        variant: Variant,
+        options: dict[str, Any],
+        lr: float,
+        factor: float,
+        seed: int,
+        phase: str,
+        split_seed: int | None = None,
     ):
         """The record of a run, trained now unless a finished one is on file."""
         setup, state, name = self.setup, self.state, variant.name
-        key = run_key(name, options, lr, seed)
+        split_seed = setup.split_seeds[0] if split_seed is None else split_seed
+        key = run_key(name, options, lr, seed, split_seed)
         if key not in self.planned:
             self.planned.append(key)
         state["planned"] = self.planned
+        where = f"seed {seed}" + (f", split {split_seed}" if split_seed else "")
         if key in self.done:
-            log(f"{setup.task}/{name}: lr {lr:g} seed {seed} already done, skipped")
+            log(f"{setup.task}/{name}: lr {lr:g} {where} already done, skipped")
             return self.done[key]
-        run_dir = self.work_dir / setup.key / name / f"lr{lr:g}-seed{seed}"
-        log(
-            f"{setup.task}/{name}: {phase} run, lr {lr:g} (x{factor:.3g}), seed {seed}, {setup.epochs} epochs"
+        run_dir = (
+            self.work_dir
+            / setup.key
+            / name
+            / (f"lr{lr:g}-seed{seed}" + (f"-split{split_seed}" if split_seed else ""))
         )
+        log(f"{setup.task}/{name}: {phase} run, lr {lr:g} (x{factor:.3g}), {where}, {setup.epochs} epochs")
         record = execute_run(
-            setup, self.args, variant, options, lr, factor, seed, run_dir, self.counts, verify=False
+            setup, self.args, variant, options, lr, factor, seed, run_dir, self.counts, False, split_seed
         )
         record["phase"] = phase
         state["runs"] = [r for r in state["runs"] if r["key"] != key] + [record]
@@ -689,15 +723,22 @@ class TaskRunner:
                 "lr_grid": grid,
             }
             search = [self.ensure(variant, options, lr, f, setup.seeds[0], "search") for f, lr in grid]
-            choice = select(search, grid, setup.seeds[0])
+            choice = select(search, grid, setup.seeds[0], setup.split_seeds[0])
             if not choice["complete"]:
                 log(f"{setup.task}/{name}: learning-rate search incomplete (a run failed); no seed runs")
                 continue
+            edge = "" if choice["interior"] else " -- AT THE EDGE of its grid: widen --lr-factors"
             log(
                 f"{setup.task}/{name}: chosen lr {choice['lr']:g} (validation {fmt4(choice['validation_score'])})"
+                + edge
             )
-            for seed in setup.seeds[1:]:
-                self.ensure(variant, options, choice["lr"], choice["lr_factor"], seed, "seed")
+            for split_seed in setup.split_seeds:
+                for seed in setup.seeds:
+                    if (split_seed, seed) != (setup.split_seeds[0], setup.seeds[0]):
+                        phase = "seed" if split_seed == setup.split_seeds[0] else "split"
+                        self.ensure(
+                            variant, options, choice["lr"], choice["lr_factor"], seed, phase, split_seed
+                        )
         session["wall_time_s"] = time.perf_counter() - started
         save_state(self.path, state, setup)
         log(f"{setup.task}: wrote {self.path} ({session['wall_time_s']:.0f} s)")
@@ -723,14 +764,17 @@ def plan(setups: list[TaskSetup]) -> list[str]:
     """Human-readable list of the runs the benchmark would do (search and seeds)."""
     lines = []
     for setup in setups:
-        n = len(setup.variants) * (len(setup.lr_factors) + len(setup.seeds) - 1)
+        more = len(setup.seeds) * len(setup.split_seeds) - 1
+        n = len(setup.variants) * (len(setup.lr_factors) + more)
         lines.append(
             f"{setup.task}: {len(setup.variants)} methods x ({len(setup.lr_factors)} learning rates + "
-            f"{len(setup.seeds) - 1} more seeds) = {n} runs of {setup.epochs} epochs"
+            f"{more} more seed/split runs) = {n} runs of {setup.epochs} epochs"
         )
         for name in setup.variants:
             lrs = ", ".join(f"{round_lr(DEFAULT_LR[VARIANTS[name].method] * f):g}" for f in setup.lr_factors)
-            lines.append(f"  {name:<12} lr in {{{lrs}}}, seeds {setup.seeds}")
+            lines.append(
+                f"  {name:<12} lr in {{{lrs}}}, seeds {setup.seeds}, split seeds {setup.split_seeds}"
+            )
     return lines
 
 
@@ -781,7 +825,11 @@ def build_parser() -> argparse.ArgumentParser:
     proto.add_argument(
         "--val-fraction", type=float, default=0.2, help="validation share of the training half (0.2)"
     )
-    proto.add_argument("--split-seed", type=int, default=0, help="seed of every data split (0)")
+    proto.add_argument(
+        "--split-seeds",
+        default="0",
+        help="seeds of the data splits; the first one is the search split, every split trains every seed (0)",
+    )
     proto.add_argument("--seg-resize", type=int, help="GID tiles resized to this (default: --image-size)")
     proto.add_argument("--seg-crop", type=int, help="GID random training crop (default: none)")
     proto.add_argument("--seg-head-hidden", type=int, default=64, help="UperNet channels (64)")
@@ -837,6 +885,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     try:
         args.tasks = [get_task(t).name for t in args.tasks.split(",") if t.strip()]
         args.seeds = parse_ints(args.seeds)
+        args.split_seeds = parse_ints(args.split_seeds)
         args.dense_seeds = parse_ints(args.dense_seeds) if args.dense_seeds else args.seeds
         args.lr_factors = parse_factors(args.lr_factors)
         args.dense_lr_factors = (

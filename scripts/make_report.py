@@ -29,6 +29,7 @@ if str(REPO_ROOT / "scripts") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from _common import fmt_count, write_text_atomic  # noqa: E402
+from _ledger import paired_difference  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 TASK_ORDER = ("classification", "segmentation", "change-detection")
@@ -38,6 +39,15 @@ TASK_TITLES = {
     "segmentation": "Semantic segmentation",
     "change-detection": "Change detection",
 }
+#: Paired comparisons shown per task: (a, b), read "a minus b".
+PAIRED = (
+    ("upetu", "full"),
+    ("upetu", "lora"),
+    ("upetu", "linear"),
+    ("upetu-1bit", "upetu-32bit"),
+    ("upetu", "upetu-32bit"),
+    ("upetu-small", "lora"),
+)
 #: Aims of the benchmark issue (thresholds, not results).
 ONE_BIT_MAX_LOSS = 0.5  # accuracy points, 1-bit vs 32-bit
 SMALL_BUDGET_PCT = 1.0  # % of the backbone for `upetu-small`
@@ -135,7 +145,7 @@ def results_table(state: dict[str, Any]) -> list[str]:
     """One row per method: test metric mean +- std, parameters, sizes, learning rate and wall time."""
     name = metric_name(state)
     lines = [
-        f"| method | test {name} (%) | seeds | trainable params | trainable % | adapter % of backbone "
+        f"| method | test {name} (%) | runs | trainable params | trainable % | adapter % of backbone "
         "| adapter (no head) | checkpoint (with head) | lr (x default) | best epochs | wall time / run |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
@@ -143,7 +153,7 @@ def results_table(state: dict[str, Any]) -> list[str]:
         factor = f" (x{s['lr_factor']:.3g})" if s.get("lr_factor") is not None else ""
         flag = "" if s.get("selection_complete", True) else " (search incomplete)"
         lines.append(
-            f"| {s['label']}{flag} | {points(s['test_mean'])} ± {points(s['test_std'])} | {s['n']} "
+            f"| {s['label']}{flag} | {points(s['test_mean'])} ± {points(s['test_std'])} | {runs_label(s)} "
             f"| {fmt_count(s['trainable_params'])} | {s['trainable_pct']:.2f} % "
             f"| {s['adapter_pct_of_backbone']:.2f} % | {fmt_bytes(s['weights_bytes_without_head'])} "
             f"| {fmt_bytes(s['weights_bytes_with_head'])} | {fmt_lr(s['lr'])}{factor} "
@@ -152,8 +162,35 @@ def results_table(state: dict[str, Any]) -> list[str]:
     return lines
 
 
+def runs_label(s: dict[str, Any]) -> str:
+    """`n`, or `n (k splits x m seeds)` when the runs cover several splits."""
+    splits = sorted(set(s.get("split_seeds") or [0]))
+    if len(splits) == 1:
+        return str(s["n"])
+    return f"{s['n']} ({len(splits)} splits x {len(set(s['seeds']))} seeds)"
+
+
+def paired_table(state: dict[str, Any]) -> list[str]:
+    """Paired differences (test metric, points) between methods over the (split, seed) pairs they share, with the
+    95 % t-interval; a difference is claimed only when the interval excludes 0."""
+    rows = [d for a, b in PAIRED if (d := paired_difference(state["summary"], a, b))]
+    if not rows:
+        return []
+    labels = {name: s["label"] for name, s in state["summary"].items()}
+    lines = ["| comparison | pairs | mean difference | 95 % interval | verdict |", "|---|---:|---:|---|---|"]
+    for d in rows:
+        low, high = d["ci95"]
+        verdict = "no difference shown" if d["decided"] is None else f"{labels[d['decided']]} ahead"
+        lines.append(
+            f"| {labels[d['a']]} − {labels[d['b']]} | {d['n']} | {100 * d['mean']:+.2f} "
+            f"| [{100 * low:+.2f}, {100 * high:+.2f}] | {verdict} |"
+        )
+    return lines
+
+
 def search_table(state: dict[str, Any]) -> list[str]:
-    """Validation metric of every learning-rate candidate (search seed), the chosen one in bold."""
+    """Validation metric of every learning-rate candidate (search seed), the chosen one in bold; a choice at an
+    edge of its grid is flagged."""
     name = metric_name(state)
     lines = [f"| method | validation {name} (%) per learning rate | chosen |", "|---|---|---:|"]
     for variant, choice in state.get("selection", {}).items():
@@ -163,7 +200,8 @@ def search_table(state: dict[str, Any]) -> list[str]:
             score = points(c["validation_score"]) if c["validation_score"] is not None else "missing"
             cell = f"{fmt_lr(c['lr'])}: {score}"
             cells.append(f"**{cell}**" if c["lr"] == choice.get("lr") else cell)
-        lines.append(f"| {label} | {'; '.join(cells)} | {fmt_lr(choice.get('lr'))} |")
+        edge = "" if choice.get("interior", True) else " (edge of the grid)"
+        lines.append(f"| {label} | {'; '.join(cells)} | {fmt_lr(choice.get('lr'))}{edge} |")
     return lines
 
 
@@ -171,13 +209,14 @@ def runs_table(state: dict[str, Any]) -> list[str]:
     """Every run: configuration, best epoch, validation and test metric, wall time, device."""
     name = metric_name(state)
     lines = [
-        f"| method | lr | seed | phase | best epoch | validation {name} | test {name} | wall time | device |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---|",
+        f"| method | lr | split | seed | phase | best epoch | validation {name} | test {name} | wall time | device |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
     ]
     for r in state["runs"]:
         if r.get("status") != "ok":
             lines.append(
-                f"| {r['label']} | {fmt_lr(r['lr'])} | {r['seed']} | FAILED: {r.get('error', '')} |||||"
+                f"| {r['label']} | {fmt_lr(r['lr'])} | {r.get('split_seed', 0)} | {r['seed']} "
+                f"| FAILED: {r.get('error', '')} |||||"
             )
             continue
         chosen = state.get("selection", {}).get(r["variant"], {}).get("lr") == r["lr"]
@@ -185,7 +224,8 @@ def runs_table(state: dict[str, Any]) -> list[str]:
         if phase == "search" and chosen:
             phase = "search, chosen (final seed)"
         lines.append(
-            f"| {r['label']} | {fmt_lr(r['lr'])} | {r['seed']} | {phase} | {r['best_epoch']} "
+            f"| {r['label']} | {fmt_lr(r['lr'])} | {r.get('split_seed', 0)} | {r['seed']} | {phase} "
+            f"| {r['best_epoch']} "
             f"| {points(r['validation_score'])} | {points(r['test_score'])} | {fmt_seconds(r['wall_time_s'])} "
             f"| {r['device']} |"
         )
@@ -359,25 +399,26 @@ def protocol_lines(states: dict[str, dict[str, Any]]) -> list[str]:
     for task, state in states.items():
         p = state["protocol"]
         seeds = sorted({seed for s in state["summary"].values() for seed in s["seeds"]})
+        split_seeds = p.get("split_seeds", [p.get("split_seed", 0)])
         factors = ", ".join(f"{f:.3g}" for f in p["lr_factors"])
         split = p.get("split", {})
         if task == "classification":
             data = (
                 f"stratified split, {100 * split.get('train_fraction', 0):.0f} % of each class for training "
-                f"(split seed {p.get('split_seed')}), {100 * split.get('validation_fraction', 0):.0f} % of the "
+                f"(split seeds {split_seeds}), {100 * split.get('validation_fraction', 0):.0f} % of the "
                 f"training part held out for validation, images resized to {p.get('image_size')} px"
             )
         elif task == "segmentation":
             tf, vf = split.get("train_fraction", 0), split.get("validation_fraction", 0)
             data = (
-                f"seeded random split of the tiles (split seed {p.get('split_seed')}): "
+                f"seeded random split of the tiles (split seeds {split_seeds}): "
                 f"{100 * tf * (1 - vf):.0f} / {100 * tf * vf:.0f} / {100 * (1 - tf):.0f} % train / validation / "
                 f"test, tiles resized to {p.get('resize')} px, UperNet with {p.get('head_hidden_size')} channels"
             )
         else:
             pairs = split.get("by_pairs", {})
             data = (
-                f"split by pairs, stratified by source (seed {split.get('seed')}): "
+                f"split by pairs, stratified by source (split seeds {split_seeds}): "
                 f"{len(pairs.get('train', []))} / {len(pairs.get('validation', []))} / {len(pairs.get('test', []))} "
                 f"train / validation / test pairs, training on random {p.get('image_size')}-px crops "
                 f"({split.get('train_repeats')} per pair and epoch), evaluation on the full pairs"
@@ -389,7 +430,8 @@ def protocol_lines(states: dict[str, dict[str, Any]]) -> list[str]:
         ]
         lines.append(
             f"- {task}: {data}{'; subsampled: ' + ', '.join(limits) if limits else ''}. Learning rate: "
-            f"the method's default x {{{factors}}} on seed {p['search_seed']}, {plural(p['epochs'], 'epoch')}, batch "
+            f"the method's default x {{{factors}}} on seed {p['search_seed']} of split {split_seeds[0]}, "
+            f"{plural(p['epochs'], 'epoch')}, batch "
             f"{p['batch_size']}, mixed precision `{p['mixed_precision']}`, chosen on the validation "
             f"{metric_name(state)}; final seeds {seeds}."
         )
@@ -414,11 +456,17 @@ def caveats(states: dict[str, dict[str, Any]], backbone_note: str | None = None)
         if pairs:  # change detection: the training split holds repeated pairs; count the pairs
             splits = {f"{k} pairs": len(v) for k, v in pairs.items()}
         seeds = sorted({s["n"] for s in state["summary"].values()})
+        n_splits = max(len(set(s.get("split_seeds") or [0])) for s in state["summary"].values())
         sizes = ", ".join(f"{k} {v}" for k, v in (splits or {}).items())
+        spread = (
+            f"{'/'.join(map(str, seeds))} run(s) per method over up to {n_splits} splits: the ± holds the "
+            "split-to-split and the seed-to-seed spread; methods with fewer runs were run on fewer splits"
+            if n_splits > 1
+            else f"{'/'.join(map(str, seeds))} seed(s) per method on one fixed split: the ± is the seed-to-seed "
+            "spread only, not the split-to-split one"
+        )
         lines.append(
-            f"- **{task}.** {sizes + ' examples' if sizes else 'Split sizes not recorded'}; "
-            f"{'/'.join(map(str, seeds))} seed(s) per "
-            "method on one fixed split: the ± is the seed-to-seed spread only, not the split-to-split one."
+            f"- **{task}.** {sizes + ' examples' if sizes else 'Split sizes not recorded'} (search split); {spread}."
         )
     quick = [t for t, s in states.items() if s["protocol"].get("quick")]
     if quick:
@@ -496,8 +544,8 @@ def section(
         "**Protocol.** For every method the learning rate is chosen on a validation part carved out of the "
         "training data, never on the test part: the same number of candidates and epochs for every method, one "
         "search seed; each run keeps its best-validation epoch (which chooses the number of epochs) and reports "
-        "its test metric there once. The chosen learning rate is then trained with the other seeds; the tables give "
-        "mean ± sample std over seeds. Trainable % counts every trained parameter (heads included) against the "
+        "its test metric there once. The chosen learning rate is then trained with the other seeds (and splits, where "
+        "several were run); the tables give mean ± sample std over those runs. Trainable % counts every trained parameter (heads included) against the "
         "model; adapter % counts the trained backbone parameters against the backbone; adapter size is the saved "
         "weights without the task head, checkpoint size with it (the linear probe's checkpoint is its head).",
         "",
@@ -505,6 +553,14 @@ def section(
     ]
     for task, state in states.items():
         lines += ["", f"#### {title(state)}", "", *results_table(state)]
+        if paired := paired_table(state):
+            lines += [
+                "",
+                "Paired differences of the test metric (points) over the (split, seed) pairs both methods ran; a "
+                "difference is claimed only where its 95 % t-interval excludes 0:",
+                "",
+                *paired,
+            ]
         if task == "classification":
             lines += ["", "Aims of the benchmark issue:", "", *aims_table(state)]
     lines += [

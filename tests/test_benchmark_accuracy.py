@@ -271,3 +271,73 @@ def test_make_report_writes_tables_plot_and_readme_section(bench, tmp_path, caps
     report.main([*argv, "--readme", str(bare)])
     assert bare.read_text() == "# project\n"  # no markers: the section is printed, the file left alone
     assert "<!-- results:start -->" in capsys.readouterr().out
+
+
+def test_repeated_splits_train_every_seed_on_every_split(bench, tmp_path, monkeypatch):
+    module, assets = bench["module"], bench["assets"]
+    out, work = tmp_path / "results", tmp_path / "work"
+    argv = bench_args(
+        assets, out, work, "--tasks", "classification,change-detection", "--methods", "upetu",
+        "--lr-factors", "1", "--split-seeds", "0,1", "--seeds", "0,1", "--cd-repeats", "2",
+    )  # fmt: skip
+    states = module.main(argv)
+    for state in states.values():
+        runs = state["runs"]
+        assert sorted((r["split_seed"], r["seed"]) for r in runs) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        assert len({r["key"] for r in runs}) == 4 and all(r["status"] == "ok" for r in runs)
+        assert all(r["arguments"]["split_seed"] == r["split_seed"] for r in runs)
+        summary = state["summary"]["upetu"]
+        assert summary["n"] == 4 and sorted(summary["split_seeds"]) == [0, 0, 1, 1]
+        assert summary["test_mean"] == pytest.approx(sum(r["test_score"] for r in runs) / 4)
+        assert [r["phase"] for r in runs].count("split") == 2
+    # change detection: each split seed has its own pairs
+    assert sorted(p.name for p in (work / "cd-split-seed0-x2" / "test" / "label").iterdir()) != sorted(
+        p.name for p in (work / "cd-split-seed1-x2" / "test" / "label").iterdir()
+    )
+    # the classification splits differ: the same seed scores differently on another split
+    first = {(r["split_seed"], r["seed"]): r for r in states["classification"]["runs"]}
+    assert first[(0, 0)]["history"] != first[(1, 0)]["history"]
+
+    # a wider learning-rate grid resumes the same file: the finished runs are kept, only the new rate trains
+    trained = []
+    real_train = module.train
+
+    def counting_train(targs):
+        trained.append((targs.lr, targs.seed, targs.split_seed))
+        return real_train(targs)
+
+    monkeypatch.setattr(module, "train", counting_train)
+    wider = [
+        *argv[: argv.index("--lr-factors")],
+        "--lr-factors",
+        "1,3",
+        *argv[argv.index("--lr-factors") + 2 :],
+    ]
+    wider[wider.index("classification,change-detection")] = "classification"
+    state = module.main([*wider, "--resume"])["classification"]
+    assert [(lr, seed, split) for lr, seed, split in trained if seed == 0 and split == 0] == [(3e-2, 0, 0)]
+    choice = state["selection"]["upetu"]
+    assert len(choice["candidates"]) == 2 and choice["interior"] is False  # two candidates: no interior
+
+
+def test_paired_difference_interval_and_verdict():
+    paired_difference = load_script("_ledger").paired_difference
+
+    def entry(scores, splits, seeds):
+        return {"test_scores": scores, "split_seeds": splits, "seeds": seeds}
+
+    summary = {
+        "a": entry([0.80, 0.82, 0.78, 0.81], [0, 0, 1, 1], [0, 1, 0, 1]),
+        "b": entry([0.70, 0.73, 0.69, 0.70, 0.99], [0, 0, 1, 1, 2], [0, 1, 0, 1, 0]),
+        "c": entry([0.79, 0.84, 0.77, 0.82], [0, 0, 1, 1], [0, 1, 0, 1]),
+    }
+    d = paired_difference(summary, "a", "b")  # differences 0.10, 0.09, 0.09, 0.11 on the 4 shared pairs
+    assert d["n"] == 4 and d["pairs"] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    assert d["mean"] == pytest.approx(0.0975) and d["std"] == pytest.approx(0.00957427, rel=1e-5)
+    half = 3.182 * 0.00957427 / 2  # t(0.975, 3) * std / sqrt(4)
+    assert d["ci95"] == pytest.approx([0.0975 - half, 0.0975 + half], rel=1e-4)
+    assert d["decided"] == "a"
+    assert paired_difference(summary, "b", "a")["decided"] == "a"
+    # differences +0.01, -0.02, +0.01, -0.01: the interval holds 0, no verdict
+    assert paired_difference(summary, "a", "c")["decided"] is None
+    assert paired_difference(summary, "a", "missing") is None

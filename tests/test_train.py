@@ -652,3 +652,48 @@ def test_train_package_is_imported_by_nothing_else():
     package = REPO_ROOT / "src" / "upetu_hf"
     sources = [p for p in package.rglob("*.py") if "train" not in p.relative_to(package).parts]
     assert sources and not [str(p) for p in sources if importing.search(p.read_text())]
+
+
+def test_heads_train_at_their_own_learning_rate(assets, tmp_path, monkeypatch):
+    """PEFT methods on dense tasks train their (large, fresh) decoders at DENSE_HEAD_LR by default; `head_lr`
+    overrides it; classification heads and full fine-tuning keep one rate."""
+    from upetu_hf.train import loop
+    from upetu_hf.train.methods import DENSE_HEAD_LR, is_head_parameter
+
+    seen = []
+
+    def recording(model, weight_decay, module_lrs=None):
+        groups = parameter_groups(model, weight_decay, module_lrs)
+        names = {id(p): n for n, p in model.named_parameters()}
+        seen.append([(g.get("lr"), [names[id(p)] for p in g["params"]]) for g in groups])
+        return groups
+
+    monkeypatch.setattr(loop, "parameter_groups", recording)
+
+    def rates(task: str, data, **options) -> dict[str, set]:
+        seen.clear()
+        out = tmp_path / f"{task}-{len(list(tmp_path.iterdir()))}"
+        result = train(
+            TrainingArguments(task=task, model=str(assets["checkpoint"]), data=data, output_dir=out,
+                              train_fraction=0.5, epochs=1, batch_size=2, image_size=32, checkpointing_steps="no",
+                              **options)
+        )  # fmt: skip
+        assert result["train"]["steps"] > 0
+        by_kind: dict[str, set] = {"head": set(), "other": set()}
+        for lr, names in seen[0]:
+            for name in names:
+                by_kind["head" if is_head_parameter(name) else "other"].add(lr)
+        return by_kind
+
+    seg = str(assets["segmentation"])
+    assert rates("segmentation", seg, head_hidden_size=8) == {"head": {DENSE_HEAD_LR}, "other": {None}}
+    assert DENSE_HEAD_LR != 1e-2  # None: the optimizer's lr, UPetu's 1e-2
+    assert rates("segmentation", seg, head_hidden_size=8, head_lr=2e-4) == {"head": {2e-4}, "other": {None}}
+    cd = [str(assets["change_a"]), str(assets["change_b"])]
+    assert rates("change-detection", cd, method="lora") == {"head": {DENSE_HEAD_LR}, "other": {None}}
+    assert rates("segmentation", seg, head_hidden_size=8, method="full") == {"head": {None}, "other": {None}}
+    images = str(assets["images"])
+    assert rates("classification", images) == {"head": {None}, "other": {None}}
+    assert rates("classification", images, head_lr=1e-3) == {"head": {1e-3}, "other": {None}}
+    args = TrainingArguments(task="segmentation", model="m", data="d", output_dir="o", method="lora", lr=1e-3)
+    assert (args.lr, args.head_lr) == (1e-3, DENSE_HEAD_LR)

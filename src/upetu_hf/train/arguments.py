@@ -18,10 +18,12 @@ from .. import metrics
 from ..models.tiling import check_tiling
 from .methods import (
     DEFAULT_LR,
+    DENSE_HEAD_LR,
     LORA_OPTIONS,
     METHODS,
     RANK_METHODS,
     UPETU_OPTIONS,
+    default_head_lr,
     peft_config,
 )
 
@@ -213,6 +215,14 @@ class TrainingArguments:
         OPTIM,
         check="positive",
     )
+    head_lr: float | None = option(
+        None,
+        "Learning rate of the task heads (classifier, UperNet, change-detection decoder). Default: "
+        f"{DENSE_HEAD_LR:g} for upetu/lora/ia3 on segmentation and change detection, whose freshly initialised "
+        "decoders are much larger than the adapter; otherwise --lr.",
+        OPTIM,
+        check="positive",
+    )
     weight_decay: float = option(
         0.05,
         "AdamW weight decay on weight matrices and kernels only (default 0.05).",
@@ -385,6 +395,8 @@ class TrainingArguments:
         self.validate()
         if self.lr is None:
             self.lr = DEFAULT_LR[self.method]
+        if self.head_lr is None:
+            self.head_lr = default_head_lr(self.task, self.method, self.lr)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:

@@ -60,7 +60,14 @@ from .checkpoint import (
 )
 from .inference import evaluate_loader, run_bands, scene_tiling
 from .loaders import TransformedDataset, make_loader, set_epoch
-from .methods import DEFAULT_LR, PEFT_METHODS, apply_method, parameter_groups, parameter_summary
+from .methods import (
+    DEFAULT_LR,
+    PEFT_METHODS,
+    apply_method,
+    head_names,
+    parameter_groups,
+    parameter_summary,
+)
 from .output_dir import OutputLock, check_output_dir, clear_previous_run
 from .tasks import TaskData, TaskSpec, get_task, image_processor_settings
 from .tracking import JsonLinesTracker, trackers, truncate_log
@@ -194,10 +201,12 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
             check_tile_options(args.tile_size, args.tile_overlap, args.tile_window, stride)
     crops = crops_per_image(args, scan)
     stem = adapt_stem(base, bands)
+    heads = head_names(base)
     model = apply_method(base, args, extra_modules=stem)
-    module_lrs = {}
+    # the heads' own rate, when it differs from the optimizer's (see `default_head_lr`)
+    module_lrs = dict.fromkeys(heads, args.head_lr) if args.head_lr != args.lr else {}
     if stem and args.method != "full":  # full fine-tuning trains the stem with everything else
-        module_lrs = dict.fromkeys(stem, args.stem_lr or DEFAULT_LR["full"])
+        module_lrs.update(dict.fromkeys(stem, args.stem_lr or DEFAULT_LR["full"]))
     if checkpoint is not None:
         changed = check_compatible(checkpoint, args, data.class_names, model)
         if changed:

@@ -23,6 +23,11 @@ PEFT_METHODS = ("upetu", "lora", "ia3")
 #: Default learning rate of each method (used when `lr` is None). UPetu needs a high rate because its scales
 #: (`s`, `beta`) start at 0; full fine-tuning a low one.
 DEFAULT_LR = {"upetu": 1e-2, "full": 5e-4, "linear": 1e-2, "lora": 3e-3, "ia3": 3e-3}
+#: Default learning rate of the task heads of the PEFT methods on the dense tasks. Their decoders (a UperNet of
+#: ~29 M parameters on ConvNeXt-B, the change-detection decoder) start from scratch and are far larger than the
+#: adapter: at UPetu's adapter rate of 1e-2 the default UperNet collapsed to the majority class. Chosen on GID
+#: validation with the default decoder (scripts/head_lr_search.py, results/head_lr_segmentation.json).
+DENSE_HEAD_LR = 1e-3
 #: Options that only mean something for one family of methods (`r` is the UPetu bottleneck and the LoRA rank).
 UPETU_OPTIONS = (
     "bits",
@@ -41,6 +46,13 @@ HEAD_NAMES = KNOWN_HEADS  # the heads UPetu trains by default
 #: The ConvNeXt block layers the LoRA / IA3 baselines adapt.
 BASELINE_TARGETS = ["pwconv1", "pwconv2"]
 DEFAULT_LORA_R = 8
+
+
+def default_head_lr(task: str, method: str, lr: float) -> float:
+    """The heads' learning rate when `--head-lr` is not given: `DENSE_HEAD_LR` for the PEFT methods on the dense
+    tasks, otherwise the method's own `lr` (a classifier is a single linear layer; full fine-tuning and the linear
+    probe train everything at one rate)."""
+    return DENSE_HEAD_LR if method in PEFT_METHODS and task != "classification" else lr
 
 
 def head_names(model: nn.Module) -> list[str]:
