@@ -1,17 +1,26 @@
 """Compare Q-Linear designs on UCM-55 from the accuracy benchmark's raw results (issue 10).
 
-Reads the classification results of the old design (format 1: per-tensor standardisation, detached statistics),
-of the new design (format 2), and of the ablation runs of `scripts/ablate_qlinear.py`, and writes
-`qlinear_comparison.json` (every number used) and `qlinear_comparison.md` (the tables) into `--output-dir`.
+Reads the classification results of each design (`--design NAME=JSON`, oldest first; the last one is the current
+design) and of the ablation runs of `scripts/ablate_qlinear.py`, and writes `qlinear_comparison.json` (every number
+used) and `qlinear_comparison.md` (the tables) into `--output-dir`. Designs so far:
 
-- Bit widths: test accuracy mean ± std over the final seeds, old vs new, and the aims "1-bit within 0.5 points of
-  32-bit" and "1-bit seed spread no larger than 32-bit's".
-- Remedies: validation accuracy (never test) of each ablation against the new design's runs of the same variant,
-  learning rate and seeds.
+- format1: per-tensor mean/std recomputed from the latent weight (detached), unclipped STE;
+- format2: latents in weight units, learned unit-sized row scales, exact idempotent codecs, no weight decay on
+  k-bit latents;
+- format3: format 2 with the k-bit row magnitudes (W_down's alpha, EQAM's s) in weight units, so Adam moves them at
+  the 32-bit pace.
+
+Only runs on split seed 0 count (the benchmark protocol of issue 10: one split, the final seeds).
+
+- Bit widths: test accuracy mean ± std over the final seeds per design, and the aims "1-bit within 0.5 points of
+  32-bit" and "1-bit seed spread no larger than 32-bit's" for the current design.
+- Remedies: validation accuracy (never test) of each ablation against the runs of the design they ablate
+  (`--ablated-design`, format2 for the committed ablations), same variant, learning rate and seeds.
 
 ```bash
-python scripts/compare_qlinear.py --old results/qlinear_v1_accuracy_classification.json \
-    --new results/accuracy_classification.json \
+python scripts/compare_qlinear.py --design format1=results/qlinear_v1_accuracy_classification.json \
+    --design format2=results/qlinear_v2_accuracy_classification.json \
+    --design format3=results/qlinear_v3_accuracy_classification.json --ablated-design format2 \
     --ablation decay=results/qlinear_ablations/decay.json --ablation clip=results/qlinear_ablations/clip.json \
     --ablation fixed-down-scale=results/qlinear_ablations/fixed.json
 ```
@@ -57,15 +66,15 @@ def final_runs(data: dict[str, Any], variant: str) -> list[dict[str, Any]]:
         r
         for r in data["runs"]
         if r["variant"] == variant and r.get("status") == "ok" and r["lr"] == summary["lr"]
-        and r["seed"] in summary["seeds"]
+        and r["seed"] in summary["seeds"] and r.get("split_seed", 0) == 0
     ]  # fmt: skip
 
 
-def bit_widths(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def bit_widths(designs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     rows = {}
     for variant, bits in BITS.items():
-        row = {"bits": bits}
-        for name, data in (("old", old), ("new", new)):
+        row: dict[str, Any] = {"bits": bits}
+        for name, data in designs.items():
             runs = final_runs(data, variant)
             row[name] = {
                 "lr": data["summary"].get(variant, {}).get("lr"),
@@ -74,17 +83,19 @@ def bit_widths(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             }
         rows[variant] = row
     aims = {}
-    one, full = rows["upetu-1bit"]["new"]["test"], rows["upetu-32bit"]["new"]["test"]
+    current = list(designs)[-1]
+    one, full = rows["upetu-1bit"][current]["test"], rows["upetu-32bit"][current]["test"]
     if one and full and one["mean"] is not None and full["mean"] is not None:
         aims["1-bit minus 32-bit (test, points), aim >= -0.5"] = one["mean"] - full["mean"]
         aims["1-bit std minus 32-bit std (test, points), aim <= 0"] = (one["std"] or 0.0) - (
             full["std"] or 0.0
         )
-    return {"rows": rows, "aims": aims}
+    return {"designs": list(designs), "rows": rows, "aims": aims}
 
 
 def ablations(new: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Validation accuracy of each ablation vs the new design at the same variant, learning rate and seeds."""
+    """Validation accuracy of each ablation vs the ablated design `new` at the same variant, learning rate and
+    seeds."""
     result = {}
     for name, data in files.items():
         runs = [r for r in data["runs"] if r.get("status") == "ok"]
@@ -101,31 +112,40 @@ def ablations(new: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str
 
 
 def markdown(comparison: dict[str, Any]) -> str:
+    designs = comparison["bits"]["designs"]
+    current = designs[-1]
     lines = [
         "# Q-Linear designs on UCM-55 (accuracy, %)",
         "",
         "*Generated by `scripts/compare_qlinear.py` from the benchmark's raw results; do not edit by hand.*",
         "",
-        "Old: format 1 (per-tensor mean/std recomputed from the latent weight, detached; unclipped STE). New: format 2",
-        "(latents in weight units, learned row scales, exact idempotent codecs, no weight decay on k-bit latents).",
+        "format1: per-tensor mean/std recomputed from the latent weight (detached; unclipped STE). format2: latents",
+        "in weight units, learned unit-sized row scales, exact idempotent codecs, no weight decay on k-bit latents.",
+        "format3 (current): format2 with the k-bit row magnitudes in weight units (Adam moves them at the 32-bit",
+        "pace). Mean ± sample std over the final seeds of split 0, each design at its own chosen learning rate.",
         "",
-        "| bits | old test | new test | old validation | new validation | old lr | new lr |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| bits | "
+        + " | ".join(f"{d} test" for d in designs)
+        + " | "
+        + " | ".join(f"{d} validation" for d in designs)
+        + " | "
+        + " | ".join(f"{d} lr" for d in designs)
+        + " |",
+        "|---:|" + "---:|" * (3 * len(designs)),
     ]
     for row in comparison["bits"]["rows"].values():
-        old, new = row["old"], row["new"]
-        lines.append(
-            f"| {row['bits']} | {fmt(old['test'])} | {fmt(new['test'])} | {fmt(old['validation'])} | "
-            f"{fmt(new['validation'])} | {old['lr'] or '—'} | {new['lr']} |"
-        )
-    lines += ["", "| aim (new design) | value | met |", "|---|---:|---|"]
+        cells = [fmt(row[d]["test"]) for d in designs] + [fmt(row[d]["validation"]) for d in designs]
+        cells += [str(row[d]["lr"] or "—") for d in designs]
+        lines.append(f"| {row['bits']} | " + " | ".join(cells) + " |")
+    lines += ["", f"| aim ({current}) | value | met |", "|---|---:|---|"]
     for aim, value in comparison["bits"]["aims"].items():
         met = value >= -0.5 if "aim >= -0.5" in aim else value <= 0
         lines.append(f"| {aim} | {value:+.2f} | {'yes' if met else '**no**'} |")
     if comparison["ablations"]:
         lines += [
             "",
-            "Remedies, each undone on its own (validation accuracy, same variant, learning rate and seeds):",
+            f"Remedies, each undone on its own in {comparison['ablated_design']} (validation accuracy, same variant, "
+            "learning rate and seeds):",
             "",
             "| ablation | runs | validation with the ablation | validation of the design | difference |",
             "|---|---:|---:|---:|---:|",
@@ -143,27 +163,43 @@ def markdown(comparison: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--old", required=True, type=Path, help="accuracy_classification.json of the old design"
-    )
-    parser.add_argument(
-        "--new", required=True, type=Path, help="accuracy_classification.json of the new design"
+        "--design",
+        action="append",
+        required=True,
+        metavar="NAME=JSON",
+        help="accuracy_classification.json of a design, oldest first (the last is the current design)",
     )
     parser.add_argument(
         "--ablation", action="append", default=[], metavar="NAME=JSON", help="ablation results"
     )
+    parser.add_argument(
+        "--ablated-design", help="the design the ablations undo a remedy of (default: the last)"
+    )
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parents[1] / "results")
     args = parser.parse_args(argv)
-    old, new = (json.loads(p.read_text()) for p in (args.old, args.new))
-    files = {}
-    for item in args.ablation:
-        name, _, path = item.partition("=")
-        files[name] = json.loads(Path(path).read_text())
+
+    def named(items: list[str]) -> dict[str, Path]:
+        pairs = [item.partition("=") for item in items]
+        bad = [item for item, (name, _, path) in zip(items, pairs) if not name or not path]
+        if bad:
+            parser.error(f"expected NAME=JSON, got {bad}")
+        return {name: Path(path) for name, _, path in pairs}
+
+    design_paths, ablation_paths = named(args.design), named(args.ablation)
+    designs = {name: json.loads(path.read_text()) for name, path in design_paths.items()}
+    files = {name: json.loads(path.read_text()) for name, path in ablation_paths.items()}
+    ablated = args.ablated_design or list(designs)[-1]
+    if ablated not in designs:
+        parser.error(f"--ablated-design {ablated!r} is not one of the designs {list(designs)}")
     comparison = {
-        "sources": {"old": str(args.old), "new": str(args.new), **{k: v.partition("=")[2] for k, v in
-                                                                    zip(files, args.ablation)}},
-        "bits": bit_widths(old, new),
-        "ablations": ablations(new, files),
-    }  # fmt: skip
+        "sources": {
+            "designs": {k: str(v) for k, v in design_paths.items()},
+            "ablations": {k: str(v) for k, v in ablation_paths.items()},
+        },
+        "bits": bit_widths(designs),
+        "ablated_design": ablated,
+        "ablations": ablations(designs[ablated], files),
+    }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.output_dir / "qlinear_comparison.json", json.dumps(comparison, indent=2) + "\n")
     write_text_atomic(args.output_dir / "qlinear_comparison.md", markdown(comparison))
