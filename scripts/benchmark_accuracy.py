@@ -7,7 +7,8 @@ Tasks, data and methods (every path is a flag; the defaults point at `../shared`
 - classification, UCM-55 (`--ucm`, a class-per-folder image set): 50 % of each class for training, stratified,
   one split per `--split-seeds` entry. Methods: linear probe, full fine-tuning, LoRA on `pwconv1`/`pwconv2` with its rank matched to
   UPetu's trainable adapter parameters, IA3, UPetu at 4 (the default configuration), 1 and 32 bits, EQAM only,
-  CAPM only, and UPetu with the largest `r` that keeps its adapter under 1 % of the backbone (`upetu-small`).
+  CAPM only, UPetu with the largest `r` that keeps its adapter under 1 % of the backbone (`upetu-small`), and LoRA
+  with its rank matched to that (`lora-small`).
   Images are resized to `--image-size` (112, the pretraining size of the reference backbone).
 - segmentation, GID tiles (`--gid`): a seeded random 60 / 20 / 20 train / validation / test split of the tiles
   (`train_fraction` 0.8, `validation_fraction` 0.25 of it), tiles resized to `--image-size`, a UperNet head with
@@ -123,7 +124,11 @@ SMALL_BUDGET = 0.01
 CD_TEST_FRACTION, CD_VALIDATION_FRACTION = 0.4, 0.2
 #: Segmentation: `train_fraction` (train + validation vs test) and `validation_fraction` (of the former).
 SEG_TRAIN_FRACTION, SEG_VALIDATION_FRACTION = 0.8, 0.25
-MATCHED, SMALL = "matched", "small"  # placeholders for `r`, resolved per backbone
+MATCHED, SMALL, SMALL_MATCHED = (
+    "matched",
+    "small",
+    "small-matched",
+)  # placeholders for `r`, resolved per backbone
 
 
 @dataclass
@@ -150,6 +155,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("eqam-only", "upetu", "EQAM only (4-bit)", {"use_capm": False}),
         Variant("capm-only", "upetu", "CAPM only", {"use_eqam": False}),
         Variant("upetu-small", "upetu", "UPetu < 1 % (4-bit)", {"r": SMALL}),
+        Variant("lora-small", "lora", "LoRA (rank matched to UPetu < 1 %)", {"r": SMALL_MATCHED}),
     )
 }
 TASK_VARIANTS = {
@@ -470,9 +476,15 @@ def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path)
     upetu_default = adapter("upetu")
     lora_1, lora_2 = adapter("lora", r=1), adapter("lora", r=2)
     per_rank = lora_2 - lora_1
-    guess = max(1, round((upetu_default - (lora_1 - per_rank)) / per_rank))
-    lora = {r: adapter("lora", r=r) for r in sorted({max(1, guess - 1), guess, guess + 1})}
-    lora_r = min(lora, key=lambda r: (abs(lora[r] - upetu_default), r))
+
+    def matched_lora_rank(target: int) -> tuple[int, int]:
+        """The LoRA rank whose adapter is closest to `target` parameters, and its size."""
+        guess = max(1, round((target - (lora_1 - per_rank)) / per_rank))
+        sizes = {r: adapter("lora", r=r) for r in sorted({max(1, guess - 1), guess, guess + 1})}
+        best = min(sizes, key=lambda r: (abs(sizes[r] - target), r))
+        return best, sizes[best]
+
+    lora_r, lora_params = matched_lora_rank(upetu_default)
 
     default_r = upetu_hf.UPetuConfig().r
     small_1, small_2 = adapter("upetu", r=1), adapter("upetu", r=2)
@@ -485,6 +497,7 @@ def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path)
         small = adapter("upetu", r=small_r)
     while small_r < default_r and (bigger := adapter("upetu", r=small_r + 1)) < budget:
         small_r, small = small_r + 1, bigger
+    lora_small_r, lora_small = matched_lora_rank(small)
     return {
         "num_labels": len(class_names),
         "class_names": class_names,
@@ -495,11 +508,13 @@ def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path)
         "upetu_default_adapter_params": upetu_default,
         "lora_adapter_params_per_rank": per_rank,
         "lora_matched_r": lora_r,
-        "lora_matched_adapter_params": lora[lora_r],
+        "lora_matched_adapter_params": lora_params,
         "upetu_small_r": small_r,
         "upetu_small_adapter_params": small,
         "upetu_small_pct_of_backbone": 100.0 * small / backbone,
         "upetu_small_budget_met": small < budget,
+        "lora_small_r": lora_small_r,
+        "lora_small_adapter_params": lora_small,
     }
 
 
@@ -510,6 +525,8 @@ def resolve_options(variant: Variant, counts: dict[str, Any]) -> dict[str, Any]:
         options["r"] = counts["lora_matched_r"]
     elif options.get("r") == SMALL:
         options["r"] = counts["upetu_small_r"]
+    elif options.get("r") == SMALL_MATCHED:
+        options["r"] = counts["lora_small_r"]
     return options
 
 

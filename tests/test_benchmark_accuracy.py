@@ -158,6 +158,10 @@ def test_classification_runs_selection_and_counts(bench):
         abs(backbone["lora_matched_adapter_params"] - backbone["upetu_default_adapter_params"])
         <= per_rank / 2
     )
+    assert (
+        abs(backbone["lora_small_adapter_params"] - backbone["upetu_small_adapter_params"]) <= per_rank / 2
+        or backbone["lora_small_r"] == 1
+    )
     assert backbone["upetu_small_adapter_params"] < 0.01 * backbone["backbone_params"] or (
         backbone["upetu_small_r"] == 1 and not backbone["upetu_small_budget_met"]
     )
