@@ -1,0 +1,50 @@
+"""scripts/compare_qlinear.py: the numbers of the Q-Linear comparison come from the runs it is given."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_benchmark_accuracy import SCRIPTS, load_script
+
+
+def ledger(scores: dict[str, list[tuple[int, int, float, float]]], lr: float = 0.01) -> dict:
+    """A minimal accuracy_classification.json: per variant, runs (split, seed, validation, test) at `lr`."""
+    runs, summary = [], {}
+    for variant, rows in scores.items():
+        for split, seed, val, test in rows:
+            runs.append(dict(variant=variant, status="ok", lr=lr, seed=seed, split_seed=split,
+                             validation_score=val, test_score=test))  # fmt: skip
+        summary[variant] = {"lr": lr, "seeds": sorted({seed for _, seed, _, _ in rows})}
+    return {"runs": runs, "summary": summary}
+
+
+def test_designs_aims_and_split_filter(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # as when run as a script: its helpers sit next to it
+    compare = load_script("compare_qlinear")
+    old = ledger({"upetu-1bit": [(0, 0, 0.70, 0.60), (0, 1, 0.72, 0.62)], "upetu-32bit": [(0, 0, 0.8, 0.7)]})
+    new = ledger(
+        {
+            "upetu-1bit": [(0, 0, 0.75, 0.70), (0, 1, 0.77, 0.72), (1, 0, 0.10, 0.10)],  # split 1: ignored
+            "upetu-32bit": [(0, 0, 0.78, 0.71), (0, 1, 0.78, 0.73)],
+        }
+    )
+    paths = {}
+    for name, data in (("a", old), ("b", new)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(data))
+    result = compare.main(
+        ["--design", f"a={paths['a']}", "--design", f"b={paths['b']}", "--output-dir", str(tmp_path / "out")]
+    )
+    rows = result["bits"]["rows"]
+    assert rows["upetu-1bit"]["a"]["test"]["mean"] == pytest.approx(61.0)
+    assert rows["upetu-1bit"]["b"]["test"]["mean"] == pytest.approx(71.0)  # the split-1 run is left out
+    aims = result["bits"]["aims"]
+    assert aims["1-bit minus 32-bit (test, points), aim >= -0.5"] == pytest.approx(-1.0)
+    assert aims["1-bit std minus 32-bit std (test, points), aim <= 0"] == pytest.approx(0.0, abs=1e-9)
+    text = (tmp_path / "out" / "qlinear_comparison.md").read_text()
+    assert "71.00 ± 1.41 (n=2)" in text and "| -1.00 | **no** |" in text
+    with pytest.raises(SystemExit):
+        compare.main(
+            ["--design", f"b={paths['b']}", "--ablated-design", "zzz", "--output-dir", str(tmp_path)]
+        )
