@@ -107,7 +107,7 @@ from upetu_hf.train import (  # noqa: E402
     train,
 )
 from upetu_hf.train.arguments import RUN_CONFIG_FILE  # noqa: E402
-from upetu_hf.train.methods import is_head_parameter  # noqa: E402
+from upetu_hf.train.methods import DENSE_HEAD_LR, is_head_parameter  # noqa: E402
 
 #: The code whose uncommitted changes a session records.
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py")
@@ -310,6 +310,8 @@ class TaskSetup:
                 "batch_size": self.batch_size,
                 "lr_factors": [round(f, 6) for f in self.lr_factors],
                 "search_seed": self.seeds[0],
+                # the PEFT methods' decoders train at this rate on the dense tasks (the training API's default)
+                **({"dense_head_lr": DENSE_HEAD_LR} if self.task != "classification" else {}),
                 "split_seed": self.split_seeds[0],  # the search split
                 "split_seeds": self.split_seeds,
                 "mixed_precision": args.mixed_precision,
