@@ -99,6 +99,8 @@ RELOAD_CASES = [
     *[("v1", {"bits": b}) for b in (1, 2, 4, 8, 32)],
     *[("v1", {"bits": 2, "side_bits": s}) for s in (8, 16, 32)],
     ("v1", {"bits": 4, "codebook": "quantile"}),
+    ("v1", {"bits": 1, "conv_kernel": 3}),
+    ("upernet", {"bits": 4, "conv_kernel": 3}),
     ("v2", {"bits": 1}),
     ("v2", {"bits": 4, "codebook": "quantile", "side_bits": 16}),
     ("upernet", {"bits": 2}),
@@ -439,3 +441,33 @@ def test_a_folder_mixing_two_saves_is_refused_by_peft_loading(tmp_path):
         ValueError, match=r"adapter_model\.safetensors differs .*manifest\.json.*mixes two saves"
     ):
         PeftModel.from_pretrained(build("v1"), tmp_path / "a")
+
+
+def test_eqam_depthwise_convolution_option():
+    """`conv_kernel=3`: a 3x3 depthwise convolution on the r bottleneck channels, starting as the identity (so the
+    adapter equals the pointwise one at init), trained, counted, and mixing neighbouring pixels."""
+    with pytest.raises(ValueError, match="conv_kernel"):
+        UPetuConfig(conv_kernel=4)
+    torch.manual_seed(0)
+    plain = get_peft_model(build("v1"), UPetuConfig(init_weights=False))
+    torch.manual_seed(0)
+    conv = get_peft_model(build("v1"), UPetuConfig(init_weights=False, conv_kernel=3))
+    eqams = [m for m in conv.modules() if type(m).__name__ == "EQAM"]
+    r = conv.peft_config["default"].r
+    assert eqams and all(tuple(e.conv.latent.shape) == (r, 1, 3, 3) for e in eqams)
+    extra = sum(p.numel() for n, p in conv.named_parameters() if p.requires_grad) - sum(
+        p.numel() for n, p in plain.named_parameters() if p.requires_grad
+    )
+    assert extra == len(eqams) * r * 9
+    # identity kernels: the same outputs as the pointwise adapter with the same weights
+    assert torch.equal(logits(conv, "v1"), logits(plain, "v1"))
+    # a non-identity kernel mixes pixels: an input change at one pixel reaches its neighbours through EQAM
+    eqam = eqams[0]
+    with torch.no_grad():
+        eqam.conv.latent.fill_(0.25)
+        u = torch.zeros(1, 5, 5, eqam.down.weight.latent.shape[1])
+        u[0, 2, 2] = 1.0
+        delta = eqam(u)
+    assert delta[0, 1, 1].abs().sum() > 0 and delta[0, 0, 0].abs().sum() == 0
+    train(conv, "v1")
+    assert not torch.equal(eqams[0].conv.latent, torch.full_like(eqams[0].conv.latent, 0.25))

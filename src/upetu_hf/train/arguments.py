@@ -194,6 +194,9 @@ class TrainingArguments:
     activation: str | None = option(None, "UPetu: EQAM activation (default gelu).", METHOD)
     codebook: str | None = option(None, "UPetu: lloyd (default) or quantile.", METHOD)
     side_bits: int | None = option(None, "UPetu: side-tensor storage bits 8, 16 or 32.", METHOD)
+    conv_kernel: int | None = option(
+        None, "UPetu: depthwise k x k convolution in the EQAM bottleneck (default 0: none; 3, 5 or 7).", METHOD
+    )
     use_eqam: bool | None = option(
         None, "UPetu: no EQAM.", METHOD, flag="--no-eqam", action="store_const", const=False
     )

@@ -35,6 +35,7 @@ UPETU_OPTIONS = (
     "activation",
     "codebook",
     "side_bits",
+    "conv_kernel",
     "use_eqam",
     "use_capm",
     "stages",

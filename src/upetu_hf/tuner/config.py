@@ -25,6 +25,7 @@ FORMAT_VERSION = "3"
 ALLOWED_BITS = (1, 2, 4, 8, 32)
 ALLOWED_SIDE_BITS = (8, 16, 32)
 ALLOWED_CODEBOOKS = ("lloyd", "quantile")
+ALLOWED_CONV_KERNELS = (0, 3, 5, 7)
 
 
 def _check_positive_int(name: str, value: object, example: int) -> None:
@@ -59,6 +60,10 @@ class UPetuConfig(PeftConfig):
         side_bits: storage precision of the small side tensors (EQAM scales, CAPM prompts, context convolutions
             and gates): 8 (int8 with one scale per tensor), 16 (float16) or 32. `None` picks 32 when `bits=32`,
             else 8. The forward pass uses exactly the stored values, so a reloaded adapter is bit-identical.
+        conv_kernel: side k of a depthwise k x k convolution on EQAM's r bottleneck channels, between the down
+            projection and the activation (as in Convpass / Conv-Adapter), so the adapter can mix neighbouring pixels
+            as the block's 7x7 depthwise convolution does; 0 (default) adds none. Odd sizes only; it starts as the
+            identity (a centred 1) and is stored as a side tensor (r * k * k values per block).
         use_eqam: add EQAM adapters to ConvNeXt blocks.
         use_capm: add CAPM prompts to ConvNeXt stages.
         stages: 0-based indices of the stages to adapt (EQAM and CAPM); `None` adapts every stage.
@@ -79,6 +84,9 @@ class UPetuConfig(PeftConfig):
     activation: str = field(default="gelu", metadata={"help": "EQAM activation."})
     codebook: str = field(default="lloyd", metadata={"help": "k-bit codebook: 'lloyd' or 'quantile'."})
     side_bits: int | None = field(default=None, metadata={"help": "Side-tensor storage bits: 8, 16 or 32."})
+    conv_kernel: int = field(
+        default=0, metadata={"help": "Depthwise k x k convolution in the EQAM bottleneck (0: none; 3, 5, 7)."}
+    )
     use_eqam: bool = field(default=True, metadata={"help": "Add EQAM adapters."})
     use_capm: bool = field(default=True, metadata={"help": "Add CAPM prompts."})
     stages: list[int] | None = field(
@@ -105,6 +113,7 @@ class UPetuConfig(PeftConfig):
         _check_positive_int("prompt_size", self.prompt_size, 4)
         _check_choice("bits", self.bits, ALLOWED_BITS)
         _check_choice("codebook", self.codebook, ALLOWED_CODEBOOKS)
+        _check_choice("conv_kernel", self.conv_kernel, ALLOWED_CONV_KERNELS)
         if self.side_bits is not None:
             _check_choice("side_bits", self.side_bits, ALLOWED_SIDE_BITS)
         for name in ("use_eqam", "use_capm", "init_weights"):

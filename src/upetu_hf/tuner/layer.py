@@ -36,11 +36,12 @@ def _side_init(shape: int, config: UPetuConfig) -> torch.Tensor:
 
 
 class EQAM(nn.Module):
-    """Efficient quantization adapter: `delta = (s[:, None] * W_up) @ act(W_down @ u)` per pixel.
+    """Efficient quantization adapter: `delta = (s[:, None] * W_up) @ act(W_down @ u)` per pixel, or with
+    `conv_kernel=k`, `delta = (s[:, None] * W_up) @ act(DWConv_kxk(W_down @ u))`.
 
     Args:
         channels: block width C.
-        config: the adapter's `UPetuConfig` (r, bits, codebook, activation, side_bits, init_weights).
+        config: the adapter's `UPetuConfig` (r, bits, codebook, activation, side_bits, conv_kernel, init_weights).
 
     Input `u`: the block's normalised channels-last tensor (N, H, W, C). Output: delta of the same shape and dtype.
     `W_down` (r, C) and `W_up` (C, r) are Q-Linear weights (`QLinearWeight`; `W_down` with its own learned per-row
@@ -61,14 +62,25 @@ class EQAM(nn.Module):
             channels, config.r, config.bits, config.codebook, side_bits, learn_scale=False
         )
         self.scale = QuantizedParameter(_side_init(channels, config), make_side_codec(side_bits))
+        self.conv = None
+        if config.conv_kernel:
+            k = config.conv_kernel
+            kernel = torch.zeros(config.r, 1, k, k)
+            kernel[:, 0, k // 2, k // 2] = 1.0  # the identity: EQAM starts as the pointwise adapter
+            self.conv = QuantizedParameter(kernel, make_side_codec(side_bits))
         self.act = ACT2FN[config.activation]
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         down = self.down()  # (r, C)
         # the per-channel scale is folded into the (C, r) up weight: cheaper than scaling every pixel
         up = self.up() * (self.scale() * self.up.row_scale_unit).unsqueeze(1)  # (C, r)
-        hidden = self.act(F.linear(u.to(down.dtype), down))  # (N, H, W, r)
-        return F.linear(hidden, up).to(u.dtype)
+        hidden = F.linear(u.to(down.dtype), down)  # (N, H, W, r)
+        if self.conv is not None:
+            kernel = self.conv()  # (r, 1, k, k)
+            hidden = F.conv2d(
+                hidden.permute(0, 3, 1, 2), kernel, padding=kernel.shape[-1] // 2, groups=kernel.shape[0]
+            ).permute(0, 2, 3, 1)  # (N, H, W, r)
+        return F.linear(self.act(hidden), up).to(u.dtype)
 
 
 class CAPM(nn.Module):
