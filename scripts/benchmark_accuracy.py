@@ -7,7 +7,8 @@ Tasks, data and methods (every path is a flag; the defaults point at `../shared`
 - classification, UCM-55 (`--ucm`, a class-per-folder image set): 50 % of each class for training, stratified,
   one split per `--split-seeds` entry. Methods: linear probe, full fine-tuning, LoRA on `pwconv1`/`pwconv2` with its rank matched to
   UPetu's trainable adapter parameters, IA3, UPetu at 4 (the default configuration), 1 and 32 bits, EQAM only,
-  CAPM only, UPetu with a 3x3 depthwise convolution in EQAM's bottleneck (`upetu-conv3`), UPetu with the largest `r` that keeps its adapter under 1 % of the backbone (`upetu-small`), and LoRA
+  CAPM only, UPetu with a 3x3 depthwise convolution in EQAM's bottleneck (`upetu-conv3`), UPetu with a trained
+  LayerNorm affine correction (`upetu-norm`), UPetu with the largest `r` that keeps its adapter under 1 % of the backbone (`upetu-small`), and LoRA
   with its rank matched to that (`lora-small`).
   Images are resized to `--image-size` (112, the pretraining size of the reference backbone).
 - segmentation, GID tiles (`--gid`): a seeded random 60 / 20 / 20 train / validation / test split of the tiles
@@ -154,6 +155,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("upetu-32bit", "upetu", "UPetu 32-bit", {"bits": 32}),
         Variant("eqam-only", "upetu", "EQAM only (4-bit)", {"use_capm": False}),
         Variant("upetu-conv3", "upetu", "UPetu + 3x3 depthwise conv in EQAM (4-bit)", {"conv_kernel": 3}),
+        Variant("upetu-norm", "upetu", "UPetu + LayerNorm affine correction (4-bit)", {"norm_affine": True}),
         Variant("capm-only", "upetu", "CAPM only", {"use_eqam": False}),
         Variant("upetu-small", "upetu", "UPetu < 1 % (4-bit)", {"r": SMALL}),
         Variant("lora-small", "lora", "LoRA (rank matched to UPetu < 1 %)", {"r": SMALL_MATCHED}),

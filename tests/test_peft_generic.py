@@ -101,6 +101,7 @@ RELOAD_CASES = [
     ("v1", {"bits": 4, "codebook": "quantile"}),
     ("v1", {"bits": 1, "conv_kernel": 3}),
     ("upernet", {"bits": 4, "conv_kernel": 3}),
+    ("v2", {"bits": 2, "norm_affine": True}),
     ("v2", {"bits": 1}),
     ("v2", {"bits": 4, "codebook": "quantile", "side_bits": 16}),
     ("upernet", {"bits": 2}),
@@ -471,3 +472,31 @@ def test_eqam_depthwise_convolution_option():
     assert delta[0, 1, 1].abs().sum() > 0 and delta[0, 0, 0].abs().sum() == 0
     train(conv, "v1")
     assert not torch.equal(eqams[0].conv.latent, torch.full_like(eqams[0].conv.latent, 0.25))
+
+
+def test_layernorm_affine_correction_option():
+    """`norm_affine=True`: per-block LayerNorm corrections `LN(x) * (1 + g) + b`, identity at init, 2C values per
+    adapted block, feeding the block's own MLP (so they act even with EQAM's scale at zero)."""
+    with pytest.raises(ValueError, match="norm_affine"):
+        UPetuConfig(norm_affine=1)
+    plain = get_peft_model(build("v1"), UPetuConfig())
+    model = get_peft_model(build("v1"), UPetuConfig(norm_affine=True))
+    layers = [m for m in model.modules() if isinstance(m, UPetuLayer)]
+    extra = sum(p.numel() for p in model.parameters() if p.requires_grad) - sum(
+        p.numel() for p in plain.parameters() if p.requires_grad
+    )
+    assert extra == sum(2 * layer.in_features for layer in layers)
+    with model.disable_adapter():
+        base = logits(model, "v1")
+    assert torch.equal(logits(model, "v1"), base)  # identity at init
+    with torch.no_grad():
+        layers[0].base_layer.layer_scale_parameter.fill_(
+            1.0
+        )  # a random tiny block's MLP branch is scaled by 1e-6
+        with model.disable_adapter():
+            base = logits(model, "v1")
+        layers[0].upetu_norm["default"].bias.latent.fill_(0.5)
+    # EQAM's s is still 0: the change comes through the block's MLP
+    assert (logits(model, "v1") - base).abs().max() > 1e-4
+    train(model, "v1")
+    assert any(layer.upetu_norm["default"].gain.latent.abs().sum() > 0 for layer in layers)

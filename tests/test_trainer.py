@@ -37,7 +37,9 @@ def eval_loss(model: torch.nn.Module, data: Images) -> float:
 @pytest.mark.parametrize("bits", [1, 4])
 def test_trainer_default_optimizer_evaluates_the_current_weights(tmp_path, bits):
     torch.manual_seed(0)
-    model = get_peft_model(ConvNextForImageClassification(tiny_config(1, num_labels=4)), UPetuConfig(bits=bits))
+    model = get_peft_model(
+        ConvNextForImageClassification(tiny_config(1, num_labels=4)), UPetuConfig(bits=bits)
+    )
     train_data, eval_data = Images(0), Images(1)
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"),

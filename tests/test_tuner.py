@@ -147,7 +147,9 @@ def test_checkpoint_holds_packed_codes(tmp_path):
     # k-bit codes carry no statistics: the magnitude is the learned row scale of `down` and EQAM's `s` for `up`
     assert f"{eqam}.down.weight.stats" not in state and f"{eqam}.up.scale.packed" not in state
     for side in ("scale", "down.scale"):
-        assert state[f"{eqam}.{side}.packed"].dtype == torch.int8 and state[f"{eqam}.{side}.stats"].numel() == 1
+        assert (
+            state[f"{eqam}.{side}.packed"].dtype == torch.int8 and state[f"{eqam}.{side}.stats"].numel() == 1
+        )
     assert "base_model.model.classifier.weight" in state
 
 

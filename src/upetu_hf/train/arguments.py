@@ -195,7 +195,17 @@ class TrainingArguments:
     codebook: str | None = option(None, "UPetu: lloyd (default) or quantile.", METHOD)
     side_bits: int | None = option(None, "UPetu: side-tensor storage bits 8, 16 or 32.", METHOD)
     conv_kernel: int | None = option(
-        None, "UPetu: depthwise k x k convolution in the EQAM bottleneck (default 0: none; 3, 5 or 7).", METHOD
+        None,
+        "UPetu: depthwise k x k convolution in the EQAM bottleneck (default 0: none; 3, 5 or 7).",
+        METHOD,
+    )
+    norm_affine: bool | None = option(
+        None,
+        "UPetu: also train a correction of each adapted block's LayerNorm affine.",
+        METHOD,
+        flag="--norm-affine",
+        action="store_const",
+        const=True,
     )
     use_eqam: bool | None = option(
         None, "UPetu: no EQAM.", METHOD, flag="--no-eqam", action="store_const", const=False

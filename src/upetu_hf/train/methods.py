@@ -36,6 +36,7 @@ UPETU_OPTIONS = (
     "codebook",
     "side_bits",
     "conv_kernel",
+    "norm_affine",
     "use_eqam",
     "use_capm",
     "stages",

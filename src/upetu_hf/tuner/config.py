@@ -64,6 +64,9 @@ class UPetuConfig(PeftConfig):
             projection and the activation (as in Convpass / Conv-Adapter), so the adapter can mix neighbouring pixels
             as the block's 7x7 depthwise convolution does; 0 (default) adds none. Odd sizes only; it starts as the
             identity (a centred 1) and is stored as a side tensor (r * k * k values per block).
+        norm_affine: also train a per-channel correction of each adapted block's LayerNorm affine,
+            `LN(x) * (1 + g) + b` (g, b start at 0; 2C values per block, side tensors), which retunes the input of the
+            block's own MLP as well as EQAM's. Off by default.
         use_eqam: add EQAM adapters to ConvNeXt blocks.
         use_capm: add CAPM prompts to ConvNeXt stages.
         stages: 0-based indices of the stages to adapt (EQAM and CAPM); `None` adapts every stage.
@@ -86,6 +89,9 @@ class UPetuConfig(PeftConfig):
     side_bits: int | None = field(default=None, metadata={"help": "Side-tensor storage bits: 8, 16 or 32."})
     conv_kernel: int = field(
         default=0, metadata={"help": "Depthwise k x k convolution in the EQAM bottleneck (0: none; 3, 5, 7)."}
+    )
+    norm_affine: bool = field(
+        default=False, metadata={"help": "Train a correction of each adapted block's LayerNorm affine."}
     )
     use_eqam: bool = field(default=True, metadata={"help": "Add EQAM adapters."})
     use_capm: bool = field(default=True, metadata={"help": "Add CAPM prompts."})
@@ -116,7 +122,7 @@ class UPetuConfig(PeftConfig):
         _check_choice("conv_kernel", self.conv_kernel, ALLOWED_CONV_KERNELS)
         if self.side_bits is not None:
             _check_choice("side_bits", self.side_bits, ALLOWED_SIDE_BITS)
-        for name in ("use_eqam", "use_capm", "init_weights"):
+        for name in ("use_eqam", "use_capm", "init_weights", "norm_affine"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(
                     f"UPetuConfig.{name}={getattr(self, name)!r} is invalid: allowed values are True and False."

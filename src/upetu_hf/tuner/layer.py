@@ -83,6 +83,28 @@ class EQAM(nn.Module):
         return F.linear(self.act(hidden), up).to(u.dtype)
 
 
+class NormAffine(nn.Module):
+    """A correction of a ConvNeXt block's LayerNorm affine: `LN'(x) = LN(x) * (1 + g) + b`.
+
+    Args:
+        channels: block width C.
+        config: the adapter's `UPetuConfig` (side_bits, init_weights).
+
+    Input and output: the normalised channels-last tensor (N, H, W, C). `g` and `b` (C,) start at 0 (identity) and are
+    stored as side tensors. Computed in the adapter's dtype, returned in the input's.
+    """
+
+    def __init__(self, channels: int, config: UPetuConfig) -> None:
+        super().__init__()
+        side = make_side_codec(config.effective_side_bits)
+        self.gain = QuantizedParameter(_side_init(channels, config), side)
+        self.bias = QuantizedParameter(_side_init(channels, config), side)
+
+    def forward(self, normed: torch.Tensor) -> torch.Tensor:
+        gain, bias = self.gain(), self.bias()
+        return (normed.to(gain.dtype) * (1 + gain) + bias).to(normed.dtype)
+
+
 class CAPM(nn.Module):
     """Context-aware prompt module: `F' = F + beta * (resize(P) * sigmoid(DWConv3x3(F)))`.
 
@@ -123,11 +145,12 @@ def block_channels(block: nn.Module) -> int:
 class UPetuLayer(nn.Module, BaseTunerLayer):
     """A ConvNeXt block (V1 or V2) with UPetu adapters.
 
-    `upetu_eqam[name]` adapts the block's residual branch; `upetu_capm[name]` (on the last block of a stage only)
-    prompts the block's output. Input and output: (N, C, H, W).
+    `upetu_eqam[name]` adapts the block's residual branch; `upetu_norm[name]` (with `norm_affine`) corrects the
+    block's LayerNorm affine, ahead of both the block's MLP and EQAM; `upetu_capm[name]` (on the last block of a
+    stage only) prompts the block's output. Input and output: (N, C, H, W).
     """
 
-    adapter_layer_names = ("upetu_eqam", "upetu_capm")
+    adapter_layer_names = ("upetu_eqam", "upetu_norm", "upetu_capm")
 
     def __init__(
         self, base_layer: nn.Module, adapter_name: str, config: UPetuConfig, eqam: bool, capm: bool
@@ -135,6 +158,7 @@ class UPetuLayer(nn.Module, BaseTunerLayer):
         super().__init__()
         self.base_layer = base_layer
         self.upetu_eqam = nn.ModuleDict()
+        self.upetu_norm = nn.ModuleDict()
         self.upetu_capm = nn.ModuleDict()
         self._disable_adapters = False
         self.merged_adapters = []
@@ -148,6 +172,8 @@ class UPetuLayer(nn.Module, BaseTunerLayer):
         channels = block_channels(self.base_layer)
         if eqam:
             self.upetu_eqam[adapter_name] = EQAM(channels, config)
+            if config.norm_affine:
+                self.upetu_norm[adapter_name] = NormAffine(channels, config)
         if capm:
             self.upetu_capm[adapter_name] = CAPM(channels, config)
         self._move_adapter_to_device_of_base_layer(adapter_name)
@@ -170,14 +196,18 @@ class UPetuLayer(nn.Module, BaseTunerLayer):
         if self.disable_adapters:
             return base(hidden_states)
         eqams = [self.upetu_eqam[name] for name in self.active_adapters if name in self.upetu_eqam]
-        if not eqams:
+        norms = [self.upetu_norm[name] for name in self.active_adapters if name in self.upetu_norm]
+        if not eqams and not norms:
             output = base(hidden_states)
         else:
-            # The ConvNeXt block forward (V1 and V2), with the EQAM deltas joining the residual branch after
-            # layer scale and before drop path.
+            # The ConvNeXt block forward (V1 and V2), with the LayerNorm corrections right after the block's norm
+            # (ahead of its MLP and of EQAM) and the EQAM deltas joining the residual branch after layer scale and
+            # before drop path.
             residual = hidden_states
             features = base.dwconv(hidden_states).permute(0, 2, 3, 1)  # (N, H, W, C)
             normed = base.layernorm(features)
+            for norm in norms:
+                normed = norm(normed)
             features = base.act(base.pwconv1(normed))
             if getattr(base, "grn", None) is not None:
                 features = base.grn(features)
