@@ -689,6 +689,9 @@ class TaskRunner:
         if key in self.done:
             log(f"{setup.task}/{name}: lr {lr:g} {where} already done, skipped")
             return self.done[key]
+        if self.args.merge_only:
+            log(f"{setup.task}/{name}: lr {lr:g} {where} not on file, not trained (--merge-only)")
+            return None
         run_dir = (
             self.work_dir
             / setup.key
@@ -745,6 +748,7 @@ class TaskRunner:
                 "lr_grid": grid,
             }
             search = [self.ensure(variant, options, lr, f, setup.seeds[0], "search") for f, lr in grid]
+            search = [r for r in search if r is not None]
             choice = select(search, grid, setup.seeds[0], setup.split_seeds[0])
             if not choice["complete"]:
                 log(f"{setup.task}/{name}: learning-rate search incomplete (a run failed); no seed runs")
@@ -892,6 +896,12 @@ def build_parser() -> argparse.ArgumentParser:
     runtime.add_argument(
         "--delete-weights", action="store_true", help="delete each run's weights once measured"
     )
+    runtime.add_argument(
+        "--merge-only",
+        action="store_true",
+        help="train nothing: merge and summarise the runs on file (with --resume / --import-runs); the missing "
+        "ones are listed, and a method shows the runs it has",
+    )
     return parser
 
 
@@ -925,6 +935,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.cd_crop is not None and args.cd_crop % 32:
         parser.error("--cd-crop must be a multiple of 32 (the backbone stride)")
+    if args.merge_only and not args.resume:
+        parser.error("--merge-only summarises the files of --resume: pass --resume too")
     if args.import_runs and not args.resume:
         parser.error("--import-runs merges into the files of --resume: pass --resume too")
     if args.resume and args.overwrite:

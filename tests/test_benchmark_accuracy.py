@@ -302,6 +302,20 @@ def test_repeated_splits_train_every_seed_on_every_split(bench, tmp_path, monkey
     first = {(r["split_seed"], r["seed"]): r for r in states["classification"]["runs"]}
     assert first[(0, 0)]["history"] != first[(1, 0)]["history"]
 
+    # --merge-only trains nothing: with a third split requested, the missing runs are listed, not trained
+    def no_training(*args, **kwargs):
+        raise AssertionError("--merge-only trained a run")
+
+    monkeypatch.setattr(module, "train", no_training)
+    more = [*argv, "--resume", "--merge-only"]
+    more[more.index("0,1", more.index("--split-seeds"))] = "0,1,2"
+    merged = module.main(more)
+    for state in merged.values():
+        assert state["summary"]["upetu"]["n"] == 4 and not state["complete"]
+    with pytest.raises(SystemExit):
+        module.main([*argv, "--merge-only"])  # merging needs --resume
+    monkeypatch.undo()
+
     # a wider learning-rate grid resumes the same file: the finished runs are kept, only the new rate trains
     trained = []
     real_train = module.train
