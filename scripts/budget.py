@@ -1,0 +1,89 @@
+#!/usr/bin/env python
+"""Parameter budget and adapter size of UPetu configurations on ConvNeXt-B (the paper's backbone), without
+downloading it: the model is built from its config with random weights, wrapped, and saved (no task head).
+
+For each configuration: adapter parameters as a % of the backbone (the paper's budget is 0.73 %; the project's
+default must stay within 0.65-0.80 %) and the bytes of `adapter_model.safetensors` at each bit width (a 1-bit
+default adapter must stay at most 200 KB). Writes `--output` (default results/budget.json) and prints a table.
+
+Usage:
+    python scripts/budget.py
+    python scripts/budget.py --configs '{}' '{"conv_kernel": 3}' --bits 1,4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import torch  # noqa: E402
+from _common import write_json_atomic  # noqa: E402
+from peft import get_peft_model  # noqa: E402
+from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
+
+from upetu_hf import UPetuConfig  # noqa: E402
+from upetu_hf.tuner.config import ADAPTER_WEIGHTS_NAME  # noqa: E402
+
+#: ConvNeXt-B (facebook/convnext-base-224-22k): widths and depths.
+CONVNEXT_B = dict(hidden_sizes=[128, 256, 512, 1024], depths=[3, 3, 27, 3])
+DEFAULT_CONFIGS = (
+    "{}",
+    '{"conv_kernel": 3}',
+    '{"norm_affine": true}',
+    '{"conv_kernel": 3, "norm_affine": true}',
+)
+
+
+def measure(options: dict[str, Any], bits: int) -> dict[str, Any]:
+    """Adapter share of the backbone and adapter file size of one configuration on ConvNeXt-B."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = ConvNextForImageClassification(ConvNextConfig(**CONVNEXT_B, num_labels=10))
+    peft_model = get_peft_model(model, UPetuConfig(bits=bits, modules_to_save=[], **options))
+    counts = peft_model.base_model.parameter_counts()
+    with tempfile.TemporaryDirectory() as folder:
+        peft_model.save_pretrained(folder)
+        size = (Path(folder) / ADAPTER_WEIGHTS_NAME).stat().st_size
+    return {
+        "options": options,
+        "bits": bits,
+        "adapter_params": counts["adapter"],
+        "backbone_params": counts["backbone"],
+        "adapter_pct_of_backbone": 100.0 * counts["adapter"] / counts["backbone"],
+        "adapter_bytes": size,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="UPetuConfig options as JSON"
+    )
+    parser.add_argument("--bits", default="1,4", help="bit widths (1,4)")
+    parser.add_argument("--output", default=str(REPO_ROOT / "results" / "budget.json"))
+    args = parser.parse_args(argv)
+    rows = [
+        measure(json.loads(config), int(bits)) for config in args.configs for bits in args.bits.split(",")
+    ]
+    write_json_atomic(Path(args.output), {"backbone": "ConvNeXt-B (random weights)", "rows": rows})
+    print("| options | bits | adapter % of backbone | adapter file |\n|---|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {json.dumps(row['options'])} | {row['bits']} | {row['adapter_pct_of_backbone']:.3f} % "
+            f"| {row['adapter_bytes'] / 1e3:.1f} KB |"
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
