@@ -690,7 +690,8 @@ def test_heads_train_at_their_own_learning_rate(assets, tmp_path, monkeypatch):
     assert DENSE_HEAD_LR != 1e-2  # None: the optimizer's lr, UPetu's 1e-2
     assert rates("segmentation", seg, head_hidden_size=8, head_lr=2e-4) == {"head": {2e-4}, "other": {None}}
     cd = [str(assets["change_a"]), str(assets["change_b"])]
-    assert rates("change-detection", cd, method="lora") == {"head": {DENSE_HEAD_LR}, "other": {None}}
+    # (LoRA's default lr equals DENSE_HEAD_LR: one group; with another --lr the decoder keeps its own rate)
+    assert rates("change-detection", cd, method="lora", lr=1e-3) == {"head": {DENSE_HEAD_LR}, "other": {None}}
     assert rates("segmentation", seg, head_hidden_size=8, method="full") == {"head": {None}, "other": {None}}
     images = str(assets["images"])
     assert rates("classification", images) == {"head": {None}, "other": {None}}
