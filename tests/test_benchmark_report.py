@@ -29,11 +29,11 @@ def test_committed_results_render_with_their_numbers(tmp_path, capsys):
     for path in RESULTS.glob("*.json"):
         shutil.copy(path, tmp_path / path.name)
     readme = tmp_path / "README.md"
-    readme.write_text("# p\n\n<!-- results:start -->\nold\n<!-- results:end -->\n")
+    readme.write_text("# p\n\n<!-- results:start -->\nSTALE-SECTION\n<!-- results:end -->\n")
     argv = ["--results-dir", str(tmp_path), "--readme", str(readme)]
     section = load_report().main([*argv, "--plot", str(tmp_path / "plot.png")])
     summary = (tmp_path / "accuracy_summary.md").read_text()
-    assert section in readme.read_text() and "old" not in readme.read_text()
+    assert section in readme.read_text() and "STALE-SECTION" not in readme.read_text()
     for path in RESULTS.glob("accuracy_*.json"):
         state = json.loads(path.read_text())
         if "task" not in state:  # another benchmark's file (accuracy_oscd13.json): make_report skips it too
