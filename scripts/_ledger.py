@@ -256,9 +256,8 @@ def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
                 "these. Use the same settings, another --output-dir, or --overwrite."
             )
         old["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
-        old["protocol"] = (
-            protocol  # the grid and split seeds of this session (their runs are kept either way)
-        )
+        # the grid and split seeds of this session (the runs of other ones are kept either way)
+        old["protocol"] = protocol
         return old
     return new_state(setup, args)
 

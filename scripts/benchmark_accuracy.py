@@ -5,11 +5,11 @@ training API (`upetu_hf.train.train`).
 Tasks, data and methods (every path is a flag; the defaults point at `../shared`):
 
 - classification, UCM-55 (`--ucm`, a class-per-folder image set): 50 % of each class for training, stratified,
-  one split per `--split-seeds` entry. Methods: linear probe, full fine-tuning, LoRA on `pwconv1`/`pwconv2` with its rank matched to
-  UPetu's trainable adapter parameters, IA3, UPetu at 4 (the default configuration), 1 and 32 bits, EQAM only,
-  CAPM only, UPetu with a 3x3 depthwise convolution in EQAM's bottleneck (`upetu-conv3`), UPetu with a trained
-  LayerNorm affine correction (`upetu-norm`), UPetu with the largest `r` that keeps its adapter under 1 % of the backbone (`upetu-small`), and LoRA
-  with its rank matched to that (`lora-small`).
+  one split per `--split-seeds` entry. Methods: linear probe, full fine-tuning, LoRA on `pwconv1`/`pwconv2` with
+  its rank matched to UPetu's trainable adapter parameters, IA3, UPetu at 4 (the default configuration), 1 and 32
+  bits, EQAM only, CAPM only, UPetu with a 3x3 depthwise convolution in EQAM's bottleneck (`upetu-conv3`), UPetu
+  with a trained LayerNorm affine correction (`upetu-norm`), UPetu with the largest `r` that keeps its adapter
+  under 1 % of the backbone (`upetu-small`), and LoRA with its rank matched to that (`lora-small`).
   Images are resized to `--image-size` (112, the pretraining size of the reference backbone).
 - segmentation, GID tiles (`--gid`): a seeded random 60 / 20 / 20 train / validation / test split of the tiles
   (`train_fraction` 0.8, `validation_fraction` 0.25 of it), tiles resized to `--image-size`, a UperNet head with
@@ -125,11 +125,8 @@ SMALL_BUDGET = 0.01
 CD_TEST_FRACTION, CD_VALIDATION_FRACTION = 0.4, 0.2
 #: Segmentation: `train_fraction` (train + validation vs test) and `validation_fraction` (of the former).
 SEG_TRAIN_FRACTION, SEG_VALIDATION_FRACTION = 0.8, 0.25
-MATCHED, SMALL, SMALL_MATCHED = (
-    "matched",
-    "small",
-    "small-matched",
-)  # placeholders for `r`, resolved per backbone
+# placeholders for `r`, resolved per backbone
+MATCHED, SMALL, SMALL_MATCHED = "matched", "small", "small-matched"
 
 
 @dataclass

@@ -4,11 +4,14 @@ downloading it: the model is built from its config with random weights, wrapped,
 
 For each configuration: adapter parameters as a % of the backbone (the paper's budget is 0.73 %; the project's
 default must stay within 0.65-0.80 %) and the bytes of `adapter_model.safetensors` at each bit width (a 1-bit
-default adapter must stay at most 200 KB). Writes `--output` (default results/budget.json) and prints a table.
+default adapter must stay at most 200 KB). Also the size of the UperNet decoder `upetu-train segmentation` trains
+and saves with the adapter: the transformers default (512 channels, auxiliary head 256) and `--head-hidden-size`
+64, on ConvNeXt-B and on the atto backbone of the accuracy benchmarks (5 classes, GID's). Writes `--output`
+(default results/budget.json) and prints the tables.
 
 Usage:
     python scripts/budget.py
-    python scripts/budget.py --configs '{}' '{"conv_kernel": 3}' --bits 1,4
+    python scripts/budget.py --configs '{}' '{"conv_kernel": 3}' --bits 1,4 --output /tmp/budget.json
 """
 
 from __future__ import annotations
@@ -29,13 +32,21 @@ for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
 import torch  # noqa: E402
 from _common import write_json_atomic  # noqa: E402
 from peft import get_peft_model  # noqa: E402
-from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
+from transformers import (  # noqa: E402
+    ConvNextConfig,
+    ConvNextForImageClassification,
+    UperNetConfig,
+    UperNetForSemanticSegmentation,
+)
 
 from upetu_hf import UPetuConfig  # noqa: E402
 from upetu_hf.tuner.config import ADAPTER_WEIGHTS_NAME  # noqa: E402
 
-#: ConvNeXt-B (facebook/convnext-base-224-22k): widths and depths.
+#: ConvNeXt-B (facebook/convnext-base-224-22k) and the benchmarks' atto backbone: widths and depths.
 CONVNEXT_B = dict(hidden_sizes=[128, 256, 512, 1024], depths=[3, 3, 27, 3])
+CONVNEXT_ATTO = dict(hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2])
+#: UperNet decoders: the transformers default, and `--head-hidden-size 64` (hidden and auxiliary channels).
+DECODERS = {"default": {}, "head-hidden-size 64": dict(hidden_size=64, auxiliary_channels=64)}
 DEFAULT_CONFIGS = (
     "{}",
     '{"conv_kernel": 3}',
@@ -64,7 +75,19 @@ def measure(options: dict[str, Any], bits: int) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def decoder_size(backbone: dict[str, Any], decoder: dict[str, int]) -> dict[str, Any]:
+    """Parameters (and float32 bytes) of a UperNet's decode and auxiliary heads, built on the meta device."""
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    config = UperNetConfig(
+        backbone_config=ConvNextConfig(**backbone, out_features=stages), num_labels=5, **decoder
+    )
+    with torch.device("meta"):
+        model = UperNetForSemanticSegmentation(config)
+    params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("backbone."))
+    return {"params": params, "float32_bytes": 4 * params}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="UPetuConfig options as JSON"
@@ -75,14 +98,25 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = [
         measure(json.loads(config), int(bits)) for config in args.configs for bits in args.bits.split(",")
     ]
-    write_json_atomic(Path(args.output), {"backbone": "ConvNeXt-B (random weights)", "rows": rows})
+    decoders = [
+        {"backbone": name, "decoder": decoder, **decoder_size(backbone, options)}
+        for name, backbone in (("convnext-b", CONVNEXT_B), ("convnext-atto", CONVNEXT_ATTO))
+        for decoder, options in DECODERS.items()
+    ]
+    result = {"backbone": "ConvNeXt-B (random weights)", "rows": rows, "upernet_decoders": decoders}
+    write_json_atomic(Path(args.output), result)
     print("| options | bits | adapter % of backbone | adapter file |\n|---|---:|---:|---:|")
     for row in rows:
         print(
             f"| {json.dumps(row['options'])} | {row['bits']} | {row['adapter_pct_of_backbone']:.3f} % "
             f"| {row['adapter_bytes'] / 1e3:.1f} KB |"
         )
-    return rows
+    print("\n| backbone | UperNet decoder | parameters | float32 |\n|---|---|---:|---:|")
+    for d in decoders:
+        print(
+            f"| {d['backbone']} | {d['decoder']} | {d['params'] / 1e6:.2f} M | {d['float32_bytes'] / 1e6:.0f} MB |"
+        )
+    return result
 
 
 if __name__ == "__main__":

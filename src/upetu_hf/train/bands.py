@@ -313,8 +313,6 @@ def crops_per_image(args: TrainingArguments, scan: DataScan) -> int:
     sizes = scan.sizes("train")
     if args.resize is not None:
         sizes = [(args.resize, args.resize)] * len(sizes)
-    if args.image_size is None:  # whole scenes: one per epoch
-        return 1
     min_crops = MIN_BATCHES_PER_EPOCH * args.batch_size
     return default_crops_per_image(sizes, args.image_size, min_crops=min_crops)
 
