@@ -53,3 +53,22 @@ def test_committed_results_render_with_their_numbers(tmp_path, capsys):
             if "bytes" not in t["target"]:
                 assert f"| {t['target']} | {t['value']:.2f} | {'yes' if t['met'] else '**no**'} |" in section
     assert "has a layout this report does not know" not in section
+
+
+def test_dense_aims_follow_the_paired_comparison():
+    """The dense tasks' aim (UPetu level with full fine-tuning and LoRA) is missed only when the paired interval
+    puts the other method ahead."""
+
+    def entry(label, scores):
+        return {"label": label, "seeds": [0, 1, 0], "split_seeds": [0, 0, 1], "test_scores": scores}
+
+    summary = {
+        "upetu": entry("UPetu", [0.50, 0.52, 0.51]),
+        "full": entry("Full", [0.60, 0.63, 0.61]),  # clearly ahead: aim missed
+        "lora": entry("LoRA", [0.49, 0.54, 0.50]),  # mixed: aim met
+    }
+    checks = load_report().aims({"task": "segmentation", "summary": summary})
+    assert [c["met"] for c in checks] == [False, True]
+    assert checks[0]["difference_points"] == pytest.approx(-10.333, abs=1e-3)
+    assert checks[1]["difference_points"] == pytest.approx(0.0, abs=1e-9)
+    assert "Full" in checks[0]["aim"] and "LoRA" in checks[1]["aim"]
