@@ -22,6 +22,7 @@ from transformers import (
 
 import upetu_hf
 from upetu_hf import ConvNextChangeDetectionConfig, ConvNextForChangeDetection, UPetuConfig, UPetuLayer
+from upetu_hf.tuner import QuantizedParameter
 from upetu_hf.tuner.config import format_metadata
 
 OUT_FEATURES = ["stage1", "stage2", "stage3", "stage4"]
@@ -134,6 +135,24 @@ def test_trained_adapter_reloads_bit_identical(tmp_path, kind, config):
     loaded.save_pretrained(tmp_path / "b")
     first = (tmp_path / "a" / "adapter_model.safetensors").read_bytes()
     assert (tmp_path / "b" / "adapter_model.safetensors").read_bytes() == first
+
+
+@pytest.mark.parametrize("bits", [1, 4, 32])
+def test_reloaded_state_dict_holds_the_quantized_values(tmp_path, bits):
+    """What a k-bit file keeps (README, "What is exact"): after a reload every latent tensor is the value the trained
+    latent quantized to, so peft's raw state-dict comparisons across a save hold at 32 bits only."""
+    model, _ = trained("v1", bits=bits)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(build("v1"), tmp_path).eval()
+    quantized = dict(loaded.named_modules())
+    changed = 0
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, QuantizedParameter):
+                after = quantized[name].latent
+                assert torch.equal(after, module()), name
+                changed += not torch.equal(after, module.latent)
+    assert (changed == 0) == (bits == 32)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8, 32])
