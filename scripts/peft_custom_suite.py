@@ -1,0 +1,222 @@
+#!/usr/bin/env python
+"""Run peft's own custom-model test suite (`tests/test_custom_models.py` upstream) against UPetu.
+
+peft's suite builds toy models (an MLP, a few convolutions) that UPetu cannot adapt, so this script copies the suite
+from a peft checkout into a temporary folder and changes three things there, nothing else:
+
+- `TEST_CASES` becomes the UPetu cases below (V1 and V2 ConvNeXt; 1, 4 and 32 bits; `modules_to_save`);
+- `MockTransformerWrapper.from_pretrained("ConvNeXt" | "ConvNeXtV2")` returns a tiny random ConvNeXt classifier
+  behind the suite's `model(X=...) -> tensor` interface;
+- `prepare_inputs_for_testing` returns a batch of 4 random 32 x 32 images.
+
+Every outcome is written to `--output` (JSON) with its reason; failures are grouped by cause, so that the expected
+ones (UPetu refuses to merge; raw state dicts across a save differ at 1-8 bits, README "What is exact") stand apart
+from anything new. Nothing from peft is copied into this repository.
+
+Usage:
+    python scripts/peft_custom_suite.py --peft /path/to/peft/checkout --output /tmp/peft_suite.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+from xml.etree import ElementTree
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SUITE_FILES = ("testing_common.py", "testing_utils.py", "test_custom_models.py", "conftest.py")
+
+CASES = '''
+import torch
+from torch import nn
+from transformers import (
+    ConvNextConfig,
+    ConvNextForImageClassification,
+    ConvNextV2Config,
+    ConvNextV2ForImageClassification,
+)
+
+import upetu_hf  # registers the UPETU peft type
+from upetu_hf import UPetuConfig
+
+
+class ConvNeXtMock(nn.Module):
+    """A tiny ConvNeXt classifier behind the suite's interface: model(X=images) -> logits."""
+
+    def __init__(self, v2: bool) -> None:
+        super().__init__()
+        kw = dict(num_channels=3, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1], num_labels=5)
+        config, cls = (ConvNextV2Config, ConvNextV2ForImageClassification) if v2 else (
+            ConvNextConfig, ConvNextForImageClassification)
+        self.convnext = cls(config(**kw))
+        self.dtype = torch.float  # the suite sets this for its half-precision tests
+
+    def forward(self, X):
+        return self.convnext(pixel_values=X.to(self.dtype)).logits
+
+
+def build(model_id):
+    return ConvNeXtMock(v2=model_id == "ConvNeXtV2")
+
+
+def inputs(device):
+    return {"X": torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)}
+
+
+UPETU_TEST_CASES = [
+    ("ConvNeXt UPetu default", "ConvNeXt", UPetuConfig, {"r": 4}),
+    ("ConvNeXt UPetu 1bit", "ConvNeXt", UPetuConfig, {"r": 4, "bits": 1}),
+    ("ConvNeXt UPetu 32bit", "ConvNeXt", UPetuConfig, {"r": 4, "bits": 32}),
+    ("ConvNeXtV2 UPetu default", "ConvNeXtV2", UPetuConfig, {"r": 4}),
+    ("ConvNeXt UPetu modules_to_save", "ConvNeXt", UPetuConfig, {"r": 4, "modules_to_save": ["classifier"]}),
+]
+'''
+
+MERGE_REFUSED = "merge refused (expected: EQAM and CAPM are not weight updates)"
+LATENTS_NOT_SAVED = (
+    "raw state dict differs across a save (expected at 1-8 bits: the file keeps no fp32 latents)"
+)
+#: peft's tests that compare raw state dicts before saving and after loading (README, "What is exact").
+STATE_DICT_TESTS = (
+    "test_save_pretrained",
+    "test_save_pretrained_pickle",
+    "test_parameters_after_loading_model",
+)
+
+
+def failure_cause(name: str, text: str) -> str:
+    """The known cause of a failed test, or "other"."""
+    if "UPetu adapters cannot be merged" in text:
+        return MERGE_REFUSED
+    if name.split("[")[0] in STATE_DICT_TESTS and "32bit" not in name and "AssertionError" in text:
+        return LATENTS_NOT_SAVED
+    return "other"
+
+
+def patch_suite(folder: Path) -> None:
+    """Point the copied suite at the UPetu cases; fail loudly if peft's file no longer has the expected hooks."""
+    path = folder / "test_custom_models.py"
+    text = path.read_text()
+    hooks = {
+        "class MockTransformerWrapper:": (
+            "from .upetu_cases import UPETU_TEST_CASES, build as _upetu_build, inputs as _upetu_inputs\n"
+            "TEST_CASES = UPETU_TEST_CASES\n\n\nclass MockTransformerWrapper:"
+        ),
+        '        if model_id == "MLP":\n': (
+            '        if model_id.startswith("ConvNeXt"):\n            return _upetu_build(model_id).to(dtype)\n\n'
+            '        if model_id == "MLP":\n'
+        ),
+    }
+    for old, new in hooks.items():
+        if old not in text:
+            raise SystemExit(
+                f"peft's test_custom_models.py has no {old.strip()!r}: this peft version is not supported."
+            )
+        text = text.replace(old, new, 1)
+    text, n = re.subn(
+        r"    def prepare_inputs_for_testing\(self\):\n        X = torch\.arange\(90\)\.view\(9, 10\)\.to\(self\.torch_device\)\n"
+        r"        return \{\"X\": X\}",
+        "    def prepare_inputs_for_testing(self):\n        return _upetu_inputs(self.torch_device)",
+        text,
+    )
+    if not n:
+        raise SystemExit("peft's test_custom_models.py has no prepare_inputs_for_testing to replace.")
+    path.write_text(text)
+    (folder / "upetu_cases.py").write_text(CASES)
+    (folder / "__init__.py").write_text("")
+
+
+def classify(junit: Path) -> list[dict]:
+    """One row per test of pytest's JUnit XML report: outcome and, for a failure, its cause."""
+    rows = []
+    for case in ElementTree.parse(junit).iter("testcase"):
+        problem = case.find("failure") if case.find("failure") is not None else case.find("error")
+        outcome = (
+            "failed" if problem is not None else "skipped" if case.find("skipped") is not None else "passed"
+        )
+        reason = None
+        if problem is not None:
+            reason = failure_cause(case.get("name"), (problem.get("message") or "") + (problem.text or ""))
+        rows.append({"test": case.get("name"), "outcome": outcome, "cause": reason})
+    return rows
+
+
+def commit(folder: Path) -> str | None:
+    """The git commit of the peft checkout, when it is one."""
+    done = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--peft", type=Path, required=True, help="a peft source checkout (its tests/ folder is used)"
+    )
+    parser.add_argument("--output", type=Path, default=Path("peft_suite.json"), help="JSON file of outcomes")
+    parser.add_argument("-k", default="UPetu", help="pytest -k expression (default: every UPetu case)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse_args(argv)
+    tests = args.peft / "tests"
+    missing = [name for name in SUITE_FILES if not (tests / name).is_file()]
+    if missing:
+        raise SystemExit(f"{tests} lacks {', '.join(missing)}: pass the root of a peft source checkout.")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        folder = root / "tests"
+        folder.mkdir()
+        for name in SUITE_FILES:
+            shutil.copy(tests / name, folder / name)
+        patch_suite(folder)
+        stubs = root / "stubs"
+        try:  # testing_common imports diffusers for tests UPetu never reaches
+            import diffusers  # noqa: F401
+        except ImportError:
+            (stubs / "diffusers").mkdir(parents=True)
+            (stubs / "diffusers" / "__init__.py").write_text("class StableDiffusionPipeline:\n    pass\n")
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(stubs), str(root), str(REPO_ROOT / "src")]))
+        junit = root / "report.xml"
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_custom_models.py",
+        ]
+        subprocess.run([*command, "-k", args.k, f"--junitxml={junit}"], cwd=root, env=env, check=False)
+        rows = classify(junit)
+    counts = Counter(r["outcome"] if r["cause"] is None else f"failed: {r['cause']}" for r in rows)
+    result = {
+        "peft_tests_from": str(args.peft),
+        "peft_commit": commit(args.peft),
+        "peft_installed": version("peft"),
+    }
+    result |= {"counts": dict(counts), "tests": rows}
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    for outcome, n in counts.most_common():
+        print(f"{n:4d}  {outcome}")
+    for r in rows:
+        if r["cause"] == "other":
+            print("unexpected failure:", r["test"])
+    return result
+
+
+if __name__ == "__main__":
+    main()
