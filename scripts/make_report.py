@@ -315,8 +315,12 @@ def dense_aims(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def aims_table(state: dict[str, Any]) -> list[str]:
+    """The aims as a markdown table; [] when the task has none measured."""
+    checks = aims(state)
+    if not checks:
+        return []
     lines = ["| aim | difference (points) | met |", "|---|---:|---|"]
-    for check in aims(state):
+    for check in checks:
         d = check["difference_points"]
         met = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
         lines.append(f"| {check['aim']} | {'-' if d is None else f'{d:+.2f}'} | {met} |")
@@ -596,8 +600,8 @@ def section(
                 "",
                 *paired,
             ]
-        if aims(state):
-            lines += ["", "Aims of the benchmark issue:", "", *aims_table(state)]
+        if table := aims_table(state):
+            lines += ["", "Aims of the benchmark issue:", "", *table]
     lines += [
         "",
         f"![test metric against trainable parameters]({plot_path})",

@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -32,6 +31,8 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 from xml.etree import ElementTree
+
+from _common import write_json_atomic
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SUITE_FILES = ("testing_common.py", "testing_utils.py", "test_custom_models.py", "conftest.py")
@@ -154,7 +155,9 @@ def classify(junit: Path) -> list[dict]:
 def commit(folder: Path) -> str | None:
     """The git commit of the peft checkout, when it is one."""
     done = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or None if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -208,8 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "peft_installed": version("peft"),
     }
     result |= {"counts": dict(counts), "tests": rows}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=1) + "\n")
+    write_json_atomic(args.output, result)
     for outcome, n in counts.most_common():
         print(f"{n:4d}  {outcome}")
     for r in rows:
