@@ -54,10 +54,39 @@ def _fixed_down_scale() -> None:
     layer.QLinearWeight = qlinear
 
 
+def _latent_unit(factor: float) -> Callable[[], None]:
+    """k-bit latents (init and codebook) in units of `factor` times the weight's init std, row scales to match:
+    the forward weights are unchanged, Adam's steps (about lr per entry) flip `factor` times fewer codes."""
+
+    def patch() -> None:
+        import math
+
+        import torch
+
+        from upetu_hf.tuner.quantization import QLinearWeight, make_codec
+
+        original = QLinearWeight.__init__
+
+        def init(self, out_features, in_features, bits, codebook, side_bits, learn_scale) -> None:
+            original(self, out_features, in_features, bits, codebook, side_bits, learn_scale)
+            if bits == 32:
+                return
+            unit = factor / math.sqrt(3.0 * in_features)
+            with torch.no_grad():
+                self.weight.latent.mul_(factor)
+            self.weight.codec = make_codec(bits, codebook, unit=unit)
+            self.row_scale_unit = 1.0 / unit
+
+        QLinearWeight.__init__ = init
+
+    return patch
+
+
 ABLATIONS: dict[str, Callable[[], None]] = {
     "decay": _decay,
     "clip": _clip,
     "fixed-down-scale": _fixed_down_scale,
+    **{f"latent-unit-{f:g}": _latent_unit(f) for f in (3.0, 10.0, 30.0)},
 }
 
 
