@@ -111,6 +111,18 @@ def ablations(new: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str
     return result
 
 
+def remedy_rows(entries: dict[str, Any]) -> list[str]:
+    """Markdown rows of an ablation or trial table: runs, validation with and without, difference."""
+    lines = []
+    for name, entry in entries.items():
+        a, d = entry["ablation_validation"], entry["design_validation"]
+        diff = a["mean"] - d["mean"] if a["mean"] is not None and d["mean"] is not None else None
+        lines.append(
+            f"| {name} | {len(entry['runs'])} | {fmt(a)} | {fmt(d)} | {'—' if diff is None else f'{diff:+.2f}'} |"
+        )
+    return lines
+
+
 def markdown(comparison: dict[str, Any]) -> str:
     designs = comparison["bits"]["designs"]
     current = designs[-1]
@@ -150,13 +162,17 @@ def markdown(comparison: dict[str, Any]) -> str:
             "| ablation | runs | validation with the ablation | validation of the design | difference |",
             "|---|---:|---:|---:|---:|",
         ]
-        for name, entry in comparison["ablations"].items():
-            a, d = entry["ablation_validation"], entry["design_validation"]
-            diff = a["mean"] - d["mean"] if a["mean"] is not None and d["mean"] is not None else None
-            lines.append(
-                f"| {name} | {len(entry['runs'])} | {fmt(a)} | {fmt(d)} | "
-                f"{'—' if diff is None else f'{diff:+.2f}'} |"
-            )
+        lines += remedy_rows(comparison["ablations"])
+    if comparison.get("trials"):
+        lines += [
+            "",
+            f"Further remedies tried on top of {current} (validation accuracy, same variant, learning rate and "
+            "seeds; none adopted unless it is ahead by more than the spread):",
+            "",
+            "| remedy | runs | validation with the remedy | validation of the design | difference |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += remedy_rows(comparison["trials"])
     return "\n".join(lines) + "\n"
 
 
@@ -173,6 +189,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--ablation", action="append", default=[], metavar="NAME=JSON", help="ablation results"
     )
     parser.add_argument(
+        "--trial",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="results of a remedy tried on top of the current design (scripts/ablate_qlinear.py)",
+    )
+    parser.add_argument(
         "--ablated-design", help="the design the ablations undo a remedy of (default: the last)"
     )
     parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parents[1] / "results")
@@ -185,9 +208,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             parser.error(f"expected NAME=JSON, got {bad}")
         return {name: Path(path) for name, _, path in pairs}
 
-    design_paths, ablation_paths = named(args.design), named(args.ablation)
+    design_paths, ablation_paths, trial_paths = named(args.design), named(args.ablation), named(args.trial)
     designs = {name: json.loads(path.read_text()) for name, path in design_paths.items()}
     files = {name: json.loads(path.read_text()) for name, path in ablation_paths.items()}
+    tried = {name: json.loads(path.read_text()) for name, path in trial_paths.items()}
     ablated = args.ablated_design or list(designs)[-1]
     if ablated not in designs:
         parser.error(f"--ablated-design {ablated!r} is not one of the designs {list(designs)}")
@@ -195,10 +219,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "sources": {
             "designs": {k: str(v) for k, v in design_paths.items()},
             "ablations": {k: str(v) for k, v in ablation_paths.items()},
+            "trials": {k: str(v) for k, v in trial_paths.items()},
         },
         "bits": bit_widths(designs),
         "ablated_design": ablated,
         "ablations": ablations(designs[ablated], files),
+        "trials": ablations(designs[list(designs)[-1]], tried),
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.output_dir / "qlinear_comparison.json", json.dumps(comparison, indent=2) + "\n")

@@ -149,3 +149,33 @@ def test_qlinear_weight_forms():
     (learned() * grad_out).sum().backward()
     codes_value = KBitCodec(1, unit=1.0 / 6.0).quantize(learned.weight.latent)
     assert torch.allclose(learned.scale.latent.grad, (grad_out * codes_value).sum(1) * 6.0, rtol=1e-5)
+
+
+def test_qlinear_column_scale_scales_columns_and_learns():
+    """EQAM's k-bit `W_up` has a per-column scale `t` in weight units: `W = q(latent) * (t / gain)[None, :]`, starting
+    at a multiplier of 1, with the gradient `sum_rows(grad * q(latent)) / gain`; 32 bits has none."""
+    from upetu_hf.tuner.quantization import QLinearWeight
+
+    assert (
+        QLinearWeight(6, 3, 32, "lloyd", 32, learn_scale=False, learn_column_scale=True).column_scale is None
+    )
+    weight = QLinearWeight(6, 3, 1, "lloyd", 32, learn_scale=False, learn_column_scale=True)
+    gain = 1.0 / 3.0  # 1 / sqrt(3 * 3)
+    assert torch.allclose(weight.column_scale.latent, torch.full((3,), gain))
+    with torch.no_grad():
+        codes = weight.weight()
+        assert torch.allclose(weight(), codes, rtol=1e-6)  # identity at init
+        weight.column_scale.latent.copy_(torch.tensor([1.0, 0.5, 3.0]) * gain)
+        assert torch.allclose(weight(), codes * torch.tensor([1.0, 0.5, 3.0]), rtol=1e-6)
+    grad_out = torch.randn(6, 3)
+    (weight() * grad_out).sum().backward()
+    assert torch.allclose(weight.column_scale.latent.grad, (grad_out * codes).sum(0) / gain, rtol=1e-5)
+    # EQAM's up projection carries it at 1 and 2 bits, the down projection never
+    from upetu_hf.tuner.config import UPetuConfig
+    from upetu_hf.tuner.layer import EQAM
+
+    eqam = EQAM(16, UPetuConfig(r=4, bits=1))
+    assert eqam.up.column_scale.latent.shape == (4,) and eqam.down.column_scale is None
+    assert EQAM(16, UPetuConfig(r=4, bits=2)).up.column_scale is not None
+    assert EQAM(16, UPetuConfig(r=4, bits=4)).up.column_scale is None  # the default adapter is unchanged
+    assert EQAM(16, UPetuConfig(r=4, bits=32)).up.column_scale is None

@@ -19,9 +19,13 @@ class UPetuPeftType(str, enum.Enum):
 
 
 PEFT_TYPE = UPetuPeftType.UPETU
-#: version of the stored adapter format, recorded in the weights file's metadata (3: k-bit codes with
-#: learned row scales in weight units, power-of-two int8 side tensors; 2 stored unit-sized row scales)
-FORMAT_VERSION = "3"
+#: version of the stored adapter format, recorded in the weights file's metadata (4: k-bit codes with learned
+#: row scales and, at 1 and 2 bits, column scales on EQAM's up projection, in weight units; power-of-two int8 side
+#: tensors. 3: no column scales; 2: unit-sized row scales)
+FORMAT_VERSION = "4"
+#: older versions this one reads, with the bit widths whose tensors did not change since (version 3 files of 4, 8
+#: and 32-bit adapters hold exactly what version 4 writes)
+READABLE_VERSIONS = {"3": (4, 8, 32)}
 ALLOWED_BITS = (1, 2, 4, 8, 32)
 ALLOWED_SIDE_BITS = (8, 16, 32)
 ALLOWED_CODEBOOKS = ("lloyd", "quantile")
@@ -188,10 +192,16 @@ def _check_format(path: str, metadata: dict[str, str] | None, config: UPetuConfi
     """Raise a clear error when a weights file's recorded format disagrees with its config (or this version)."""
     if not metadata or _FORMAT_KEY not in metadata:
         return  # written by peft's save_pretrained: the per-tensor checks at load time apply
-    if metadata[_FORMAT_KEY] != FORMAT_VERSION:
+    version = metadata[_FORMAT_KEY]
+    readable = version == FORMAT_VERSION or (
+        version in READABLE_VERSIONS and metadata.get("upetu_bits", "").isdigit()
+        and int(metadata["upetu_bits"]) in READABLE_VERSIONS[version]
+    )  # fmt: skip
+    if not readable:
         raise ValueError(
-            f"The UPetu adapter weights file {path} uses format version {metadata[_FORMAT_KEY]}, this upetu-hf "
-            f"reads version {FORMAT_VERSION}: install the upetu-hf version that saved it, or train the adapter again."
+            f"The UPetu adapter weights file {path} uses format version {version} at "
+            f"{metadata.get('upetu_bits', '?')} bits, this upetu-hf reads version {FORMAT_VERSION} (and version 3 at "
+            "4, 8 or 32 bits): install the upetu-hf version that saved it, or train the adapter again."
         )
     if config is None:
         return
@@ -199,7 +209,7 @@ def _check_format(path: str, metadata: dict[str, str] | None, config: UPetuConfi
     diffs = [
         f"{key.removeprefix('upetu_')}={metadata.get(key)!r} in the weights, {value!r} in the config"
         for key, value in expected.items()
-        if key != "format" and metadata.get(key) != value
+        if key not in ("format", _FORMAT_KEY) and metadata.get(key) != value  # the version is checked above
     ]
     if diffs:
         raise ValueError(

@@ -44,12 +44,12 @@ class EQAM(nn.Module):
         config: the adapter's `UPetuConfig` (r, bits, codebook, activation, side_bits, conv_kernel, init_weights).
 
     Input `u`: the block's normalised channels-last tensor (N, H, W, C). Output: delta of the same shape and dtype.
-    `W_down` (r, C) and `W_up` (C, r) are Q-Linear weights (`QLinearWeight`; `W_down` with its own learned per-row
-    scale, `W_up` scaled by `s`). `s` (C,) starts at 0, so the adapted block equals the base block at
-    initialisation. At k bits the parameter behind `s` is in the units of `W_up`'s entries (`s = scale /
-    gain_up`, `QLinearWeight.row_scale_unit`), so Adam grows the up-projection's magnitude at the 32-bit pace.
-    The adapter computes in its own dtype (float32 under peft's `autocast_adapter_dtype`) and casts
-    the result back to the input's dtype, as peft's layers do.
+    `W_down` (r, C) and `W_up` (C, r) are Q-Linear weights (`QLinearWeight`; at k bits `W_down` has a learned
+    per-row scale, at 1 and 2 bits `W_up` a learned per-column scale; `s` scales the rows of `W_up`). `s` (C,) starts at 0, so
+    the adapted block equals the base block at initialisation. At k bits the parameter behind `s` is in the units
+    of `W_up`'s entries (`s = scale / gain_up`, `QLinearWeight.row_scale_unit`), so Adam grows the up-projection's
+    magnitude at the 32-bit pace. The adapter computes in its own dtype (float32 under peft's
+    `autocast_adapter_dtype`) and casts the result back to the input's dtype, as peft's layers do.
     """
 
     def __init__(self, channels: int, config: UPetuConfig) -> None:
@@ -59,7 +59,13 @@ class EQAM(nn.Module):
             config.r, channels, config.bits, config.codebook, side_bits, learn_scale=True
         )
         self.up = QLinearWeight(
-            channels, config.r, config.bits, config.codebook, side_bits, learn_scale=False
+            channels,
+            config.r,
+            config.bits,
+            config.codebook,
+            side_bits,
+            learn_scale=False,
+            learn_column_scale=config.bits <= 2,
         )
         self.scale = QuantizedParameter(_side_init(channels, config), make_side_codec(side_bits))
         self.conv = None

@@ -329,26 +329,41 @@ class QLinearWeight(nn.Module):
     """The weight W (out, in) of a Q-Linear layer.
 
     - 32 bits: `W = latent`, the unquantized weight (Kaiming-uniform init, std `gain = 1 / sqrt(3 * in)`).
-    - k bits: `W = (m / gain)[:, None] * q(latent)`, where `q` snaps each latent value to the nearest of the `2**k`
-      levels `gain * levels` of a codebook for N(0, 1) (`KBitCodec` with `unit=gain`; the latent tensor is initialised
-      from N(0, gain^2)), and `m` (out,) is a learned per-row magnitude (XNOR-Net's alpha, learned as in LSQ: it
-      receives the gradient `sum(grad * q(latent)) / gain`), initialised to `gain` and stored as a side tensor. With
-      `learn_scale=False` (EQAM's `up`, which EQAM's own per-channel `s` scales), `W = q(latent)`.
+    - k bits: `W = (m / gain)[:, None] * q(latent) * (t / gain)[None, :]`, where `q` snaps each latent value to the
+      nearest of the `2**k` levels `gain * levels` of a codebook for N(0, 1) (`KBitCodec` with `unit=gain`; the
+      latent tensor is initialised from N(0, gain^2)), `m` (out,) is a learned per-row magnitude (XNOR-Net's alpha,
+      learned as in LSQ: it receives the gradient `sum(grad * q(latent)) / gain`) and `t` (in,) a learned per-column
+      magnitude, both initialised to `gain` (a multiplier of 1) and stored as side tensors. `learn_scale=False`
+      drops `m` (EQAM's `up`, whose rows EQAM's own per-channel `s` scales); `learn_column_scale=False` drops `t`.
 
-    Units, and why: the latent tensor and `m` both live in the units of the 32-bit weight. At k bits the codes only
-    carry signs and level indices, so the magnitude of a row is all in `m`; Adam steps every parameter by about the
-    learning rate, so `m` (of size `gain`, like the 32-bit entries) changes a row's magnitude at the pace a 32-bit
-    adapter's entries do. A unit-sized alpha would move `1 / gain` (20-55x on ConvNeXt) times slower, which
+    Units, and why: the latent tensor, `m` and `t` all live in the units of the 32-bit weight. At k bits the codes
+    only carry signs and level indices, so the magnitudes are all in `m` and `t`; Adam steps every parameter by
+    about the learning rate, so scales of size `gain` (like the 32-bit entries) change the magnitudes at the pace a
+    32-bit adapter's entries do. A unit-sized alpha would move `1 / gain` (20-55x on ConvNeXt) times slower, which
     measurably cost 1-bit accuracy (results/qlinear_comparison.md). `row_scale_unit` is the factor that turns a
-    row scale in weight units into a multiplier of `q(latent)`: `1 / gain` at k bits, 1 at 32 bits.
+    scale in weight units into a multiplier of `q(latent)`: `1 / gain` at k bits, 1 at 32 bits.
+
+    Why EQAM's `up` has a column scale: in `W_up @ act(W_down @ u)` hidden unit j's input magnitude is row j of
+    `W_down` (its `m_j`) and its output magnitude is column j of `W_up`. A 32-bit `W_up` sets the latter freely; a
+    1-bit one has equal-magnitude columns (all levels are +-0.80 gain), which ties each unit's output size to its
+    pre-activation size; at 2 bits the codes choose between two magnitudes only. `t` unties them (r numbers per
+    block; measured on UCM-55 validation at 1 bit, results/qlinear_comparison.md). From 4 bits on the codes can
+    spread a column's magnitude over 16 levels themselves, and EQAM leaves `t` out (the default adapter is unchanged).
     """
 
     def __init__(
-        self, out_features: int, in_features: int, bits: int, codebook: str, side_bits: int, learn_scale: bool
+        self,
+        out_features: int,
+        in_features: int,
+        bits: int,
+        codebook: str,
+        side_bits: int,
+        learn_scale: bool,
+        learn_column_scale: bool = False,
     ) -> None:
         super().__init__()
         gain = 1.0 / math.sqrt(3.0 * in_features)
-        self.scale = None
+        self.scale = self.column_scale = None
         if bits == 32:
             init = torch.empty(out_features, in_features)
             nn.init.kaiming_uniform_(init, a=math.sqrt(5))  # nn.Linear's init: U(+-1 / sqrt(in)), std = gain
@@ -360,10 +375,16 @@ class QLinearWeight(nn.Module):
         self.row_scale_unit = 1.0 / gain
         if learn_scale:
             self.scale = QuantizedParameter(torch.full((out_features,), gain), make_side_codec(side_bits))
+        if learn_column_scale:
+            self.column_scale = QuantizedParameter(
+                torch.full((in_features,), gain), make_side_codec(side_bits)
+            )
 
     def forward(self) -> torch.Tensor:
         """The (out, in) weight the forward pass uses."""
         weight = self.weight()
-        if self.scale is None:
-            return weight
-        return weight * (self.scale() * self.row_scale_unit).unsqueeze(1)
+        if self.scale is not None:
+            weight = weight * (self.scale() * self.row_scale_unit).unsqueeze(1)
+        if self.column_scale is not None:
+            weight = weight * (self.column_scale() * self.row_scale_unit)
+        return weight
