@@ -256,6 +256,10 @@ def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
                 "these. Use the same settings, another --output-dir, or --overwrite."
             )
         old["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
+        retrain = set(getattr(args, "retrain", None) or ())
+        if retrain:  # a design change: keep the old runs for the record, never reuse them
+            old.setdefault("superseded", []).extend(r for r in old["runs"] if r["variant"] in retrain)
+            old["runs"] = [r for r in old["runs"] if r["variant"] not in retrain]
         # the grid and split seeds of this session (the runs of other ones are kept either way)
         old["protocol"] = protocol
         return old

@@ -883,6 +883,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runtime.add_argument("--overwrite", action="store_true", help="start the JSON files afresh")
     runtime.add_argument(
+        "--retrain",
+        metavar="METHODS",
+        help="comma-separated methods whose runs on file (--resume) are set aside under 'superseded' and not "
+        "reused: after a change to their design, their runs are trained (or imported) again",
+    )
+    runtime.add_argument(
         "--import-runs",
         nargs="+",
         default=[],
@@ -936,6 +942,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--merge-only summarises the files of --resume: pass --resume too")
     if args.import_runs and not args.resume:
         parser.error("--import-runs merges into the files of --resume: pass --resume too")
+    args.retrain = [m.strip() for m in (args.retrain or "").split(",") if m.strip()]
+    if [m for m in args.retrain if m not in VARIANTS]:
+        parser.error(f"unknown --retrain method(s): choose from {', '.join(VARIANTS)}")
+    if args.retrain and not args.resume:
+        parser.error("--retrain sets aside runs of the files of --resume: pass --resume too")
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
     if args.threads is not None and args.threads < 1:

@@ -93,16 +93,22 @@ def bit_widths(designs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {"designs": list(designs), "rows": rows, "aims": aims}
 
 
-def ablations(new: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def ablations(
+    new: dict[str, Any], files: dict[str, dict[str, Any]], extra: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
     """Validation accuracy of each ablation vs the ablated design `new` at the same variant, learning rate and
-    seeds."""
+    seeds (the design's runs pooled with `extra`, more runs of the same design, e.g. further seeds)."""
+    pool = [
+        r
+        for data in (new, *extra)
+        for r in data["runs"]
+        if r.get("status") == "ok" and r.get("split_seed", 0) == 0
+    ]
     result = {}
     for name, data in files.items():
         runs = [r for r in data["runs"] if r.get("status") == "ok"]
         keys = {(r["variant"], r["lr"], r["seed"]) for r in runs}
-        reference = [
-            r for r in new["runs"] if r.get("status") == "ok" and (r["variant"], r["lr"], r["seed"]) in keys
-        ]
+        reference = list({r["key"]: r for r in pool if (r["variant"], r["lr"], r["seed"]) in keys}.values())
         result[name] = {
             "runs": sorted(keys),
             "ablation_validation": mean_std([r["validation_score"] for r in runs]),
@@ -166,8 +172,8 @@ def markdown(comparison: dict[str, Any]) -> str:
     if comparison.get("trials"):
         lines += [
             "",
-            f"Further remedies tried on top of {current} (validation accuracy, same variant, learning rate and "
-            "seeds; none adopted unless it is ahead by more than the spread):",
+            f"Remedies tried on top of {comparison['tried_on']} (validation accuracy, same variant, learning rate "
+            "and seeds; the design with the best validation mean is adopted):",
             "",
             "| remedy | runs | validation with the remedy | validation of the design | difference |",
             "|---|---:|---:|---:|---:|",
@@ -193,7 +199,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="results of a remedy tried on top of the current design (scripts/ablate_qlinear.py)",
+        help="results of a remedy tried on top of --tried-on (scripts/ablate_qlinear.py)",
+    )
+    parser.add_argument("--tried-on", help="the design the trials were run on (default: the last)")
+    parser.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="more runs of the --tried-on design (e.g. further seeds), pooled with its file for the trials",
     )
     parser.add_argument(
         "--ablated-design", help="the design the ablations undo a remedy of (default: the last)"
@@ -213,18 +227,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     files = {name: json.loads(path.read_text()) for name, path in ablation_paths.items()}
     tried = {name: json.loads(path.read_text()) for name, path in trial_paths.items()}
     ablated = args.ablated_design or list(designs)[-1]
-    if ablated not in designs:
-        parser.error(f"--ablated-design {ablated!r} is not one of the designs {list(designs)}")
+    tried_on = args.tried_on or list(designs)[-1]
+    for flag, name in (("--ablated-design", ablated), ("--tried-on", tried_on)):
+        if name not in designs:
+            parser.error(f"{flag} {name!r} is not one of the designs {list(designs)}")
+    references = [json.loads(Path(path).read_text()) for path in args.reference]
     comparison = {
         "sources": {
             "designs": {k: str(v) for k, v in design_paths.items()},
             "ablations": {k: str(v) for k, v in ablation_paths.items()},
             "trials": {k: str(v) for k, v in trial_paths.items()},
+            "references": list(args.reference),
         },
         "bits": bit_widths(designs),
         "ablated_design": ablated,
         "ablations": ablations(designs[ablated], files),
-        "trials": ablations(designs[list(designs)[-1]], tried),
+        "tried_on": tried_on,
+        "trials": ablations(designs[tried_on], tried, references),
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.output_dir / "qlinear_comparison.json", json.dumps(comparison, indent=2) + "\n")

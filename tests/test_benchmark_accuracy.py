@@ -359,3 +359,55 @@ def test_paired_difference_interval_and_verdict():
     # differences +0.01, -0.02, +0.01, -0.01: the interval holds 0, no verdict
     assert paired_difference(summary, "a", "c")["decided"] is None
     assert paired_difference(summary, "a", "missing") is None
+
+
+def test_retrain_sets_aside_a_methods_runs_and_takes_the_new_ones(bench, monkeypatch, tmp_path, capsys):
+    """After a design change: `--retrain upetu --import-runs NEW` keeps the old UPetu runs under 'superseded' and
+    summarises the new ones; the other methods' runs stay."""
+    module, assets, work = bench["module"], bench["assets"], bench["work"]
+    whole = json.loads((bench["out"] / "accuracy_classification.json").read_text())
+    merged_dir, new_dir = tmp_path / "merged", tmp_path / "new"
+    merged_dir.mkdir()
+    new_dir.mkdir()
+    (merged_dir / "accuracy_classification.json").write_text(json.dumps(whole))
+    new_runs = [
+        dict(r, validation_score=r["validation_score"] / 2, test_score=0.125, wall_time_s=1.0)
+        for r in whole["runs"]
+        if r["variant"] == "upetu"
+    ]
+    (new_dir / "accuracy_classification.json").write_text(json.dumps(dict(whole, runs=new_runs)))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("nothing should be trained")
+
+    monkeypatch.setattr(module, "train", no_training)
+    argv = bench_args(
+        assets,
+        merged_dir,
+        work,
+        "--tasks",
+        "classification",
+        "--methods",
+        "full,upetu",
+        "--lr-factors",
+        "1,3",
+    )
+    with pytest.raises(SystemExit):
+        module.main([*argv, "--retrain", "upetu"])
+    assert "pass --resume too" in capsys.readouterr().err
+    merged = module.main(
+        [
+            *argv,
+            "--resume",
+            "--merge-only",
+            "--retrain",
+            "upetu",
+            "--import-runs",
+            str(new_dir / "accuracy_classification.json"),
+        ]
+    )["classification"]
+    assert merged["summary"]["upetu"]["test_mean"] == 0.125
+    assert merged["summary"]["full"]["test_mean"] == whole["summary"]["full"]["test_mean"]
+    old_upetu = [r for r in whole["runs"] if r["variant"] == "upetu"]
+    assert [r["test_score"] for r in merged["superseded"]] == [r["test_score"] for r in old_upetu]
+    assert all(r["variant"] != "upetu" or r["test_score"] == 0.125 for r in merged["runs"])
