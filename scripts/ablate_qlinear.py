@@ -1,10 +1,21 @@
-"""Ablations of the Q-Linear design (issue 10): undo one remedy, then run the accuracy benchmark as usual.
+"""Ablations and trials of the Q-Linear design (issue 10): change one thing, then run the accuracy benchmark.
 
-Each ablation changes exactly one thing of the library's default Q-Linear, in this process only:
+Each one changes exactly one thing of the library's default Q-Linear, in this process only. Ablations undo a
+remedy of the design:
 
 - `decay`: weight decay on the k-bit latents (the default leaves them out, `kbit_latents`);
 - `clip`: a clipped straight-through estimator (no gradient where |latent| > bound; the default passes it);
-- `fixed-down-scale`: `W_down` keeps the fixed init gain instead of a learned per-row scale (LSQ / XNOR-Net alpha).
+- `fixed-down-scale`: `W_down` keeps the fixed init gain instead of a learned per-row scale (LSQ / XNOR-Net alpha);
+- `no-up-column-scale`: `W_up` without its per-column scale at 1 and 2 bits (format 3).
+
+Trials add a remedy:
+
+- `latent-unit-K` (K = 3, 10, 30): k-bit latents in K times the init std (same forward weights; each Adam step
+  flips K times fewer codes);
+- `grid-init`: k-bit latents start on their codebook levels.
+
+(The `up-column-scale` trial of results/qlinear_ablations/ ran at commit a14dd3b, on format 3; it is now the
+design.)
 
 Everything after `--` goes to `scripts/benchmark_accuracy.py` unchanged, so the protocol (splits, epochs, seeds,
 learning rates) is the benchmark's. Example, the 1-bit remedies on validation:
@@ -99,6 +110,36 @@ def _grid_init() -> None:
     QLinearWeight.__init__ = init
 
 
+def _no_up_column_scale() -> None:
+    """Format 3's `W_up` at 1 and 2 bits: no per-column scale (the `up-column-scale` trial of
+    results/qlinear_ablations/ added it to format 3 and was adopted as format 4)."""
+    from upetu_hf.tuner import layer
+
+    original = layer.QLinearWeight
+
+    def qlinear(*args, learn_column_scale: bool = False, **kwargs):
+        return original(*args, learn_column_scale=False, **kwargs)
+
+    layer.QLinearWeight = qlinear
+
+
+def _grid_init() -> None:
+    """k-bit latents start on their codebook levels (the quantized value of the usual random init): every entry
+    starts half a gap from a threshold, none so close that the first noisy steps flip it."""
+    import torch
+
+    from upetu_hf.tuner.quantization import QLinearWeight
+
+    original = QLinearWeight.__init__
+
+    def init(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        with torch.no_grad():
+            self.weight.latent.copy_(self.weight.codec.quantize(self.weight.latent))
+
+    QLinearWeight.__init__ = init
+
+
 def _up_column_scale() -> None:
     """k-bit `W_up` (C, r) gets a learned per-column scale `t` (r,) as well as EQAM's per-row `s`:
     `W_up = diag(s) q(L) diag(t)`, so each hidden unit's output magnitude is free of its input magnitude (`W_down`'s
@@ -127,7 +168,7 @@ def _up_column_scale() -> None:
 
 
 ABLATIONS: dict[str, Callable[[], None]] = {
-    "up-column-scale": _up_column_scale,
+    "no-up-column-scale": _no_up_column_scale,
     "grid-init": _grid_init,
     "decay": _decay,
     "clip": _clip,

@@ -222,10 +222,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             parser.error(f"expected NAME=JSON, got {bad}")
         return {name: Path(path) for name, _, path in pairs}
 
-    design_paths, ablation_paths, trial_paths = named(args.design), named(args.ablation), named(args.trial)
+    design_paths, ablation_paths = named(args.design), named(args.ablation)
+    trial_paths: dict[str, list[Path]] = {}  # a name given twice pools its files (e.g. two sets of seeds)
+    for item in args.trial:
+        name, path = next(iter(named([item]).items()))
+        trial_paths.setdefault(name, []).append(path)
     designs = {name: json.loads(path.read_text()) for name, path in design_paths.items()}
     files = {name: json.loads(path.read_text()) for name, path in ablation_paths.items()}
-    tried = {name: json.loads(path.read_text()) for name, path in trial_paths.items()}
+    tried = {
+        name: {"runs": [r for path in paths for r in json.loads(path.read_text())["runs"]]}
+        for name, paths in trial_paths.items()
+    }
     ablated = args.ablated_design or list(designs)[-1]
     tried_on = args.tried_on or list(designs)[-1]
     for flag, name in (("--ablated-design", ablated), ("--tried-on", tried_on)):
@@ -236,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "sources": {
             "designs": {k: str(v) for k, v in design_paths.items()},
             "ablations": {k: str(v) for k, v in ablation_paths.items()},
-            "trials": {k: str(v) for k, v in trial_paths.items()},
+            "trials": {k: [str(p) for p in v] for k, v in trial_paths.items()},
             "references": list(args.reference),
         },
         "bits": bit_widths(designs),
