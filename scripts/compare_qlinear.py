@@ -8,7 +8,8 @@ used) and `qlinear_comparison.md` (the tables) into `--output-dir`. Designs so f
 - format2: latents in weight units, learned unit-sized row scales, exact idempotent codecs, no weight decay on
   k-bit latents;
 - format3: format 2 with the k-bit row magnitudes (W_down's alpha, EQAM's s) in weight units, so Adam moves them at
-  the 32-bit pace.
+  the 32-bit pace;
+- format4: format 3 with a learned per-column scale on EQAM's W_up at 1 and 2 bits (4, 8 and 32 bits unchanged).
 
 Only runs on split seed 0 count (the benchmark protocol of issue 10: one split, the final seeds).
 
@@ -20,9 +21,16 @@ Only runs on split seed 0 count (the benchmark protocol of issue 10: one split, 
 ```bash
 python scripts/compare_qlinear.py --design format1=results/qlinear_v1_accuracy_classification.json \
     --design format2=results/qlinear_v2_accuracy_classification.json \
-    --design format3=results/qlinear_v3_accuracy_classification.json --ablated-design format2 \
+    --design format3=results/qlinear_v3_accuracy_classification.json \
+    --design format4=results/qlinear_v4_accuracy_classification.json --ablated-design format2 \
     --ablation decay=results/qlinear_ablations/decay.json --ablation clip=results/qlinear_ablations/clip.json \
-    --ablation fixed-down-scale=results/qlinear_ablations/fixed.json
+    --ablation fixed-down-scale=results/qlinear_ablations/fixed.json --tried-on format3 \
+    --trial latent-unit-10=results/qlinear_ablations/latent-unit-10.json \
+    --trial latent-unit-30=results/qlinear_ablations/latent-unit-30.json \
+    --trial grid-init=results/qlinear_ablations/grid-init.json \
+    --trial up-column-scale=results/qlinear_ablations/up-column-scale.json \
+    --trial up-column-scale=results/qlinear_ablations/up-column-scale-seeds345.json \
+    --reference results/qlinear_ablations/format3-1bit-seeds345.json
 ```
 """
 
@@ -139,8 +147,10 @@ def markdown(comparison: dict[str, Any]) -> str:
         "",
         "format1: per-tensor mean/std recomputed from the latent weight (detached; unclipped STE). format2: latents",
         "in weight units, learned unit-sized row scales, exact idempotent codecs, no weight decay on k-bit latents.",
-        "format3 (current): format2 with the k-bit row magnitudes in weight units (Adam moves them at the 32-bit",
-        "pace). Mean ± sample std over the final seeds of split 0, each design at its own chosen learning rate.",
+        "format3: format2 with the k-bit row magnitudes in weight units (Adam moves them at the 32-bit pace).",
+        "format4 (current): format3 with a learned per-column scale on EQAM's W_up at 1 and 2 bits (4 and 32 bits",
+        "unchanged, their runs shared with format3). Mean ± sample std over the final seeds of split 0, each design",
+        "at its own chosen learning rate.",
         "",
         "| bits | "
         + " | ".join(f"{d} test" for d in designs)

@@ -105,6 +105,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "head_lr_segmentation.json"))
     parser.add_argument("--work-dir", help="run folders (default: a temporary folder)")
+    parser.add_argument(
+        "--merge-only", action="store_true", help="train nothing: choose from the runs on file (and imported)"
+    )
+    parser.add_argument(
+        "--import-runs",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="add the runs of these files (same settings; e.g. another seed searched in a parallel process with its "
+        "own --output) to --output; their runs are not trained again",
+    )
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     # in the order given (the most informative first, for a search that may be cut short); duplicates dropped
@@ -128,13 +139,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "git": git_state(("src/upetu_hf", "scripts/head_lr_search.py")),
         }
     )
+    for other in args.import_runs:
+        shard = json.loads(Path(other).read_text())
+        if shard.get("settings") != state["settings"]:
+            raise SystemExit(f"--import-runs {other} was recorded with other settings: it cannot be merged")
+        known = {r["key"] for r in state["runs"]}
+        state["runs"] += [r for r in shard["runs"] if r["key"] not in known]
+        state["sessions"] += [x for x in shard.get("sessions", []) if x not in state["sessions"]]
     done = {r["key"] for r in state["runs"]}
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="upetu-head-lr-"))
     for method in methods:
         for head_lr in head_lrs:
             key = run_key(method, head_lr, args.seed)
-            if key in done:
-                log(f"{key}: done, skipped")
+            if key in done or args.merge_only:
+                log(f"{key}: {'done' if key in done else 'not on file'}, skipped")
                 continue
             log(f"{key}: training ({args.epochs} epochs)")
             start = time.perf_counter()
