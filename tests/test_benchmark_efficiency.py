@@ -59,13 +59,14 @@ def expected_trainable_without_head() -> dict[str, int]:
     capm = sum(c * m * m + 9 * c + c for c in WIDTHS)
     upetu = per_block(lambda c: 2 * r * c + c) + capm  # 32 bits: W_down, W_up, s
     upetu_kbit = upetu + per_block(lambda c: r)  # k bits: plus the learned row scale of W_down
+    upetu_1bit = upetu_kbit + per_block(lambda c: r)  # 1 and 2 bits: plus the column scale of W_up
     return {
         "full": backbone,
         "linear_probe": 0,
         "lora_r8": per_block(lambda c: 10 * 8 * c),
         "lora_r16": per_block(lambda c: 10 * 16 * c),
         "ia3": per_block(lambda c: 8 * c),
-        "upetu_1bit": upetu_kbit,
+        "upetu_1bit": upetu_1bit,
         "upetu_4bit": upetu_kbit,
         "upetu_32bit": upetu,
     }
