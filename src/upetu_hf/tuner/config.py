@@ -56,7 +56,9 @@ class UPetuConfig(PeftConfig):
 
     Args:
         r: bottleneck width of each EQAM adapter (Q-Linear C->r, activation, Q-Linear r->C).
-        bits: bit width of the Q-Linear weights: 1, 2, 4, 8, or 32 (full precision).
+        bits: bit width of the Q-Linear weights: 1, 2, 4, 8, or 32 (full precision). At k bits each weight has
+            learned per-row magnitudes, and at 1 and 2 bits EQAM's up projection also learned per-column ones
+            (r values per block): `QLinearWeight`.
         prompt_size: side m of each CAPM prompt map (C x m x m), resized to the feature map.
         activation: nonlinearity between the two Q-Linear layers (any `transformers.activations.ACT2FN` key).
         codebook: levels of the k-bit codebook for standardised weights: "lloyd" (MSE-optimal levels of N(0, 1),
