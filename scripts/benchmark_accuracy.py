@@ -311,7 +311,7 @@ class TaskSetup:
                 "lr_factors": [round(f, 6) for f in self.lr_factors],
                 "search_seed": self.seeds[0],
                 # the PEFT methods' decoders train at this rate on the dense tasks (the training API's default)
-                **({"dense_head_lr": DENSE_HEAD_LR} if self.task != "classification" else {}),
+                **({"dense_head_lr": DENSE_HEAD_LR[self.task]} if self.task in DENSE_HEAD_LR else {}),
                 "split_seed": self.split_seeds[0],  # the search split
                 "split_seeds": self.split_seeds,
                 "mixed_precision": args.mixed_precision,

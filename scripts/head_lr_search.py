@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Choose the default learning rate of the task heads of PEFT methods on dense tasks (`DENSE_HEAD_LR`) on GID
+"""Choose the default learning rate of the task heads of PEFT methods on segmentation (`DENSE_HEAD_LR`) on GID
 validation, with the decoder `upetu-train segmentation` builds by default (the checkpoint's UperNet, 512 channels:
 ~29 M parameters on ConvNeXt-B, far more than the adapter).
 
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             write_json_atomic(output, state)
             log(f"{key}: validation mIoU {record['validation_score']:.4f} (epoch {record['best_epoch']})")
     state["selection"] = choose(state["runs"], head_lrs)
-    state["current_default"] = DENSE_HEAD_LR
+    state["current_default"] = DENSE_HEAD_LR["segmentation"]
     write_json_atomic(output, state)
     log(f"selection: {state['selection']}")
     return state

@@ -686,15 +686,16 @@ def test_heads_train_at_their_own_learning_rate(assets, tmp_path, monkeypatch):
         return by_kind
 
     seg = str(assets["segmentation"])
-    assert rates("segmentation", seg, head_hidden_size=8) == {"head": {DENSE_HEAD_LR}, "other": {None}}
-    assert DENSE_HEAD_LR != 1e-2  # None: the optimizer's lr, UPetu's 1e-2
+    seg_lr, cd_lr = DENSE_HEAD_LR["segmentation"], DENSE_HEAD_LR["change-detection"]
+    assert rates("segmentation", seg, head_hidden_size=8) == {"head": {seg_lr}, "other": {None}}
+    assert 1e-2 not in (seg_lr, cd_lr)  # None: the optimizer's lr, UPetu's 1e-2
     assert rates("segmentation", seg, head_hidden_size=8, head_lr=2e-4) == {"head": {2e-4}, "other": {None}}
     cd = [str(assets["change_a"]), str(assets["change_b"])]
-    # (LoRA's default lr equals DENSE_HEAD_LR: one group; with another --lr the decoder keeps its own rate)
-    assert rates("change-detection", cd, method="lora", lr=1e-3) == {"head": {DENSE_HEAD_LR}, "other": {None}}
+    # (LoRA's default lr equals the change-detection head rate: one group; with another --lr the decoder keeps its own)
+    assert rates("change-detection", cd, method="lora", lr=1e-3) == {"head": {cd_lr}, "other": {None}}
     assert rates("segmentation", seg, head_hidden_size=8, method="full") == {"head": {None}, "other": {None}}
     images = str(assets["images"])
     assert rates("classification", images) == {"head": {None}, "other": {None}}
     assert rates("classification", images, head_lr=1e-3) == {"head": {1e-3}, "other": {None}}
     args = TrainingArguments(task="segmentation", model="m", data="d", output_dir="o", method="lora", lr=1e-3)
-    assert (args.lr, args.head_lr) == (1e-3, DENSE_HEAD_LR)
+    assert (args.lr, args.head_lr) == (1e-3, seg_lr)

@@ -231,8 +231,9 @@ class TrainingArguments:
     head_lr: float | None = option(
         None,
         "Learning rate of the task heads (classifier, UperNet, change-detection decoder). Default: "
-        f"{DENSE_HEAD_LR:g} for upetu/lora/ia3 on segmentation and change detection, whose freshly initialised "
-        "decoders are much larger than the adapter; otherwise --lr.",
+        f"for upetu/lora/ia3 {DENSE_HEAD_LR['segmentation']:g} on segmentation and "
+        f"{DENSE_HEAD_LR['change-detection']:g} on change detection, whose freshly initialised decoders are much "
+        "larger than the adapter; otherwise --lr.",
         OPTIM,
         check="positive",
     )
