@@ -12,7 +12,8 @@ Trials add a remedy:
 
 - `latent-unit-K` (K = 3, 10, 30): k-bit latents in K times the init std (same forward weights; each Adam step
   flips K times fewer codes);
-- `grid-init`: k-bit latents start on their codebook levels.
+- `grid-init`: k-bit latents start on their codebook levels;
+- `r-24`: a bottleneck of 24 instead of 16 (more parameters: an option at 1 bit, never the default).
 
 (The `up-column-scale` trial of results/qlinear_ablations/ ran at commit a14dd3b, on format 3; it is now the
 design.)
@@ -167,7 +168,26 @@ def _up_column_scale() -> None:
     layer.QLinearWeight.forward = up_forward
 
 
+def _rank(r: int) -> Callable[[], None]:
+    """UPetu adapters with bottleneck width `r` instead of the default (issue 13's "a larger r at 1 bit")."""
+
+    def patch() -> None:
+        from upetu_hf.train import methods
+
+        original = methods.peft_config
+
+        def config(method: str, heads=None, **options):
+            if method == "upetu":
+                options["r"] = r
+            return original(method, heads, **options)
+
+        methods.peft_config = config
+
+    return patch
+
+
 ABLATIONS: dict[str, Callable[[], None]] = {
+    "r-24": _rank(24),
     "no-up-column-scale": _no_up_column_scale,
     "grid-init": _grid_init,
     "decay": _decay,
