@@ -244,7 +244,8 @@ def test_odd_sized_segmentation_scenes_predict_whole_and_unpadded(tmp_path, tiny
     evaluation cost ~20 points of GID validation mIoU; see `upetu_hf.train.inference.scene_tiling`)."""
     data = multiband_segmentation(tmp_path / "seg_odd", 4, [(70, 45), (53, 81), (45, 50), (41, 77)])
     out = tmp_path / "run"
-    train(base_args("segmentation", tiny, data, out, image_size=32, head_hidden_size=16))
+    # a decoder rate that moves this tiny decoder in one short run, so that padding visibly changes its predictions
+    train(base_args("segmentation", tiny, data, out, image_size=32, head_hidden_size=16, head_lr=3e-3))
     preds = tmp_path / "preds"
     evaluate_model(EvalArguments(adapter=str(out), predict_dir=str(preds)))
     names = sorted(p.stem for p in preds.glob("*.png"))
