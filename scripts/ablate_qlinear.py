@@ -177,7 +177,7 @@ def _rank(r: int) -> Callable[[], None]:
         original = methods.peft_config
 
         def config(method: str, heads=None, **options):
-            if method == "upetu":
+            if method == "upetu" and options.get("r") is None:  # the default width (explicit ones stay)
                 options["r"] = r
             return original(method, heads, **options)
 
