@@ -79,13 +79,15 @@ def _latent_unit(factor: float) -> Callable[[], None]:
 
         original = QLinearWeight.__init__
 
-        def init(self, out_features, in_features, bits, codebook, side_bits, learn_scale) -> None:
-            original(self, out_features, in_features, bits, codebook, side_bits, learn_scale)
+        def init(self, out_features, in_features, bits, codebook, side_bits, **scales) -> None:
+            original(self, out_features, in_features, bits, codebook, side_bits, **scales)
             if bits == 32:
                 return
             unit = factor / math.sqrt(3.0 * in_features)
             with torch.no_grad():
                 self.weight.latent.mul_(factor)
+                if self.column_scale is not None:  # its multiplier, column_scale * row_scale_unit, stays 1
+                    self.column_scale.latent.mul_(factor)
             self.weight.codec = make_codec(bits, codebook, unit=unit)
             self.row_scale_unit = 1.0 / unit
 

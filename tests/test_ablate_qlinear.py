@@ -1,0 +1,76 @@
+"""scripts/ablate_qlinear.py: each ablation or trial changes the one thing it names. Each runs in a subprocess,
+because they patch the library for the whole process. Side tensors in float32 (`side_bits=32`), so that rescaled
+scales are not re-rounded by the int8 codec."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROBE = """
+import json, sys, torch
+sys.path.insert(0, {scripts!r})
+from transformers import ConvNextConfig, ConvNextForImageClassification
+
+def build():
+    from upetu_hf.train.methods import apply_method
+    torch.manual_seed(0)
+    model = ConvNextForImageClassification(
+        ConvNextConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], num_labels=3))
+    torch.manual_seed(1)
+    return apply_method(model, "upetu", bits=1, side_bits=32, init_weights=False).eval()
+
+def probe(model):
+    eqam = model.base_model.model.convnext.encoder.stages[1].layers[0].upetu_eqam["default"]
+    latent = eqam.down.weight.latent
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))).logits
+    return {{
+        "r": model.peft_config["default"].r,
+        "column_scale": eqam.up.column_scale is not None,
+        "latent_std": latent.std().item(),
+        "on_grid": bool(torch.equal(latent, eqam.down.weight.codec.quantize(latent))),
+        "logits": logits.flatten().tolist(),
+    }}
+
+before = probe(build())
+import ablate_qlinear
+ablate_qlinear.ABLATIONS[{name!r}]()
+print(json.dumps({{"before": before, "after": probe(build())}}))
+"""
+
+
+def run(name: str) -> tuple[dict, dict]:
+    code = PROBE.format(scripts=str(ROOT / "scripts"), name=name)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    return result["before"], result["after"]
+
+
+def test_no_up_column_scale_removes_only_the_column_scale():
+    before, after = run("no-up-column-scale")
+    assert before["column_scale"] and not after["column_scale"]
+    assert after["r"] == before["r"] == 16
+
+
+def test_latent_unit_keeps_the_forward_weights_and_scales_the_latents():
+    before, after = run("latent-unit-10")
+    assert after["latent_std"] == pytest.approx(10 * before["latent_std"], rel=1e-5)
+    assert after["logits"] == pytest.approx(before["logits"], abs=1e-5)
+
+
+def test_grid_init_starts_the_latents_on_their_levels():
+    before, after = run("grid-init")
+    assert not before["on_grid"] and after["on_grid"]
+    assert after["logits"] == pytest.approx(before["logits"], abs=1e-6)
+
+
+def test_r_24_widens_only_the_default_bottleneck():
+    before, after = run("r-24")
+    assert (before["r"], after["r"]) == (16, 24)
