@@ -126,50 +126,6 @@ def _no_up_column_scale() -> None:
     layer.QLinearWeight = qlinear
 
 
-def _grid_init() -> None:
-    """k-bit latents start on their codebook levels (the quantized value of the usual random init): every entry
-    starts half a gap from a threshold, none so close that the first noisy steps flip it."""
-    import torch
-
-    from upetu_hf.tuner.quantization import QLinearWeight
-
-    original = QLinearWeight.__init__
-
-    def init(self, *args, **kwargs) -> None:
-        original(self, *args, **kwargs)
-        with torch.no_grad():
-            self.weight.latent.copy_(self.weight.codec.quantize(self.weight.latent))
-
-    QLinearWeight.__init__ = init
-
-
-def _up_column_scale() -> None:
-    """k-bit `W_up` (C, r) gets a learned per-column scale `t` (r,) as well as EQAM's per-row `s`:
-    `W_up = diag(s) q(L) diag(t)`, so each hidden unit's output magnitude is free of its input magnitude (`W_down`'s
-    row scale before the activation). `t` lives in weight units like `s` and starts at the identity."""
-    import torch
-
-    from upetu_hf.tuner import layer
-    from upetu_hf.tuner.quantization import QuantizedParameter, make_side_codec
-
-    original_init, original_up = layer.EQAM.__init__, layer.QLinearWeight.forward
-
-    def init(self, channels, config) -> None:
-        original_init(self, channels, config)
-        if config.bits != 32:
-            gain = 1.0 / self.up.row_scale_unit
-            codec = make_side_codec(config.effective_side_bits)
-            self.up.columns = QuantizedParameter(torch.full((config.r,), gain), codec)
-
-    def up_forward(self) -> torch.Tensor:
-        weight = original_up(self)
-        columns = getattr(self, "columns", None)
-        return weight if columns is None else weight * (columns() * self.row_scale_unit)
-
-    layer.EQAM.__init__ = init
-    layer.QLinearWeight.forward = up_forward
-
-
 def _rank(r: int) -> Callable[[], None]:
     """UPetu adapters with bottleneck width `r` instead of the default (issue 13's "a larger r at 1 bit")."""
 

@@ -91,6 +91,15 @@ def bench_args(assets: dict[str, Path], out: Path, work: Path, *extra: str) -> l
     ]  # fmt: skip
 
 
+def forbid_training(monkeypatch: pytest.MonkeyPatch, module: ModuleType, why: str) -> None:
+    """Make any training run in `module` fail the test with `why`."""
+
+    def no_training(*args, **kwargs):
+        raise AssertionError(why)
+
+    monkeypatch.setattr(module, "train", no_training)
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run the benchmark once: classification (full, UPetu; 2 learning rates, 1 seed, 2 epochs) and the dense
@@ -191,10 +200,7 @@ def test_resume_skips_finished_runs_and_refuses_to_clobber(bench, monkeypatch):
     with pytest.raises(SystemExit, match="--resume"):
         module.main(argv)
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("a finished run was trained again")
-
-    monkeypatch.setattr(module, "train", no_training)
+    forbid_training(monkeypatch, module, "a finished run was trained again")
     states = module.main([*argv, "--resume"])
     assert [r["key"] for r in states["classification"]["runs"]] == [
         r["key"] for r in json.loads(before)["runs"]
@@ -213,10 +219,7 @@ def test_import_runs_merges_shards_without_training(bench, monkeypatch, tmp_path
         shards[name].mkdir()
         (shards[name] / "accuracy_classification.json").write_text(json.dumps(shard))
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("an imported run was trained again")
-
-    monkeypatch.setattr(module, "train", no_training)
+    forbid_training(monkeypatch, module, "an imported run was trained again")
     argv = bench_args(
         assets,
         shards["full"],
@@ -303,10 +306,7 @@ def test_repeated_splits_train_every_seed_on_every_split(bench, tmp_path, monkey
     assert first[(0, 0)]["history"] != first[(1, 0)]["history"]
 
     # --merge-only trains nothing: with a third split requested, the missing runs are listed, not trained
-    def no_training(*args, **kwargs):
-        raise AssertionError("--merge-only trained a run")
-
-    monkeypatch.setattr(module, "train", no_training)
+    forbid_training(monkeypatch, module, "--merge-only trained a run")
     more = [*argv, "--resume", "--merge-only"]
     more[more.index("0,1", more.index("--split-seeds"))] = "0,1,2"
     merged = module.main(more)
@@ -377,10 +377,7 @@ def test_retrain_sets_aside_a_methods_runs_and_takes_the_new_ones(bench, monkeyp
     ]
     (new_dir / "accuracy_classification.json").write_text(json.dumps(dict(whole, runs=new_runs)))
 
-    def no_training(*args, **kwargs):
-        raise AssertionError("nothing should be trained")
-
-    monkeypatch.setattr(module, "train", no_training)
+    forbid_training(monkeypatch, module, "nothing should be trained")
     argv = bench_args(
         assets,
         merged_dir,
