@@ -1,18 +1,25 @@
 #!/usr/bin/env python
-"""Choose the default learning rate of the task heads of PEFT methods on segmentation (`DENSE_HEAD_LR`) on GID
-validation, with the decoder `upetu-train segmentation` builds by default (the checkpoint's UperNet, 512 channels:
-~29 M parameters on ConvNeXt-B, far more than the adapter).
+"""Choose the default learning rate of the task heads of PEFT methods on the dense tasks (`DENSE_HEAD_LR`) on
+validation data, with the decoders `upetu-train` builds by default (segmentation: the checkpoint's UperNet, 512
+channels, ~29 M parameters on ConvNeXt-B, far more than the adapter; change detection: the 128-channel
+change-detection decoder).
 
 Every run is `upetu_hf.train.train` with the CLI defaults (method, adapter learning rate, decoder, weight decay,
-schedule) apart from `head_lr`, the split (`--train-fraction 0.8 --validation-fraction 0.25`: 60 / 20 / 20, the
-accuracy benchmark's) and, to fit a CPU, `--resize`, `--epochs`, `--batch-size` and `--max-train-samples`. One run per head
-learning rate and method; the validation mIoU at the best epoch decides (the test split is evaluated by the
-training API and recorded, never used). Results: `--output` (default results/head_lr_segmentation.json), written
-after every run (atomic), so an interrupted search continues where it stopped.
+schedule) apart from `head_lr`, the split and, to fit a CPU, the image sizes, `--epochs`, `--batch-size` and the
+sample limits:
+- segmentation (`--task segmentation`, GID): `--train-fraction 0.8 --validation-fraction 0.25` (60 / 20 / 20, the
+  accuracy benchmark's), tiles resized to `--resize`, `--max-train-samples` tiles;
+- change detection (`--task change-detection`, LEVIR + DSIFN pairs): the accuracy benchmark's split by pairs
+  (`benchmark_accuracy.cd_split`: 40 % test, 20 % validation per source folder, every training pair repeated
+  `--cd-repeats` times, one random `--image-size` crop per copy), evaluation on the full pairs.
+One run per head learning rate, method, seed and split seed; the mean validation score (mIoU, change F1) over them
+decides (the test split is evaluated by the training API and recorded, never used). Results: `--output` (default
+results/head_lr_<task>.json), written after every run (atomic), so an interrupted search continues where it stopped.
 
 Usage:
     python scripts/head_lr_search.py --threads 1
     python scripts/head_lr_search.py --methods upetu,lora --head-lrs 1e-2,1e-3,3e-4,3e-3,1e-4 --epochs 5
+    python scripts/head_lr_search.py --task change-detection --split-seeds 0,1,2 --threads 1
 """
 
 from __future__ import annotations
@@ -34,42 +41,103 @@ for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
 
 import torch  # noqa: E402
 from _common import clean, git_state, machine_info, write_json_atomic  # noqa: E402
+from benchmark_accuracy import cd_split  # noqa: E402
 
 from upetu_hf.train import DEFAULT_LR, TrainingArguments, train  # noqa: E402
 from upetu_hf.train.methods import DENSE_HEAD_LR  # noqa: E402
 
 SHARED = REPO_ROOT.parent / "shared"
+TASKS = ("segmentation", "change-detection")
+#: Per task: the default data, the validation metric, and the CPU-sized defaults of the search.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "segmentation": {
+        "data": [str(SHARED / "data" / "gid5_landcover")],
+        "metric": "mean_iou",
+        "epochs": 5,
+        "max_train_samples": 320,
+        "max_eval_samples": 139,  # half of the 278 validation tiles
+    },
+    "change-detection": {
+        "data": [str(SHARED / "data" / "levir_cd_samples"), str(SHARED / "data" / "dsifn_cd_samples")],
+        "metric": "f1",
+        "epochs": 8,  # the accuracy benchmark's dense epochs
+        "max_train_samples": None,
+        "max_eval_samples": None,
+    },
+}
 
 
 def log(message: str) -> None:
     print(f"[head_lr_search {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run_key(method: str, head_lr: float, seed: int) -> str:
-    return f"{method}|head_lr={head_lr:.6g}|seed={seed}"
+def run_key(method: str, head_lr: float, seed: int, split_seed: int = 0) -> str:
+    """A run's key; split seed 0 leaves no mark (the keys of the first, single-split segmentation search)."""
+    split = f"|split={split_seed}" if split_seed else ""
+    return f"{method}|head_lr={head_lr:.6g}|seed={seed}{split}"
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """What every run shares (a file recorded with other settings is never continued)."""
-    return {
-        "task": "segmentation",
-        "data": Path(args.gid).name,
+    common = {
+        "task": args.task,
+        "data": Path(args.data[0]).name if args.task == "segmentation" else [Path(d).name for d in args.data],
         "model": Path(args.model).name,
         "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "resize": args.resize,
-        "max_train_samples": args.max_train_samples,
-        "max_eval_samples": args.max_eval_samples,
-        "train_fraction": 0.8,
-        "validation_fraction": 0.25,
-        "split_seed": 0,
-        "head_hidden_size": None,  # the checkpoint's default decoder
+    }
+    if args.task == "segmentation":
+        return {
+            **common,
+            "resize": args.resize,
+            "max_train_samples": args.max_train_samples,
+            "max_eval_samples": args.max_eval_samples,
+            "train_fraction": 0.8,
+            "validation_fraction": 0.25,
+            "split_seed": 0,
+            "head_hidden_size": None,  # the checkpoint's default decoder
+        }
+    return {
+        **common,
+        "image_size": args.image_size,
+        "cd_repeats": args.cd_repeats,
+        "crops_per_image": 1,
+        "split": "benchmark_accuracy.cd_split",
+        "head_hidden_size": None,  # the change-detection model's default decoder
     }
 
 
+def training_arguments(
+    args: argparse.Namespace, method: str, head_lr: float, split_seed: int, data: str, output_dir: Path
+) -> TrainingArguments:
+    """The `TrainingArguments` of one run: the CLI's defaults apart from the head rate, the split and the sizes."""
+    if args.task == "segmentation":
+        task_fields: dict[str, Any] = dict(
+            resize=args.resize, train_fraction=0.8, validation_fraction=0.25, split_seed=split_seed
+        )
+    else:  # the split is the folder's train/ val/ test/ (cd_split); training pairs already repeated
+        task_fields = dict(image_size=args.image_size, crops_per_image=1)
+    return TrainingArguments(
+        task=args.task,
+        model=args.model,
+        data=data,
+        output_dir=str(output_dir),
+        method=method,
+        head_lr=head_lr,
+        seed=args.seed,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        checkpointing_steps=None,
+        overwrite=True,
+        **task_fields,
+    )
+
+
 def choose(runs: list[dict[str, Any]], head_lrs: list[float]) -> dict[str, Any]:
-    """Per head learning rate, the mean validation mIoU over methods; the best one (ties: the smaller rate), and
-    whether it is interior to the grid."""
+    """Per head learning rate, the mean validation score over methods, seeds and splits; the best one (ties: the
+    smaller rate), and whether it is interior to the grid."""
     per_lr = {}
     for lr in head_lrs:
         scores = [r["validation_score"] for r in runs if r["head_lr"] == lr]
@@ -86,10 +154,16 @@ def choose(runs: list[dict[str, Any]], head_lrs: list[float]) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=TASKS, default="segmentation")
     parser.add_argument("--model", default=str(SHARED / "models" / "rs-convnext-atto-aid"))
-    parser.add_argument("--gid", default=str(SHARED / "data" / "gid5_landcover"))
+    parser.add_argument(
+        "--data",
+        "--gid",
+        nargs="+",
+        help="GID folder (segmentation) or A/ B/ label/ pair folders (change detection; default LEVIR + DSIFN)",
+    )
     parser.add_argument("--methods", default="upetu", help="comma-separated PEFT methods (upetu)")
     parser.add_argument(
         "--head-lrs",
@@ -97,13 +171,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="candidates, run in this order (1e-2: the adapter's)",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--resize", type=int, default=112, help="tiles resized to this (112)")
-    parser.add_argument("--max-train-samples", type=int, default=320)
+    parser.add_argument("--split-seeds", default="0", help="comma-separated split seeds (0)")
+    parser.add_argument("--epochs", type=int, help="5 (segmentation), 8 (change detection)")
+    parser.add_argument("--resize", type=int, default=112, help="segmentation: tiles resized to this (112)")
+    parser.add_argument(
+        "--image-size", type=int, default=128, help="change detection: training crop, a multiple of 32 (128)"
+    )
+    parser.add_argument(
+        "--cd-repeats",
+        type=int,
+        default=16,
+        help="change detection: copies of each training pair per epoch (16)",
+    )
+    parser.add_argument("--max-train-samples", type=int, help="320 (segmentation), all (change detection)")
     parser.add_argument("--batch-size", type=int, default=16, help="16, the accuracy benchmark's dense batch")
-    parser.add_argument("--max-eval-samples", type=int, default=139, help="half of the 278 validation tiles")
+    parser.add_argument(
+        "--max-eval-samples", type=int, help="139, half the GID validation tiles (segmentation)"
+    )
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--output", default=str(REPO_ROOT / "results" / "head_lr_segmentation.json"))
+    parser.add_argument("--output", help="default: results/head_lr_<task>.json")
     parser.add_argument("--work-dir", help="run folders (default: a temporary folder)")
     parser.add_argument(
         "--merge-only", action="store_true", help="train nothing: choose from the runs on file (and imported)"
@@ -117,6 +203,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "own --output) to --output; their runs are not trained again",
     )
     args = parser.parse_args(argv)
+    defaults = TASK_DEFAULTS[args.task]
+    for name in ("data", "epochs", "max_train_samples", "max_eval_samples"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+    if args.task == "segmentation" and len(args.data) != 1:
+        parser.error("--data: segmentation takes one GID folder")
+    if args.image_size % 32:
+        parser.error(f"--image-size={args.image_size}: change-detection crops must be a multiple of 32")
+    args.split_seeds = [int(x) for x in args.split_seeds.split(",") if x.strip()]
+    if args.task == "segmentation" and args.split_seeds != [0]:
+        parser.error("--split-seeds: the segmentation search runs on split seed 0 only")
+    args.output = args.output or str(REPO_ROOT / "results" / f"head_lr_{args.task.replace('-', '_')}.json")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    metric = TASK_DEFAULTS[args.task]["metric"]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     # in the order given (the most informative first, for a search that may be cut short); duplicates dropped
     head_lrs = list(dict.fromkeys(float(x) for x in args.head_lrs.split(",") if x.strip()))
@@ -148,33 +252,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         state["sessions"] += [x for x in shard.get("sessions", []) if x not in state["sessions"]]
     done = {r["key"] for r in state["runs"]}
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="upetu-head-lr-"))
-    for method in methods:
-        for head_lr in head_lrs:
-            key = run_key(method, head_lr, args.seed)
-            if key in done or args.merge_only:
+    for split_seed in args.split_seeds:
+        keys = [(m, lr, run_key(m, lr, args.seed, split_seed)) for m in methods for lr in head_lrs]
+        todo = [k for k in keys if k[2] not in done and not args.merge_only]
+        for method, head_lr, key in keys:
+            if (method, head_lr, key) not in todo:
                 log(f"{key}: {'done' if key in done else 'not on file'}, skipped")
-                continue
+        if not todo:
+            continue
+        if args.task == "change-detection":
+            folder, _ = cd_split(args.data, split_seed, work, args.cd_repeats)
+            data = str(folder)
+        else:
+            data = args.data[0]
+        for method, head_lr, key in todo:
             log(f"{key}: training ({args.epochs} epochs)")
             start = time.perf_counter()
             result = train(
-                TrainingArguments(
-                    task="segmentation",
-                    model=args.model,
-                    data=args.gid,
-                    output_dir=str(work / key.replace("|", "_")),
-                    method=method,
-                    head_lr=head_lr,
-                    seed=args.seed,
-                    epochs=args.epochs,
-                    batch_size=args.batch_size,
-                    resize=args.resize,
-                    train_fraction=0.8,
-                    validation_fraction=0.25,
-                    max_train_samples=args.max_train_samples,
-                    max_eval_samples=args.max_eval_samples,
-                    checkpointing_steps=None,
-                    overwrite=True,
-                )
+                training_arguments(args, method, head_lr, split_seed, data, work / key.replace("|", "_"))
             )
             record = {
                 "key": key,
@@ -182,9 +277,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "lr": DEFAULT_LR[method],
                 "head_lr": head_lr,
                 "seed": args.seed,
+                "split_seed": split_seed,
                 "best_epoch": result["best_epoch"],
-                "validation_score": clean(result["validation"]["mean_iou"]),
-                "test_score": clean(result["test"]["mean_iou"]),
+                "validation_score": clean(result["validation"][metric]),
+                "test_score": clean(result["test"][metric]),
                 "validation_per_class_iou": clean(result["validation"].get("per_class_iou")),
                 "history": clean(result["history"]),
                 "parameters": result["parameters"],
@@ -193,9 +289,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             state["runs"].append(record)
             state["selection"] = choose(state["runs"], head_lrs)
             write_json_atomic(output, state)
-            log(f"{key}: validation mIoU {record['validation_score']:.4f} (epoch {record['best_epoch']})")
+            log(f"{key}: validation {metric} {record['validation_score']:.4f} (epoch {record['best_epoch']})")
     state["selection"] = choose(state["runs"], head_lrs)
-    state["current_default"] = DENSE_HEAD_LR["segmentation"]
+    state["current_default"] = DENSE_HEAD_LR[args.task]
     write_json_atomic(output, state)
     log(f"selection: {state['selection']}")
     return state

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from test_benchmark_accuracy import load_script
 
@@ -37,3 +38,54 @@ def test_shards_merge_and_the_best_mean_is_chosen(tmp_path, monkeypatch):
     assert sorted((r["head_lr"], r["seed"]) for r in merged["runs"]) == [(1e-4, 0), (1e-3, 0), (1e-2, 1)]
     assert merged["selection"]["head_lr"] == 1e-3 and merged["selection"]["interior"]
     assert json.loads(a.read_text())["selection"] == merged["selection"]
+
+
+def test_change_detection_runs_on_the_benchmark_split_per_split_seed(tmp_path, monkeypatch):
+    module = load_script("head_lr_search")
+    sources = []
+    for name in ("levir", "dsifn"):
+        for sub in ("A", "B", "label"):
+            (tmp_path / name / sub).mkdir(parents=True)
+            for i in range(5):
+                (tmp_path / name / sub / f"p{i}.png").write_bytes(b"")
+        sources.append(str(tmp_path / name))
+    seen = []
+
+    def fake_cd_train(args):
+        folder = Path(args.data[0] if isinstance(args.data, list) else args.data)
+        train_pairs = sorted(p.name for p in (folder / "train" / "A").iterdir())
+        val_pairs = sorted(p.name for p in (folder / "val" / "A").iterdir())
+        seen.append((args.task, args.head_lr, args.image_size, args.crops_per_image, train_pairs, val_pairs))
+        score = 0.5 - abs(args.head_lr - 1e-3) * 10 + 0.01 * len(seen)
+        return {
+            "best_epoch": 2,
+            "validation": {"f1": score},
+            "test": {"f1": 0.4},
+            "history": [],
+            "parameters": {},
+        }
+
+    monkeypatch.setattr(module, "train", fake_cd_train)
+    state = module.main(
+        [
+            "--task", "change-detection", "--data", *sources, "--model", str(tmp_path / "m"),
+            "--head-lrs", "1e-4,1e-3,1e-2", "--split-seeds", "0,1", "--cd-repeats", "3",
+            "--work-dir", str(tmp_path / "w"), "--output", str(tmp_path / "cd.json"),
+        ]
+    )  # fmt: skip
+    assert [r["key"] for r in state["runs"]][:4] == [
+        "upetu|head_lr=0.0001|seed=0",
+        "upetu|head_lr=0.001|seed=0",
+        "upetu|head_lr=0.01|seed=0",
+        "upetu|head_lr=0.0001|seed=0|split=1",
+    ]
+    assert [r["split_seed"] for r in state["runs"]] == [0, 0, 0, 1, 1, 1]
+    assert all(task == "change-detection" and size == 128 and crops == 1 for task, _, size, crops, *_ in seen)
+    # the benchmark's split: per source 2 test, 1 validation, 2 training pairs, each training pair 3 times
+    train_pairs, val_pairs = seen[0][4], seen[0][5]
+    assert len(train_pairs) == 2 * 2 * 3 and len(val_pairs) == 2
+    assert seen[3][5] != val_pairs or seen[3][4] != train_pairs  # another split seed, another split
+    assert state["selection"]["head_lr"] == 1e-3 and state["selection"]["interior"]
+    means = state["selection"]["mean_validation_by_head_lr"]
+    assert abs(means["0.001"] - (0.5 + 0.01 * 2 + 0.5 + 0.01 * 5) / 2) < 1e-9  # mean over both split seeds
+    assert state["current_default"] == module.DENSE_HEAD_LR["change-detection"]
