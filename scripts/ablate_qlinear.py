@@ -1,6 +1,7 @@
-"""Ablations and trials of the Q-Linear design (issue 10): change one thing, then run the accuracy benchmark.
+"""Ablations and trials of the Q-Linear and EQAM design (issues 10 and 13): change one thing, then run the accuracy
+benchmark.
 
-Each one changes exactly one thing of the library's default Q-Linear, in this process only. Ablations undo a
+Each one changes exactly one thing of the library's default UPetu, in this process only. Ablations undo a
 remedy of the design:
 
 - `decay`: weight decay on the k-bit latents (the default leaves them out, `kbit_latents`);
@@ -13,7 +14,10 @@ Trials add a remedy:
 - `latent-unit-K` (K = 3, 10, 30): k-bit latents in K times the init std (same forward weights; each Adam step
   flips K times fewer codes);
 - `grid-init`: k-bit latents start on their codebook levels;
-- `r-24`: a bottleneck of 24 instead of 16 (more parameters: an option at 1 bit, never the default).
+- `r-24`: a bottleneck of 24 instead of 16 (more parameters: an option at 1 bit, never the default);
+- `eqam-sequential`: EQAM after the block's MLP instead of parallel to it (issue 13's "where EQAM sits"): it reads
+  the MLP output `f = pwconv2(...)` and adds its delta there, `f + EQAM(f)`, ahead of the layer scale (the
+  sequential adapter of Houlsby et al. / AdaptFormer; same parameters).
 
 (The `up-column-scale` trial of results/qlinear_ablations/ ran at commit a14dd3b, on format 3; it is now the
 design.)
@@ -144,7 +148,38 @@ def _rank(r: int) -> Callable[[], None]:
     return patch
 
 
+def _eqam_sequential() -> None:
+    """EQAM in series after the block's MLP: `f = pwconv2(act(pwconv1(LN(dwconv(x)))))` (V2: with GRN),
+    `f = f + EQAM(f)`, then layer scale, drop path and the residual; CAPM unchanged."""
+    from upetu_hf.tuner.layer import UPetuLayer
+
+    original = UPetuLayer.forward
+
+    def forward(self, hidden_states):
+        base = self.base_layer
+        eqams = [self.upetu_eqam[name] for name in self.active_adapters if name in self.upetu_eqam]
+        if self.disable_adapters or not eqams or self.upetu_norm:
+            return original(self, hidden_states)
+        features = base.dwconv(hidden_states).permute(0, 2, 3, 1)  # (N, H, W, C)
+        features = base.act(base.pwconv1(base.layernorm(features)))
+        if getattr(base, "grn", None) is not None:
+            features = base.grn(features)
+        features = base.pwconv2(features)
+        for eqam in eqams:
+            features = features + eqam(features)
+        if getattr(base, "layer_scale_parameter", None) is not None:
+            features = base.layer_scale_parameter * features
+        output = hidden_states + base.drop_path(features.permute(0, 3, 1, 2))
+        for name in self.active_adapters:
+            if name in self.upetu_capm:
+                output = self.upetu_capm[name](output)
+        return output
+
+    UPetuLayer.forward = forward
+
+
 ABLATIONS: dict[str, Callable[[], None]] = {
+    "eqam-sequential": _eqam_sequential,
     "r-24": _rank(24),
     "no-up-column-scale": _no_up_column_scale,
     "grid-init": _grid_init,

@@ -74,3 +74,14 @@ def test_grid_init_starts_the_latents_on_their_levels():
 def test_r_24_widens_only_the_default_bottleneck():
     before, after = run("r-24")
     assert (before["r"], after["r"]) == (16, 24)
+
+
+def test_eqam_sequential_moves_eqam_and_nothing_else():
+    before, after = run("eqam-sequential")
+    assert (after["r"], after["column_scale"], after["latent_std"]) == (
+        before["r"],
+        before["column_scale"],
+        before["latent_std"],
+    )
+    # same weights, EQAM reads and adds to the MLP output instead of the normalised input: other logits
+    assert max(abs(a - b) for a, b in zip(after["logits"], before["logits"])) > 1e-4
