@@ -286,6 +286,7 @@ class TaskSetup:
     split: dict[str, Any] = field(default_factory=dict)  # the search split's description
     sources: list[str] = field(default_factory=list)  # the data folders given (`data` may come from them)
     split_data: dict[int, list[str]] = field(default_factory=dict)  # data per split seed, where it differs
+    head_lr: float | None = None  # the PEFT methods' head rate on a dense task (None: classification)
 
     def data_for(self, split_seed: int) -> list[str]:
         """The data paths of a run on split `split_seed` (change detection: one folder of links per split)."""
@@ -310,8 +311,8 @@ class TaskSetup:
                 "batch_size": self.batch_size,
                 "lr_factors": [round(f, 6) for f in self.lr_factors],
                 "search_seed": self.seeds[0],
-                # the PEFT methods' decoders train at this rate on the dense tasks (the training API's default)
-                **({"dense_head_lr": DENSE_HEAD_LR[self.task]} if self.task in DENSE_HEAD_LR else {}),
+                # the PEFT methods' decoders train at this rate on the dense tasks (default: the training API's)
+                **({"dense_head_lr": self.head_lr} if self.head_lr is not None else {}),
                 "split_seed": self.split_seeds[0],  # the search split
                 "split_seeds": self.split_seeds,
                 "mixed_precision": args.mixed_precision,
@@ -420,6 +421,7 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
                 split=split,
                 sources=[str(d) for d in (args.cd if task == "change-detection" else data)],
                 split_data=split_data,
+                head_lr=(args.dense_head_lr or DENSE_HEAD_LR[task]) if dense else None,
             )
         )
     return setups
@@ -438,6 +440,8 @@ def training_arguments(
 ) -> TrainingArguments:
     """The `TrainingArguments` of one run (on the search split unless `split_seed` is given)."""
     split_seed = setup.split_seeds[0] if split_seed is None else split_seed
+    if setup.head_lr is not None and method in PEFT_METHODS:
+        options = {"head_lr": setup.head_lr, **options}
     return TrainingArguments(
         task=setup.task,
         model=args.model,
@@ -839,6 +843,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr-factors", help="learning rates tried: DEFAULT_LR[method] x each factor (1/3,1,3)"
     )
     proto.add_argument("--dense-lr-factors", help="the same for the dense tasks (default: --lr-factors)")
+    proto.add_argument(
+        "--dense-head-lr",
+        type=float,
+        help="learning rate of the PEFT methods' decoders on the dense tasks (default: the training API's, "
+        f"DENSE_HEAD_LR: {DENSE_HEAD_LR})",
+    )
     proto.add_argument(
         "--image-size", type=int, default=112, help="classification input size; dense resize (112)"
     )

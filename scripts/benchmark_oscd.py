@@ -25,7 +25,7 @@ The results (protocol, split, every run, selection, summary, machine, git state)
 `results/accuracy_oscd13.json`), rewritten atomically after every run; `--resume` skips the finished runs.
 
 Usage:
-    OMP_NUM_THREADS=2 python scripts/benchmark_oscd.py --threads 2          # the README numbers (about 23 min, 2 cores)
+    OMP_NUM_THREADS=2 python scripts/benchmark_oscd.py --threads 2 --head-lr lr   # the README numbers (23 min, 2 cores)
     python scripts/benchmark_oscd.py --epochs 4 --seeds 0 --lr-factors 1 --output /tmp/oscd.json   # a quick look
 """
 
@@ -54,6 +54,7 @@ from _ledger import mean_std, run_key, select  # noqa: E402
 
 from upetu_hf.data.multispectral import S2_RGB_BANDS  # noqa: E402
 from upetu_hf.train import DEFAULT_LR, TrainingArguments, train  # noqa: E402
+from upetu_hf.train.methods import DENSE_HEAD_LR  # noqa: E402
 
 SHARED = REPO_ROOT.parent / "shared"
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_oscd.py", "scripts/_common.py", "scripts/_ledger.py")
@@ -131,6 +132,7 @@ def training_arguments(args: argparse.Namespace, data: Path, bands, lr: float, s
         image_size=args.crop,
         crops_per_image=args.crops_per_image,
         dice_weight=args.dice_weight,
+        head_lr=lr if args.head_lr == "lr" else float(args.head_lr),
         checkpointing_steps=None,
         overwrite=True,
         cpu=args.cpu,
@@ -163,7 +165,9 @@ class Benchmark:
                     if k not in ("seeds", "reduced")
                 }
 
-            if same(old.get("protocol")) != same(self.state["protocol"]):
+            # files from before --head-lr existed: the decoder trained at the adapter's rate
+            recorded = {"head_lr": "lr", **(old.get("protocol") or {})}
+            if same(recorded) != same(self.state["protocol"]):
                 raise SystemExit(f"{path} was recorded under another protocol; use another --output.")
             self.state["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
             self.state["sessions"] = old.get("sessions", [])
@@ -182,6 +186,7 @@ class Benchmark:
             "crop": a.crop,
             "crops_per_image": a.crops_per_image,
             "dice_weight": a.dice_weight,
+            "head_lr": a.head_lr,
             "lr_grid": self.grid,
             "seeds": a.seeds,
             "variants": VARIANTS,
@@ -278,6 +283,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Soft-Dice weight (changes are 0.4-4.5 %% of the pixels).",
     )
     parser.add_argument("--lr-factors", default="0.333333,1,3", help="Multiples of UPetu's default 1e-2.")
+    parser.add_argument(
+        "--head-lr",
+        default=f"{DENSE_HEAD_LR['change-detection']:g}",
+        help="Learning rate of the change-detection decoder: a number, or 'lr' for the adapter's rate of each run "
+        "(the protocol of results/accuracy_oscd13.json, run before the training API had a head rate). Default: "
+        "the training API's (%(default)s).",
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
     parser.add_argument(
@@ -288,6 +300,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="Keep the finished runs of --output.")
     parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args(argv)
+    if args.head_lr != "lr":
+        try:
+            args.head_lr = f"{float(args.head_lr):g}"
+        except ValueError:
+            parser.error(f"--head-lr={args.head_lr!r}: give a learning rate or 'lr'")
     args.lr_factors = [float(f) for f in args.lr_factors.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
     return args

@@ -408,3 +408,22 @@ def test_retrain_sets_aside_a_methods_runs_and_takes_the_new_ones(bench, monkeyp
     old_upetu = [r for r in whole["runs"] if r["variant"] == "upetu"]
     assert [r["test_score"] for r in merged["superseded"]] == [r["test_score"] for r in old_upetu]
     assert all(r["variant"] != "upetu" or r["test_score"] == 0.125 for r in merged["runs"])
+
+
+def test_dense_head_lr_is_the_training_apis_default_unless_given(bench, tmp_path):
+    module = bench["module"]
+    cd = json.loads((bench["out"] / "accuracy_change_detection.json").read_text())
+    assert cd["protocol"]["dense_head_lr"] == module.DENSE_HEAD_LR["change-detection"]
+    (run,) = cd["runs"]
+    assert run["arguments"]["head_lr"] == module.DENSE_HEAD_LR["change-detection"]
+
+    args = module.parse_args(
+        bench_args(bench["assets"], tmp_path / "o", tmp_path / "w", "--tasks", "change-detection,classification")
+        + ["--dense-head-lr", "7e-4"]
+    )
+    setups = {s.task: s for s in module.make_setups(args, tmp_path / "w")}
+    cd_setup, cls_setup = setups["change-detection"], setups["classification"]
+    assert cd_setup.protocol(args)["dense_head_lr"] == 7e-4 and "dense_head_lr" not in cls_setup.protocol(args)
+    peft = module.training_arguments(cd_setup, args, "upetu", {}, tmp_path / "r", lr=1e-2)
+    full = module.training_arguments(cd_setup, args, "full", {}, tmp_path / "r", lr=5e-4)
+    assert (peft.head_lr, full.head_lr) == (7e-4, 5e-4)  # full fine-tuning trains its decoder at --lr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from test_benchmark_accuracy import load_script
 from test_train import write_checkpoint
 from test_train_multiband import multiband_change
@@ -51,3 +52,27 @@ def test_benchmark_oscd_writes_both_variants(tmp_path):
         ]
     )  # fmt: skip
     assert len(again["runs"]) == 4 and again["summary"]["upetu-rgb"]["test_f1"] == summary["test_f1"][:1]
+    assert saved["protocol"]["head_lr"] == f"{script.DENSE_HEAD_LR['change-detection']:g}"
+
+    # a file from before --head-lr (its decoders trained at the adapter's rate) resumes with `--head-lr lr` only
+    old = json.loads(output.read_text())
+    del old["protocol"]["head_lr"]
+    output.write_text(json.dumps(old))
+    resume = [
+        "--data", str(data), "--model", str(model), "--output", str(output), "--work-dir", str(tmp_path / "w"),
+        "--train-cities", "3", "--val-cities", "1", "--epochs", "1", "--batch-size", "2", "--crop", "32",
+        "--lr-factors", "1", "--seeds", "0", "--resume",
+    ]  # fmt: skip
+    with pytest.raises(SystemExit, match="another protocol"):
+        script.main(resume)
+    assert len(script.main([*resume, "--head-lr", "lr"])["runs"]) == 4
+    with pytest.raises(SystemExit):
+        script.main([*resume, "--head-lr", "fast"])
+
+
+def test_head_lr_reaches_the_training_api(tmp_path):
+    script = load_script("benchmark_oscd")
+    args = script.parse_args(["--head-lr", "lr"])
+    assert script.training_arguments(args, tmp_path, None, 0.03, 0, tmp_path / "r").head_lr == 0.03
+    args = script.parse_args(["--head-lr", "2e-4"])
+    assert script.training_arguments(args, tmp_path, None, 0.03, 0, tmp_path / "r").head_lr == 2e-4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from test_benchmark_accuracy import load_script
 
 
@@ -89,3 +90,7 @@ def test_change_detection_runs_on_the_benchmark_split_per_split_seed(tmp_path, m
     means = state["selection"]["mean_validation_by_head_lr"]
     assert abs(means["0.001"] - (0.5 + 0.01 * 2 + 0.5 + 0.01 * 5) / 2) < 1e-9  # mean over both split seeds
     assert state["current_default"] == module.DENSE_HEAD_LR["change-detection"]
+    paired = state["selection"]["best_minus_other_validation"][
+        "0.0001"
+    ]  # per pair: +0.009 rate, +0.01 run order
+    assert paired["n"] == 2 and paired["mean"] == pytest.approx(0.019)

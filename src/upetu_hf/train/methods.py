@@ -30,8 +30,11 @@ DEFAULT_LR = {"upetu": 1e-2, "full": 5e-4, "linear": 1e-2, "lora": 3e-3, "ia3": 
 #:   results/head_lr_segmentation.json: UPetu, seeds 0 and 1, mean validation mIoU 70.6 / 73.4 / 72.1 / 72.1 / 72.7
 #:   at 3e-5 / 1e-4 / 3e-4 / 1e-3 / 3e-3, and 70.4 at 1e-2 with seed 0). 1e-4 is the best mean and interior to the
 #:   grid; 1e-4 to 3e-3 lie within 1.3 points, inside the seed spread, so any rate in that range trains well.
-#: - change detection: not searched; 3e-3, the rate of the benchmark's change-detection runs.
-DENSE_HEAD_LR = {"segmentation": 1e-4, "change-detection": 3e-3}
+#: - change detection: searched on LEVIR + DSIFN validation pairs with the default decoder (scripts/head_lr_search.py
+#:   --task change-detection, results/head_lr_change_detection.json: UPetu, 3 splits x 2 seeds, mean validation F1
+#:   64.0 / 65.6 / 62.8 / 61.1 / 62.9 at 1e-4 / 3e-4 / 1e-3 / 3e-3 / 1e-2). 3e-4 is the best mean and interior; it is
+#:   ahead of the former default 3e-3 by 4.6 points (paired over the 6 runs, interval above 0), and level with 1e-4.
+DENSE_HEAD_LR = {"segmentation": 1e-4, "change-detection": 3e-4}
 #: Options that only mean something for one family of methods (`r` is the UPetu bottleneck and the LoRA rank).
 UPETU_OPTIONS = (
     "bits",
