@@ -14,6 +14,8 @@ Trials add a remedy:
 - `latent-unit-K` (K = 3, 10, 30): k-bit latents in K times the init std (same forward weights; each Adam step
   flips K times fewer codes);
 - `grid-init`: k-bit latents start on their codebook levels;
+- `down-column-scale`: at 1 and 2 bits `W_down` gets a learned per-column (per input channel) scale too, so an
+  EQAM can weigh the block's channels (a 1-bit row gives every channel the same magnitude; C numbers per block);
 - `r-24`: a bottleneck of 24 instead of 16 (more parameters: an option at 1 bit, never the default);
 - `eqam-sequential`: EQAM after the block's MLP instead of parallel to it (issue 13's "where EQAM sits"): it reads
   the MLP output `f = pwconv2(...)` and adds its delta there, `f + EQAM(f)`, ahead of the layer scale (the
@@ -130,6 +132,21 @@ def _no_up_column_scale() -> None:
     layer.QLinearWeight = qlinear
 
 
+def _down_column_scale() -> None:
+    """`W_down` (the one Q-Linear weight with a row scale) also learns a column scale at 1 and 2 bits."""
+    from upetu_hf.tuner import layer
+
+    original = layer.QLinearWeight
+
+    def qlinear(out_features, in_features, bits, *args, learn_scale: bool, learn_column_scale: bool = False):
+        column = learn_column_scale or (learn_scale and bits <= 2)
+        return original(
+            out_features, in_features, bits, *args, learn_scale=learn_scale, learn_column_scale=column
+        )
+
+    layer.QLinearWeight = qlinear
+
+
 def _rank(r: int) -> Callable[[], None]:
     """UPetu adapters with bottleneck width `r` instead of the default (issue 13's "a larger r at 1 bit")."""
 
@@ -180,6 +197,7 @@ def _eqam_sequential() -> None:
 
 ABLATIONS: dict[str, Callable[[], None]] = {
     "eqam-sequential": _eqam_sequential,
+    "down-column-scale": _down_column_scale,
     "r-24": _rank(24),
     "no-up-column-scale": _no_up_column_scale,
     "grid-init": _grid_init,

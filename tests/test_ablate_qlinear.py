@@ -34,6 +34,7 @@ def probe(model):
     return {{
         "r": model.peft_config["default"].r,
         "column_scale": eqam.up.column_scale is not None,
+        "down_column_scale": None if eqam.down.column_scale is None else list(eqam.down.column_scale.latent.shape),
         "latent_std": latent.std().item(),
         "on_grid": bool(torch.equal(latent, eqam.down.weight.codec.quantize(latent))),
         "logits": logits.flatten().tolist(),
@@ -85,3 +86,10 @@ def test_eqam_sequential_moves_eqam_and_nothing_else():
     )
     # same weights, EQAM reads and adds to the MLP output instead of the normalised input: other logits
     assert max(abs(a - b) for a, b in zip(after["logits"], before["logits"])) > 1e-4
+
+
+def test_down_column_scale_adds_one_scale_per_input_channel_at_1_bit():
+    before, after = run("down-column-scale")
+    assert before["down_column_scale"] is None and after["down_column_scale"] == [16]  # stage 1: C = 16
+    assert after["column_scale"] and after["r"] == 16
+    assert after["logits"] == pytest.approx(before["logits"], abs=1e-5)  # a multiplier of 1 at init
