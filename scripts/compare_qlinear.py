@@ -16,7 +16,12 @@ Only runs on split seed 0 count (the benchmark protocol of issue 10: one split, 
 - Bit widths: test accuracy mean ± std over the final seeds per design, and the aims "1-bit within 0.5 points of
   32-bit" and "1-bit seed spread no larger than 32-bit's" for the current design.
 - Remedies: validation accuracy (never test) of each ablation against the runs of the design they ablate
-  (`--ablated-design`, format2 for the committed ablations), same variant, learning rate and seeds.
+  (`--ablated-design`, format2 for the committed ablations), same variant, learning rate and seeds; likewise each
+  trial against the design it was tried on (`--trial NAME@DESIGN=JSON`, default design `--tried-on`).
+- Levers on the main protocol (`--lever NAME=JSON`: a trial run on every split, e.g. 3 splits x 2 seeds, with its own
+  learning-rate search): the lever minus the current design (`--lever-reference`, the main benchmark's
+  results/accuracy_classification.json), same variant, paired over the (split, seed) runs both have, on validation
+  (which decides) and on test, with 95 % t-intervals (`_ledger.paired_difference`).
 
 ```bash
 python scripts/compare_qlinear.py --design format1=results/qlinear_v1_accuracy_classification.json \
@@ -30,7 +35,11 @@ python scripts/compare_qlinear.py --design format1=results/qlinear_v1_accuracy_c
     --trial grid-init=results/qlinear_ablations/grid-init.json \
     --trial up-column-scale=results/qlinear_ablations/up-column-scale.json \
     --trial up-column-scale=results/qlinear_ablations/up-column-scale-seeds345.json \
-    --reference results/qlinear_ablations/format3-1bit-seeds345.json
+    --reference results/qlinear_ablations/format3-1bit-seeds345.json \
+    --trial r-24@format4=results/qlinear_ablations/r-24.json \
+    --trial down-column-scale@format4=results/qlinear_ablations/down-column-scale.json \
+    --reference format4=results/qlinear_ablations/up-column-scale-seeds345.json \
+    --lever eqam-sequential=results/qlinear_ablations/eqam-sequential.json
 ```
 """
 
@@ -44,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import write_text_atomic
+from _ledger import paired_difference
 
 BITS = {"upetu-1bit": 1, "upetu-2bit": 2, "upetu": 4, "upetu-32bit": 32}
 
@@ -125,6 +135,45 @@ def ablations(
     return result
 
 
+def levers(reference: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each lever minus `reference` (the main benchmark's results) for the variants it ran, paired over the
+    (split, seed) runs at each one's chosen learning rate, on validation and on test (points)."""
+
+    def entry(data: dict[str, Any], variant: str, score: str) -> dict[str, Any] | None:
+        lr = (data["summary"].get(variant) or {}).get("lr")
+        runs = [
+            r for r in data["runs"] if r["variant"] == variant and r.get("status") == "ok" and r["lr"] == lr
+        ]
+        if not runs:
+            return None
+        return {
+            "lr": lr,
+            "test_scores": [
+                100.0 * r[score] for r in runs
+            ],  # paired_difference's field name, whichever score
+            "split_seeds": [r.get("split_seed", 0) for r in runs],
+            "seeds": [r["seed"] for r in runs],
+        }
+
+    result: dict[str, Any] = {}
+    for name, data in files.items():
+        for variant in data["summary"]:
+            row: dict[str, Any] = {"variant": variant}
+            for part in ("validation", "test"):
+                lever, design = (
+                    entry(data, variant, f"{part}_score"),
+                    entry(reference, variant, f"{part}_score"),
+                )
+                if lever is None or design is None:
+                    continue
+                row["lr"], row["design_lr"] = lever["lr"], design["lr"]
+                row[part] = paired_difference({"lever": lever, "design": design}, "lever", "design")
+                row[f"{part}_mean"] = statistics.fmean(lever["test_scores"])
+            if "validation" in row:
+                result[f"{name} ({variant})"] = row
+    return result
+
+
 def remedy_rows(entries: dict[str, Any]) -> list[str]:
     """Markdown rows of an ablation or trial table: runs, validation with and without, difference."""
     lines = []
@@ -179,16 +228,38 @@ def markdown(comparison: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|",
         ]
         lines += remedy_rows(comparison["ablations"])
-    if comparison.get("trials"):
+    for design, trials in comparison.get("trials", {}).items():
         lines += [
             "",
-            f"Remedies tried on top of {comparison['tried_on']} (validation accuracy, same variant, learning rate "
-            "and seeds; the design with the best validation mean is adopted):",
+            f"Remedies tried on top of {design} (validation accuracy, same variant, learning rate and seeds; the "
+            "design with the best validation mean is adopted):",
             "",
             "| remedy | runs | validation with the remedy | validation of the design | difference |",
             "|---|---:|---:|---:|---:|",
         ]
-        lines += remedy_rows(comparison["trials"])
+        lines += remedy_rows(trials)
+    if comparison.get("levers"):
+        lines += [
+            "",
+            "Levers on the main protocol (every split and seed, each with its own learning-rate search): the lever "
+            "minus the current design over the (split, seed) pairs both ran, with its 95 % t-interval (points; "
+            "validation decides, test is reported):",
+            "",
+            "| lever | pairs | lr (design's) | validation | validation difference | test | test difference |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, row in comparison["levers"].items():
+            cells = []
+            for part in ("validation", "test"):
+                d = row.get(part)
+                cells += [
+                    f"{row[f'{part}_mean']:.2f}" if f"{part}_mean" in row else "—",
+                    f"{d['mean']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]" if d else "—",
+                ]
+            n = row["validation"]["n"] if row.get("validation") else 0
+            lines.append(
+                f"| {name} | {n} | {row['lr']:g} ({row['design_lr']:g}) | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -209,15 +280,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="results of a remedy tried on top of --tried-on (scripts/ablate_qlinear.py)",
+        help="results of a remedy tried on top of --tried-on, or of DESIGN with NAME@DESIGN=JSON "
+        "(scripts/ablate_qlinear.py)",
     )
     parser.add_argument("--tried-on", help="the design the trials were run on (default: the last)")
     parser.add_argument(
         "--reference",
         action="append",
         default=[],
-        metavar="JSON",
-        help="more runs of the --tried-on design (e.g. further seeds), pooled with its file for the trials",
+        metavar="[DESIGN=]JSON",
+        help="more runs of a design (default --tried-on; e.g. further seeds), pooled with its file for the trials",
+    )
+    parser.add_argument(
+        "--lever", action="append", default=[], metavar="NAME=JSON", help="a trial on the main protocol"
+    )
+    parser.add_argument(
+        "--lever-reference",
+        type=Path,
+        default=Path(__file__).resolve().parents[1] / "results" / "accuracy_classification.json",
+        help="the current design on the main protocol (results/accuracy_classification.json)",
     )
     parser.add_argument(
         "--ablated-design", help="the design the ablations undo a remedy of (default: the last)"
@@ -233,34 +314,53 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return {name: Path(path) for name, _, path in pairs}
 
     design_paths, ablation_paths = named(args.design), named(args.ablation)
-    trial_paths: dict[str, list[Path]] = {}  # a name given twice pools its files (e.g. two sets of seeds)
+    ablated = args.ablated_design or list(design_paths)[-1]
+    tried_on = args.tried_on or list(design_paths)[-1]
+    # trials per design they were tried on; a name given twice pools its files (e.g. two sets of seeds)
+    trial_paths: dict[str, dict[str, list[Path]]] = {}
     for item in args.trial:
         name, path = next(iter(named([item]).items()))
-        trial_paths.setdefault(name, []).append(path)
+        name, _, design = name.partition("@")
+        trial_paths.setdefault(design or tried_on, {}).setdefault(name, []).append(path)
+    reference_paths: dict[str, list[str]] = {}
+    for item in args.reference:
+        design, sep, path = item.partition("=")
+        reference_paths.setdefault(design if sep else tried_on, []).append(path if sep else item)
+    for flag, names in (
+        ("--ablated-design", [ablated]),
+        ("--tried-on", [tried_on]),
+        ("--trial NAME@DESIGN", list(trial_paths)),
+        ("--reference DESIGN=", list(reference_paths)),
+    ):
+        for name in names:
+            if name not in design_paths:
+                parser.error(f"{flag} {name!r} is not one of the designs {list(design_paths)}")
     designs = {name: json.loads(path.read_text()) for name, path in design_paths.items()}
     files = {name: json.loads(path.read_text()) for name, path in ablation_paths.items()}
-    tried = {
-        name: {"runs": [r for path in paths for r in json.loads(path.read_text())["runs"]]}
-        for name, paths in trial_paths.items()
-    }
-    ablated = args.ablated_design or list(designs)[-1]
-    tried_on = args.tried_on or list(designs)[-1]
-    for flag, name in (("--ablated-design", ablated), ("--tried-on", tried_on)):
-        if name not in designs:
-            parser.error(f"{flag} {name!r} is not one of the designs {list(designs)}")
-    references = [json.loads(Path(path).read_text()) for path in args.reference]
+    trials = {}
+    for design, by_name in trial_paths.items():
+        tried = {
+            name: {"runs": [r for path in paths for r in json.loads(path.read_text())["runs"]]}
+            for name, paths in by_name.items()
+        }
+        references = [json.loads(Path(path).read_text()) for path in reference_paths.get(design, [])]
+        trials[design] = ablations(designs[design], tried, references)
+    lever_paths = named(args.lever)
+    lever_files = {name: json.loads(path.read_text()) for name, path in lever_paths.items()}
     comparison = {
         "sources": {
             "designs": {k: str(v) for k, v in design_paths.items()},
             "ablations": {k: str(v) for k, v in ablation_paths.items()},
-            "trials": {k: [str(p) for p in v] for k, v in trial_paths.items()},
-            "references": list(args.reference),
+            "trials": {d: {k: [str(p) for p in v] for k, v in t.items()} for d, t in trial_paths.items()},
+            "references": reference_paths,
+            "levers": {k: str(v) for k, v in lever_paths.items()},
+            "lever_reference": str(args.lever_reference) if lever_paths else None,
         },
         "bits": bit_widths(designs),
         "ablated_design": ablated,
         "ablations": ablations(designs[ablated], files),
-        "tried_on": tried_on,
-        "trials": ablations(designs[tried_on], tried, references),
+        "trials": trials,
+        "levers": levers(json.loads(args.lever_reference.read_text()), lever_files) if lever_files else {},
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.output_dir / "qlinear_comparison.json", json.dumps(comparison, indent=2) + "\n")

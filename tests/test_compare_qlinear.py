@@ -13,8 +13,8 @@ def ledger(scores: dict[str, list[tuple[int, int, float, float]]], lr: float = 0
     runs, summary = [], {}
     for variant, rows in scores.items():
         for split, seed, val, test in rows:
-            runs.append(dict(variant=variant, status="ok", lr=lr, seed=seed, split_seed=split,
-                             validation_score=val, test_score=test))  # fmt: skip
+            runs.append(dict(key=f"{variant}|lr={lr}|seed={seed}|split={split}", variant=variant, status="ok", lr=lr,
+                             seed=seed, split_seed=split, validation_score=val, test_score=test))  # fmt: skip
         summary[variant] = {"lr": lr, "seeds": sorted({seed for _, seed, _, _ in rows})}
     return {"runs": runs, "summary": summary}
 
@@ -47,4 +47,43 @@ def test_designs_aims_and_split_filter(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         compare.main(
             ["--design", f"b={paths['b']}", "--ablated-design", "zzz", "--output-dir", str(tmp_path)]
+        )
+
+
+def test_trials_per_design_and_levers_paired_over_splits(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    compare = load_script("compare_qlinear")
+    a = ledger({"upetu-1bit": [(0, 0, 0.70, 0.60), (0, 1, 0.72, 0.62)]})
+    b = ledger({"upetu-1bit": [(0, 0, 0.74, 0.60), (0, 1, 0.76, 0.62)]})
+    more_b = ledger({"upetu-1bit": [(0, 2, 0.78, 0.6)]})
+    trial_a = ledger({"upetu-1bit": [(0, 0, 0.71, 0.5), (0, 1, 0.73, 0.5)]})
+    trial_b = ledger({"upetu-1bit": [(0, 0, 0.70, 0.5), (0, 1, 0.70, 0.5), (0, 2, 0.70, 0.5)]})
+    main = ledger({"upetu": [(s, e, 0.75, 0.70 + 0.01 * s) for s in (0, 1, 2) for e in (0, 1)]})
+    lever = ledger({"upetu": [(s, e, 0.74 + 0.002 * e, 0.68 + 0.01 * s) for s in (0, 1, 2) for e in (0, 1)]})
+    lever["summary"]["upetu"]["lr"] = main["summary"]["upetu"]["lr"] = 0.01
+    paths = {}
+    for name, data in (("a", a), ("b", b), ("more_b", more_b), ("ta", trial_a), ("tb", trial_b), ("main", main),
+                       ("lever", lever)):  # fmt: skip
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(data))
+    result = compare.main(
+        [
+            "--design", f"a={paths['a']}", "--design", f"b={paths['b']}", "--tried-on", "a",
+            "--trial", f"x={paths['ta']}", "--trial", f"y@b={paths['tb']}", "--reference", f"b={paths['more_b']}",
+            "--lever", f"seq={paths['lever']}", "--lever-reference", str(paths["main"]),
+            "--output-dir", str(tmp_path / "out"),
+        ]
+    )  # fmt: skip
+    x, y = result["trials"]["a"]["x"], result["trials"]["b"]["y"]
+    assert x["design_validation"]["mean"] == pytest.approx(71.0) and x["ablation_validation"]["mean"] == 72.0
+    # b's seeds 0-1 pooled with its extra seed 2
+    assert y["design_validation"]["mean"] == pytest.approx(76.0) and y["design_validation"]["n"] == 3
+    row = result["levers"]["seq (upetu)"]
+    assert row["validation"]["n"] == 6 and row["validation"]["mean"] == pytest.approx(-0.9)
+    assert row["test"]["mean"] == pytest.approx(-2.0) and row["test"]["decided"] == "design"
+    text = (tmp_path / "out" / "qlinear_comparison.md").read_text()
+    assert "Remedies tried on top of b" in text and "| seq (upetu) | 6 |" in text
+    with pytest.raises(SystemExit):
+        compare.main(
+            ["--design", f"a={paths['a']}", "--trial", f"x@zzz={paths['ta']}", "--output-dir", str(tmp_path)]
         )
