@@ -473,6 +473,11 @@ def protocol_lines(states: dict[str, dict[str, Any]]) -> list[str]:
             f"{plural(p['epochs'], 'epoch')}, batch "
             f"{p['batch_size']}, mixed precision `{p['mixed_precision']}`, chosen on the validation "
             f"{metric_name(state)}; final seeds {seeds}."
+            + (
+                f" The PEFT methods' decoders train at {p['dense_head_lr']:g} (`--dense-head-lr`)."
+                if p.get("dense_head_lr") is not None
+                else ""
+            )
         )
     return lines
 
