@@ -14,6 +14,8 @@ Trials add a remedy:
 - `latent-unit-K` (K = 3, 10, 30): k-bit latents in K times the init std (same forward weights; each Adam step
   flips K times fewer codes);
 - `grid-init`: k-bit latents start on their codebook levels;
+- `capm-no-gate`: CAPM without its context gate, `F + beta * resize(P)` (a CAPM variant of issue 13: does the
+  context-aware gate `sigmoid(DWConv3x3(F))` earn its 9 C parameters per stage?);
 - `down-column-scale`: at 1 and 2 bits `W_down` gets a learned per-column (per input channel) scale too, so an
   EQAM can weigh the block's channels (a 1-bit row gives every channel the same magnitude; C numbers per block);
 - `r-24`: a bottleneck of 24 instead of 16 (more parameters: an option at 1 bit, never the default);
@@ -132,6 +134,23 @@ def _no_up_column_scale() -> None:
     layer.QLinearWeight = qlinear
 
 
+def _capm_no_gate() -> None:
+    """CAPM's prompt added without the context gate: `F' = F + beta * resize(P)` (the gate's weights stay unused)."""
+    import torch.nn.functional as F
+
+    from upetu_hf.tuner.layer import CAPM
+
+    def forward(self, features):
+        prompt = self.prompt()
+        prompt = F.interpolate(
+            prompt.unsqueeze(0), size=features.shape[-2:], mode="bilinear", align_corners=False
+        )
+        beta = self.beta().view(1, features.shape[1], 1, 1)
+        return features + (beta * prompt).to(features.dtype)
+
+    CAPM.forward = forward
+
+
 def _down_column_scale() -> None:
     """`W_down` (the one Q-Linear weight with a row scale) also learns a column scale at 1 and 2 bits."""
     from upetu_hf.tuner import layer
@@ -198,6 +217,7 @@ def _eqam_sequential() -> None:
 ABLATIONS: dict[str, Callable[[], None]] = {
     "eqam-sequential": _eqam_sequential,
     "down-column-scale": _down_column_scale,
+    "capm-no-gate": _capm_no_gate,
     "r-24": _rank(24),
     "no-up-column-scale": _no_up_column_scale,
     "grid-init": _grid_init,

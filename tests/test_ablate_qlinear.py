@@ -93,3 +93,10 @@ def test_down_column_scale_adds_one_scale_per_input_channel_at_1_bit():
     assert before["down_column_scale"] is None and after["down_column_scale"] == [16]  # stage 1: C = 16
     assert after["column_scale"] and after["r"] == 16
     assert after["logits"] == pytest.approx(before["logits"], abs=1e-5)  # a multiplier of 1 at init
+
+
+def test_capm_no_gate_changes_the_capm_output_only():
+    before, after = run("capm-no-gate")
+    assert (after["r"], after["latent_std"]) == (before["r"], before["latent_std"])
+    # with beta != 0 (init_weights=False) the prompt now enters ungated: other logits
+    assert max(abs(a - b) for a, b in zip(after["logits"], before["logits"])) > 1e-4
