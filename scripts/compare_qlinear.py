@@ -39,7 +39,8 @@ python scripts/compare_qlinear.py --design format1=results/qlinear_v1_accuracy_c
     --trial r-24@format4=results/qlinear_ablations/r-24.json \
     --trial down-column-scale@format4=results/qlinear_ablations/down-column-scale.json \
     --reference format4=results/qlinear_ablations/up-column-scale-seeds345.json \
-    --lever eqam-sequential=results/qlinear_ablations/eqam-sequential.json
+    --lever eqam-sequential=results/qlinear_ablations/eqam-sequential.json \
+    --lever capm-no-gate=results/qlinear_ablations/capm-no-gate.json
 ```
 """
 
