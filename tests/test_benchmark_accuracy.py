@@ -418,12 +418,16 @@ def test_dense_head_lr_is_the_training_apis_default_unless_given(bench, tmp_path
     assert run["arguments"]["head_lr"] == module.DENSE_HEAD_LR["change-detection"]
 
     args = module.parse_args(
-        bench_args(bench["assets"], tmp_path / "o", tmp_path / "w", "--tasks", "change-detection,classification")
+        bench_args(
+            bench["assets"], tmp_path / "o", tmp_path / "w", "--tasks", "change-detection,classification"
+        )
         + ["--dense-head-lr", "7e-4"]
     )
     setups = {s.task: s for s in module.make_setups(args, tmp_path / "w")}
     cd_setup, cls_setup = setups["change-detection"], setups["classification"]
-    assert cd_setup.protocol(args)["dense_head_lr"] == 7e-4 and "dense_head_lr" not in cls_setup.protocol(args)
+    assert cd_setup.protocol(args)["dense_head_lr"] == 7e-4 and "dense_head_lr" not in cls_setup.protocol(
+        args
+    )
     peft = module.training_arguments(cd_setup, args, "upetu", {}, tmp_path / "r", lr=1e-2)
     full = module.training_arguments(cd_setup, args, "full", {}, tmp_path / "r", lr=5e-4)
     assert (peft.head_lr, full.head_lr) == (7e-4, 5e-4)  # full fine-tuning trains its decoder at --lr
