@@ -126,8 +126,7 @@ _T95 = (
 
 def paired_difference(summary: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
     """`a` minus `b` over the (split seed, seed) pairs both methods ran at their chosen learning rates: mean,
-    sample std, and the 95 % t-interval of the mean difference. `decided` is "a" or "b" when the interval
-    excludes 0, else None (no difference claimed). None when the methods share fewer than 2 pairs.
+    sample std, and the 95 % t-interval of the mean difference (`paired_scores`). None when a method is missing.
 
     Pairing removes what the two runs of a pair share (the split, the head initialisation and data order of the
     seed), so it detects smaller differences than comparing two means with their own spreads."""
@@ -143,7 +142,15 @@ def paired_difference(summary: dict[str, Any], a: str, b: str) -> dict[str, Any]
             if score is not None
         }
 
-    left, right = by_pair(a), by_pair(b)
+    return paired_scores(by_pair(a), by_pair(b), a, b)
+
+
+def paired_scores(
+    left: dict[tuple[int, int], float], right: dict[tuple[int, int], float], a: str = "a", b: str = "b"
+) -> dict[str, Any] | None:
+    """`left` minus `right`, scores keyed by (split seed, seed), over the keys both have: mean, sample std and the
+    95 % t-interval of the mean difference. `decided` is `a` or `b` when the interval excludes 0, else None (no
+    difference claimed). None when they share fewer than 2 pairs."""
     pairs = sorted(set(left) & set(right))
     if len(pairs) < 2:
         return None

@@ -21,7 +21,7 @@ Only runs on split seed 0 count (the benchmark protocol of issue 10: one split, 
 - Levers on the main protocol (`--lever NAME=JSON`: a trial run on every split, e.g. 3 splits x 2 seeds, with its own
   learning-rate search): the lever minus the current design (`--lever-reference`, the main benchmark's
   results/accuracy_classification.json), same variant, paired over the (split, seed) runs both have, on validation
-  (which decides) and on test, with 95 % t-intervals (`_ledger.paired_difference`).
+  (which decides) and on test, with 95 % t-intervals (`_ledger.paired_scores`).
 
 ```bash
 python scripts/compare_qlinear.py --design format1=results/qlinear_v1_accuracy_classification.json \
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import write_text_atomic
-from _ledger import paired_difference
+from _ledger import paired_scores
 
 BITS = {"upetu-1bit": 1, "upetu-2bit": 2, "upetu": 4, "upetu-32bit": 32}
 
@@ -140,21 +140,13 @@ def levers(reference: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[
     """Each lever minus `reference` (the main benchmark's results) for the variants it ran, paired over the
     (split, seed) runs at each one's chosen learning rate, on validation and on test (points)."""
 
-    def entry(data: dict[str, Any], variant: str, score: str) -> dict[str, Any] | None:
+    def entry(data: dict[str, Any], variant: str, score: str) -> tuple[float, dict] | None:
+        """The chosen rate and its runs' `score` (points) by (split seed, seed)."""
         lr = (data["summary"].get(variant) or {}).get("lr")
         runs = [
             r for r in data["runs"] if r["variant"] == variant and r.get("status") == "ok" and r["lr"] == lr
         ]
-        if not runs:
-            return None
-        return {
-            "lr": lr,
-            "test_scores": [
-                100.0 * r[score] for r in runs
-            ],  # paired_difference's field name, whichever score
-            "split_seeds": [r.get("split_seed", 0) for r in runs],
-            "seeds": [r["seed"] for r in runs],
-        }
+        return (lr, {(r.get("split_seed", 0), r["seed"]): 100.0 * r[score] for r in runs}) if runs else None
 
     result: dict[str, Any] = {}
     for name, data in files.items():
@@ -167,9 +159,9 @@ def levers(reference: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[
                 )
                 if lever is None or design is None:
                     continue
-                row["lr"], row["design_lr"] = lever["lr"], design["lr"]
-                row[part] = paired_difference({"lever": lever, "design": design}, "lever", "design")
-                row[f"{part}_mean"] = statistics.fmean(lever["test_scores"])
+                (row["lr"], lever_scores), (row["design_lr"], design_scores) = lever, design
+                row[part] = paired_scores(lever_scores, design_scores, "lever", "design")
+                row[f"{part}_mean"] = statistics.fmean(lever_scores.values())
             if "validation" in row:
                 result[f"{name} ({variant})"] = row
     return result

@@ -41,7 +41,7 @@ for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
 
 import torch  # noqa: E402
 from _common import clean, git_state, machine_info, write_json_atomic  # noqa: E402
-from _ledger import paired_difference  # noqa: E402
+from _ledger import paired_scores  # noqa: E402
 from benchmark_accuracy import cd_split  # noqa: E402
 
 from upetu_hf.train import DEFAULT_LR, TrainingArguments, train  # noqa: E402
@@ -139,7 +139,7 @@ def training_arguments(
 def choose(runs: list[dict[str, Any]], head_lrs: list[float]) -> dict[str, Any]:
     """Per head learning rate, the mean validation score over methods, seeds and splits; the best one (ties: the
     smaller rate), whether it is interior to the grid, and the best rate minus each other one, paired over the
-    (split seed, seed) runs both have (mean and 95 % t-interval, `_ledger.paired_difference`; one method)."""
+    (split seed, seed) runs both have (mean and 95 % t-interval, `_ledger.paired_scores`; one method)."""
     per_lr = {}
     for lr in head_lrs:
         scores = [r["validation_score"] for r in runs if r["head_lr"] == lr]
@@ -148,20 +148,15 @@ def choose(runs: list[dict[str, Any]], head_lrs: list[float]) -> dict[str, Any]:
     if not per_lr:
         return {}
     best = max(per_lr, key=lambda lr: (per_lr[lr], -lr))
-    # paired_difference's entries, with the validation scores in the place of its test scores (a single method only:
-    # with several, a (split seed, seed) pair is not one run)
-    entries = {}
+    # validation scores by (split seed, seed): one method only (with several, a pair is not one run)
+    by_pair = {}
     for lr in per_lr:
         chosen = [r for r in runs if r["head_lr"] == lr]
         if len({r["method"] for r in chosen}) == 1:
-            entries[lr] = {
-                "test_scores": [r["validation_score"] for r in chosen],
-                "split_seeds": [r.get("split_seed", 0) for r in chosen],
-                "seeds": [r["seed"] for r in chosen],
-            }
+            by_pair[lr] = {(r.get("split_seed", 0), r["seed"]): r["validation_score"] for r in chosen}
     paired = {}
-    for lr in per_lr:
-        diff = paired_difference(entries, best, lr) if lr != best else None
+    for lr in by_pair:
+        diff = paired_scores(by_pair[best], by_pair[lr]) if lr != best and best in by_pair else None
         if diff:
             paired[f"{lr:g}"] = {k: diff[k] for k in ("n", "mean", "ci95")}
     return {
