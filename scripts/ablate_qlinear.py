@@ -22,6 +22,12 @@ Trials add a remedy:
 - `eqam-sequential`: EQAM after the block's MLP instead of parallel to it (issue 13's "where EQAM sits"): it reads
   the MLP output `f = pwconv2(...)` and adds its delta there, `f + EQAM(f)`, ahead of the layer scale (the
   sequential adapter of Houlsby et al. / AdaptFormer; same parameters).
+- `progressive-F` (F = 0.25, 0.5): gradual quantization. Over the first fraction F of the optimizer steps the
+  k-bit weights phase in: the training forward uses `(1 - a) * latent + a * q(latent)`, `a = step / (F * total)`
+  (then `q(latent)` alone); the straight-through gradient to the latent stays 1. Every evaluation uses
+  `q(latent)`, so validation scores and the best-epoch choice are the k-bit model's, and the saved adapter is the
+  usual k-bit one. (The latent entries start from N(0, gain^2), whose mean magnitude is the 1-bit level 0.80
+  gain, so the two ends of the blend have the same scale.)
 
 (The `up-column-scale` trial of results/qlinear_ablations/ ran at commit a14dd3b, on format 3; it is now the
 design.)
@@ -214,7 +220,42 @@ def _eqam_sequential() -> None:
     UPetuLayer.forward = forward
 
 
+def _progressive(fraction: float) -> Callable[[], None]:
+    """k-bit weights phase in over the first `fraction` of the optimizer steps (see the module docstring)."""
+
+    def patch() -> None:
+        import torch
+
+        from upetu_hf.train import loop
+        from upetu_hf.tuner.quantization import KBitCodec, QuantizedParameter
+
+        progress: dict = {"scheduler": None, "total": 1}
+        schedule = loop.get_cosine_schedule_with_warmup
+
+        def recorded_schedule(optimizer, warmup_steps: int, total_steps: int):
+            scheduler = schedule(optimizer, warmup_steps, total_steps)
+            progress.update(scheduler=scheduler, total=max(total_steps, 1))
+            return scheduler
+
+        loop.get_cosine_schedule_with_warmup = recorded_schedule
+        original = QuantizedParameter.forward
+
+        def forward(self):
+            value = original(self)
+            scheduler = progress["scheduler"]
+            training = self.training and torch.is_grad_enabled() and self.latent.requires_grad
+            if scheduler is None or not training or not isinstance(self.codec, KBitCodec):
+                return value
+            blend = min(1.0, scheduler.last_epoch / (fraction * progress["total"]))
+            return value if blend >= 1.0 else self.latent + blend * (value - self.latent)
+
+        QuantizedParameter.forward = forward
+
+    return patch
+
+
 ABLATIONS: dict[str, Callable[[], None]] = {
+    **{f"progressive-{f:g}": _progressive(f) for f in (0.25, 0.5)},
     "eqam-sequential": _eqam_sequential,
     "down-column-scale": _down_column_scale,
     "capm-no-gate": _capm_no_gate,
