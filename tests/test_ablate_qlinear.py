@@ -100,3 +100,48 @@ def test_capm_no_gate_changes_the_capm_output_only():
     assert (after["r"], after["latent_std"]) == (before["r"], before["latent_std"])
     # with beta != 0 (init_weights=False) the prompt now enters ungated: other logits
     assert max(abs(a - b) for a, b in zip(after["logits"], before["logits"])) > 1e-4
+
+
+PROGRESSIVE = """
+import json, sys, torch
+sys.path.insert(0, {scripts!r})
+import ablate_qlinear
+ablate_qlinear.ABLATIONS["progressive-0.5"]()
+from upetu_hf.train import loop
+from upetu_hf.tuner.quantization import QuantizedParameter, make_codec
+
+torch.manual_seed(0)
+param = QuantizedParameter(torch.randn(4, 8) * 0.2, make_codec(1, unit=0.2)).train()
+latent = param.latent.detach().clone()
+q = param.codec.quantize(latent)
+optimizer = torch.optim.SGD(param.parameters(), lr=0.0)
+scheduler = loop.get_cosine_schedule_with_warmup(optimizer, 0, 10)
+values = {{}}
+for step in range(7):
+    if step in (0, 2, 5, 6):
+        values[step] = param()
+    optimizer.step()
+    scheduler.step()
+values[2].sum().backward()
+with torch.no_grad():
+    evaluated = param.eval()()
+def gap(a, b):
+    return (a.detach() - b).abs().max().item()
+print(json.dumps({{
+    "start": gap(values[0], latent), "blend": gap(values[2], latent + 0.4 * (q - latent)),
+    "end": gap(values[5], q), "after": gap(values[6], q), "eval": gap(evaluated, q),
+    "q_vs_latent": gap(q, latent), "grad": param.latent.grad.tolist(),
+}}))
+"""
+
+
+def test_progressive_blends_the_k_bit_weights_in_training_only():
+    code = PROGRESSIVE.format(scripts=str(ROOT / "scripts"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["q_vs_latent"] > 0.05  # the two ends differ, so the checks below can fail
+    assert result["start"] == 0.0  # step 0 of 10, F = 0.5: the latent itself
+    assert result["blend"] < 1e-6  # step 2: 40 % of the way to q(latent)
+    assert result["end"] == result["after"] == 0.0  # from step F * total = 5 on: q(latent), exactly
+    assert result["eval"] == 0.0  # evaluation is always the k-bit model
+    assert result["grad"] == [[1.0] * 8] * 4  # the straight-through gradient stays 1 along the blend
