@@ -27,6 +27,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import os
@@ -87,7 +88,9 @@ METHOD_LABELS = {
     "upetu_32bit": "UPetu 32-bit",
 }
 #: The settings a run records in its `meta`, in this order.
-SETTINGS = "quick models methods steps inference_runs warmup batch_size image_size lr seed".split()
+SETTINGS = (
+    "quick models methods steps inference_runs warmup batch_size image_size lr seed mixed_precision".split()
+)
 QUICK = {"models": ["convnext-t"], "steps": 5, "batch_size": 4, "image_size": 128}
 DEFAULTS = {"models": ["convnext-t", "convnext-b"], "steps": 10, "batch_size": 8, "image_size": 224}
 # Targets from the benchmark issue, checked on every UPetu variant; the issue's own is ConvNeXt-B at 1 bit.
@@ -183,9 +186,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_step(method: Method, pixels: torch.Tensor, labels: torch.Tensor) -> None:
-    """One training step: forward with cross-entropy loss, backward, AdamW step, zero_grad(set_to_none)."""
-    loss = method.model(pixel_values=pixels, labels=labels).loss
+def autocast(device: torch.device, mixed_precision: str):
+    """The forward pass's autocast context: bf16 autocast for `--mixed-precision bf16` (parameters, gradients and
+    AdamW state stay float32, as with Accelerate's `mixed_precision="bf16"`), none for "no"."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def train_step(
+    method: Method, pixels: torch.Tensor, labels: torch.Tensor, mixed_precision: str = "no"
+) -> None:
+    """One training step: forward (under `autocast`) with cross-entropy loss, backward, AdamW step,
+    zero_grad(set_to_none)."""
+    with autocast(pixels.device, mixed_precision):
+        loss = method.model(pixel_values=pixels, labels=labels).loss
     loss.backward()
     method.optimizer.step()
     method.optimizer.zero_grad(set_to_none=True)
@@ -214,20 +229,24 @@ def static_tensor_bytes(method: Method) -> int:
 
 
 def step_peak_increase(
-    method: Method, pixels: torch.Tensor, labels: torch.Tensor, device: torch.device
+    method: Method,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    mixed_precision: str = "no",
 ) -> tuple[int, str]:
     """Peak increase of allocated tensor bytes during one training step, and how it was measured."""
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        train_step(method, pixels, labels)
+        train_step(method, pixels, labels, mixed_precision)
         sync(device)
         return torch.cuda.max_memory_allocated(device) - before, "torch.cuda.max_memory_allocated"
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        train_step(method, pixels, labels)
+        train_step(method, pixels, labels, mixed_precision)
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
     events.sort(key=lambda e: e.start_ns())
     current = peak = 0
@@ -292,10 +311,10 @@ def measure_training(
     memory: dict[str, dict[str, object]] = {}
     for _ in range(args.warmup):
         for method in built:
-            train_step(method, pixels, labels)
+            train_step(method, pixels, labels, args.mixed_precision)
     for method in built:
         static = static_tensor_bytes(method)
-        increase, how = step_peak_increase(method, pixels, labels, device)
+        increase, how = step_peak_increase(method, pixels, labels, device, args.mixed_precision)
         memory[method.name] = {
             "static_bytes": static,
             "step_peak_increase_bytes": increase,
@@ -307,7 +326,9 @@ def measure_training(
     for round_index in range(args.steps):
         order = built[round_index % len(built) :] + built[: round_index % len(built)]
         for method in order:
-            step_samples[method.name].append(timed(lambda m=method: train_step(m, pixels, labels), device))
+            step_samples[method.name].append(
+                timed(lambda m=method: train_step(m, pixels, labels, args.mixed_precision), device)
+            )
         log(f"{model_name}: training round {round_index + 1}/{args.steps}")
     return memory, step_samples
 
@@ -324,7 +345,7 @@ def measure_inference(
     base_runs: list[float] = []
 
     def infer(model: nn.Module) -> float:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, args.mixed_precision):
             return timed(lambda: model(pixel_values=pixels), device)
 
     contestants: list[Method | None] = [None, *built]  # None: the base model
@@ -595,7 +616,8 @@ def render_markdown(results: dict[str, object]) -> str:
         f"device `{meta['machine']['device']}`, load average at start {load_at_start[0]:.2f}.",
         f"- Settings: batch {meta['batch_size']}, {meta['image_size']}x{meta['image_size']} px, "
         f"{meta['warmup']} warm-up round(s), {meta['steps']} timed training steps and {meta['inference_runs']} "
-        f"inference runs per method, AdamW lr {meta['lr']}, random weights, {NUM_LABELS} classes.",
+        f"inference runs per method, AdamW lr {meta['lr']}, random weights, {NUM_LABELS} classes, "
+        f"mixed precision `{meta.get('mixed_precision', 'no')}`.",
     ]
     if meta["quick"]:
         lines.append("- **Quick run** (`--quick`): a partial, smaller benchmark; not the reference numbers.")
@@ -653,6 +675,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: all CPUs)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mixed-precision",
+        default="no",
+        choices=("no", "bf16"),
+        help="bf16 autocast of the forward passes (no); float32 parameters and optimizer state either way",
+    )
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "efficiency.json"), help="JSON path")
     parser.add_argument("--markdown", default=None, help="markdown path (default: --output with .md)")
     args = parser.parse_args(argv)

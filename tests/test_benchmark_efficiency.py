@@ -202,3 +202,26 @@ def test_bad_arguments_are_rejected() -> None:
         bench.parse_args(["--models", "convnext-xl"])
     quick = bench.parse_args(["--quick"])
     assert quick.models == ["convnext-t"] and quick.steps < 10 and quick.image_size < 224
+
+
+def test_bf16_autocast_runs_the_forward_passes_in_bf16() -> None:
+    """`--mixed-precision bf16`: the training and inference forwards run under bf16 autocast (the logits come out
+    in bf16), parameters stay float32; the setting is parsed and recorded with the other settings."""
+    import torch
+
+    bench = load_script()
+    model = bench.wrap_method("upetu_1bit", bench.build_base("tiny", seed=0)).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    method = bench.Method("upetu_1bit", model, optimizer)
+    pixels, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    seen: list[torch.dtype] = []
+    handle = model.register_forward_hook(lambda module, inputs, output: seen.append(output.logits.dtype))
+    bench.train_step(method, pixels, labels, "bf16")
+    bench.train_step(method, pixels, labels, "no")
+    handle.remove()
+    assert seen == [torch.bfloat16, torch.float32]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert bench.parse_args(["--mixed-precision", "bf16"]).mixed_precision == "bf16"
+    assert bench.parse_args([]).mixed_precision == "no" and "mixed_precision" in bench.SETTINGS
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--mixed-precision", "fp16"])
