@@ -20,6 +20,7 @@ Usage:
     python scripts/head_lr_search.py --threads 1
     python scripts/head_lr_search.py --methods upetu,lora --head-lrs 1e-2,1e-3,3e-4,3e-3,1e-4 --epochs 5
     python scripts/head_lr_search.py --task change-detection --split-seeds 0,1,2 --threads 1
+    python scripts/head_lr_search.py --head-hidden-size 64 --output results/head_lr_segmentation_h64.json
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
             "train_fraction": 0.8,
             "validation_fraction": 0.25,
             "split_seed": 0,
-            "head_hidden_size": None,  # the checkpoint's default decoder
+            "head_hidden_size": args.head_hidden_size,  # None: the checkpoint's default decoder
         }
     return {
         **common,
@@ -114,7 +115,11 @@ def training_arguments(
     """The `TrainingArguments` of one run: the CLI's defaults apart from the head rate, the split and the sizes."""
     if args.task == "segmentation":
         task_fields: dict[str, Any] = dict(
-            resize=args.resize, train_fraction=0.8, validation_fraction=0.25, split_seed=split_seed
+            resize=args.resize,
+            train_fraction=0.8,
+            validation_fraction=0.25,
+            split_seed=split_seed,
+            head_hidden_size=args.head_hidden_size,
         )
     else:  # the split is the folder's train/ val/ test/ (cd_split); training pairs already repeated
         task_fields = dict(image_size=args.image_size, crops_per_image=1)
@@ -189,6 +194,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, help="5 (segmentation), 8 (change detection)")
     parser.add_argument("--resize", type=int, default=112, help="segmentation: tiles resized to this (112)")
     parser.add_argument(
+        "--head-hidden-size",
+        type=int,
+        help="segmentation: UperNet channels (default: the decoder upetu-train builds, the checkpoint's 512)",
+    )
+    parser.add_argument(
         "--image-size", type=int, default=128, help="change detection: training crop, a multiple of 32 (128)"
     )
     parser.add_argument(
@@ -221,6 +231,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("data", "epochs", "max_train_samples", "max_eval_samples"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name])
+    if args.head_hidden_size is not None and (args.task != "segmentation" or args.head_hidden_size < 1):
+        parser.error("--head-hidden-size: a positive channel count, for --task segmentation")
     if args.task == "segmentation" and len(args.data) != 1:
         parser.error("--data: segmentation takes one GID folder")
     if args.image_size % 32:
