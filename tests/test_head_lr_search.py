@@ -94,3 +94,30 @@ def test_change_detection_runs_on_the_benchmark_split_per_split_seed(tmp_path, m
         "0.0001"
     ]  # per pair: +0.009 rate, +0.01 run order
     assert paired["n"] == 2 and paired["mean"] == pytest.approx(0.019)
+
+
+def test_head_hidden_size_reaches_the_decoder_and_the_settings(tmp_path, monkeypatch):
+    module = load_script("head_lr_search")
+    seen = []
+
+    def recording_train(args):
+        seen.append(args.head_hidden_size)
+        return fake_train(args)
+
+    monkeypatch.setattr(module, "train", recording_train)
+    common = ["--model", str(tmp_path / "m"), "--gid", str(tmp_path / "g"), "--work-dir", str(tmp_path / "w")]
+    small = module.main(
+        [*common, "--head-lrs", "1e-3", "--head-hidden-size", "64", "--output", str(tmp_path / "s")]
+    )
+    default = module.main([*common, "--head-lrs", "1e-3", "--output", str(tmp_path / "d")])
+    assert seen == [64, None]
+    assert small["settings"]["head_hidden_size"] == 64 and default["settings"]["head_hidden_size"] is None
+    with pytest.raises(
+        SystemExit, match="other settings"
+    ):  # a file of one decoder never continues with another
+        module.main(
+            [*common, "--head-lrs", "1e-3", "--head-hidden-size", "64", "--output", str(tmp_path / "d")]
+        )
+    for bad in (["--head-hidden-size", "0"], ["--task", "change-detection", "--head-hidden-size", "64"]):
+        with pytest.raises(SystemExit):
+            module.parse_args(bad)
