@@ -105,7 +105,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "cd_repeats": args.cd_repeats,
         "crops_per_image": 1,
         "split": "benchmark_accuracy.cd_split",
-        "head_hidden_size": None,  # the change-detection model's default decoder
+        "head_hidden_size": args.head_hidden_size,  # None: the change-detection model's default decoder (128)
     }
 
 
@@ -122,7 +122,9 @@ def training_arguments(
             head_hidden_size=args.head_hidden_size,
         )
     else:  # the split is the folder's train/ val/ test/ (cd_split); training pairs already repeated
-        task_fields = dict(image_size=args.image_size, crops_per_image=1)
+        task_fields = dict(
+            image_size=args.image_size, crops_per_image=1, head_hidden_size=args.head_hidden_size
+        )
     return TrainingArguments(
         task=args.task,
         model=args.model,
@@ -196,7 +198,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--head-hidden-size",
         type=int,
-        help="segmentation: UperNet channels (default: the decoder upetu-train builds, the checkpoint's 512)",
+        help="decoder channels (default: the decoder upetu-train builds: segmentation 512, change detection 128)",
     )
     parser.add_argument(
         "--image-size", type=int, default=128, help="change detection: training crop, a multiple of 32 (128)"
@@ -231,8 +233,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in ("data", "epochs", "max_train_samples", "max_eval_samples"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name])
-    if args.head_hidden_size is not None and (args.task != "segmentation" or args.head_hidden_size < 1):
-        parser.error("--head-hidden-size: a positive channel count, for --task segmentation")
+    if args.head_hidden_size is not None and args.head_hidden_size < 1:
+        parser.error(f"--head-hidden-size={args.head_hidden_size}: the decoder needs at least one channel")
     if args.task == "segmentation" and len(args.data) != 1:
         parser.error("--data: segmentation takes one GID folder")
     if args.image_size % 32:

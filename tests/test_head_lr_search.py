@@ -118,6 +118,8 @@ def test_head_hidden_size_reaches_the_decoder_and_the_settings(tmp_path, monkeyp
         module.main(
             [*common, "--head-lrs", "1e-3", "--head-hidden-size", "64", "--output", str(tmp_path / "d")]
         )
-    for bad in (["--head-hidden-size", "0"], ["--task", "change-detection", "--head-hidden-size", "64"]):
-        with pytest.raises(SystemExit):
-            module.parse_args(bad)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--head-hidden-size", "0"])
+    assert (
+        module.parse_args(["--task", "change-detection", "--head-hidden-size", "32"]).head_hidden_size == 32
+    )
