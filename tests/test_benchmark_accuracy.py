@@ -431,3 +431,12 @@ def test_dense_head_lr_is_the_training_apis_default_unless_given(bench, tmp_path
     peft = module.training_arguments(cd_setup, args, "upetu", {}, tmp_path / "r", lr=1e-2)
     full = module.training_arguments(cd_setup, args, "full", {}, tmp_path / "r", lr=5e-4)
     assert (peft.head_lr, full.head_lr) == (7e-4, 5e-4)  # full fine-tuning trains its decoder at --lr
+
+    # segmentation's 64-channel UperNet: the rate upetu-train gives a decoder of that width (512 / 64 x the default)
+    args = module.parse_args(
+        bench_args(bench["assets"], tmp_path / "o", tmp_path / "w", "--tasks", "segmentation")
+    )
+    (seg_setup,) = module.make_setups(args, tmp_path / "w")
+    assert args.seg_head_hidden == 64 and seg_setup.head_lr == module.DENSE_HEAD_LR["segmentation"] * 8
+    peft = module.training_arguments(seg_setup, args, "lora", {}, tmp_path / "r", lr=3e-3)
+    assert peft.head_lr == seg_setup.protocol(args)["dense_head_lr"] == 8e-4

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from test_benchmark_accuracy import load_script
 
+from upetu_hf.train.methods import DENSE_HEAD_LR
+
 
 def fake_train(args):
     """A stand-in for `upetu_hf.train.train`: validation mIoU peaks at head lr 1e-3, seed 1 adds 0.01."""
@@ -89,7 +91,7 @@ def test_change_detection_runs_on_the_benchmark_split_per_split_seed(tmp_path, m
     assert state["selection"]["head_lr"] == 1e-3 and state["selection"]["interior"]
     means = state["selection"]["mean_validation_by_head_lr"]
     assert abs(means["0.001"] - (0.5 + 0.01 * 2 + 0.5 + 0.01 * 5) / 2) < 1e-9  # mean over both split seeds
-    assert state["current_default"] == module.DENSE_HEAD_LR["change-detection"]
+    assert state["current_default"] == DENSE_HEAD_LR["change-detection"]
     paired = state["selection"]["best_minus_other_validation"][
         "0.0001"
     ]  # per pair: +0.009 rate, +0.01 run order
@@ -112,6 +114,9 @@ def test_head_hidden_size_reaches_the_decoder_and_the_settings(tmp_path, monkeyp
     default = module.main([*common, "--head-lrs", "1e-3", "--output", str(tmp_path / "d")])
     assert seen == [64, None]
     assert small["settings"]["head_hidden_size"] == 64 and default["settings"]["head_hidden_size"] is None
+    # the default on file is the one for the decoder searched: 512 / 64 x DENSE_HEAD_LR for the 64-channel UperNet
+    assert small["current_default"] == DENSE_HEAD_LR["segmentation"] * 8
+    assert default["current_default"] == DENSE_HEAD_LR["segmentation"]
     with pytest.raises(
         SystemExit, match="other settings"
     ):  # a file of one decoder never continues with another

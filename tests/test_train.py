@@ -687,7 +687,8 @@ def test_heads_train_at_their_own_learning_rate(assets, tmp_path, monkeypatch):
 
     seg = str(assets["segmentation"])
     seg_lr, cd_lr = DENSE_HEAD_LR["segmentation"], DENSE_HEAD_LR["change-detection"]
-    assert rates("segmentation", seg, head_hidden_size=8) == {"head": {seg_lr}, "other": {None}}
+    # an 8-channel UperNet (the default is 512): the searched rate scaled by 512 / 8
+    assert rates("segmentation", seg, head_hidden_size=8) == {"head": {seg_lr * 64}, "other": {None}}
     assert 1e-2 not in (seg_lr, cd_lr)  # None: the optimizer's lr, UPetu's 1e-2
     assert rates("segmentation", seg, head_hidden_size=8, head_lr=2e-4) == {"head": {2e-4}, "other": {None}}
     cd = [str(assets["change_a"]), str(assets["change_b"])]
@@ -699,3 +700,16 @@ def test_heads_train_at_their_own_learning_rate(assets, tmp_path, monkeypatch):
     assert rates("classification", images, head_lr=1e-3) == {"head": {1e-3}, "other": {None}}
     args = TrainingArguments(task="segmentation", model="m", data="d", output_dir="o", method="lora", lr=1e-3)
     assert (args.lr, args.head_lr) == (1e-3, seg_lr)
+
+
+def test_default_head_lr_scales_inversely_with_the_decoder_width():
+    from upetu_hf.train.methods import DEFAULT_DECODER_WIDTH, DENSE_HEAD_LR, default_head_lr
+
+    for task in ("segmentation", "change-detection"):
+        base, width = DENSE_HEAD_LR[task], DEFAULT_DECODER_WIDTH[task]
+        assert default_head_lr(task, "upetu", 1e-2) == default_head_lr(task, "lora", 3e-3, width) == base
+        assert default_head_lr(task, "ia3", 3e-3, width // 4) == pytest.approx(4 * base)
+        assert default_head_lr(task, "upetu", 1e-2, width * 2) == pytest.approx(base / 2)
+        assert default_head_lr(task, "full", 5e-4, 64) == 5e-4  # one rate for everything
+    assert default_head_lr("classification", "upetu", 1e-2, 64) == 1e-2
+    assert default_head_lr("segmentation", "upetu", 1e-2, 64) == pytest.approx(8e-4)  # the 64-channel search

@@ -17,6 +17,7 @@ from typing import Any
 from .. import metrics
 from ..models.tiling import check_tiling
 from .methods import (
+    DEFAULT_DECODER_WIDTH,
     DEFAULT_LR,
     DENSE_HEAD_LR,
     LORA_OPTIONS,
@@ -233,7 +234,10 @@ class TrainingArguments:
         "Learning rate of the task heads (classifier, UperNet, change-detection decoder). Default: "
         f"for upetu/lora/ia3 {DENSE_HEAD_LR['segmentation']:g} on segmentation and "
         f"{DENSE_HEAD_LR['change-detection']:g} on change detection, whose freshly initialised decoders are much "
-        "larger than the adapter; otherwise --lr.",
+        "larger than the adapter, scaled by default width / --head-hidden-size for decoders of another width "
+        f"(defaults {DEFAULT_DECODER_WIDTH['segmentation']} and {DEFAULT_DECODER_WIDTH['change-detection']}: "
+        f"--head-hidden-size 64 trains a UperNet at {default_head_lr('segmentation', 'upetu', 0.0, 64):g}); "
+        "otherwise --lr.",
         OPTIM,
         check="positive",
     )
@@ -410,7 +414,7 @@ class TrainingArguments:
         if self.lr is None:
             self.lr = DEFAULT_LR[self.method]
         if self.head_lr is None:
-            self.head_lr = default_head_lr(self.task, self.method, self.lr)
+            self.head_lr = default_head_lr(self.task, self.method, self.lr, self.head_hidden_size)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
