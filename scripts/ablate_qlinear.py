@@ -28,6 +28,11 @@ Trials add a remedy:
   `q(latent)`, so validation scores and the best-epoch choice are the k-bit model's, and the saved adapter is the
   usual k-bit one. (The latent entries start from N(0, gain^2), whose mean magnitude is the 1-bit level 0.80
   gain, so the two ends of the blend have the same scale.)
+- `distill`: knowledge distillation from a 32-bit adapter (Hinton et al.; the usual remedy of binary networks).
+  Every 1- or 2-bit UPetu run first trains the same configuration at 32 bits (same data, seed and learning rate;
+  folder `<run>-teacher`, deleted afterwards), then trains the k-bit adapter on
+  `(1 - a) * CE + a * T^2 * KL(p_teacher(T) || p_student(T))`, `a = 0.5`, `T = 2`, the teacher's logits from an
+  eval-mode forward of the same batch. Evaluation and the saved adapter are as usual. Twice the training cost.
 
 (The `up-column-scale` trial of results/qlinear_ablations/ ran at commit a14dd3b, on format 3; it is now the
 design.)
@@ -254,7 +259,68 @@ def _progressive(fraction: float) -> Callable[[], None]:
     return patch
 
 
+def _distill(weight: float = 0.5, temperature: float = 2.0) -> Callable[[], None]:
+    """k-bit UPetu runs learn from a 32-bit teacher trained first on the same run (see the module docstring)."""
+
+    def patch() -> None:
+        import dataclasses
+        import shutil
+
+        import benchmark_accuracy
+        import torch
+        import torch.nn.functional as F
+
+        from upetu_hf.train import loop
+        from upetu_hf.train.inference import load_trained_model
+
+        teacher: dict = {}
+        train = benchmark_accuracy.train
+
+        def train_with_teacher(args):
+            if args.method != "upetu" or args.bits not in (1, 2):
+                return train(args)
+            folder = f"{args.output_dir}-teacher"
+            train(dataclasses.replace(args, bits=32, output_dir=folder))
+            teacher["model"], _ = load_trained_model(folder)
+            try:
+                return train(args)
+            finally:
+                teacher.clear()
+                shutil.rmtree(folder, ignore_errors=True)
+
+        benchmark_accuracy.train = train_with_teacher
+        start = loop._Run.start.__func__
+
+        def start_with_teacher(cls, args, spec, accelerator, log):
+            run = start(cls, args, spec, accelerator, log)
+            if "model" not in teacher:
+                return run
+            model = teacher["model"].to(accelerator.device)
+
+            def distill(module, inputs, kwargs, output):
+                if not module.training or output.loss is None:
+                    return output
+                with torch.no_grad():
+                    target = model(pixel_values=kwargs["pixel_values"]).logits.float()
+                kl = F.kl_div(
+                    F.log_softmax(output.logits.float() / temperature, dim=-1),
+                    F.log_softmax(target / temperature, dim=-1),
+                    log_target=True,
+                    reduction="batchmean",
+                )
+                output.loss = (1 - weight) * output.loss + weight * temperature**2 * kl
+                return output
+
+            run.trainables.model.register_forward_hook(distill, with_kwargs=True)
+            return run
+
+        loop._Run.start = classmethod(start_with_teacher)
+
+    return patch
+
+
 ABLATIONS: dict[str, Callable[[], None]] = {
+    "distill": _distill(),
     **{f"progressive-{f:g}": _progressive(f) for f in (0.25, 0.5)},
     "eqam-sequential": _eqam_sequential,
     "down-column-scale": _down_column_scale,

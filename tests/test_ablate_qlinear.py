@@ -145,3 +145,28 @@ def test_progressive_blends_the_k_bit_weights_in_training_only():
     assert result["end"] == result["after"] == 0.0  # from step F * total = 5 on: q(latent), exactly
     assert result["eval"] == 0.0  # evaluation is always the k-bit model
     assert result["grad"] == [[1.0] * 8] * 4  # the straight-through gradient stays 1 along the blend
+
+
+DISTILL = """
+import json, sys, torch
+sys.path.insert(0, {scripts!r})
+import benchmark_accuracy
+from upetu_hf.train import TrainingArguments, inference, loop
+calls = []
+benchmark_accuracy.train = lambda args: calls.append((args.bits, args.output_dir)) or {{"ok": True}}
+inference.load_trained_model = lambda folder: (torch.nn.Identity(), None)
+import ablate_qlinear
+ablate_qlinear.ABLATIONS["distill"]()
+common = dict(task="classification", model="m", data="d", method="upetu", lr=1e-2)
+benchmark_accuracy.train(TrainingArguments(output_dir="/tmp/x/run", bits=1, **common))
+benchmark_accuracy.train(TrainingArguments(output_dir="/tmp/x/other", bits=4, **common))
+print(json.dumps({{"calls": calls, "start_patched": loop._Run.start.__func__.__name__}}))
+"""
+
+
+def test_distill_trains_a_32_bit_teacher_first_for_k_bit_runs_only():
+    code = DISTILL.format(scripts=str(ROOT / "scripts"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["calls"] == [[32, "/tmp/x/run-teacher"], [1, "/tmp/x/run"], [4, "/tmp/x/other"]]
+    assert result["start_patched"] == "start_with_teacher"
