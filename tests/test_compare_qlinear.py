@@ -45,7 +45,9 @@ def test_designs_aims_and_split_filter(tmp_path, monkeypatch):
     text = (tmp_path / "out" / "qlinear_comparison.md").read_text()
     assert "71.00 ± 1.41 (n=2)" in text and "| -1.00 | **no** |" in text
     # the file says how to regenerate it, with the arguments it was made from
-    command = f"python scripts/compare_qlinear.py --design a={paths['a']} --design b={paths['b']} --output-dir"
+    command = (
+        f"python scripts/compare_qlinear.py --design a={paths['a']} --design b={paths['b']} --output-dir"
+    )
     assert result["command"].startswith(command) and f"Regenerate with `{result['command']}`." in text
     with pytest.raises(SystemExit):
         compare.main(
