@@ -108,7 +108,7 @@ from upetu_hf.train import (  # noqa: E402
     train,
 )
 from upetu_hf.train.arguments import RUN_CONFIG_FILE  # noqa: E402
-from upetu_hf.train.methods import DENSE_HEAD_LR, default_head_lr, is_head_parameter  # noqa: E402
+from upetu_hf.train.methods import DENSE_HEAD_LR, dense_head_lr, is_head_parameter  # noqa: E402
 
 #: The code whose uncommitted changes a session records.
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py")
@@ -422,9 +422,7 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
                 sources=[str(d) for d in (args.cd if task == "change-detection" else data)],
                 split_data=split_data,
                 # the rate `upetu-train` gives the PEFT methods' decoder of this width (fixed["head_hidden_size"])
-                head_lr=(
-                    args.dense_head_lr or default_head_lr(task, "upetu", 0.0, fixed.get("head_hidden_size"))
-                )
+                head_lr=(args.dense_head_lr or dense_head_lr(task, fixed.get("head_hidden_size")))
                 if dense
                 else None,
             )
@@ -852,8 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dense-head-lr",
         type=float,
         help="learning rate of the PEFT methods' decoders on the dense tasks (default: the training API's for the "
-        f"decoder's width, `default_head_lr`: DENSE_HEAD_LR {DENSE_HEAD_LR} at the default widths, "
-        f"{default_head_lr('segmentation', 'upetu', 0.0, 64):g} for the 64-channel UperNet)",
+        f"decoder's width, `dense_head_lr`: DENSE_HEAD_LR {DENSE_HEAD_LR} at the default widths, "
+        f"{dense_head_lr('segmentation', 64):g} for the 64-channel UperNet)",
     )
     proto.add_argument(
         "--image-size", type=int, default=112, help="classification input size; dense resize (112)"

@@ -23,24 +23,13 @@ Only runs on split seed 0 count (the benchmark protocol of issue 10: one split, 
   results/accuracy_classification.json), same variant, paired over the (split, seed) runs both have, on validation
   (which decides) and on test, with 95 % t-intervals (`_ledger.paired_scores`).
 
+The command that wrote results/qlinear_comparison.md (and the JSON beside it) is at the top of that file;
+rerunning it regenerates both. A small example:
+
 ```bash
-python scripts/compare_qlinear.py --design format1=results/qlinear_v1_accuracy_classification.json \
-    --design format2=results/qlinear_v2_accuracy_classification.json \
-    --design format3=results/qlinear_v3_accuracy_classification.json \
-    --design format4=results/qlinear_v4_accuracy_classification.json --ablated-design format2 \
-    --ablation decay=results/qlinear_ablations/decay.json --ablation clip=results/qlinear_ablations/clip.json \
-    --ablation fixed-down-scale=results/qlinear_ablations/fixed.json --tried-on format3 \
-    --trial latent-unit-10=results/qlinear_ablations/latent-unit-10.json \
-    --trial latent-unit-30=results/qlinear_ablations/latent-unit-30.json \
-    --trial grid-init=results/qlinear_ablations/grid-init.json \
-    --trial up-column-scale=results/qlinear_ablations/up-column-scale.json \
-    --trial up-column-scale=results/qlinear_ablations/up-column-scale-seeds345.json \
-    --reference results/qlinear_ablations/format3-1bit-seeds345.json \
-    --trial r-24@format4=results/qlinear_ablations/r-24.json \
-    --trial down-column-scale@format4=results/qlinear_ablations/down-column-scale.json \
-    --reference format4=results/qlinear_ablations/up-column-scale-seeds345.json \
-    --lever eqam-sequential=results/qlinear_ablations/eqam-sequential.json \
-    --lever capm-no-gate=results/qlinear_ablations/capm-no-gate.json
+python scripts/compare_qlinear.py --design format3=results/qlinear_v3_accuracy_classification.json \
+    --design format4=results/qlinear_v4_accuracy_classification.json \
+    --trial r-24@format4=results/qlinear_ablations/r-24.json --output-dir /tmp/qlinear
 ```
 """
 

@@ -64,13 +64,13 @@ print('transformers', transformers.__version__, 'peft', peft.__version__, 'accel
         >"$work/logs/efficiency.log" 2>&1 || echo "benchmark_efficiency failed (see logs.tar.gz)"
     tail -n 3 "$work/logs/efficiency.log"
 
-    # 2. Accuracy: one shard per method, in parallel, then merged.
+    # 2. Accuracy: one shard per method, in parallel, then merged (shards and merge share the protocol flags).
+    local protocol=(--tasks classification --model "$GPU_DIR/model" --ucm "$GPU_DIR/ucmerced-112" --epochs 12
+        --lr-factors 1/9,1/3,1,3,9 --seeds 0,1 --split-seeds 0,1,2 --mixed-precision bf16)
     local pids=() shards=()
     for method in "${METHODS[@]}"; do
-        timeout --signal=INT "${ACCURACY_SECONDS:-360}" python3 scripts/benchmark_accuracy.py \
-            --tasks classification --model "$GPU_DIR/model" --ucm "$GPU_DIR/ucmerced-112" --epochs 12 \
-            --lr-factors 1/9,1/3,1,3,9 --seeds 0,1 --split-seeds 0,1,2 --methods "$method" \
-            --mixed-precision bf16 --num-workers 3 --threads 2 --delete-weights \
+        timeout --signal=INT "${ACCURACY_SECONDS:-360}" python3 scripts/benchmark_accuracy.py "${protocol[@]}" \
+            --methods "$method" --num-workers 3 --threads 2 --delete-weights \
             --work-dir "$work/$method/work" --output-dir "$work/$method" --resume \
             >"$work/logs/accuracy-$method.log" 2>&1 &
         pids+=($!)
@@ -80,10 +80,9 @@ print('transformers', transformers.__version__, 'peft', peft.__version__, 'accel
     local finished=()
     for shard in "${shards[@]}"; do [ -f "$shard" ] && finished+=("$shard"); done
     if [ ${#finished[@]} -gt 0 ]; then
-        python3 scripts/benchmark_accuracy.py --tasks classification --model "$GPU_DIR/model" \
-            --ucm "$GPU_DIR/ucmerced-112" --epochs 12 --lr-factors 1/9,1/3,1,3,9 --seeds 0,1 --split-seeds 0,1,2 \
-            --methods "$(IFS=,; echo "${METHODS[*]}")" --mixed-precision bf16 --work-dir "$work/merged/work" \
-            --output-dir "$work/merged" --resume --merge-only --import-runs "${finished[@]}" \
+        python3 scripts/benchmark_accuracy.py "${protocol[@]}" --methods "$(IFS=,; echo "${METHODS[*]}")" \
+            --work-dir "$work/merged/work" --output-dir "$work/merged" --resume --merge-only \
+            --import-runs "${finished[@]}" \
             >"$work/logs/merge.log" 2>&1 || echo "merge failed (see logs.tar.gz)"
         cp "$work/merged/accuracy_classification.json" "$OUT/" 2>/dev/null
         python3 scripts/make_report.py --results-dir "$work/merged" --efficiency "$OUT/efficiency_cuda_bf16.json" \

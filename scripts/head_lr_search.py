@@ -46,7 +46,7 @@ from _ledger import paired_scores  # noqa: E402
 from benchmark_accuracy import cd_split  # noqa: E402
 
 from upetu_hf.train import DEFAULT_LR, TrainingArguments, train  # noqa: E402
-from upetu_hf.train.methods import default_head_lr  # noqa: E402
+from upetu_hf.train.methods import dense_head_lr  # noqa: E402
 
 SHARED = REPO_ROOT.parent / "shared"
 TASKS = ("segmentation", "change-detection")
@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             log(f"{key}: validation {metric} {record['validation_score']:.4f} (epoch {record['best_epoch']})")
     state["selection"] = choose(state["runs"], head_lrs)
     # the rate upetu-train gives a decoder of this width (DENSE_HEAD_LR at the default width)
-    state["current_default"] = default_head_lr(args.task, "upetu", 0.0, args.head_hidden_size)
+    state["current_default"] = dense_head_lr(args.task, args.head_hidden_size)
     write_json_atomic(output, state)
     log(f"selection: {state['selection']}")
     return state

@@ -25,6 +25,7 @@ from .methods import (
     RANK_METHODS,
     UPETU_OPTIONS,
     default_head_lr,
+    dense_head_lr,
     peft_config,
 )
 
@@ -236,7 +237,7 @@ class TrainingArguments:
         f"{DENSE_HEAD_LR['change-detection']:g} on change detection, whose freshly initialised decoders are much "
         "larger than the adapter, scaled by default width / --head-hidden-size for decoders of another width "
         f"(defaults {DEFAULT_DECODER_WIDTH['segmentation']} and {DEFAULT_DECODER_WIDTH['change-detection']}: "
-        f"--head-hidden-size 64 trains a UperNet at {default_head_lr('segmentation', 'upetu', 0.0, 64):g}); "
+        f"--head-hidden-size 64 trains a UperNet at {dense_head_lr('segmentation', 64):g}); "
         "otherwise --lr.",
         OPTIM,
         check="positive",

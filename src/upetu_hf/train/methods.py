@@ -62,27 +62,32 @@ BASELINE_TARGETS = ["pwconv1", "pwconv2"]
 DEFAULT_LORA_R = 8
 
 
-def default_head_lr(task: str, method: str, lr: float, head_hidden_size: int | None = None) -> float:
-    """The heads' learning rate when `--head-lr` is not given.
+def dense_head_lr(task: str, head_hidden_size: int | None = None) -> float:
+    """The PEFT methods' default decoder rate on a dense task: `DENSE_HEAD_LR[task] * DEFAULT_DECODER_WIDTH[task] /
+    head_hidden_size`, i.e. the task's searched rate for the default decoder (`head_hidden_size=None`), scaled
+    inversely with the width of a narrower or wider one.
 
-    - PEFT methods on the dense tasks: `DENSE_HEAD_LR[task] * DEFAULT_DECODER_WIDTH[task] / head_hidden_size`, i.e.
-      the task's searched rate for the default decoder (`head_hidden_size=None`), scaled inversely with the width
-      of a narrower or wider one. Why: Adam moves every weight by about the learning rate, so a layer's output
-      moves in proportion to its fan-in; a decoder 8x narrower needs an 8x larger rate for the same pace (the
-      muP rule for hidden layers under Adam). Measured on GID validation with a 64-channel UperNet
-      (results/head_lr_segmentation_h64.json: UPetu, seeds 0 and 1, mean mIoU 63.7 / 67.8 / 72.1 / 72.1 / 70.3 /
-      70.3 at 1e-4 / 3e-4 / 8e-4 / 1e-3 / 3e-3 / 1e-2): the rule's 8e-4 is level with the best rate, the
-      default decoder's 1e-4 is 8 points behind; and on LEVIR + DSIFN with a 32-channel change-detection decoder
-      (results/head_lr_change_detection_h32.json: 3 splits, mean F1 61.7 / 65.8 / 65.9 / 65.6 / 20.8 / 21.0 at
-      1e-4 / 3e-4 / 1e-3 / 1.2e-3 / 3e-3 / 1e-2): the rule's 1.2e-3 is level with the best.
-    - Otherwise the method's own `lr` (a classifier is a single linear layer; full fine-tuning and the linear probe
-      train everything at one rate).
+    Why: Adam moves every weight by about the learning rate, so a layer's output moves in proportion to its fan-in;
+    a decoder 8x narrower needs an 8x larger rate for the same pace (the muP rule for hidden layers under Adam).
+    Measured on GID validation with a 64-channel UperNet (results/head_lr_segmentation_h64.json: UPetu, seeds 0 and
+    1, mean mIoU 63.7 / 67.8 / 72.1 / 72.1 / 70.3 / 70.3 at 1e-4 / 3e-4 / 8e-4 / 1e-3 / 3e-3 / 1e-2): the rule's
+    8e-4 is level with the best rate, the default decoder's 1e-4 is 8 points behind; and on LEVIR + DSIFN with a
+    32-channel change-detection decoder (results/head_lr_change_detection_h32.json: 3 splits, mean F1 61.7 / 65.8
+    / 65.9 / 65.6 / 20.8 / 21.0 at 1e-4 / 3e-4 / 1e-3 / 1.2e-3 / 3e-3 / 1e-2): the rule's 1.2e-3 is level with the
+    best.
     """
-    if method not in PEFT_METHODS or task not in DENSE_HEAD_LR:
-        return lr
     if head_hidden_size is None:
         return DENSE_HEAD_LR[task]
     return DENSE_HEAD_LR[task] * DEFAULT_DECODER_WIDTH[task] / head_hidden_size
+
+
+def default_head_lr(task: str, method: str, lr: float, head_hidden_size: int | None = None) -> float:
+    """The heads' learning rate when `--head-lr` is not given: `dense_head_lr` for the PEFT methods on the dense
+    tasks, otherwise the method's own `lr` (a classifier is a single linear layer; full fine-tuning and the linear
+    probe train everything at one rate)."""
+    if method in PEFT_METHODS and task in DENSE_HEAD_LR:
+        return dense_head_lr(task, head_hidden_size)
+    return lr
 
 
 def head_names(model: nn.Module) -> list[str]:
