@@ -713,3 +713,12 @@ def test_default_head_lr_scales_inversely_with_the_decoder_width():
         assert default_head_lr(task, "full", 5e-4, 64) == 5e-4  # one rate for everything
     assert default_head_lr("classification", "upetu", 1e-2, 64) == 1e-2
     assert default_head_lr("segmentation", "upetu", 1e-2, 64) == pytest.approx(8e-4)  # the 64-channel search
+    # the widths the rule divides by are the ones the task models are built with when no width is given
+    from transformers import UperNetConfig
+
+    from upetu_hf.models import ConvNextChangeDetectionConfig
+
+    assert DEFAULT_DECODER_WIDTH == {
+        "segmentation": UperNetConfig().hidden_size,
+        "change-detection": ConvNextChangeDetectionConfig().decoder_hidden_size,
+    }

@@ -362,7 +362,9 @@ class TrainingArguments:
     )
     head_hidden_size: int | None = option(
         None,
-        "Channels of the decoder (default: the model's).",
+        "Channels of the freshly built decoder (default: UperNet's "
+        f"{DEFAULT_DECODER_WIDTH['segmentation']}, the change-detection decoder's "
+        f"{DEFAULT_DECODER_WIDTH['change-detection']}).",
         MODEL,
         tasks=DENSE_TASKS,
         check="optional count",
