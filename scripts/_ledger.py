@@ -49,30 +49,50 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
 
 
 def select(
-    runs: list[dict[str, Any]], grid: list[tuple[float, float]], seed: int, split_seed: int = 0
+    runs: list[dict[str, Any]],
+    grid: list[tuple[float, float]],
+    seeds: int | Sequence[int],
+    split_seed: int = 0,
 ) -> dict[str, Any]:
-    """The learning rate with the best validation metric among the search runs (seed `seed` on split
-    `split_seed`); ties go to the smaller learning rate. `complete` is False while a candidate is missing or
-    failed; `interior` says whether the choice is neither the smallest nor the largest candidate."""
-    by_lr = {
-        r["lr"]: r
-        for r in runs
-        if r["seed"] == seed and split_of(r) == split_seed and r.get("status") == "ok"
-    }
-    candidates = [
-        {
+    """The learning rate with the best validation metric among the search runs of `seeds` (one seed, or the
+    mean over several) on split `split_seed`; ties go to the smaller learning rate. `complete` is False while a
+    candidate's run is missing or failed for one of the seeds; `interior` says whether the choice is neither the
+    smallest nor the largest candidate. With several seeds each candidate also lists its `validation_scores`."""
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    by_lr: dict[float, dict[int, dict[str, Any]]] = {}
+    for r in runs:
+        if r["seed"] in seeds and split_of(r) == split_seed and r.get("status") == "ok":
+            by_lr.setdefault(r["lr"], {})[r["seed"]] = r
+
+    def mean_score(
+        lr: float,
+    ) -> float | None:  # an undefined (NaN) score of any seed leaves the mean undefined
+        scores = [by_lr[lr][seed]["validation_score"] for seed in seeds]
+        if len(scores) == 1:
+            return scores[0]
+        if any(v is None or math.isnan(v) for v in scores):
+            return None
+        return statistics.fmean(scores)
+
+    candidates = []
+    for f, lr in grid:
+        finished = len(by_lr.get(lr, {})) == len(seeds)
+        candidate = {
             "lr": lr,
             "lr_factor": f,
-            "finished": lr in by_lr,
-            "validation_score": by_lr[lr]["validation_score"] if lr in by_lr else None,
+            "finished": finished,
+            "validation_score": mean_score(lr) if finished else None,
         }
-        for f, lr in grid
-    ]
+        if len(seeds) > 1:
+            candidate["validation_scores"] = [
+                by_lr[lr][seed]["validation_score"] if seed in by_lr.get(lr, {}) else None for seed in seeds
+            ]
+        candidates.append(candidate)
     scored = [c for c in candidates if c["finished"]]
     if not scored:
         return {"candidates": candidates, "complete": False, "lr": None}
 
-    def rank(c: dict[str, Any]) -> tuple[float, float]:  # an undefined (NaN -> None) score ranks last
+    def rank(c: dict[str, Any]) -> tuple[float, float]:  # an undefined score ranks last
         score = c["validation_score"]
         return (-math.inf if score is None or math.isnan(score) else score, -c["lr"])
 
@@ -85,7 +105,7 @@ def select(
         "lr": best["lr"],
         "lr_factor": best["lr_factor"],
         "validation_score": best["validation_score"],
-        "best_epoch": by_lr[best["lr"]]["best_epoch"],
+        "best_epoch": by_lr[best["lr"]][seeds[0]]["best_epoch"],
     }
 
 
@@ -177,7 +197,7 @@ def summarize(state: dict[str, Any], setup) -> dict[str, Any]:
         options = state["variants"][name]["options"]
         runs = [r for r in state["runs"] if r["variant"] == name and r["options"] == options]
         grid = [(f, lr) for f, lr in state["variants"][name]["lr_grid"]]
-        choice = select(runs, grid, setup.seeds[0], setup.split_seeds[0])
+        choice = select(runs, grid, setup.search_seeds, setup.split_seeds[0])
         state["selection"][name] = choice
         final = sorted(
             (

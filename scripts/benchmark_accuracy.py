@@ -23,16 +23,17 @@ Tasks, data and methods (every path is a flag; the defaults point at `../shared`
 Protocol, the same for every method of a task:
 
 1. Learning-rate search: one run per candidate learning rate, `DEFAULT_LR[method] x f` for every `f` in
-   `--lr-factors` (default 1/3, 1, 3: three candidates for every method), seed `seeds[0]`, `--epochs` epochs with
-   AdamW and a cosine schedule. Each run keeps the weights of its best validation epoch (the training API's
-   best-epoch selection), which chooses the number of epochs; the candidate with the best validation metric wins
-   (ties: the smaller learning rate). The test split is never used for any choice.
+   `--lr-factors` (default 1/3, 1, 3: three candidates for every method), seed `seeds[0]` (or each of the first
+   `--search-seeds` seeds), `--epochs` epochs with AdamW and a cosine schedule. Each run keeps the weights of its
+   best validation epoch (the training API's best-epoch selection), which chooses the number of epochs; the
+   candidate with the best validation metric (mean over the search seeds) wins (ties: the smaller learning rate).
+   The test split is never used for any choice.
    The search runs on the first split seed of `--split-seeds`; a choice at the smallest or largest candidate is
    flagged (widen `--lr-factors` until every choice is interior).
 2. Seeds and splits: the chosen learning rate is trained with every seed of `--seeds` (default 0, 1, 2: the head
    initialisation, data order and augmentation) on every split of `--split-seeds` (default 0 only; e.g. 0,1,2 for
    repeated stratified splits, which add the split-to-split spread). The search run is reused as the final run of
-   its (split, seed) pair. Each run reports its TEST metric once, at its best-validation epoch; the report gives
+   its (split, seed) pair (every search seed's run, with `--search-seeds`). Each run reports its TEST metric once, at its best-validation epoch; the report gives
    mean +- sample std over all final runs, and paired differences between methods over the (split, seed) pairs
    they share, with a 95 % t-interval (`_ledger.paired_difference`): a difference is claimed only when the
    interval excludes 0.
@@ -282,6 +283,7 @@ class TaskSetup:
     lr_factors: list[float]
     seeds: list[int]
     variants: list[str]
+    n_search_seeds: int = 1  # the learning rate is chosen on the mean validation over seeds[:n_search_seeds]
     split_seeds: list[int] = field(default_factory=lambda: [0])
     split: dict[str, Any] = field(default_factory=dict)  # the search split's description
     sources: list[str] = field(default_factory=list)  # the data folders given (`data` may come from them)
@@ -295,6 +297,11 @@ class TaskSetup:
     @property
     def key(self) -> str:
         return self.task.replace("-", "_")
+
+    @property
+    def search_seeds(self) -> list[int]:
+        """The seeds of the learning-rate search, on the search split."""
+        return self.seeds[: self.n_search_seeds]
 
     @property
     def metric(self) -> str:
@@ -311,6 +318,8 @@ class TaskSetup:
                 "batch_size": self.batch_size,
                 "lr_factors": [round(f, 6) for f in self.lr_factors],
                 "search_seed": self.seeds[0],
+                # several search seeds change the choices; one, the protocol of the first files, records nothing
+                **({"search_seeds": self.search_seeds} if self.n_search_seeds > 1 else {}),
                 # the PEFT methods' decoders train at this rate on the dense tasks (default: the training API's)
                 **({"dense_head_lr": self.head_lr} if self.head_lr is not None else {}),
                 "split_seed": self.split_seeds[0],  # the search split
@@ -417,6 +426,7 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
                 lr_factors=args.dense_lr_factors if dense else args.lr_factors,
                 seeds=args.dense_seeds if dense else args.seeds,
                 variants=variants,
+                n_search_seeds=args.search_seeds,
                 split_seeds=args.split_seeds,
                 split=split,
                 sources=[str(d) for d in (args.cd if task == "change-detection" else data)],
@@ -751,9 +761,13 @@ class TaskRunner:
                 "options": options,
                 "lr_grid": grid,
             }
-            search = [self.ensure(variant, options, lr, f, setup.seeds[0], "search") for f, lr in grid]
+            search = [
+                self.ensure(variant, options, lr, f, seed, "search")
+                for seed in setup.search_seeds
+                for f, lr in grid
+            ]
             search = [r for r in search if r is not None]
-            choice = select(search, grid, setup.seeds[0], setup.split_seeds[0])
+            choice = select(search, grid, setup.search_seeds, setup.split_seeds[0])
             if not choice["complete"]:
                 log(f"{setup.task}/{name}: learning-rate search incomplete (a run failed); no seed runs")
                 continue
@@ -764,7 +778,7 @@ class TaskRunner:
             )
             for split_seed in setup.split_seeds:
                 for seed in setup.seeds:
-                    if (split_seed, seed) != (setup.split_seeds[0], setup.seeds[0]):
+                    if split_seed != setup.split_seeds[0] or seed not in setup.search_seeds:
                         phase = "seed" if split_seed == setup.split_seeds[0] else "split"
                         self.ensure(
                             variant, options, choice["lr"], choice["lr_factor"], seed, phase, split_seed
@@ -794,10 +808,12 @@ def plan(setups: list[TaskSetup]) -> list[str]:
     """Human-readable list of the runs the benchmark would do (search and seeds)."""
     lines = []
     for setup in setups:
-        more = len(setup.seeds) * len(setup.split_seeds) - 1
-        n = len(setup.variants) * (len(setup.lr_factors) + more)
+        k = setup.n_search_seeds
+        more = len(setup.seeds) * len(setup.split_seeds) - k
+        n = len(setup.variants) * (len(setup.lr_factors) * k + more)
+        searched = f"{len(setup.lr_factors)} learning rates" + (f" x {k} search seeds" if k > 1 else "")
         lines.append(
-            f"{setup.task}: {len(setup.variants)} methods x ({len(setup.lr_factors)} learning rates + "
+            f"{setup.task}: {len(setup.variants)} methods x ({searched} + "
             f"{more} more seed/split runs) = {n} runs of {setup.epochs} epochs"
         )
         for name in setup.variants:
@@ -839,6 +855,14 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
     proto = parser.add_argument_group("protocol (defaults: the full benchmark, or --quick's)")
     proto.add_argument("--seeds", help="seeds of the final runs; the first one also does the search (0,1,2)")
+    proto.add_argument(
+        "--search-seeds",
+        type=int,
+        default=1,
+        help="search the learning rate with the first N seeds of --seeds (and of --dense-seeds) and choose on their "
+        "mean validation metric: a firmer choice where one seed's validation part is small, at N times the search's "
+        "cost (1)",
+    )
     proto.add_argument("--dense-seeds", help="seeds for segmentation and change detection (default: --seeds)")
     proto.add_argument("--epochs", type=int, help="classification epochs per run (20)")
     proto.add_argument("--dense-epochs", type=int, help="segmentation / change-detection epochs per run (20)")
@@ -963,6 +987,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--retrain sets aside runs of the files of --resume: pass --resume too")
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite exclude each other")
+    if not 1 <= args.search_seeds <= min(len(args.seeds), len(args.dense_seeds)):
+        parser.error(
+            f"--search-seeds {args.search_seeds} must be between 1 and the number of --seeds "
+            f"({len(args.seeds)}) and --dense-seeds ({len(args.dense_seeds)})"
+        )
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
     if args.num_workers is None:

@@ -190,10 +190,12 @@ def paired_table(state: dict[str, Any]) -> list[str]:
 
 
 def search_table(state: dict[str, Any]) -> list[str]:
-    """Validation metric of every learning-rate candidate (search seed), the chosen one in bold; a choice at an
-    edge of its grid is flagged."""
+    """Validation metric of every learning-rate candidate (search seed, or the mean over the search seeds), the
+    chosen one in bold; a choice at an edge of its grid is flagged."""
     name = metric_name(state)
-    lines = [f"| method | validation {name} (%) per learning rate | chosen |", "|---|---|---:|"]
+    seeds = state.get("protocol", {}).get("search_seeds")
+    mean = f" (mean over seeds {', '.join(map(str, seeds))})" if seeds else ""
+    lines = [f"| method | validation {name} (%) per learning rate{mean} | chosen |", "|---|---|---:|"]
     for variant, choice in state.get("selection", {}).items():
         label = state["variants"].get(variant, {}).get("label", variant)
         cells = []
@@ -469,7 +471,13 @@ def protocol_lines(states: dict[str, dict[str, Any]]) -> list[str]:
         ]
         lines.append(
             f"- {task}: {data}{'; subsampled: ' + ', '.join(limits) if limits else ''}. Learning rate: "
-            f"the method's default x {{{factors}}} on seed {p['search_seed']} of split {split_seeds[0]}, "
+            f"the method's default x {{{factors}}} on "
+            + (
+                f"seeds {', '.join(map(str, p['search_seeds']))} (their mean validation {metric_name(state)})"
+                if p.get("search_seeds")
+                else f"seed {p['search_seed']}"
+            )
+            + f" of split {split_seeds[0]}, "
             f"{plural(p['epochs'], 'epoch')}, batch "
             f"{p['batch_size']}, mixed precision `{p['mixed_precision']}`, chosen on the validation "
             f"{metric_name(state)}; final seeds {seeds}."

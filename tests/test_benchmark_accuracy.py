@@ -22,6 +22,8 @@ def load_script(name: str) -> ModuleType:
     """Import a script of `scripts/` as a module."""
     if name in sys.modules:
         return sys.modules[name]
+    if str(SCRIPTS) not in sys.path:  # the scripts import their helpers (_common, _ledger) by name
+        sys.path.insert(0, str(SCRIPTS))
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -359,6 +361,69 @@ def test_paired_difference_interval_and_verdict():
     # differences +0.01, -0.02, +0.01, -0.01: the interval holds 0, no verdict
     assert paired_difference(summary, "a", "c")["decided"] is None
     assert paired_difference(summary, "a", "missing") is None
+
+
+def test_select_on_the_mean_over_several_search_seeds():
+    select = load_script("_ledger").select
+    grid = [(1.0, 0.01), (3.0, 0.03), (9.0, 0.09)]
+
+    def run(lr, seed, score, split_seed=0):
+        return {"lr": lr, "seed": seed, "split_seed": split_seed, "status": "ok", "validation_score": score,
+                "best_epoch": 7 + seed}  # fmt: skip
+
+    runs = [
+        run(0.01, 0, 0.70), run(0.03, 0, 0.78), run(0.09, 0, 0.60),  # seed 0 alone picks 0.03
+        run(0.01, 1, 0.80), run(0.03, 1, 0.70), run(0.09, 1, 0.62),  # the mean picks 0.01 (0.75 vs 0.74)
+        run(0.03, 2, 0.99), run(0.01, 0, 0.10, split_seed=1),  # another seed, another split: ignored
+    ]  # fmt: skip
+    one = select(runs, grid, 0)
+    assert (one["lr"], one["validation_score"], one["interior"]) == (0.03, 0.78, True)
+    assert "validation_scores" not in one["candidates"][0]
+    two = select(runs, grid, [0, 1])
+    assert (two["lr"], two["complete"], two["interior"], two["best_epoch"]) == (0.01, True, False, 7)
+    assert two["validation_score"] == pytest.approx(0.75)
+    assert [c["validation_scores"] for c in two["candidates"]] == [[0.70, 0.80], [0.78, 0.70], [0.60, 0.62]]
+    # a candidate missing one search seed is unfinished: the choice is incomplete and made among the others
+    partial = select([r for r in runs if not (r["lr"] == 0.01 and r["seed"] == 1)], grid, [0, 1])
+    assert not partial["complete"] and partial["lr"] == 0.03
+    assert partial["candidates"][0] == {
+        "lr": 0.01, "lr_factor": 1.0, "finished": False, "validation_score": None, "validation_scores": [0.70, None]
+    }  # fmt: skip
+
+
+def test_search_seeds_search_every_candidate_with_each_and_reuse_them_as_final_runs(bench, tmp_path):
+    module, assets = bench["module"], bench["assets"]
+    argv = bench_args(
+        assets, tmp_path / "o", tmp_path / "w", "--tasks", "classification", "--methods", "upetu",
+        "--lr-factors", "1,3", "--seeds", "0,1,2", "--search-seeds", "2",
+    )  # fmt: skip
+    assert "2 learning rates x 2 search seeds + 1 more" in "\n".join(
+        module.plan(module.make_setups(module.parse_args(argv), tmp_path / "w"))
+    )
+    state = module.main(argv)["classification"]
+    runs = {(r["lr"], r["seed"]): r for r in state["runs"]}
+    chosen = state["summary"]["upetu"]["lr"]
+    assert sorted(runs) == sorted([(1e-2, 0), (1e-2, 1), (3e-2, 0), (3e-2, 1), (chosen, 2)])
+    assert all(runs[(lr, s)]["phase"] == "search" for lr in (1e-2, 3e-2) for s in (0, 1))
+    choice = state["selection"]["upetu"]
+    for c in choice["candidates"]:
+        scores = [runs[(c["lr"], s)]["validation_score"] for s in (0, 1)]
+        assert c["validation_scores"] == scores and c["validation_score"] == pytest.approx(sum(scores) / 2)
+    summary = state["summary"]["upetu"]
+    assert summary["seeds"] == [0, 1, 2] and summary["n"] == 3
+    assert state["protocol"]["search_seeds"] == [0, 1]
+    report = load_script("make_report")
+    assert "x {1, 3} on seeds 0, 1 (their mean validation accuracy) of split 0" in "\n".join(
+        report.protocol_lines({"classification": state})
+    )
+    assert "per learning rate (mean over seeds 0, 1)" in report.search_table(state)[0]
+    assert (
+        "search_seeds"
+        not in json.loads((bench["out"] / "accuracy_classification.json").read_text())["protocol"]
+    )
+    for bad in ("0", "4"):
+        with pytest.raises(SystemExit):
+            module.parse_args([*argv[:-1], bad])
 
 
 def test_retrain_sets_aside_a_methods_runs_and_takes_the_new_ones(bench, monkeypatch, tmp_path, capsys):
