@@ -19,8 +19,9 @@ SCHEMA_VERSION = 1
 
 
 #: Protocol entries that do not change any run's result, so files that differ only there can be merged: the
-#: learning-rate grid (runs are keyed by their learning rate) and the list of split seeds (runs are keyed by theirs).
-MERGEABLE_PROTOCOL_KEYS = ("lr_factors", "split_seeds")
+#: learning-rate grid (runs are keyed by their learning rate), the list of split seeds (runs are keyed by theirs)
+#: and the search seeds (runs are keyed by their seed; the choice is made again from the runs on file).
+MERGEABLE_PROTOCOL_KEYS = ("lr_factors", "split_seeds", "search_seeds")
 
 
 def run_key(variant: str, options: dict[str, Any], lr: float, seed: int, split_seed: int = 0) -> str:

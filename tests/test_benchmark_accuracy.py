@@ -391,24 +391,43 @@ def test_select_on_the_mean_over_several_search_seeds():
     }  # fmt: skip
 
 
-def test_search_seeds_search_every_candidate_with_each_and_reuse_them_as_final_runs(bench, tmp_path):
+def test_search_seeds_search_every_candidate_with_each_and_reuse_them_as_final_runs(
+    bench, tmp_path, monkeypatch
+):
+    """`--search-seeds 2` on a finished one-seed benchmark (`--resume`): only the search runs of the second seed
+    that are not on file train; the choice is the best mean validation; every search run is a final run."""
     module, assets = bench["module"], bench["assets"]
     argv = bench_args(
         assets, tmp_path / "o", tmp_path / "w", "--tasks", "classification", "--methods", "upetu",
-        "--lr-factors", "1,3", "--seeds", "0,1,2", "--search-seeds", "2",
+        "--lr-factors", "1,3", "--seeds", "0,1,2",
     )  # fmt: skip
+    first = module.main(argv)["classification"]
+    assert "search_seeds" not in first["protocol"]
+    before = {(r["lr"], r["seed"]) for r in first["runs"]}
+    assert len(before) == 4  # seed 0 at both rates, seeds 1 and 2 at the chosen one
+
+    argv = [*argv, "--search-seeds", "2", "--resume"]
     assert "2 learning rates x 2 search seeds + 1 more" in "\n".join(
         module.plan(module.make_setups(module.parse_args(argv), tmp_path / "w"))
     )
+    trained = []
+    real_train = module.train
+
+    def counting_train(targs):
+        trained.append((targs.lr, targs.seed))
+        return real_train(targs)
+
+    monkeypatch.setattr(module, "train", counting_train)
     state = module.main(argv)["classification"]
     runs = {(r["lr"], r["seed"]): r for r in state["runs"]}
     chosen = state["summary"]["upetu"]["lr"]
-    assert sorted(runs) == sorted([(1e-2, 0), (1e-2, 1), (3e-2, 0), (3e-2, 1), (chosen, 2)])
-    assert all(runs[(lr, s)]["phase"] == "search" for lr in (1e-2, 3e-2) for s in (0, 1))
+    assert sorted(runs) == sorted({(1e-2, 0), (1e-2, 1), (3e-2, 0), (3e-2, 1), (chosen, 2)} | before)
+    assert trained == [k for k in [(1e-2, 1), (3e-2, 1), (chosen, 2)] if k not in before]
     choice = state["selection"]["upetu"]
     for c in choice["candidates"]:
         scores = [runs[(c["lr"], s)]["validation_score"] for s in (0, 1)]
         assert c["validation_scores"] == scores and c["validation_score"] == pytest.approx(sum(scores) / 2)
+    assert choice["lr"] == max(choice["candidates"], key=lambda c: (c["validation_score"], -c["lr"]))["lr"]
     summary = state["summary"]["upetu"]
     assert summary["seeds"] == [0, 1, 2] and summary["n"] == 3
     assert state["protocol"]["search_seeds"] == [0, 1]
@@ -417,13 +436,9 @@ def test_search_seeds_search_every_candidate_with_each_and_reuse_them_as_final_r
         report.protocol_lines({"classification": state})
     )
     assert "per learning rate (mean over seeds 0, 1)" in report.search_table(state)[0]
-    assert (
-        "search_seeds"
-        not in json.loads((bench["out"] / "accuracy_classification.json").read_text())["protocol"]
-    )
     for bad in ("0", "4"):
         with pytest.raises(SystemExit):
-            module.parse_args([*argv[:-1], bad])
+            module.parse_args([*argv[:-2], bad])
 
 
 def test_retrain_sets_aside_a_methods_runs_and_takes_the_new_ones(bench, monkeypatch, tmp_path, capsys):
