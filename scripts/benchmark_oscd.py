@@ -25,7 +25,9 @@ The results (protocol, split, every run, selection, summary, machine, git state)
 `results/accuracy_oscd13.json`), rewritten atomically after every run; `--resume` skips the finished runs.
 
 Usage:
-    OMP_NUM_THREADS=2 python scripts/benchmark_oscd.py --threads 2 --head-lr lr   # the README numbers (23 min, 2 cores)
+    python scripts/benchmark_oscd.py --threads 1 --lr-factors 0.111111,0.333333,1,3 \
+        --output results/accuracy_oscd13_default_head.json   # the README table (52 min, one core)
+    OMP_NUM_THREADS=2 python scripts/benchmark_oscd.py --threads 2 --head-lr lr   # results/accuracy_oscd13.json
     python scripts/benchmark_oscd.py --epochs 4 --seeds 0 --lr-factors 1 --output /tmp/oscd.json   # a quick look
 """
 
