@@ -65,15 +65,10 @@ def select(
         if r["seed"] in seeds and split_of(r) == split_seed and r.get("status") == "ok":
             by_lr.setdefault(r["lr"], {})[r["seed"]] = r
 
-    def mean_score(
-        lr: float,
-    ) -> float | None:  # an undefined (NaN) score of any seed leaves the mean undefined
+    # the mean over the seeds; a score recorded as undefined (NaN, stored as null) leaves it undefined
+    def mean_score(lr: float) -> float | None:
         scores = [by_lr[lr][seed]["validation_score"] for seed in seeds]
-        if len(scores) == 1:
-            return scores[0]
-        if any(v is None or math.isnan(v) for v in scores):
-            return None
-        return statistics.fmean(scores)
+        return None if None in scores else statistics.fmean(scores)
 
     candidates = []
     for f, lr in grid:

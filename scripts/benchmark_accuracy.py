@@ -32,9 +32,9 @@ Protocol, the same for every method of a task:
    flagged (widen `--lr-factors` until every choice is interior).
 2. Seeds and splits: the chosen learning rate is trained with every seed of `--seeds` (default 0, 1, 2: the head
    initialisation, data order and augmentation) on every split of `--split-seeds` (default 0 only; e.g. 0,1,2 for
-   repeated stratified splits, which add the split-to-split spread). The search run is reused as the final run of
-   its (split, seed) pair (every search seed's run, with `--search-seeds`). Each run reports its TEST metric once, at its best-validation epoch; the report gives
-   mean +- sample std over all final runs, and paired differences between methods over the (split, seed) pairs
+   repeated stratified splits, which add the split-to-split spread). The search runs are reused as the final runs
+   of their (split, seed) pairs. Each run reports its TEST metric once, at its best-validation epoch; the report
+   gives mean +- sample std over all final runs, and paired differences between methods over the (split, seed) pairs
    they share, with a 95 % t-interval (`_ledger.paired_difference`): a difference is claimed only when the
    interval excludes 0.
 

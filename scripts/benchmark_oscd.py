@@ -248,8 +248,10 @@ class Benchmark:
             if not done[variant]:
                 log(f"{variant}: learning-rate search incomplete; no seed runs")
                 continue
-            scores = [r.get("test_score") for r in runs if r.get("status") == "ok"]
+            ok = [r for r in runs if r.get("status") == "ok"]
+            scores = [r.get("test_score") for r in ok]
             mean, std = mean_std(scores)
+            validation = [r.get("validation_score") for r in ok]
             self.state["summary"][variant] = {
                 "bands": VARIANTS[variant] or "all 13",
                 "lr": choices[variant]["lr"],
@@ -257,6 +259,8 @@ class Benchmark:
                 "test_f1": scores,
                 "test_f1_mean": mean,
                 "test_f1_std": std,
+                "validation_f1": validation,
+                "validation_f1_mean": mean_std(validation)[0],
                 "n": len(scores),
                 "trainable_params": runs[0].get("parameters", {}).get("trainable"),
                 "adapter_bytes": runs[0].get("adapter_bytes"),

@@ -38,6 +38,8 @@ def test_benchmark_oscd_writes_both_variants(tmp_path):
     for variant in ("upetu-13band", "upetu-rgb"):
         summary = saved["summary"][variant]
         assert summary["n"] == 2 and summary["test_f1"] == [runs[variant, s]["test_score"] for s in (0, 1)]
+        assert summary["validation_f1"] == [runs[variant, s]["validation_score"] for s in (0, 1)]
+        assert summary["validation_f1_mean"] == pytest.approx(sum(summary["validation_f1"]) / 2)
     # the 13-band adapter also saves the inflated stem: it is larger than the RGB one
     assert (
         saved["summary"]["upetu-13band"]["trainable_params"]
