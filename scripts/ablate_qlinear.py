@@ -19,6 +19,10 @@ Trials add a remedy:
 - `down-column-scale`: at 1 and 2 bits `W_down` gets a learned per-column (per input channel) scale too, so an
   EQAM can weigh the block's channels (a 1-bit row gives every channel the same magnitude; C numbers per block);
 - `r-24`: a bottleneck of 24 instead of 16 (more parameters: an option at 1 bit, never the default);
+- `r-64`: a bottleneck of 64 (about 4x the parameters; with `--methods upetu`, a point on the capacity curve
+  between `upetu-small` (r = 4), the default (r = 16) and full fine-tuning, for issue 13's "why");
+- `down-32bit`, `up-32bit`: diagnostics, not remedies. At k bits one of EQAM's two Q-Linear weights (`W_down` or
+  `W_up`) stays unquantized, so a 1-bit run shows which of the two carries the 1-bit loss;
 - `eqam-sequential`: EQAM after the block's MLP instead of parallel to it (issue 13's "where EQAM sits"): it reads
   the MLP output `f = pwconv2(...)` and adds its delta there, `f + EQAM(f)`, ahead of the layer scale (the
   sequential adapter of Houlsby et al. / AdaptFormer; same parameters).
@@ -195,6 +199,25 @@ def _rank(r: int) -> Callable[[], None]:
     return patch
 
 
+def _full_precision(projection: str) -> Callable[[], None]:
+    """EQAM's `projection` ("down" or "up") at 32 bits whatever the adapter's bit width (the other stays k-bit)."""
+
+    def patch() -> None:
+        from upetu_hf.tuner import layer
+
+        original = layer.QLinearWeight
+
+        def qlinear(out_features, in_features, bits, *args, learn_scale: bool, **kwargs):
+            # EQAM builds `down` with a learned row scale and `up` without one
+            if learn_scale == (projection == "down"):
+                bits = 32
+            return original(out_features, in_features, bits, *args, learn_scale=learn_scale, **kwargs)
+
+        layer.QLinearWeight = qlinear
+
+    return patch
+
+
 def _eqam_sequential() -> None:
     """EQAM in series after the block's MLP: `f = pwconv2(act(pwconv1(LN(dwconv(x)))))` (V2: with GRN),
     `f = f + EQAM(f)`, then layer scale, drop path and the residual; CAPM unchanged."""
@@ -326,6 +349,9 @@ ABLATIONS: dict[str, Callable[[], None]] = {
     "down-column-scale": _down_column_scale,
     "capm-no-gate": _capm_no_gate,
     "r-24": _rank(24),
+    "r-64": _rank(64),
+    "down-32bit": _full_precision("down"),
+    "up-32bit": _full_precision("up"),
     "no-up-column-scale": _no_up_column_scale,
     "grid-init": _grid_init,
     "decay": _decay,

@@ -28,7 +28,8 @@ def resize_folder(source: Path, target: Path, size: int) -> int:
         pixels = resize_image(image_to_array(open_image(str(path), str(path))), size)
         out = target / names[row["label"]] / f"{path.stem}.webp"
         out.parent.mkdir(parents=True, exist_ok=True)
-        PIL.Image.fromarray(pixels).save(out, "WEBP", lossless=True, quality=100, method=6)
+        # lossless at every compression effort; method 6 is about 20x slower than 4 for 1 % smaller files
+        PIL.Image.fromarray(pixels).save(out, "WEBP", lossless=True, quality=100, method=4)
     return len(dataset)
 
 

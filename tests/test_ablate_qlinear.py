@@ -36,6 +36,7 @@ def probe(model):
         "column_scale": eqam.up.column_scale is not None,
         "down_column_scale": None if eqam.down.column_scale is None else list(eqam.down.column_scale.latent.shape),
         "latent_std": latent.std().item(),
+        "full_precision": [m for m in ("down", "up") if getattr(eqam, m).row_scale_unit == 1.0],
         "on_grid": bool(torch.equal(latent, eqam.down.weight.codec.quantize(latent))),
         "logits": logits.flatten().tolist(),
     }}
@@ -75,6 +76,18 @@ def test_grid_init_starts_the_latents_on_their_levels():
 def test_r_24_widens_only_the_default_bottleneck():
     before, after = run("r-24")
     assert (before["r"], after["r"]) == (16, 24)
+
+
+def test_r_64_widens_only_the_default_bottleneck():
+    before, after = run("r-64")
+    assert (before["r"], after["r"]) == (16, 64)
+
+
+@pytest.mark.parametrize("projection", ["down", "up"])
+def test_full_precision_diagnostic_unquantizes_one_projection(projection):
+    before, after = run(f"{projection}-32bit")
+    assert before["full_precision"] == [] and after["full_precision"] == [projection]
+    assert after["r"] == 16
 
 
 def test_eqam_sequential_moves_eqam_and_nothing_else():
