@@ -29,7 +29,7 @@ if str(REPO_ROOT / "scripts") not in sys.path:
     sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 from _common import fmt_count, write_text_atomic  # noqa: E402
-from _ledger import paired_difference  # noqa: E402
+from _ledger import mean_std, paired_difference, split_of  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 TASK_ORDER = ("classification", "segmentation", "change-detection")
@@ -205,6 +205,44 @@ def search_table(state: dict[str, Any]) -> list[str]:
             cells.append(f"**{cell}**" if c["lr"] == choice.get("lr") else cell)
         edge = "" if choice.get("interior", True) else " (edge of the grid)"
         lines.append(f"| {label} | {'; '.join(cells)} | {fmt_lr(choice.get('lr'))}{edge} |")
+    return lines
+
+
+def final_runs(state: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """The runs behind a method's summary row: its chosen learning rate, its (split, seed) pairs."""
+    s = state["summary"][name]
+    pairs = set(zip(s.get("split_seeds") or [0] * len(s["seeds"]), s["seeds"]))
+    return [
+        r
+        for r in state["runs"]
+        if r["variant"] == name
+        and r.get("status") == "ok"
+        and r["lr"] == s["lr"]
+        and r["options"] == s["options"]
+        and (split_of(r), r["seed"]) in pairs
+    ]
+
+
+def fit_table(state: dict[str, Any]) -> list[str]:
+    """How closely each method fits its training data: the training loss of the last epoch (mean over the epoch's
+    batches, augmentation and drop path on, as trained) next to the validation and test metric, over the summary's
+    runs. A method whose training loss stays higher than another's at its own tuned learning rate underfits
+    relative to it: its gap is one of capacity or optimisation, not of overfitting."""
+    name = metric_name(state)
+    lines = [
+        f"| method | runs | training loss, last epoch | validation {name} (%) | test {name} (%) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for variant, s in state["summary"].items():
+        losses = [r["history"][-1]["train_loss"] for r in final_runs(state, variant) if r.get("history")]
+        if not losses:
+            continue
+        loss_mean, loss_std = mean_std(losses)
+        lines.append(
+            f"| {s['label']} | {len(losses)} | {loss_mean:.3f} ± {loss_std:.3f} "
+            f"| {points(s['validation_mean'])} ± {points(s['validation_std'])} "
+            f"| {points(s['test_mean'])} ± {points(s['test_std'])} |"
+        )
     return lines
 
 
@@ -643,6 +681,10 @@ def summary_markdown(
             f"## {title(state)}: learning-rate search",
             "",
             *search_table(state),
+            "",
+            f"## {title(state)}: fit to the training data",
+            "",
+            *fit_table(state),
             "",
             f"## {title(state)}: every run",
             "",

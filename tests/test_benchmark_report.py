@@ -72,3 +72,39 @@ def test_dense_aims_follow_the_paired_comparison():
     assert checks[0]["difference_points"] == pytest.approx(-10.333, abs=1e-3)
     assert checks[1]["difference_points"] == pytest.approx(0.0, abs=1e-9)
     assert "Full" in checks[0]["aim"] and "LoRA" in checks[1]["aim"]
+
+
+def test_fit_table_averages_the_last_epoch_loss_of_the_summary_runs_only():
+    """The fit table uses exactly the runs behind a summary row (chosen rate, its split and seed pairs, same
+    options), and the last epoch's training loss of each."""
+
+    def run(lr, split, seed, loss, options=None):
+        history = [{"epoch": 1, "train_loss": 9.0}, {"epoch": 2, "train_loss": loss}]
+        return {"variant": "upetu", "status": "ok", "lr": lr, "split_seed": split, "seed": seed,
+                "options": options or {}, "history": history}  # fmt: skip
+
+    state = {
+        "metric": "accuracy",
+        "runs": [
+            run(0.01, 0, 0, 0.2),
+            run(0.01, 1, 0, 0.4),
+            run(0.03, 0, 0, 5.0),  # another learning rate (a search candidate)
+            run(0.01, 2, 0, 5.0),  # a pair outside the summary
+            run(0.01, 0, 1, 5.0, {"r": 64}),  # other options
+        ],
+        "summary": {
+            "upetu": {
+                "label": "UPetu",
+                "lr": 0.01,
+                "options": {},
+                "seeds": [0, 0],
+                "split_seeds": [0, 1],
+                "validation_mean": 0.8,
+                "validation_std": 0.01,
+                "test_mean": 0.75,
+                "test_std": 0.02,
+            }  # fmt: skip
+        },
+    }
+    table = load_report().fit_table(state)
+    assert table[-1] == "| UPetu | 2 | 0.300 ± 0.141 | 80.00 ± 1.00 | 75.00 ± 2.00 |"
