@@ -18,6 +18,9 @@ Only runs on split seed 0 count (the benchmark protocol of issue 10: one split, 
 - Remedies: validation accuracy (never test) of each ablation against the runs of the design they ablate
   (`--ablated-design`, format2 for the committed ablations), same variant, learning rate and seeds; likewise each
   trial against the design it was tried on (`--trial NAME@DESIGN=JSON`, default design `--tried-on`).
+- Diagnostics (`--diagnostic NAME@DESIGN=JSON`, e.g. `down-32bit`: one EQAM projection left unquantized): not
+  remedies and never adopted, so they report test accuracy too (1050 images, five times the validation part): the
+  diagnostic's runs next to the design's 1-bit and 32-bit runs of the same seeds, at the design's chosen rates.
 - Levers on the main protocol (`--lever NAME=JSON`: a trial run on every split, e.g. 3 splits x 2 seeds, with its own
   learning-rate search): the lever minus the current design (`--lever-reference`, the main benchmark's
   results/accuracy_classification.json), same variant, paired over the (split, seed) runs both have, on validation
@@ -127,6 +130,36 @@ def ablations(
     return result
 
 
+def diagnostics(
+    design: dict[str, Any], files: dict[str, dict[str, Any]], extra: Sequence[dict[str, Any]] = ()
+) -> dict[str, Any]:
+    """Validation and test accuracy of each diagnostic's runs and of the design's runs of the same seeds (split 0)
+    for each variant the diagnostic ran and for `upetu-32bit`, at the design's chosen learning rates."""
+    pool = [r for data in (design, *extra) for r in data["runs"] if r.get("status") == "ok"]
+    chosen = {variant: s["lr"] for variant, s in design["summary"].items()}
+
+    def scores(runs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {part: mean_std([r[f"{part}_score"] for r in runs]) for part in ("validation", "test")}
+
+    result = {}
+    for name, data in files.items():
+        runs = [r for r in data["runs"] if r.get("status") == "ok" and r.get("split_seed", 0) == 0]
+        seeds = sorted({r["seed"] for r in runs})
+        entry: dict[str, Any] = {"seeds": seeds, "diagnostic": scores(runs)}
+        for variant in sorted({r["variant"] for r in runs}) + ["upetu-32bit"]:
+            same = {
+                r["key"]: r
+                for r in pool
+                if r["variant"] == variant
+                and r["lr"] == chosen.get(variant)
+                and r.get("split_seed", 0) == 0
+                and r["seed"] in seeds
+            }
+            entry[variant] = {"lr": chosen.get(variant), "n": len(same), **scores(list(same.values()))}
+        result[name] = entry
+    return result
+
+
 def levers(reference: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Each lever minus `reference` (the main benchmark's results) for the variants it ran, paired over the
     (split, seed) runs at each one's chosen learning rate, on validation and on test (points)."""
@@ -223,6 +256,22 @@ def markdown(comparison: dict[str, Any]) -> str:
             "|---|---:|---:|---:|---:|",
         ]
         lines += remedy_rows(trials)
+    for design, entries in comparison.get("diagnostics", {}).items():
+        lines += [
+            "",
+            f"Diagnostics on {design} (not remedies, never adopted; test shown because nothing is chosen on it): the "
+            "diagnostic's runs and the design's 1-bit and 32-bit runs of the same seeds, at the design's rates:",
+            "",
+            "| diagnostic | seeds | validation | test | 1-bit validation | 1-bit test | 32-bit validation "
+            "| 32-bit test |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, entry in entries.items():
+            one, full = entry.get("upetu-1bit", {}), entry["upetu-32bit"]
+            cells = [fmt(entry["diagnostic"][p]) for p in ("validation", "test")]
+            cells += [fmt(one.get(p)) for p in ("validation", "test")]
+            cells += [fmt(full[p]) for p in ("validation", "test")]
+            lines.append(f"| {name} | {', '.join(map(str, entry['seeds']))} | " + " | ".join(cells) + " |")
     if comparison.get("levers"):
         lines += [
             "",
@@ -268,6 +317,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         help="results of a remedy tried on top of --tried-on, or of DESIGN with NAME@DESIGN=JSON "
         "(scripts/ablate_qlinear.py)",
     )
+    parser.add_argument(
+        "--diagnostic",
+        action="append",
+        default=[],
+        metavar="NAME@DESIGN=JSON",
+        help="results of a diagnostic run on DESIGN (scripts/ablate_qlinear.py down-32bit, up-32bit)",
+    )
     parser.add_argument("--tried-on", help="the design the trials were run on (default: the last)")
     parser.add_argument(
         "--reference",
@@ -307,6 +363,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         name, path = next(iter(named([item]).items()))
         name, _, design = name.partition("@")
         trial_paths.setdefault(design or tried_on, {}).setdefault(name, []).append(path)
+    diagnostic_paths: dict[str, dict[str, Path]] = {}
+    for item in args.diagnostic:
+        name, path = next(iter(named([item]).items()))
+        name, _, design = name.partition("@")
+        diagnostic_paths.setdefault(design or tried_on, {})[name] = path
     reference_paths: dict[str, list[str]] = {}
     for item in args.reference:
         design, sep, path = item.partition("=")
@@ -315,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("--ablated-design", [ablated]),
         ("--tried-on", [tried_on]),
         ("--trial NAME@DESIGN", list(trial_paths)),
+        ("--diagnostic NAME@DESIGN", list(diagnostic_paths)),
         ("--reference DESIGN=", list(reference_paths)),
     ):
         for name in names:
@@ -330,6 +392,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         }
         references = [json.loads(Path(path).read_text()) for path in reference_paths.get(design, [])]
         trials[design] = ablations(designs[design], tried, references)
+    diagnosed = {
+        design: diagnostics(
+            designs[design],
+            {name: json.loads(path.read_text()) for name, path in by_name.items()},
+            [json.loads(Path(path).read_text()) for path in reference_paths.get(design, [])],
+        )
+        for design, by_name in diagnostic_paths.items()
+    }
     lever_paths = named(args.lever)
     lever_files = {name: json.loads(path.read_text()) for name, path in lever_paths.items()}
     command = ["python", "scripts/compare_qlinear.py", *(sys.argv[1:] if argv is None else argv)]
@@ -339,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "designs": {k: str(v) for k, v in design_paths.items()},
             "ablations": {k: str(v) for k, v in ablation_paths.items()},
             "trials": {d: {k: [str(p) for p in v] for k, v in t.items()} for d, t in trial_paths.items()},
+            "diagnostics": {d: {k: str(v) for k, v in t.items()} for d, t in diagnostic_paths.items()},
             "references": reference_paths,
             "levers": {k: str(v) for k, v in lever_paths.items()},
             "lever_reference": str(args.lever_reference) if lever_paths else None,
@@ -347,6 +418,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "ablated_design": ablated,
         "ablations": ablations(designs[ablated], files),
         "trials": trials,
+        "diagnostics": diagnosed,
         "levers": levers(json.loads(args.lever_reference.read_text()), lever_files) if lever_files else {},
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)

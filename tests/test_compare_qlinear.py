@@ -92,3 +92,36 @@ def test_trials_per_design_and_levers_paired_over_splits(tmp_path, monkeypatch):
         compare.main(
             ["--design", f"a={paths['a']}", "--trial", f"x@zzz={paths['ta']}", "--output-dir", str(tmp_path)]
         )
+
+
+def test_diagnostics_report_the_design_runs_of_the_same_seeds(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    compare = load_script("compare_qlinear")
+    design = ledger(
+        {
+            "upetu-1bit": [(0, 0, 0.70, 0.60), (0, 1, 0.72, 0.64), (0, 2, 0.1, 0.1)],  # seed 2: not diagnosed
+            "upetu-32bit": [(0, 0, 0.80, 0.70), (0, 1, 0.80, 0.72), (1, 0, 0.1, 0.1)],  # split 1: left out
+        }
+    )
+    off_rate = dict(key="off-rate", variant="upetu-32bit", status="ok", lr=0.03, seed=0, split_seed=0,
+                    validation_score=0.1, test_score=0.1)  # fmt: skip
+    design["runs"].append(off_rate)  # not the chosen rate: left out
+    diagnostic = ledger({"upetu-1bit": [(0, 0, 0.75, 0.66), (0, 1, 0.75, 0.68)]})
+    paths = {}
+    for name, data in (("d", design), ("x", diagnostic)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(data))
+    result = compare.main(
+        ["--design", f"d={paths['d']}", "--diagnostic", f"down-32bit@d={paths['x']}", "--output-dir",
+         str(tmp_path / "out")]
+    )  # fmt: skip
+    entry = result["diagnostics"]["d"]["down-32bit"]
+    assert entry["seeds"] == [0, 1]
+    assert entry["diagnostic"]["test"]["mean"] == pytest.approx(67.0)
+    assert entry["upetu-1bit"]["n"] == 2 and entry["upetu-1bit"]["test"]["mean"] == pytest.approx(62.0)
+    assert entry["upetu-32bit"]["n"] == 2 and entry["upetu-32bit"]["test"]["mean"] == pytest.approx(71.0)
+    text = (tmp_path / "out" / "qlinear_comparison.md").read_text()
+    assert "| down-32bit | 0, 1 | 75.00 ± 0.00 (n=2) | 67.00 ± 1.41 (n=2) | 71.00 ± 1.41 (n=2) |" in text
+    with pytest.raises(SystemExit):
+        compare.main(["--design", f"d={paths['d']}", "--diagnostic", f"x@zzz={paths['x']}", "--output-dir",
+                      str(tmp_path)])  # fmt: skip
