@@ -160,9 +160,13 @@ def diagnostics(
     return result
 
 
-def levers(reference: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def levers(
+    reference: dict[str, Any], files: dict[str, dict[str, Any]], versus: Sequence[str] = ()
+) -> dict[str, Any]:
     """Each lever minus `reference` (the main benchmark's results) for the variants it ran, paired over the
-    (split, seed) runs at each one's chosen learning rate, on validation and on test (points)."""
+    (split, seed) runs at each one's chosen learning rate, on validation and on test (points). With `versus`, each
+    lever variant is also compared with those other methods of `reference` (e.g. `full`): rows `NAME (variant) vs
+    method`."""
 
     def entry(data: dict[str, Any], variant: str, score: str) -> tuple[float, dict] | None:
         """The chosen rate and its runs' `score` (points) by (split seed, seed)."""
@@ -175,19 +179,20 @@ def levers(reference: dict[str, Any], files: dict[str, dict[str, Any]]) -> dict[
     result: dict[str, Any] = {}
     for name, data in files.items():
         for variant in data["summary"]:
-            row: dict[str, Any] = {"variant": variant}
-            for part in ("validation", "test"):
-                lever, design = (
-                    entry(data, variant, f"{part}_score"),
-                    entry(reference, variant, f"{part}_score"),
-                )
-                if lever is None or design is None:
-                    continue
-                (row["lr"], lever_scores), (row["design_lr"], design_scores) = lever, design
-                row[part] = paired_scores(lever_scores, design_scores, "lever", "design")
-                row[f"{part}_mean"] = statistics.fmean(lever_scores.values())
-            if "validation" in row:
-                result[f"{name} ({variant})"] = row
+            for other in (variant, *versus):
+                row: dict[str, Any] = {"variant": variant, "versus": other}
+                for part in ("validation", "test"):
+                    lever, design = (
+                        entry(data, variant, f"{part}_score"),
+                        entry(reference, other, f"{part}_score"),
+                    )
+                    if lever is None or design is None:
+                        continue
+                    (row["lr"], lever_scores), (row["design_lr"], design_scores) = lever, design
+                    row[part] = paired_scores(lever_scores, design_scores, "lever", "design")
+                    row[f"{part}_mean"] = statistics.fmean(lever_scores.values())
+                if "validation" in row:
+                    result[f"{name} ({variant})" + ("" if other == variant else f" vs {other}")] = row
     return result
 
 
@@ -276,8 +281,8 @@ def markdown(comparison: dict[str, Any]) -> str:
         lines += [
             "",
             "Levers on the main protocol (every split and seed, each with its own learning-rate search): the lever "
-            "minus the current design over the (split, seed) pairs both ran, with its 95 % t-interval (points; "
-            "validation decides, test is reported):",
+            "minus the current design (or, in rows `vs METHOD`, minus that method) over the (split, seed) pairs both "
+            "ran, with its 95 % t-interval (points; validation decides, test is reported):",
             "",
             "| lever | pairs | lr (design's) | validation | validation difference | test | test difference |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -340,6 +345,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         type=Path,
         default=Path(__file__).resolve().parents[1] / "results" / "accuracy_classification.json",
         help="the current design on the main protocol (results/accuracy_classification.json)",
+    )
+    parser.add_argument(
+        "--lever-versus",
+        action="append",
+        default=[],
+        metavar="METHOD",
+        help="also compare each lever with this method of --lever-reference (e.g. full, lora)",
     )
     parser.add_argument(
         "--ablated-design", help="the design the ablations undo a remedy of (default: the last)"
@@ -419,7 +431,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "ablations": ablations(designs[ablated], files),
         "trials": trials,
         "diagnostics": diagnosed,
-        "levers": levers(json.loads(args.lever_reference.read_text()), lever_files) if lever_files else {},
+        "levers": (
+            levers(json.loads(args.lever_reference.read_text()), lever_files, args.lever_versus)
+            if lever_files
+            else {}
+        ),
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.output_dir / "qlinear_comparison.json", json.dumps(comparison, indent=2) + "\n")

@@ -125,3 +125,29 @@ def test_diagnostics_report_the_design_runs_of_the_same_seeds(tmp_path, monkeypa
     with pytest.raises(SystemExit):
         compare.main(["--design", f"d={paths['d']}", "--diagnostic", f"x@zzz={paths['x']}", "--output-dir",
                       str(tmp_path)])  # fmt: skip
+
+
+def test_lever_versus_compares_a_lever_with_another_method(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    compare = load_script("compare_qlinear")
+    design = ledger({"upetu-1bit": [(0, 0, 0.70, 0.60), (0, 1, 0.72, 0.62)]})
+    main = ledger(
+        {
+            "upetu": [(s, e, 0.75, 0.70) for s in (0, 1) for e in (0, 1)],
+            "full": [(s, e, 0.80, 0.76 + 0.01 * e) for s in (0, 1) for e in (0, 1)],
+        }
+    )
+    lever = ledger({"upetu": [(s, e, 0.81, 0.77) for s in (0, 1) for e in (0, 1)]})
+    paths = {}
+    for name, data in (("d", design), ("main", main), ("lever", lever)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(data))
+    result = compare.main(
+        ["--design", f"d={paths['d']}", "--lever", f"r-64={paths['lever']}", "--lever-reference",
+         str(paths["main"]), "--lever-versus", "full", "--output-dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    own, full = result["levers"]["r-64 (upetu)"], result["levers"]["r-64 (upetu) vs full"]
+    assert own["test"]["mean"] == pytest.approx(7.0) and own["versus"] == "upetu"
+    assert full["test"]["mean"] == pytest.approx(0.5) and full["validation"]["mean"] == pytest.approx(1.0)
+    assert full["test"]["n"] == 4 and full["versus"] == "full"
+    assert "| r-64 (upetu) vs full | 4 |" in (tmp_path / "out" / "qlinear_comparison.md").read_text()
