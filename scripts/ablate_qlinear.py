@@ -368,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ABLATIONS[argv[0]]()
     import benchmark_accuracy
 
-    benchmark_accuracy.main(argv[2:])
+    # the results record this command, so that rerunning it repeats the trial, not the plain benchmark
+    benchmark_accuracy.main(argv[2:], program=f"python scripts/ablate_qlinear.py {argv[0]} --")
 
 
 if __name__ == "__main__":

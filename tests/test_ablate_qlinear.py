@@ -183,3 +183,24 @@ def test_distill_trains_a_32_bit_teacher_first_for_k_bit_runs_only():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["calls"] == [[32, "/tmp/x/run-teacher"], [1, "/tmp/x/run"], [4, "/tmp/x/other"]]
     assert result["start_patched"] == "start_with_teacher"
+
+
+RECORDED = """
+import json, sys
+sys.path.insert(0, {scripts!r})
+import ablate_qlinear, benchmark_accuracy
+seen = {{}}
+benchmark_accuracy.main = lambda argv, program: seen.update(argv=argv, program=program)
+ablate_qlinear.main(["r-64", "--", "--tasks", "classification", "--quick"])
+print(json.dumps(seen))
+"""
+
+
+def test_the_results_record_the_trial_command_not_the_plain_benchmark():
+    code = RECORDED.format(scripts=str(ROOT / "scripts"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen == {
+        "argv": ["--tasks", "classification", "--quick"],
+        "program": "python scripts/ablate_qlinear.py r-64 --",
+    }
