@@ -23,6 +23,10 @@ Trials add a remedy:
   between `upetu-small` (r = 4), the default (r = 16) and full fine-tuning, for issue 13's "why");
 - `down-32bit`, `up-32bit`: diagnostics, not remedies. At k bits one of EQAM's two Q-Linear weights (`W_down` or
   `W_up`) stays unquantized, so a 1-bit run shows which of the two carries the 1-bit loss;
+- `kbit-parameterization`: a control, not a remedy. At 32 bits EQAM's two weights are built as at 1 bit (latents
+  from N(0, gain^2) in weight units, `W_down`'s learned row scale, `W_up`'s learned column scale, no weight decay on
+  the latents) but never quantized, so a `upetu-32bit` run separates the cost of the 1-bit parameterization from
+  the cost of the 1-bit codes;
 - `eqam-sequential`: EQAM after the block's MLP instead of parallel to it (issue 13's "where EQAM sits"): it reads
   the MLP output `f = pwconv2(...)` and adds its delta there, `f + EQAM(f)`, ahead of the layer scale (the
   sequential adapter of Houlsby et al. / AdaptFormer; same parameters).
@@ -218,6 +222,31 @@ def _full_precision(projection: str) -> Callable[[], None]:
     return patch
 
 
+def _kbit_parameterization() -> None:
+    """32-bit EQAM weights with the 1-bit design's parameterization, unquantized (see the module docstring)."""
+    from upetu_hf.train import methods
+    from upetu_hf.tuner import layer
+    from upetu_hf.tuner.quantization import QLinearWeight, make_codec
+
+    def qlinear(
+        out_features, in_features, bits, codebook, side_bits, *, learn_scale, learn_column_scale=False
+    ):
+        if bits != 32:
+            return QLinearWeight(out_features, in_features, bits, codebook, side_bits, learn_scale=learn_scale,
+                                 learn_column_scale=learn_column_scale)  # fmt: skip
+        # the 1-bit structure (`up` gets its column scale as at 1 bit), then the float codec: no quantization
+        weight = QLinearWeight(out_features, in_features, 1, codebook, side_bits, learn_scale=learn_scale,
+                               learn_column_scale=not learn_scale)  # fmt: skip
+        weight.weight.codec = make_codec(32)
+        return weight
+
+    layer.QLinearWeight = qlinear
+    # as the k-bit latents: no weight decay on either weight's latent
+    methods.kbit_latents = lambda model: {
+        id(m.weight.latent) for m in model.modules() if isinstance(m, QLinearWeight)
+    }
+
+
 def _eqam_sequential() -> None:
     """EQAM in series after the block's MLP: `f = pwconv2(act(pwconv1(LN(dwconv(x)))))` (V2: with GRN),
     `f = f + EQAM(f)`, then layer scale, drop path and the residual; CAPM unchanged."""
@@ -351,6 +380,7 @@ ABLATIONS: dict[str, Callable[[], None]] = {
     "r-24": _rank(24),
     "r-64": _rank(64),
     "down-32bit": _full_precision("down"),
+    "kbit-parameterization": _kbit_parameterization,
     "up-32bit": _full_precision("up"),
     "no-up-column-scale": _no_up_column_scale,
     "grid-init": _grid_init,

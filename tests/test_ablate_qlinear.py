@@ -204,3 +204,37 @@ def test_the_results_record_the_trial_command_not_the_plain_benchmark():
         "argv": ["--tasks", "classification", "--quick"],
         "program": "python scripts/ablate_qlinear.py r-64 --",
     }
+
+
+KBIT_PARAMETERIZATION = """
+import json, sys, torch
+sys.path.insert(0, {scripts!r})
+import ablate_qlinear
+ablate_qlinear.ABLATIONS["kbit-parameterization"]()
+from transformers import ConvNextConfig, ConvNextForImageClassification
+from upetu_hf.train import methods
+from upetu_hf.train.methods import apply_method
+from upetu_hf.tuner.quantization import FloatCodec
+
+model = apply_method(ConvNextForImageClassification(ConvNextConfig(
+    hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], num_labels=3)), "upetu", bits=32)
+eqam = model.base_model.model.convnext.encoder.stages[1].layers[0].upetu_eqam["default"]
+print(json.dumps({{
+    "float": [isinstance(getattr(eqam, m).weight.codec, FloatCodec) for m in ("down", "up")],
+    "row_scale": eqam.down.scale is not None,
+    "column_scale": eqam.up.column_scale is not None,
+    "unit": eqam.up.row_scale_unit,
+    "no_decay": sorted(methods.kbit_latents(model)) == sorted(
+        id(getattr(eqam_, m).weight.latent) for eqam_ in model.modules() if type(eqam_).__name__ == "EQAM"
+        for m in ("down", "up")),
+}}))
+"""
+
+
+def test_kbit_parameterization_builds_unquantized_weights_with_the_1_bit_structure():
+    code = KBIT_PARAMETERIZATION.format(scripts=str(ROOT / "scripts"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["float"] == [True, True] and seen["row_scale"] and seen["column_scale"]
+    assert seen["unit"] > 1.0  # the 1-bit units: s in units of the weight's init gain
+    assert seen["no_decay"]
