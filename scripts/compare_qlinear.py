@@ -18,9 +18,10 @@ Only runs on split seed 0 count (the benchmark protocol of issue 10: one split, 
 - Remedies: validation accuracy (never test) of each ablation against the runs of the design they ablate
   (`--ablated-design`, format2 for the committed ablations), same variant, learning rate and seeds; likewise each
   trial against the design it was tried on (`--trial NAME@DESIGN=JSON`, default design `--tried-on`).
-- Diagnostics (`--diagnostic NAME@DESIGN=JSON`, e.g. `down-32bit`: one EQAM projection left unquantized): not
-  remedies and never adopted, so they report test accuracy too (1050 images, five times the validation part): the
-  diagnostic's runs next to the design's 1-bit and 32-bit runs of the same seeds, at the design's chosen rates.
+- Diagnostics (`--diagnostic NAME@DESIGN=JSON`, e.g. `down-32bit`: one EQAM projection left unquantized, or the
+  control `kbit-parameterization`): not remedies and never adopted, so they report test accuracy too (1050
+  images, five times the validation part): the diagnostic's runs next to the design's 1-bit and 32-bit runs of
+  the same seeds, at the design's chosen rates.
 - Levers on the main protocol (`--lever NAME=JSON`: a trial run on every split, e.g. 3 splits x 2 seeds, with its own
   learning-rate search): the lever minus the current design (`--lever-reference`, the main benchmark's
   results/accuracy_classification.json), same variant, paired over the (split, seed) runs both have, on validation
@@ -134,7 +135,7 @@ def diagnostics(
     design: dict[str, Any], files: dict[str, dict[str, Any]], extra: Sequence[dict[str, Any]] = ()
 ) -> dict[str, Any]:
     """Validation and test accuracy of each diagnostic's runs and of the design's runs of the same seeds (split 0)
-    for each variant the diagnostic ran and for `upetu-32bit`, at the design's chosen learning rates."""
+    for each variant the diagnostic ran and for `upetu-1bit` and `upetu-32bit`, at the design's chosen rates."""
     pool = [r for data in (design, *extra) for r in data["runs"] if r.get("status") == "ok"]
     chosen = {variant: s["lr"] for variant, s in design["summary"].items()}
 
@@ -146,7 +147,7 @@ def diagnostics(
         runs = [r for r in data["runs"] if r.get("status") == "ok" and r.get("split_seed", 0) == 0]
         seeds = sorted({r["seed"] for r in runs})
         entry: dict[str, Any] = {"seeds": seeds, "diagnostic": scores(runs)}
-        for variant in sorted({r["variant"] for r in runs}) + ["upetu-32bit"]:
+        for variant in sorted({r["variant"] for r in runs} | {"upetu-1bit", "upetu-32bit"}):
             same = {
                 r["key"]: r
                 for r in pool
