@@ -376,11 +376,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         name, path = next(iter(named([item]).items()))
         name, _, design = name.partition("@")
         trial_paths.setdefault(design or tried_on, {}).setdefault(name, []).append(path)
-    diagnostic_paths: dict[str, dict[str, Path]] = {}
+    # a name given twice pools its files (e.g. shards run with different seeds)
+    diagnostic_paths: dict[str, dict[str, list[Path]]] = {}
     for item in args.diagnostic:
         name, path = next(iter(named([item]).items()))
         name, _, design = name.partition("@")
-        diagnostic_paths.setdefault(design or tried_on, {})[name] = path
+        diagnostic_paths.setdefault(design or tried_on, {}).setdefault(name, []).append(path)
     reference_paths: dict[str, list[str]] = {}
     for item in args.reference:
         design, sep, path = item.partition("=")
@@ -408,7 +409,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     diagnosed = {
         design: diagnostics(
             designs[design],
-            {name: json.loads(path.read_text()) for name, path in by_name.items()},
+            {
+                name: {"runs": [r for path in paths for r in json.loads(path.read_text())["runs"]]}
+                for name, paths in by_name.items()
+            },
             [json.loads(Path(path).read_text()) for path in reference_paths.get(design, [])],
         )
         for design, by_name in diagnostic_paths.items()
@@ -422,7 +426,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "designs": {k: str(v) for k, v in design_paths.items()},
             "ablations": {k: str(v) for k, v in ablation_paths.items()},
             "trials": {d: {k: [str(p) for p in v] for k, v in t.items()} for d, t in trial_paths.items()},
-            "diagnostics": {d: {k: str(v) for k, v in t.items()} for d, t in diagnostic_paths.items()},
+            "diagnostics": {
+                d: {k: [str(p) for p in v] for k, v in t.items()} for d, t in diagnostic_paths.items()
+            },
             "references": reference_paths,
             "levers": {k: str(v) for k, v in lever_paths.items()},
             "lever_reference": str(args.lever_reference) if lever_paths else None,
