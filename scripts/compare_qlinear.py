@@ -370,18 +370,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     design_paths, ablation_paths = named(args.design), named(args.ablation)
     ablated = args.ablated_design or list(design_paths)[-1]
     tried_on = args.tried_on or list(design_paths)[-1]
-    # trials per design they were tried on; a name given twice pools its files (e.g. two sets of seeds)
-    trial_paths: dict[str, dict[str, list[Path]]] = {}
-    for item in args.trial:
-        name, path = next(iter(named([item]).items()))
-        name, _, design = name.partition("@")
-        trial_paths.setdefault(design or tried_on, {}).setdefault(name, []).append(path)
-    # a name given twice pools its files (e.g. shards run with different seeds)
-    diagnostic_paths: dict[str, dict[str, list[Path]]] = {}
-    for item in args.diagnostic:
-        name, path = next(iter(named([item]).items()))
-        name, _, design = name.partition("@")
-        diagnostic_paths.setdefault(design or tried_on, {}).setdefault(name, []).append(path)
+
+    def by_design(items: list[str]) -> dict[str, dict[str, list[Path]]]:
+        """`NAME[@DESIGN]=JSON` items per design (default `--tried-on`); a name given twice pools its files (e.g.
+        two sets of seeds, or shards)."""
+        paths: dict[str, dict[str, list[Path]]] = {}
+        for item in items:
+            name, path = next(iter(named([item]).items()))
+            name, _, design = name.partition("@")
+            paths.setdefault(design or tried_on, {}).setdefault(name, []).append(path)
+        return paths
+
+    trial_paths, diagnostic_paths = by_design(args.trial), by_design(args.diagnostic)
     reference_paths: dict[str, list[str]] = {}
     for item in args.reference:
         design, sep, path = item.partition("=")
@@ -398,23 +398,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 parser.error(f"{flag} {name!r} is not one of the designs {list(design_paths)}")
     designs = {name: json.loads(path.read_text()) for name, path in design_paths.items()}
     files = {name: json.loads(path.read_text()) for name, path in ablation_paths.items()}
-    trials = {}
-    for design, by_name in trial_paths.items():
-        tried = {
+    references = {
+        design: [json.loads(Path(path).read_text()) for path in paths]
+        for design, paths in reference_paths.items()
+    }
+
+    def pooled(by_name: dict[str, list[Path]]) -> dict[str, dict[str, Any]]:
+        """Each name's runs, pooled over its files."""
+        return {
             name: {"runs": [r for path in paths for r in json.loads(path.read_text())["runs"]]}
             for name, paths in by_name.items()
         }
-        references = [json.loads(Path(path).read_text()) for path in reference_paths.get(design, [])]
-        trials[design] = ablations(designs[design], tried, references)
+
+    trials = {
+        design: ablations(designs[design], pooled(by_name), references.get(design, []))
+        for design, by_name in trial_paths.items()
+    }
     diagnosed = {
-        design: diagnostics(
-            designs[design],
-            {
-                name: {"runs": [r for path in paths for r in json.loads(path.read_text())["runs"]]}
-                for name, paths in by_name.items()
-            },
-            [json.loads(Path(path).read_text()) for path in reference_paths.get(design, [])],
-        )
+        design: diagnostics(designs[design], pooled(by_name), references.get(design, []))
         for design, by_name in diagnostic_paths.items()
     }
     lever_paths = named(args.lever)
