@@ -238,3 +238,38 @@ def test_kbit_parameterization_builds_unquantized_weights_with_the_1_bit_structu
     assert seen["float"] == [True, True] and seen["row_scale"] and seen["column_scale"]
     assert seen["unit"] > 1.0  # the 1-bit units: s in units of the weight's init gain
     assert seen["no_decay"]
+
+
+PLAIN_SCALE = """
+import json, math, sys, torch
+sys.path.insert(0, {scripts!r})
+from upetu_hf.tuner.config import UPetuConfig
+from upetu_hf.tuner.layer import EQAM
+
+def deltas():
+    out = {{}}
+    for bits in (1, 4, 32):
+        torch.manual_seed(1)
+        eqam = EQAM(40, UPetuConfig(bits=bits, side_bits=32, init_weights=False)).eval()
+        with torch.no_grad():
+            out[bits] = eqam(torch.randn(2, 3, 3, 40, generator=torch.Generator().manual_seed(2)))
+    return out
+
+before = deltas()
+import ablate_qlinear
+ablate_qlinear.ABLATIONS["plain-scale"]()
+after = deltas()
+gain_up = 1 / math.sqrt(3 * 16)
+print(json.dumps({{bits: (after[bits] - gain_up * before[bits]).abs().max().item() if bits < 32
+                   else (after[bits] - before[bits]).abs().max().item() for bits in before}}))
+"""
+
+
+def test_plain_scale_drops_the_weight_units_of_s_at_k_bits_only():
+    code = PLAIN_SCALE.format(scripts=str(ROOT / "scripts"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    # EQAM's delta is linear in s: at k bits it shrinks by exactly gain_up (s no longer divided by it),
+    # at 32 bits (where s was already a plain multiplier) it is unchanged
+    assert seen["1"] < 1e-6 and seen["4"] < 1e-6
+    assert seen["32"] == 0.0
