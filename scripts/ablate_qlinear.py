@@ -30,6 +30,9 @@ Trials add a remedy:
 - `plain-scale`: at k bits EQAM's per-channel scale `s` multiplies `W_up` directly, as at 32 bits, instead of in
   the units of `W_up`'s entries (`s / gain_up`). At k bits a step of `s` then moves the adapter's output at the
   32-bit pace; in the design it moves it `0.8 / (0.87 gain_up)` (6.4x at r = 16) times faster;
+- `hidden-bias`: at k bits EQAM learns a bias on its r hidden units, `act(W_down @ u + b)` (ReActNet's learned shift
+  ahead of a binary layer's activation): a 1-bit row's offset is otherwise tied to its sign pattern. `b` (r,) starts
+  at 0 and is a side tensor (r numbers per block; no weight decay, as every 1-D parameter);
 - `eqam-sequential`: EQAM after the block's MLP instead of parallel to it (issue 13's "where EQAM sits"): it reads
   the MLP output `f = pwconv2(...)` and adds its delta there, `f + EQAM(f)`, ahead of the layer scale (the
   sequential adapter of Houlsby et al. / AdaptFormer; same parameters).
@@ -270,6 +273,39 @@ def _plain_scale() -> None:
     EQAM.forward = forward
 
 
+def _hidden_bias() -> None:
+    """A learned bias on EQAM's hidden units at k bits (see the module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    from upetu_hf.tuner.layer import EQAM
+    from upetu_hf.tuner.quantization import QuantizedParameter, make_side_codec
+
+    original = EQAM.__init__
+
+    def init(self, channels, config) -> None:
+        original(self, channels, config)
+        self.hidden_bias = None
+        if config.bits != 32:
+            codec = make_side_codec(config.effective_side_bits)
+            self.hidden_bias = QuantizedParameter(torch.zeros(config.r), codec)
+
+    def forward(self, u):
+        down = self.down()  # (r, C)
+        up = self.up() * (self.scale() * self.up.row_scale_unit).unsqueeze(1)  # (C, r)
+        bias = None if self.hidden_bias is None else self.hidden_bias()
+        hidden = F.linear(u.to(down.dtype), down, bias)  # (N, H, W, r)
+        if self.conv is not None:
+            kernel = self.conv()
+            hidden = F.conv2d(
+                hidden.permute(0, 3, 1, 2), kernel, padding=kernel.shape[-1] // 2, groups=kernel.shape[0]
+            ).permute(0, 2, 3, 1)
+        return F.linear(self.act(hidden), up).to(u.dtype)
+
+    EQAM.__init__ = init
+    EQAM.forward = forward
+
+
 def _eqam_sequential() -> None:
     """EQAM in series after the block's MLP: `f = pwconv2(act(pwconv1(LN(dwconv(x)))))` (V2: with GRN),
     `f = f + EQAM(f)`, then layer scale, drop path and the residual; CAPM unchanged."""
@@ -399,6 +435,7 @@ ABLATIONS: dict[str, Callable[[], None]] = {
     **{f"progressive-{f:g}": _progressive(f) for f in (0.25, 0.5)},
     "eqam-sequential": _eqam_sequential,
     "plain-scale": _plain_scale,
+    "hidden-bias": _hidden_bias,
     "down-column-scale": _down_column_scale,
     "capm-no-gate": _capm_no_gate,
     "r-24": _rank(24),
