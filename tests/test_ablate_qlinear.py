@@ -273,3 +273,43 @@ def test_plain_scale_drops_the_weight_units_of_s_at_k_bits_only():
     # at 32 bits (where s was already a plain multiplier) it is unchanged
     assert seen["1"] < 1e-6 and seen["4"] < 1e-6
     assert seen["32"] == 0.0
+
+
+HIDDEN_BIAS = """
+import json, sys, torch
+sys.path.insert(0, {scripts!r})
+from upetu_hf.tuner.config import UPetuConfig
+from upetu_hf.tuner.layer import EQAM
+
+def deltas(bump=False):
+    out = {{}}
+    for bits in (1, 32):
+        torch.manual_seed(1)
+        eqam = EQAM(40, UPetuConfig(bits=bits, side_bits=32, init_weights=False)).eval()
+        bias = getattr(eqam, "hidden_bias", None)
+        with torch.no_grad():
+            if bump and bias is not None:
+                bias.latent.fill_(0.5)
+            u = torch.randn(2, 3, 3, 40, generator=torch.Generator().manual_seed(2))
+            out[bits] = (eqam(u), None if bias is None else list(bias.latent.shape))
+    return out
+
+before = deltas()
+import ablate_qlinear
+ablate_qlinear.ABLATIONS["hidden-bias"]()
+after, bumped = deltas(), deltas(bump=True)
+print(json.dumps({{bits: {{
+    "shape": after[bits][1],
+    "at_init": (after[bits][0] - before[bits][0]).abs().max().item(),
+    "bumped": (bumped[bits][0] - before[bits][0]).abs().max().item(),
+}} for bits in before}}))
+"""
+
+
+def test_hidden_bias_adds_a_zero_initialised_bias_at_k_bits_only():
+    code = HIDDEN_BIAS.format(scripts=str(ROOT / "scripts"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["1"]["shape"] == [16] and seen["32"]["shape"] is None  # r = 16 hidden units, k bits only
+    assert seen["1"]["at_init"] == 0.0 and seen["32"]["at_init"] == 0.0  # zero bias: the design's EQAM
+    assert seen["1"]["bumped"] > 1e-3 and seen["32"]["bumped"] == 0.0  # the bias enters the 1-bit forward
