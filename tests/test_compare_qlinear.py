@@ -151,3 +151,31 @@ def test_lever_versus_compares_a_lever_with_another_method(tmp_path, monkeypatch
     assert full["test"]["mean"] == pytest.approx(0.5) and full["validation"]["mean"] == pytest.approx(1.0)
     assert full["test"]["n"] == 4 and full["versus"] == "full"
     assert "| r-64 (upetu) vs full | 4 |" in (tmp_path / "out" / "qlinear_comparison.md").read_text()
+
+
+def test_aims_over_every_seed_pool_the_reference_files(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    compare = load_script("compare_qlinear")
+    design = ledger(
+        {
+            "upetu-1bit": [(0, 0, 0.75, 0.70), (0, 1, 0.77, 0.72)],
+            "upetu-32bit": [(0, 0, 0.78, 0.74), (0, 1, 0.78, 0.74)],
+        }
+    )
+    more = ledger({"upetu-1bit": [(0, 2, 0.7, 0.65), (1, 3, 0.1, 0.1)], "upetu-32bit": [(0, 2, 0.7, 0.71)]})
+    off_rate = ledger({"upetu-32bit": [(0, 3, 0.7, 0.10)]}, lr=0.03)  # not the design's chosen rate
+    paths = {}
+    for name, data in (("design", design), ("more", more), ("off", off_rate)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(data))
+    references = ["--reference", f"d={paths['more']}", "--reference", f"d={paths['off']}"]
+    result = compare.main(
+        ["--design", f"d={paths['design']}", *references, "--output-dir", str(tmp_path / "out")]
+    )
+    # the 3 final seeds' aims are unchanged; every seed: 1-bit 70, 72, 65 (split 1 left out), 32-bit 74, 74, 71
+    assert result["bits"]["aims"]["1-bit minus 32-bit (test, points), aim >= -0.5"] == pytest.approx(-3.0)
+    pooled = result["every_seed"]
+    assert pooled["upetu-1bit"]["seeds"] == [0, 1, 2] and pooled["upetu-32bit"]["seeds"] == [0, 1, 2]
+    assert pooled["aims"]["1-bit minus 32-bit (test, points), aim >= -0.5"] == pytest.approx(69.0 - 73.0)
+    text = (tmp_path / "out" / "qlinear_comparison.md").read_text()
+    assert "| aim (d, every seed) | value | met |" in text and "| -4.00 | **no** |" in text
