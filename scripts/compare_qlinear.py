@@ -158,8 +158,9 @@ def ablations(
 def diagnostics(
     design: dict[str, Any], files: dict[str, dict[str, Any]], extra: Sequence[dict[str, Any]] = ()
 ) -> dict[str, Any]:
-    """Validation and test accuracy of each diagnostic's runs and of the design's runs of the same seeds (split 0)
-    for each variant the diagnostic ran and for `upetu-1bit` and `upetu-32bit`, at the design's chosen rates."""
+    """Validation and test accuracy of each diagnostic's runs (split 0, at the diagnostic's own chosen rate) and of
+    the design's runs of the same seeds for each variant the diagnostic ran and for `upetu-1bit` and `upetu-32bit`,
+    at the design's chosen rates."""
     pool = [r for data in (design, *extra) for r in data["runs"] if r.get("status") == "ok"]
     chosen = {variant: s["lr"] for variant, s in design["summary"].items()}
 
@@ -168,7 +169,12 @@ def diagnostics(
 
     result = {}
     for name, data in files.items():
-        runs = [r for r in data["runs"] if r.get("status") == "ok" and r.get("split_seed", 0) == 0]
+        # the diagnostic's final runs: split 0, at its own chosen rate where it searched one (e.g. `r-64` at 1 bit)
+        rate = {variant: s.get("lr") for variant, s in data.get("summary", {}).items()}
+        runs = [
+            r for r in data["runs"]
+            if r.get("status") == "ok" and r.get("split_seed", 0) == 0 and rate.get(r["variant"], r["lr"]) == r["lr"]
+        ]  # fmt: skip
         seeds = sorted({r["seed"] for r in runs})
         entry: dict[str, Any] = {"seeds": seeds, "diagnostic": scores(runs)}
         for variant in sorted({r["variant"] for r in runs} | {"upetu-1bit", "upetu-32bit"}):
@@ -448,11 +454,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
 
     def pooled(by_name: dict[str, list[Path]]) -> dict[str, dict[str, Any]]:
-        """Each name's runs, pooled over its files."""
-        return {
-            name: {"runs": [r for path in paths for r in json.loads(path.read_text())["runs"]]}
-            for name, paths in by_name.items()
-        }
+        """Each name's runs pooled over its files, and each variant's chosen rate (from the first file that
+        chose one)."""
+        result = {}
+        for name, paths in by_name.items():
+            files = [json.loads(path.read_text()) for path in paths]
+            summary: dict[str, Any] = {}
+            for data in reversed(files):
+                summary.update(data.get("summary", {}))
+            result[name] = {"runs": [r for data in files for r in data["runs"]], "summary": summary}
+        return result
 
     trials = {
         design: ablations(designs[design], pooled(by_name), references.get(design, []))

@@ -107,6 +107,9 @@ def test_diagnostics_report_the_design_runs_of_the_same_seeds(tmp_path, monkeypa
                     validation_score=0.1, test_score=0.1)  # fmt: skip
     design["runs"].append(off_rate)  # not the chosen rate: left out
     diagnostic = ledger({"upetu-1bit": [(0, 0, 0.75, 0.66), (0, 1, 0.75, 0.68)]})
+    search = dict(key="search", variant="upetu-1bit", status="ok", lr=0.003, seed=0, split_seed=0,
+                  validation_score=0.99, test_score=0.99)  # fmt: skip
+    diagnostic["runs"].append(search)  # a search run of the diagnostic at a rate it did not choose: left out
     paths = {}
     for name, data in (("d", design), ("x", diagnostic)):
         paths[name] = tmp_path / f"{name}.json"
