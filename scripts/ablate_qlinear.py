@@ -33,6 +33,9 @@ Trials add a remedy:
 - `hidden-bias`: at k bits EQAM learns a bias on its r hidden units, `act(W_down @ u + b)` (ReActNet's learned shift
   ahead of a binary layer's activation): a 1-bit row's offset is otherwise tied to its sign pattern. `b` (r,) starts
   at 0 and is a side tensor (r numbers per block; no weight decay, as every 1-D parameter);
+- `fast-magnitudes-3`: at k bits every learned magnitude (`W_down`'s row scale, `W_up`'s column scale, EQAM's `s`)
+  in a third of the design's unit, so Adam moves them 3 times faster while the latents (the codes) keep their pace
+  (the converse of `plain-scale`, whose slower `s` fitted the training data less well);
 - `eqam-sequential`: EQAM after the block's MLP instead of parallel to it (issue 13's "where EQAM sits"): it reads
   the MLP output `f = pwconv2(...)` and adds its delta there, `f + EQAM(f)`, ahead of the layer scale (the
   sequential adapter of Houlsby et al. / AdaptFormer; same parameters).
@@ -306,6 +309,34 @@ def _hidden_bias() -> None:
     EQAM.forward = forward
 
 
+def _fast_magnitudes(factor: float) -> Callable[[], None]:
+    """k-bit magnitudes (row, column and EQAM scales) learned `factor` times faster (see the module docstring)."""
+
+    def patch() -> None:
+        import torch
+
+        from upetu_hf.tuner.layer import EQAM
+
+        original = EQAM.__init__
+
+        def init(self, channels, config) -> None:
+            original(self, channels, config)
+            if config.bits == 32:  # plain weights, no magnitudes
+                return
+            # every multiplier `scale * row_scale_unit` keeps its value, so the forward pass is unchanged
+            with torch.no_grad():
+                for weight in (self.down, self.up):
+                    weight.row_scale_unit *= factor
+                    for scale in (weight.scale, weight.column_scale):
+                        if scale is not None:
+                            scale.latent.div_(factor)
+                self.scale.latent.div_(factor)  # EQAM's s, in `up`'s unit
+
+        EQAM.__init__ = init
+
+    return patch
+
+
 def _eqam_sequential() -> None:
     """EQAM in series after the block's MLP: `f = pwconv2(act(pwconv1(LN(dwconv(x)))))` (V2: with GRN),
     `f = f + EQAM(f)`, then layer scale, drop path and the residual; CAPM unchanged."""
@@ -436,6 +467,7 @@ ABLATIONS: dict[str, Callable[[], None]] = {
     "eqam-sequential": _eqam_sequential,
     "plain-scale": _plain_scale,
     "hidden-bias": _hidden_bias,
+    "fast-magnitudes-3": _fast_magnitudes(3.0),
     "down-column-scale": _down_column_scale,
     "capm-no-gate": _capm_no_gate,
     "r-24": _rank(24),

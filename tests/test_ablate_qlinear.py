@@ -37,6 +37,7 @@ def probe(model):
         "down_column_scale": None if eqam.down.column_scale is None else list(eqam.down.column_scale.latent.shape),
         "latent_std": latent.std().item(),
         "full_precision": [m for m in ("down", "up") if getattr(eqam, m).row_scale_unit == 1.0],
+        "unit": eqam.down.row_scale_unit,
         "on_grid": bool(torch.equal(latent, eqam.down.weight.codec.quantize(latent))),
         "logits": logits.flatten().tolist(),
     }}
@@ -313,3 +314,10 @@ def test_hidden_bias_adds_a_zero_initialised_bias_at_k_bits_only():
     assert seen["1"]["shape"] == [16] and seen["32"]["shape"] is None  # r = 16 hidden units, k bits only
     assert seen["1"]["at_init"] == 0.0 and seen["32"]["at_init"] == 0.0  # zero bias: the design's EQAM
     assert seen["1"]["bumped"] > 1e-3 and seen["32"]["bumped"] == 0.0  # the bias enters the 1-bit forward
+
+
+def test_fast_magnitudes_keeps_the_forward_weights_and_speeds_up_the_scales():
+    before, after = run("fast-magnitudes-3")
+    assert after["latent_std"] == pytest.approx(before["latent_std"])  # the codes' latents are untouched
+    assert after["logits"] == pytest.approx(before["logits"], abs=1e-5)  # every multiplier is still 1 at init
+    assert after["unit"] == pytest.approx(3 * before["unit"])  # so each Adam step moves it 3 times as far
