@@ -36,6 +36,11 @@ Trials add a remedy:
 - `fast-magnitudes-3`: at k bits every learned magnitude (`W_down`'s row scale, `W_up`'s column scale, EQAM's `s`)
   in a third of the design's unit, so Adam moves them 3 times faster while the latents (the codes) keep their pace
   (the converse of `plain-scale`, whose slower `s` fitted the training data less well);
+- `latent-clip-2`: BinaryConnect's box on the latent weights: before every training forward pass each k-bit latent
+  tensor is clamped to +-2 units (its init std; the 1-bit levels sit at +-0.80 units). Without it a latent that
+  received consistent gradients drifts tens of units past its threshold (Adam moves it about lr per step, 20-50
+  units over a run at lr 1e-2) and its code can no longer flip back; with it every code stays a few steps from
+  flipping. The clamp keeps every code (the box is beyond the last threshold), so evaluation is unchanged;
 - `eqam-sequential`: EQAM after the block's MLP instead of parallel to it (issue 13's "where EQAM sits"): it reads
   the MLP output `f = pwconv2(...)` and adds its delta there, `f + EQAM(f)`, ahead of the layer scale (the
   sequential adapter of Houlsby et al. / AdaptFormer; same parameters).
@@ -337,6 +342,31 @@ def _fast_magnitudes(factor: float) -> Callable[[], None]:
     return patch
 
 
+def _latent_clip(bound: float) -> Callable[[], None]:
+    """k-bit latents clamped to +-`bound` units before every training forward pass (see the module docstring)."""
+
+    def patch() -> None:
+        import torch
+
+        from upetu_hf.tuner.quantization import KBitCodec, QuantizedParameter, codebook_levels
+
+        original = QuantizedParameter.forward
+
+        def forward(self):
+            codec = self.codec
+            if isinstance(codec, KBitCodec) and self.training and torch.is_grad_enabled():
+                unit = float(codec.levels[-1]) / codebook_levels(codec.bits, codec.codebook)[-1]
+                limit = bound * unit
+                assert limit > float(codec.thresholds[-1]), "the box must keep every code"
+                with torch.no_grad():
+                    self.latent.clamp_(-limit, limit)
+            return original(self)
+
+        QuantizedParameter.forward = forward
+
+    return patch
+
+
 def _eqam_sequential() -> None:
     """EQAM in series after the block's MLP: `f = pwconv2(act(pwconv1(LN(dwconv(x)))))` (V2: with GRN),
     `f = f + EQAM(f)`, then layer scale, drop path and the residual; CAPM unchanged."""
@@ -468,6 +498,7 @@ ABLATIONS: dict[str, Callable[[], None]] = {
     "plain-scale": _plain_scale,
     "hidden-bias": _hidden_bias,
     "fast-magnitudes-3": _fast_magnitudes(3.0),
+    "latent-clip-2": _latent_clip(2.0),
     "down-column-scale": _down_column_scale,
     "capm-no-gate": _capm_no_gate,
     "r-24": _rank(24),

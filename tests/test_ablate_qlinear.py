@@ -321,3 +321,39 @@ def test_fast_magnitudes_keeps_the_forward_weights_and_speeds_up_the_scales():
     assert after["latent_std"] == pytest.approx(before["latent_std"])  # the codes' latents are untouched
     assert after["logits"] == pytest.approx(before["logits"], abs=1e-5)  # every multiplier is still 1 at init
     assert after["unit"] == pytest.approx(3 * before["unit"])  # so each Adam step moves it 3 times as far
+
+
+LATENT_CLIP = """
+import json, math, sys, torch
+sys.path.insert(0, {scripts!r})
+import ablate_qlinear
+ablate_qlinear.ABLATIONS["latent-clip-2"]()
+from upetu_hf.tuner.quantization import QLinearWeight
+
+torch.manual_seed(0)
+weight = QLinearWeight(8, 12, 1, "lloyd", 32, learn_scale=True)
+gain = 1 / math.sqrt(3 * 12)
+with torch.no_grad():
+    weight.weight.latent.mul_(10)  # drifted far past the threshold
+codes = torch.sign(weight.weight.latent).clone()
+weight.eval()
+eval_max = (weight.weight.latent.abs().max() / gain).item()
+weight()  # an eval forward does not clamp
+after_eval = (weight.weight.latent.abs().max() / gain).item()
+weight.train()
+forward = weight()
+print(json.dumps({{
+    "eval": [eval_max, after_eval],
+    "train_max": (weight.weight.latent.abs().max() / gain).item(),
+    "codes_kept": bool(torch.equal(torch.sign(weight.weight.latent), codes)),
+}}))
+"""
+
+
+def test_latent_clip_boxes_the_latents_in_training_and_keeps_every_code():
+    code = LATENT_CLIP.format(scripts=str(ROOT / "scripts"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["eval"][0] > 10 and seen["eval"][1] == seen["eval"][0]  # evaluation leaves the latents alone
+    assert seen["train_max"] == pytest.approx(2.0, rel=1e-5)  # a training forward clamps them to +-2 units
+    assert seen["codes_kept"]
