@@ -41,6 +41,8 @@ Trials add a remedy:
   received consistent gradients drifts tens of units past its threshold (Adam moves it about lr per step, 20-50
   units over a run at lr 1e-2) and its code can no longer flip back; with it every code stays a few steps from
   flipping. The clamp keeps every code (the box is beyond the last threshold), so evaluation is unchanged;
+- `s-weight-units`: a diagnostic, not a remedy. At 32 bits EQAM's `s` in the units of `W_up`'s entries, as at k
+  bits (`up = W_up * s / gain_up`): with plain 32-bit weights, does the k-bit pace of `s` alone cost accuracy?
 - `eqam-sequential`: EQAM after the block's MLP instead of parallel to it (issue 13's "where EQAM sits"): it reads
   the MLP output `f = pwconv2(...)` and adds its delta there, `f + EQAM(f)`, ahead of the layer scale (the
   sequential adapter of Houlsby et al. / AdaptFormer; same parameters).
@@ -59,7 +61,8 @@ Trials add a remedy:
 (The `up-column-scale` trial of results/qlinear_ablations/ ran at commit a14dd3b, on format 3; it is now the
 design.)
 
-Everything after `--` goes to `scripts/benchmark_accuracy.py` unchanged, so the protocol (splits, epochs, seeds,
+Several names joined by `+` apply each change in turn (e.g. `kbit-parameterization+plain-scale`). Everything
+after `--` goes to `scripts/benchmark_accuracy.py` unchanged, so the protocol (splits, epochs, seeds,
 learning rates) is the benchmark's. Example, the 1-bit remedies on validation:
 
 ```bash
@@ -367,6 +370,22 @@ def _latent_clip(bound: float) -> Callable[[], None]:
     return patch
 
 
+def _s_weight_units() -> None:
+    """At 32 bits, EQAM's `s` divided by `W_up`'s init gain, as at k bits (see the module docstring)."""
+    import math
+
+    from upetu_hf.tuner.layer import EQAM
+
+    original = EQAM.__init__
+
+    def init(self, channels, config) -> None:
+        original(self, channels, config)
+        if config.bits == 32:  # a 32-bit `up` has no scales of its own: its unit only enters through `s`
+            self.up.row_scale_unit = math.sqrt(3.0 * config.r)
+
+    EQAM.__init__ = init
+
+
 def _eqam_sequential() -> None:
     """EQAM in series after the block's MLP: `f = pwconv2(act(pwconv1(LN(dwconv(x)))))` (V2: with GRN),
     `f = f + EQAM(f)`, then layer scale, drop path and the residual; CAPM unchanged."""
@@ -499,6 +518,7 @@ ABLATIONS: dict[str, Callable[[], None]] = {
     "hidden-bias": _hidden_bias,
     "fast-magnitudes-3": _fast_magnitudes(3.0),
     "latent-clip-2": _latent_clip(2.0),
+    "s-weight-units": _s_weight_units,
     "down-column-scale": _down_column_scale,
     "capm-no-gate": _capm_no_gate,
     "r-24": _rank(24),
@@ -517,9 +537,13 @@ ABLATIONS: dict[str, Callable[[], None]] = {
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) < 2 or argv[0] not in ABLATIONS or argv[1] != "--":
-        raise SystemExit(f"usage: ablate_qlinear.py {{{','.join(ABLATIONS)}}} -- BENCHMARK_ARGS...")
-    ABLATIONS[argv[0]]()
+    names = argv[0].split("+") if argv else []
+    if len(argv) < 2 or not names or any(name not in ABLATIONS for name in names) or argv[1] != "--":
+        raise SystemExit(
+            f"usage: ablate_qlinear.py NAME[+NAME...] -- BENCHMARK_ARGS... (NAME: {', '.join(ABLATIONS)})"
+        )
+    for name in names:  # e.g. `kbit-parameterization+plain-scale`: both changes, applied in this order
+        ABLATIONS[name]()
     import benchmark_accuracy
 
     # the results record this command, so that rerunning it repeats the trial, not the plain benchmark

@@ -5,6 +5,7 @@ scales are not re-rounded by the int8 codec."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -357,3 +358,50 @@ def test_latent_clip_boxes_the_latents_in_training_and_keeps_every_code():
     assert seen["eval"][0] > 10 and seen["eval"][1] == seen["eval"][0]  # evaluation leaves the latents alone
     assert seen["train_max"] == pytest.approx(2.0, rel=1e-5)  # a training forward clamps them to +-2 units
     assert seen["codes_kept"]
+
+
+COMBINED = """
+import json, math, sys, torch
+sys.path.insert(0, {scripts!r})
+from upetu_hf.tuner.config import UPetuConfig
+from upetu_hf.tuner.layer import EQAM
+
+def delta(bits):
+    torch.manual_seed(1)
+    eqam = EQAM(40, UPetuConfig(bits=bits, side_bits=32, init_weights=False)).eval()
+    with torch.no_grad():
+        return eqam(torch.randn(2, 3, 3, 40, generator=torch.Generator().manual_seed(2))), eqam
+
+before, _ = delta(32)
+import ablate_qlinear, benchmark_accuracy
+seen = {{}}
+benchmark_accuracy.main = lambda argv, program: seen.update(program=program)
+ablate_qlinear.main([{names!r}, "--", "--quick"])
+after, eqam = delta(32)
+seen.update(ratio=(after.abs().sum() / before.abs().sum()).item(), unit=eqam.up.row_scale_unit,
+            column_scale=eqam.up.column_scale is not None)
+print(json.dumps(seen))
+"""
+
+
+def combined(names: str) -> dict:
+    code = COMBINED.format(scripts=str(ROOT / "scripts"), names=names)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_s_weight_units_speeds_up_s_at_32_bits_only():
+    seen = combined("s-weight-units")
+    assert seen["ratio"] == pytest.approx(math.sqrt(3 * 16), rel=1e-5)  # s / gain_up, gain_up = 1 / sqrt(3 r)
+    assert not seen["column_scale"]  # plain 32-bit weights otherwise
+
+
+def test_names_joined_by_plus_apply_every_change_and_are_recorded():
+    seen = combined("kbit-parameterization+plain-scale")
+    assert seen["program"] == "python scripts/ablate_qlinear.py kbit-parameterization+plain-scale --"
+    assert seen["column_scale"] and seen["unit"] > 1.0  # the 1-bit structure of kbit-parameterization...
+    # ...with a plain s: EQAM's delta no longer has the 1 / gain_up factor the structure alone gives it
+    alone = combined("kbit-parameterization")
+    assert seen["ratio"] == pytest.approx(alone["ratio"] / math.sqrt(3 * 16), rel=1e-4)
+    with pytest.raises(subprocess.CalledProcessError):
+        combined("kbit-parameterization+no-such-trial")
