@@ -43,6 +43,11 @@ Trials add a remedy:
   flipping. The clamp keeps every code (the box is beyond the last threshold), so evaluation is unchanged;
 - `s-weight-units`: a diagnostic, not a remedy. At 32 bits EQAM's `s` in the units of `W_up`'s entries, as at k
   bits (`up = W_up * s / gain_up`): with plain 32-bit weights, does the k-bit pace of `s` alone cost accuracy?
+- `derived-magnitudes`: at k bits the magnitudes are computed from the latent weights instead of learned (XNOR-Net's
+  alpha, with its gradient): `W = q(L) * mean|L| / mean|q(L)|`, means over each row of `W_down` and each column of
+  `W_up` (at 1 bit `sign(L) * mean|L|`). The latents are plain 32-bit weights (Kaiming-uniform init, weight decay,
+  stored whole, so a reload is exact), so they learn with the 32-bit dynamics; no learned row or column scales.
+  The `kbit-parameterization` control tied the 1-bit loss to the learned magnitudes, not to the codes;
 - `eqam-sequential`: EQAM after the block's MLP instead of parallel to it (issue 13's "where EQAM sits"): it reads
   the MLP output `f = pwconv2(...)` and adds its delta there, `f + EQAM(f)`, ahead of the layer scale (the
   sequential adapter of Houlsby et al. / AdaptFormer; same parameters).
@@ -386,6 +391,40 @@ def _s_weight_units() -> None:
     EQAM.__init__ = init
 
 
+def _derived_magnitudes() -> None:
+    """k-bit Q-Linear weights with magnitudes derived from 32-bit latents (see the module docstring)."""
+    import math
+
+    import torch
+
+    from upetu_hf.tuner import layer
+    from upetu_hf.tuner.quantization import QLinearWeight, _StraightThrough, make_codec
+
+    class DerivedMagnitudes(QLinearWeight):
+        def __init__(self, out_features, in_features, bits, codebook, side_bits, *, learn_scale, **_) -> None:
+            # a plain 32-bit weight (Kaiming-uniform, weight decay, stored whole), quantized in `forward`
+            super().__init__(out_features, in_features, 32, codebook, side_bits, learn_scale=False)
+            self.axis = self.quantizer = None
+            if bits != 32:
+                gain = 1.0 / math.sqrt(3.0 * in_features)
+                self.quantizer = make_codec(bits, codebook, unit=gain)
+                self.axis = 1 if learn_scale else 0  # `W_down`: per row; `W_up`: per column
+                self.row_scale_unit = 1.0 / gain  # EQAM's s in `W_up`'s weight units, as at k bits
+
+        def forward(self) -> torch.Tensor:
+            latent = self.weight()
+            if self.quantizer is None:
+                return latent
+            if torch.is_grad_enabled() and latent.requires_grad:
+                codes = _StraightThrough.apply(latent, self.quantizer)
+            else:
+                codes = self.quantizer.quantize(latent).to(latent.dtype)
+            magnitude = latent.abs().mean(dim=self.axis, keepdim=True)
+            return codes * (magnitude / codes.detach().abs().mean(dim=self.axis, keepdim=True))
+
+    layer.QLinearWeight = DerivedMagnitudes
+
+
 def _eqam_sequential() -> None:
     """EQAM in series after the block's MLP: `f = pwconv2(act(pwconv1(LN(dwconv(x)))))` (V2: with GRN),
     `f = f + EQAM(f)`, then layer scale, drop path and the residual; CAPM unchanged."""
@@ -519,6 +558,7 @@ ABLATIONS: dict[str, Callable[[], None]] = {
     "fast-magnitudes-3": _fast_magnitudes(3.0),
     "latent-clip-2": _latent_clip(2.0),
     "s-weight-units": _s_weight_units,
+    "derived-magnitudes": _derived_magnitudes,
     "down-column-scale": _down_column_scale,
     "capm-no-gate": _capm_no_gate,
     "r-24": _rank(24),

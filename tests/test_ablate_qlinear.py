@@ -405,3 +405,36 @@ def test_names_joined_by_plus_apply_every_change_and_are_recorded():
     assert seen["ratio"] == pytest.approx(alone["ratio"] / math.sqrt(3 * 16), rel=1e-4)
     with pytest.raises(subprocess.CalledProcessError):
         combined("kbit-parameterization+no-such-trial")
+
+
+DERIVED = """
+import json, sys, torch
+sys.path.insert(0, {scripts!r})
+import ablate_qlinear
+ablate_qlinear.ABLATIONS["derived-magnitudes"]()
+from upetu_hf.tuner import layer
+from upetu_hf.tuner.quantization import FloatCodec
+
+torch.manual_seed(0)
+down = layer.QLinearWeight(8, 12, 1, "lloyd", 8, learn_scale=True)
+up = layer.QLinearWeight(12, 8, 1, "lloyd", 8, learn_scale=False, learn_column_scale=True)
+plain = layer.QLinearWeight(8, 12, 32, "lloyd", 8, learn_scale=True)
+w, u, latent = down(), up(), down.weight.latent
+print(json.dumps({{
+    "row_magnitudes": (w.abs() - latent.abs().mean(1, keepdim=True)).abs().max().item(),
+    "signs": bool(torch.equal(torch.sign(w), torch.sign(latent))),
+    "column_magnitudes": (u.abs() - up.weight.latent.abs().mean(0, keepdim=True)).abs().max().item(),
+    "learned_scales": [m.scale is not None or m.column_scale is not None for m in (down, up)],
+    "stored_whole": isinstance(down.weight.codec, FloatCodec),
+    "plain_32": bool(torch.equal(plain(), plain.weight.latent)),
+}}))
+"""
+
+
+def test_derived_magnitudes_take_each_rows_mean_magnitude_from_the_latents():
+    code = DERIVED.format(scripts=str(ROOT / "scripts"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    # 1 bit: sign(L) * mean |L| over each row of W_down and each column of W_up, nothing learned besides L
+    assert seen["row_magnitudes"] < 1e-6 and seen["column_magnitudes"] < 1e-6 and seen["signs"]
+    assert seen["learned_scales"] == [False, False] and seen["stored_whole"] and seen["plain_32"]
