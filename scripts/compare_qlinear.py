@@ -134,8 +134,9 @@ def bit_widths(designs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def ablations(
     new: dict[str, Any], files: dict[str, dict[str, Any]], extra: Sequence[dict[str, Any]] = ()
 ) -> dict[str, Any]:
-    """Validation accuracy of each ablation vs the ablated design `new` at the same variant, learning rate and
-    seeds (the design's runs pooled with `extra`, more runs of the same design, e.g. further seeds)."""
+    """Validation accuracy of each ablation's split-0 runs vs the ablated design `new` at the same variant, learning
+    rate and seeds (the design's runs pooled with `extra`, more runs of the same design, e.g. further seeds). A
+    trial that also ran other splits (e.g. as a lever) is compared on split 0 only, like the design."""
     pool = [
         r
         for data in (new, *extra)
@@ -144,7 +145,7 @@ def ablations(
     ]
     result = {}
     for name, data in files.items():
-        runs = [r for r in data["runs"] if r.get("status") == "ok"]
+        runs = [r for r in data["runs"] if r.get("status") == "ok" and r.get("split_seed", 0) == 0]
         keys = {(r["variant"], r["lr"], r["seed"]) for r in runs}
         reference = list({r["key"]: r for r in pool if (r["variant"], r["lr"], r["seed"]) in keys}.values())
         result[name] = {

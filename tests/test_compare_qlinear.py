@@ -62,7 +62,9 @@ def test_trials_per_design_and_levers_paired_over_splits(tmp_path, monkeypatch):
     b = ledger({"upetu-1bit": [(0, 0, 0.74, 0.60), (0, 1, 0.76, 0.62)]})
     more_b = ledger({"upetu-1bit": [(0, 2, 0.78, 0.6)]})
     trial_a = ledger({"upetu-1bit": [(0, 0, 0.71, 0.5), (0, 1, 0.73, 0.5)]})
-    trial_b = ledger({"upetu-1bit": [(0, 0, 0.70, 0.5), (0, 1, 0.70, 0.5), (0, 2, 0.70, 0.5)]})
+    trial_b = ledger(
+        {"upetu-1bit": [(0, 0, 0.70, 0.5), (0, 1, 0.70, 0.5), (0, 2, 0.70, 0.5), (1, 0, 0.1, 0.1)]}
+    )
     main = ledger({"upetu": [(s, e, 0.75, 0.70 + 0.01 * s) for s in (0, 1, 2) for e in (0, 1)]})
     lever = ledger({"upetu": [(s, e, 0.74 + 0.002 * e, 0.68 + 0.01 * s) for s in (0, 1, 2) for e in (0, 1)]})
     lever["summary"]["upetu"]["lr"] = main["summary"]["upetu"]["lr"] = 0.01
@@ -83,6 +85,7 @@ def test_trials_per_design_and_levers_paired_over_splits(tmp_path, monkeypatch):
     assert x["design_validation"]["mean"] == pytest.approx(71.0) and x["ablation_validation"]["mean"] == 72.0
     # b's seeds 0-1 pooled with its extra seed 2
     assert y["design_validation"]["mean"] == pytest.approx(76.0) and y["design_validation"]["n"] == 3
+    assert y["ablation_validation"]["mean"] == pytest.approx(70.0)  # the trial's split-1 run is left out
     row = result["levers"]["seq (upetu)"]
     assert row["validation"]["n"] == 6 and row["validation"]["mean"] == pytest.approx(-0.9)
     assert row["test"]["mean"] == pytest.approx(-2.0) and row["test"]["decided"] == "design"
