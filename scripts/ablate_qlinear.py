@@ -269,22 +269,27 @@ def _kbit_parameterization() -> None:
     }
 
 
-def _plain_scale() -> None:
-    """EQAM's `s` as a plain multiplier of the (C, r) up weight at every bit width (see the module docstring)."""
+def _eqam_delta(eqam, u, up, bias=None):
+    """EQAM's forward pass (`upetu_hf.tuner.layer.EQAM.forward`) with a given (C, r) up weight and an optional
+    bias on the r hidden units: `up @ act(DWConv?(W_down @ u + bias))`, u (N, H, W, C) -> (N, H, W, C)."""
     import torch.nn.functional as F
 
+    down = eqam.down()  # (r, C)
+    hidden = F.linear(u.to(down.dtype), down, bias)  # (N, H, W, r)
+    if eqam.conv is not None:
+        kernel = eqam.conv()  # (r, 1, k, k)
+        hidden = F.conv2d(
+            hidden.permute(0, 3, 1, 2), kernel, padding=kernel.shape[-1] // 2, groups=kernel.shape[0]
+        ).permute(0, 2, 3, 1)
+    return F.linear(eqam.act(hidden), up).to(u.dtype)
+
+
+def _plain_scale() -> None:
+    """EQAM's `s` as a plain multiplier of the (C, r) up weight at every bit width (see the module docstring)."""
     from upetu_hf.tuner.layer import EQAM
 
     def forward(self, u):
-        down = self.down()  # (r, C)
-        up = self.up() * self.scale().unsqueeze(1)  # (C, r): no `row_scale_unit` on s
-        hidden = F.linear(u.to(down.dtype), down)  # (N, H, W, r)
-        if self.conv is not None:
-            kernel = self.conv()
-            hidden = F.conv2d(
-                hidden.permute(0, 3, 1, 2), kernel, padding=kernel.shape[-1] // 2, groups=kernel.shape[0]
-            ).permute(0, 2, 3, 1)
-        return F.linear(self.act(hidden), up).to(u.dtype)
+        return _eqam_delta(self, u, self.up() * self.scale().unsqueeze(1))  # no `row_scale_unit` on s
 
     EQAM.forward = forward
 
@@ -292,7 +297,6 @@ def _plain_scale() -> None:
 def _hidden_bias() -> None:
     """A learned bias on EQAM's hidden units at k bits (see the module docstring)."""
     import torch
-    import torch.nn.functional as F
 
     from upetu_hf.tuner.layer import EQAM
     from upetu_hf.tuner.quantization import QuantizedParameter, make_side_codec
@@ -307,16 +311,8 @@ def _hidden_bias() -> None:
             self.hidden_bias = QuantizedParameter(torch.zeros(config.r), codec)
 
     def forward(self, u):
-        down = self.down()  # (r, C)
-        up = self.up() * (self.scale() * self.up.row_scale_unit).unsqueeze(1)  # (C, r)
-        bias = None if self.hidden_bias is None else self.hidden_bias()
-        hidden = F.linear(u.to(down.dtype), down, bias)  # (N, H, W, r)
-        if self.conv is not None:
-            kernel = self.conv()
-            hidden = F.conv2d(
-                hidden.permute(0, 3, 1, 2), kernel, padding=kernel.shape[-1] // 2, groups=kernel.shape[0]
-            ).permute(0, 2, 3, 1)
-        return F.linear(self.act(hidden), up).to(u.dtype)
+        up = self.up() * (self.scale() * self.up.row_scale_unit).unsqueeze(1)  # (C, r), as in the design
+        return _eqam_delta(self, u, up, None if self.hidden_bias is None else self.hidden_bias())
 
     EQAM.__init__ = init
     EQAM.forward = forward
