@@ -94,22 +94,31 @@ def aim_values(one: dict[str, Any] | None, full: dict[str, Any] | None) -> dict[
     }
 
 
+def design_runs(
+    design: dict[str, Any], extra: Sequence[dict[str, Any]], variant: str, seeds: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """The design's split-0 runs of `variant` at its chosen rate, pooled over its file and `extra` (its
+    `--reference` files), each run once; only `seeds` if given."""
+    lr = (design["summary"].get(variant) or {}).get("lr")
+    runs = {
+        r["key"]: r
+        for data in (design, *extra)
+        for r in data["runs"]
+        if r["variant"] == variant and r.get("status") == "ok" and r.get("split_seed", 0) == 0 and r["lr"] == lr
+        and (seeds is None or r["seed"] in seeds)
+    }  # fmt: skip
+    return list(runs.values())
+
+
 def every_seed(design: dict[str, Any], extra: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """1-bit and 32-bit test accuracy over every seed of split 0 run at the design's chosen rates, in the design's
     file and in its `--reference` files (more seeds of the same design): the aims on more than the 3 final seeds."""
-    chosen = {variant: s["lr"] for variant, s in design["summary"].items()}
     stats = {}
     for variant in ("upetu-1bit", "upetu-32bit"):
-        runs = {
-            r["key"]: r
-            for data in (design, *extra)
-            for r in data["runs"]
-            if r["variant"] == variant and r.get("status") == "ok" and r.get("split_seed", 0) == 0
-            and r["lr"] == chosen.get(variant)
-        }  # fmt: skip
+        runs = design_runs(design, extra, variant)
         stats[variant] = {
-            "seeds": sorted(r["seed"] for r in runs.values()),
-            "test": mean_std([r["test_score"] for r in runs.values()]),
+            "seeds": sorted(r["seed"] for r in runs),
+            "test": mean_std([r["test_score"] for r in runs]),
         }
     return {**stats, "aims": aim_values(stats["upetu-1bit"]["test"], stats["upetu-32bit"]["test"])}
 
@@ -162,7 +171,6 @@ def diagnostics(
     """Validation and test accuracy of each diagnostic's runs (split 0, at the diagnostic's own chosen rate) and of
     the design's runs of the same seeds for each variant the diagnostic ran and for `upetu-1bit` and `upetu-32bit`,
     at the design's chosen rates."""
-    pool = [r for data in (design, *extra) for r in data["runs"] if r.get("status") == "ok"]
     chosen = {variant: s["lr"] for variant, s in design["summary"].items()}
 
     def scores(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -179,15 +187,8 @@ def diagnostics(
         seeds = sorted({r["seed"] for r in runs})
         entry: dict[str, Any] = {"seeds": seeds, "diagnostic": scores(runs)}
         for variant in sorted({r["variant"] for r in runs} | {"upetu-1bit", "upetu-32bit"}):
-            same = {
-                r["key"]: r
-                for r in pool
-                if r["variant"] == variant
-                and r["lr"] == chosen.get(variant)
-                and r.get("split_seed", 0) == 0
-                and r["seed"] in seeds
-            }
-            entry[variant] = {"lr": chosen.get(variant), "n": len(same), **scores(list(same.values()))}
+            same = design_runs(design, extra, variant, seeds)
+            entry[variant] = {"lr": chosen.get(variant), "n": len(same), **scores(same)}
         result[name] = entry
     return result
 
