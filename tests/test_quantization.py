@@ -9,7 +9,9 @@ from upetu_hf.tuner.quantization import (
     FloatCodec,
     Int8Codec,
     KBitCodec,
+    QLinearWeight,
     QuantizedParameter,
+    SignCodec,
     codebook_levels,
     pack_codes,
     unpack_codes,
@@ -55,6 +57,10 @@ CODECS = [
     Int8Codec(),
     FloatCodec(16),
     FloatCodec(32),
+    SignCodec("row", Int8Codec(), 0.1),
+    SignCodec("column", Int8Codec(), 0.1),
+    SignCodec("row", FloatCodec(16), 0.1),
+    SignCodec("column", FloatCodec(32), 0.1),
 ]
 
 
@@ -68,7 +74,7 @@ def test_codecs_are_idempotent(codec, scale):
     assert torch.equal(decoded, codec.quantize(x))
     assert torch.equal(codec.quantize(decoded), decoded)
     assert torch.equal(codec.decode(codec.encode(decoded), x.shape), decoded)
-    if isinstance(codec, (KBitCodec, Int8Codec)):
+    if isinstance(codec, (KBitCodec, Int8Codec)) or isinstance(getattr(codec, "side", None), Int8Codec):
         for dtype in (torch.float16, torch.bfloat16):
             assert torch.equal(codec.quantize(decoded.to(dtype).float()), decoded), dtype
 
@@ -124,42 +130,79 @@ def test_no_stale_value_after_any_update(update):
 
 
 def test_qlinear_weight_forms():
-    from upetu_hf.tuner.quantization import QLinearWeight
-
     full = QLinearWeight(4, 12, bits=32, codebook="lloyd", side_bits=32, learn_scale=True)
     assert full.scale is None and full() is full.weight.latent  # 32 bits: exactly the unquantized weight
-    learned = QLinearWeight(4, 12, bits=1, codebook="lloyd", side_bits=32, learn_scale=True)
-    fixed = QLinearWeight(4, 12, bits=1, codebook="lloyd", side_bits=8, learn_scale=False)
+    learned = QLinearWeight(4, 12, bits=2, codebook="lloyd", side_bits=32, learn_scale=True)
+    fixed = QLinearWeight(4, 12, bits=2, codebook="lloyd", side_bits=8, learn_scale=False)
     # the row scale lives in weight units (gain = 1 / sqrt(3 * 12) = 1/6): m = gain * alpha
     with torch.no_grad():
         learned.scale.latent.copy_(torch.tensor([1.0, 2.0, 0.5, 0.25]) / 6.0)
-        row_scale = learned().abs().amax(dim=1) / (0.7979 / 6.0)
+        row_scale = learned().abs().amax(dim=1) / (1.510 / 6.0)
     assert row_scale == pytest.approx([1.0, 2.0, 0.5, 0.25], rel=1e-3)
     assert learned.row_scale_unit == pytest.approx(6.0) and full.row_scale_unit == 1.0
     with torch.no_grad():
-        assert fixed().abs().unique().numel() == 1
-        assert fixed().abs().max().item() == pytest.approx(0.7979 / 6.0, rel=1e-3)
+        assert fixed().abs().unique().numel() == 2
+        assert fixed().abs().max().item() == pytest.approx(1.510 / 6.0, rel=1e-3)
     # initialised at alpha = 1: the k-bit weight starts at the codebook levels times the weight's init std
-    fresh = QLinearWeight(4, 12, 1, "lloyd", 32, learn_scale=True)
+    fresh = QLinearWeight(4, 12, 2, "lloyd", 32, learn_scale=True)
     assert torch.allclose(fresh.scale.latent, torch.full((4,), 1.0 / 6.0))
     with torch.no_grad():
         assert torch.allclose(fresh(), fresh.weight(), rtol=1e-6)
     # the learned scale receives the gradient sum(grad * q(latent)) / gain (LSQ / XNOR-Net alpha, in weight units)
     grad_out = torch.randn(4, 12)
     (learned() * grad_out).sum().backward()
-    codes_value = KBitCodec(1, unit=1.0 / 6.0).quantize(learned.weight.latent)
+    codes_value = KBitCodec(2, unit=1.0 / 6.0).quantize(learned.weight.latent)
     assert torch.allclose(learned.scale.latent.grad, (grad_out * codes_value).sum(1) * 6.0, rtol=1e-5)
 
 
-def test_qlinear_column_scale_scales_columns_and_learns():
-    """EQAM's k-bit `W_up` has a per-column scale `t` in weight units: `W = q(latent) * (t / gain)[None, :]`, starting
-    at a multiplier of 1, with the gradient `sum_rows(grad * q(latent)) / gain`; 32 bits has none."""
-    from upetu_hf.tuner.quantization import QLinearWeight
+@pytest.mark.parametrize("learn_scale", [True, False])
+def test_one_bit_weight_is_signs_times_derived_magnitudes(learn_scale):
+    """1 bit: `W = sign(L) * mean|L|` per row (`W_down`) or per column (`W_up`), no learned magnitudes, a Kaiming-
+    uniform latent, and the gradient `dW * alpha / level + sign(L) * mean(dW * sign(L))`."""
+    torch.manual_seed(0)
+    weight = QLinearWeight(6, 12, 1, "lloyd", 32, learn_scale=learn_scale)
+    assert (
+        weight.scale is None and weight.column_scale is None and weight.row_scale_unit == pytest.approx(6.0)
+    )
+    latent = weight.weight.latent
+    assert latent.abs().max() <= 1.0 / 12**0.5 and latent.std().item() == pytest.approx(1.0 / 6.0, rel=0.3)
+    dim = 1 if learn_scale else 0
+    alpha = latent.detach().abs().mean(dim=dim, keepdim=True)
+    with torch.no_grad():
+        value = weight()
+    assert torch.allclose(value, torch.sign(latent.detach()) * alpha, rtol=1e-6)
+    assert torch.equal(weight(), value)  # train-mode value == eval-mode value, bit for bit
+    grad_out = torch.randn(6, 12)
+    (weight() * grad_out).sum().backward()
+    sign = torch.sign(latent.detach())
+    level = 0.7979 / 6.0
+    expected = grad_out * alpha / level + sign * (grad_out * sign).mean(dim=dim, keepdim=True)
+    assert torch.allclose(latent.grad, expected, rtol=1e-3, atol=1e-6)
+    # the codebook sets only the straight-through gain at 1 bit
+    quantile = QLinearWeight(6, 12, 1, "quantile", 32, learn_scale=learn_scale)
+    assert quantile.weight.codec.level == pytest.approx(0.6745 / 6.0, rel=1e-3)
 
+
+def test_one_bit_zero_rows_keep_their_signs_through_a_reload():
+    """A row whose magnitude is 0 decodes to signed zeros, which encode to the same sign bits (byte-identical saves)."""
+    codec = SignCodec("row", Int8Codec(), 0.1)
+    latent = torch.randn(3, 9)
+    latent[1] = 0.0
+    latent[1, ::2] = -0.0
+    stored = codec.encode(latent)
+    decoded = codec.decode(stored, latent.shape)
+    assert torch.equal(decoded[1], torch.zeros(9))
+    for key, value in codec.encode(decoded).items():
+        assert torch.equal(value, stored[key]), key
+
+
+def test_qlinear_column_scale_scales_columns_and_learns():
+    """EQAM's 2-bit `W_up` has a per-column scale `t` in weight units: `W = q(latent) * (t / gain)[None, :]`, starting
+    at a multiplier of 1, with the gradient `sum_rows(grad * q(latent)) / gain`; 32 bits has none."""
     assert (
         QLinearWeight(6, 3, 32, "lloyd", 32, learn_scale=False, learn_column_scale=True).column_scale is None
     )
-    weight = QLinearWeight(6, 3, 1, "lloyd", 32, learn_scale=False, learn_column_scale=True)
+    weight = QLinearWeight(6, 3, 2, "lloyd", 32, learn_scale=False, learn_column_scale=True)
     gain = 1.0 / 3.0  # 1 / sqrt(3 * 3)
     assert torch.allclose(weight.column_scale.latent, torch.full((3,), gain))
     with torch.no_grad():
@@ -170,12 +213,14 @@ def test_qlinear_column_scale_scales_columns_and_learns():
     grad_out = torch.randn(6, 3)
     (weight() * grad_out).sum().backward()
     assert torch.allclose(weight.column_scale.latent.grad, (grad_out * codes).sum(0) / gain, rtol=1e-5)
-    # EQAM's up projection carries it at 1 and 2 bits, the down projection never
+    # EQAM's up projection carries it at 2 bits, the down projection never; 1 bit derives its magnitudes
     from upetu_hf.tuner.config import UPetuConfig
     from upetu_hf.tuner.layer import EQAM
 
-    eqam = EQAM(16, UPetuConfig(r=4, bits=1))
+    eqam = EQAM(16, UPetuConfig(r=4, bits=2))
     assert eqam.up.column_scale.latent.shape == (4,) and eqam.down.column_scale is None
-    assert EQAM(16, UPetuConfig(r=4, bits=2)).up.column_scale is not None
+    one_bit = EQAM(16, UPetuConfig(r=4, bits=1))
+    assert one_bit.up.column_scale is None and one_bit.down.scale is None
+    assert (one_bit.down.weight.codec.per, one_bit.up.weight.codec.per) == ("row", "column")
     assert EQAM(16, UPetuConfig(r=4, bits=4)).up.column_scale is None  # the default adapter is unchanged
     assert EQAM(16, UPetuConfig(r=4, bits=32)).up.column_scale is None

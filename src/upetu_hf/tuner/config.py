@@ -19,13 +19,14 @@ class UPetuPeftType(str, enum.Enum):
 
 
 PEFT_TYPE = UPetuPeftType.UPETU
-#: version of the stored adapter format, recorded in the weights file's metadata (4: k-bit codes with learned
-#: row scales and, at 1 and 2 bits, column scales on EQAM's up projection, in weight units; power-of-two int8 side
-#: tensors. 3: no column scales; 2: unit-sized row scales)
-FORMAT_VERSION = "4"
-#: older versions this one reads, with the bit widths whose tensors did not change since (version 3 files of 4, 8
-#: and 32-bit adapters hold exactly what version 4 writes)
-READABLE_VERSIONS = {"3": (4, 8, 32)}
+#: version of the stored adapter format, recorded in the weights file's metadata (5: 1-bit weights as signs with
+#: magnitudes derived from the latent weights, `SignCodec`. 4: k-bit codes with learned row scales and, at 1 and 2
+#: bits, column scales on EQAM's up projection, in weight units; power-of-two int8 side tensors. 3: no column
+#: scales; 2: unit-sized row scales)
+FORMAT_VERSION = "5"
+#: older versions this one reads, with the bit widths whose tensors did not change since (version 4 files hold
+#: exactly what version 5 writes at 2, 4, 8 and 32 bits, version 3 files at 4, 8 and 32 bits)
+READABLE_VERSIONS = {"4": (2, 4, 8, 32), "3": (4, 8, 32)}
 ALLOWED_BITS = (1, 2, 4, 8, 32)
 ALLOWED_SIDE_BITS = (8, 16, 32)
 ALLOWED_CODEBOOKS = ("lloyd", "quantile")
@@ -56,13 +57,15 @@ class UPetuConfig(PeftConfig):
 
     Args:
         r: bottleneck width of each EQAM adapter (Q-Linear C->r, activation, Q-Linear r->C).
-        bits: bit width of the Q-Linear weights: 1, 2, 4, 8, or 32 (full precision). At k bits each weight has
-            learned per-row magnitudes, and at 1 and 2 bits EQAM's up projection also learned per-column ones
-            (r values per block): `QLinearWeight`.
+        bits: bit width of the Q-Linear weights: 1, 2, 4, 8, or 32 (full precision). At 1 bit each weight is
+            signs times a magnitude per row (`W_down`) or column (`W_up`) derived from its latent values; at 2 to 8
+            bits each weight has learned per-row magnitudes, and at 2 bits EQAM's up projection also learned
+            per-column ones (r values per block): `QLinearWeight`.
         prompt_size: side m of each CAPM prompt map (C x m x m), resized to the feature map.
         activation: nonlinearity between the two Q-Linear layers (any `transformers.activations.ACT2FN` key).
         codebook: levels of the k-bit codebook for standardised weights: "lloyd" (MSE-optimal levels of N(0, 1),
-            +-0.798 at 1 bit) or "quantile" (N(0, 1) quantiles, +-0.674 at 1 bit).
+            +-0.798 at 1 bit) or "quantile" (N(0, 1) quantiles, +-0.674 at 1 bit). At 1 bit the level only sets the
+            gain of the straight-through gradient (the magnitudes are derived).
         side_bits: storage precision of the small side tensors (EQAM scales, CAPM prompts, context convolutions
             and gates): 8 (int8 with one scale per tensor), 16 (float16) or 32. `None` picks 32 when `bits=32`,
             else 8. The forward pass uses exactly the stored values, so a reloaded adapter is bit-identical.
@@ -202,8 +205,9 @@ def _check_format(path: str, metadata: dict[str, str] | None, config: UPetuConfi
     if not readable:
         raise ValueError(
             f"The UPetu adapter weights file {path} uses format version {version} at "
-            f"{metadata.get('upetu_bits', '?')} bits, this upetu-hf reads version {FORMAT_VERSION} (and version 3 at "
-            "4, 8 or 32 bits): install the upetu-hf version that saved it, or train the adapter again."
+            f"{metadata.get('upetu_bits', '?')} bits, this upetu-hf reads version {FORMAT_VERSION}"
+            + "".join(f", version {v} at {', '.join(map(str, b))} bits" for v, b in READABLE_VERSIONS.items())
+            + ": install the upetu-hf version that saved it, or train the adapter again."
         )
     if config is None:
         return

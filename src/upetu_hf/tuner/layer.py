@@ -44,8 +44,9 @@ class EQAM(nn.Module):
         config: the adapter's `UPetuConfig` (r, bits, codebook, activation, side_bits, conv_kernel, init_weights).
 
     Input `u`: the block's normalised channels-last tensor (N, H, W, C). Output: delta of the same shape and dtype.
-    `W_down` (r, C) and `W_up` (C, r) are Q-Linear weights (`QLinearWeight`; at k bits `W_down` has a learned
-    per-row scale, at 1 and 2 bits `W_up` a learned per-column scale; `s` scales the rows of `W_up`). `s` (C,) starts at 0, so
+    `W_down` (r, C) and `W_up` (C, r) are Q-Linear weights (`QLinearWeight`; at 1 bit signs times the mean
+    magnitude of each row of `W_down` and each column of `W_up`; at 2 to 8 bits `W_down` has a learned per-row scale,
+    at 2 bits `W_up` a learned per-column scale; `s` scales the rows of `W_up`). `s` (C,) starts at 0, so
     the adapted block equals the base block at initialisation. At k bits the parameter behind `s` is in the units
     of `W_up`'s entries (`s = scale / gain_up`, `QLinearWeight.row_scale_unit`), so Adam grows the up-projection's
     magnitude at the 32-bit pace. The adapter computes in its own dtype (float32 under peft's

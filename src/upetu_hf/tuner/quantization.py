@@ -10,7 +10,10 @@ the latent tensor to a value that quantizes to itself, bit for bit. That is what
 reproduce the saved model exactly, in eval and in train mode, after `.to(dtype)` round trips, `deepcopy`, and any
 number of save/load cycles.
 
-- `KBitCodec` (Q-Linear weights, 1/2/4/8 bits): the quantized value of a latent entry is the nearest level of a
+- `SignCodec` (Q-Linear weights at 1 bit): `sign(latent) * alpha`, with `alpha` the mean |latent| of each row (or
+  column), derived from the latent tensor rather than learned (XNOR-Net's alpha) and stored as a side tensor.
+  Stored: the signs, packed 8 per byte, and `alpha` in the side codec's format.
+- `KBitCodec` (Q-Linear weights, 2/4/8 bits): the quantized value of a latent entry is the nearest level of a
   codebook for N(0, 1) in units of the latent tensor's init std, `unit * levels[bucketize(latent, unit *
   thresholds)]`. A learned per-row scale multiplies the result (`QLinearWeight`). Stored: the codes, packed 8/k
   per byte.
@@ -28,7 +31,8 @@ from functools import cache
 import torch
 from torch import nn
 
-PACKED_FIELDS = ("packed", "stats")
+#: the names a stored tensor of a `QuantizedParameter` can take (`Codec.layout`)
+PACKED_FIELDS = ("packed", "stats", "magnitude", "magnitude_stats")
 _TINY = 2.0**-100  # floor of the int8 scale: an all-zero tensor stays exactly zero
 
 
@@ -93,14 +97,11 @@ class Codec:
     """
 
     bits: int = 32
-    #: dtype of the stored `packed` tensor, and whether a `stats` tensor goes with it
-    packed_dtype: torch.dtype = torch.float32
-    has_stats: bool = False
     #: |latent| beyond which the straight-through estimator passes no gradient (None: never clipped)
     ste_bound: float | None = None
 
     def encode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Latent tensor -> stored tensors (`packed` and, if `has_stats`, `stats`)."""
+        """Latent tensor -> stored tensors (the keys of `layout`)."""
         raise NotImplementedError
 
     def decode(self, stored: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
@@ -111,9 +112,14 @@ class Codec:
         """The float32 value the forward pass uses for `latent`."""
         return self.decode(self.encode(latent), latent.shape)
 
-    def packed_shape(self, shape: torch.Size) -> tuple[int, ...]:
-        """Shape of the `packed` tensor for a latent tensor of `shape`."""
-        return tuple(shape)
+    def straight_through(self, latent: torch.Tensor) -> torch.Tensor:
+        """`quantize(latent)` in the latent tensor's dtype, with the gradient of the straight-through estimator
+        (identity, or clipped beyond `ste_bound`)."""
+        return _StraightThrough.apply(latent, self)
+
+    def layout(self, shape: torch.Size) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        """dtype and shape of every stored tensor (`encode`'s keys) for a latent tensor of `shape`."""
+        raise NotImplementedError
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.bits} bits)"
@@ -125,6 +131,9 @@ class FloatCodec(Codec):
     def __init__(self, bits: int = 32) -> None:
         self.bits = bits
         self.packed_dtype = torch.float32 if bits == 32 else torch.float16
+
+    def layout(self, shape: torch.Size) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        return {"packed": (self.packed_dtype, tuple(shape))}
 
     def encode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"packed": latent.detach().to(self.packed_dtype).contiguous()}
@@ -141,8 +150,9 @@ class Int8Codec(Codec):
     `s = 2**ceil(log2(absmax / 127))`, so the codes use 64..127 of the 127 positive steps."""
 
     bits = 8
-    packed_dtype = torch.int8
-    has_stats = True
+
+    def layout(self, shape: torch.Size) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        return {"packed": (torch.int8, tuple(shape)), "stats": (torch.float32, (1,))}
 
     @staticmethod
     def _scale(x: torch.Tensor) -> torch.Tensor:
@@ -169,8 +179,6 @@ class KBitCodec(Codec):
     everywhere (measured better on UCM-55 validation, see results/qlinear_comparison.md). Stored: the codes
     (rows, prod(rest)) packed 8/k per byte along the last axis.
     """
-
-    packed_dtype = torch.uint8
 
     def __init__(self, bits: int, codebook: str = "lloyd", unit: float = 1.0, clip: bool = False) -> None:
         if bits not in (1, 2, 4, 8):
@@ -205,15 +213,100 @@ class KBitCodec(Codec):
         """decode(encode(latent)) without the packing round trip (same values, bit for bit)."""
         return self._tables(latent.device)[0][self.codes(latent)]
 
-    def packed_shape(self, shape: torch.Size) -> tuple[int, ...]:
-        return (shape[0], -(-math.prod(shape[1:]) * self.bits // 8))
+    def layout(self, shape: torch.Size) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        return {"packed": (torch.uint8, (shape[0], -(-math.prod(shape[1:]) * self.bits // 8)))}
 
     def describe(self) -> str:
         return f"KBitCodec({self.bits} bits, {self.codebook})"
 
 
+class SignCodec(Codec):
+    """1-bit Q-Linear weights with derived magnitudes: `quantize(L) = sign(L) * alpha`, where `alpha` (one number
+    per row with `per="row"`, per column with `per="column"`) is `side.quantize(mean |L|)` over that row or column
+    (XNOR-Net's alpha), computed in float64 and rounded once to float32.
+
+    The magnitudes are a function of the latent tensor, not learned parameters, so the latent tensor is an ordinary
+    weight (Kaiming-uniform init, weight decay) and learns with the 32-bit dynamics. Gradient (`_DerivedSign`): the
+    codebook's straight-through estimator, which reads `level * sign(L)` (the 1-bit codebook level in the latent's
+    units) as `L`, plus the exact gradient of `alpha`:
+    `dL = dW * alpha / level + sign(L) * mean(dW * sign(L))` (mean over the row or column).
+
+    Exact reloads: a decoded row (or column) holds `+-alpha` only, whose mean magnitude in float64 is `alpha` itself,
+    and the side codec is idempotent, so `quantize(decode(encode(L))) == decode(encode(L))` bit for bit. The sign
+    bit decides the code, so zero rows (alpha = 0) keep their signs through a reload too.
+
+    Stored: `packed` (rows, ceil(cols / 8)) uint8, the sign bits (1: positive); `magnitude` (and with int8 side
+    tensors `magnitude_stats`), `alpha` (n,) in the side codec's format.
+    """
+
+    bits = 1
+
+    def __init__(self, per: str, side: Codec, level: float) -> None:
+        if per not in ("row", "column"):
+            raise ValueError(f"SignCodec derives one magnitude per 'row' or per 'column', got {per!r}.")
+        self.per = per
+        self.side = side
+        self.level = level
+
+    @property
+    def dim(self) -> int:
+        """The axis a magnitude is the mean over: the columns of a row, or the rows of a column."""
+        return 1 if self.per == "row" else 0
+
+    def magnitude(self, latent: torch.Tensor) -> torch.Tensor:
+        """`alpha` (n,) float32: `side.quantize(mean |L|)` over each row or column."""
+        alpha = latent.detach().double().abs().mean(dim=self.dim).float()
+        return self.side.quantize(alpha)
+
+    def _broadcast(self, alpha: torch.Tensor) -> torch.Tensor:
+        return alpha.unsqueeze(self.dim)
+
+    @staticmethod
+    def positive(latent: torch.Tensor) -> torch.Tensor:
+        """The sign codes: True where the sign bit of `latent` is clear (+0.0 included)."""
+        return ~torch.signbit(latent.detach())
+
+    def encode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
+        side = self.side.encode(self.magnitude(latent))
+        stored = {"packed": pack_codes(self.positive(latent).reshape(latent.shape[0], -1), 1)}
+        stored["magnitude"] = side["packed"]
+        if "stats" in side:
+            stored["magnitude_stats"] = side["stats"]
+        return stored
+
+    def decode(self, stored: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
+        side = {"packed": stored["magnitude"]}
+        if "magnitude_stats" in stored:
+            side["stats"] = stored["magnitude_stats"]
+        alpha = self._broadcast(self.side.decode(side, (shape[self.dim - 1],)))
+        positive = unpack_codes(stored["packed"], 1, math.prod(shape[1:])).reshape(shape).bool()
+        return torch.where(positive, alpha, -alpha)
+
+    def quantize(self, latent: torch.Tensor) -> torch.Tensor:
+        """decode(encode(latent)) without the packing round trip (same values, bit for bit)."""
+        alpha = self._broadcast(self.magnitude(latent).to(latent.device))
+        return torch.where(self.positive(latent), alpha, -alpha)
+
+    def straight_through(self, latent: torch.Tensor) -> torch.Tensor:
+        return _DerivedSign.apply(latent, self)
+
+    def layout(self, shape: torch.Size) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
+        side = self.side.layout(torch.Size([shape[self.dim - 1]]))
+        stored = {
+            "packed": (torch.uint8, (shape[0], -(-math.prod(shape[1:]) // 8))),
+            "magnitude": side["packed"],
+        }
+        if "stats" in side:
+            stored["magnitude_stats"] = side["stats"]
+        return stored
+
+    def describe(self) -> str:
+        return f"SignCodec(1 bit, mean magnitude per {self.per}, {self.side.describe()})"
+
+
 def make_codec(bits: int, codebook: str = "lloyd", unit: float = 1.0) -> Codec:
-    """The codec of Q-Linear weights: k-bit codebook (levels in units of `unit`) for 1/2/4/8 bits, float for 16/32."""
+    """The codec of learned-magnitude Q-Linear weights: k-bit codebook (levels in units of `unit`) for 1/2/4/8 bits,
+    float for 16/32. (EQAM's 1-bit weights use `SignCodec`, see `QLinearWeight`.)"""
     if bits in (16, 32):
         return FloatCodec(bits)
     return KBitCodec(bits, codebook, unit)
@@ -243,6 +336,30 @@ class _StraightThrough(torch.autograd.Function):
         return grad * (latent.abs() <= ctx.bound).to(grad.dtype), None
 
 
+class _DerivedSign(torch.autograd.Function):
+    """`SignCodec`'s forward value `sign(L) * alpha`, exactly, with the gradient
+    `dL = dW * alpha / level + sign(L) * mean(dW * sign(L))` (straight-through codes plus the exact gradient of
+    `alpha = mean |L|`, whose side quantization passes the gradient unchanged)."""
+
+    @staticmethod
+    def forward(ctx, latent: torch.Tensor, codec: SignCodec) -> torch.Tensor:
+        value = codec.quantize(latent)
+        ctx.codec = codec
+        ctx.save_for_backward(value)
+        return value.to(latent.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (value,) = ctx.saved_tensors
+        codec = ctx.codec
+        sign = torch.where(codec.positive(value), 1.0, -1.0)
+        alpha = value.abs()
+        grad32 = grad.float()
+        through_codes = grad32 * alpha / codec.level
+        through_alpha = sign * (grad32 * sign).mean(dim=codec.dim, keepdim=True)
+        return (through_codes + through_alpha).to(grad.dtype), None
+
+
 class QuantizedParameter(nn.Module):
     """A trainable tensor used in quantized form (straight-through estimator), stored in its codec's format.
 
@@ -260,7 +377,7 @@ class QuantizedParameter(nn.Module):
         if isinstance(self.codec, FloatCodec) and self.codec.bits == 32:
             return latent
         if torch.is_grad_enabled() and latent.requires_grad:
-            return _StraightThrough.apply(latent, self.codec)
+            return self.codec.straight_through(latent)
         return self.codec.quantize(latent).to(latent.dtype)
 
     def pack(self, latent: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -269,20 +386,24 @@ class QuantizedParameter(nn.Module):
 
     def _check_stored(self, name: str, stored: dict[str, torch.Tensor]) -> None:
         """Refuse a stored tensor whose format is not this parameter's codec: decoding it would give wrong numbers."""
-        packed = stored["packed"]
-        expected = self.codec.packed_shape(self.latent.shape)
+        layout = self.codec.layout(self.latent.shape)
+
+        def show(tensors: dict) -> str:
+            return " + ".join(
+                f"{k} {v.dtype if isinstance(v, torch.Tensor) else v[0]}" for k, v in tensors.items()
+            )
+
         problem = None
-        if packed.dtype != self.codec.packed_dtype or ("stats" in stored) != self.codec.has_stats:
-            found = f"{packed.dtype}{' + stats' if 'stats' in stored else ''}"
-            wanted = f"{self.codec.packed_dtype}{' + stats' if self.codec.has_stats else ''}"
-            problem = (
-                f"the checkpoint stores {found}, this adapter's {self.codec.describe()} expects {wanted}"
-            )
-        elif tuple(packed.shape) != expected:
-            problem = (
-                f"the checkpoint stores shape {tuple(packed.shape)}, this model expects {expected} (unpacked shape "
-                f"{tuple(self.latent.shape)})"
-            )
+        if set(stored) != set(layout) or any(stored[k].dtype != layout[k][0] for k in layout):
+            problem = f"the checkpoint stores {show(stored)}, this adapter's {self.codec.describe()} expects {show(layout)}"
+        else:
+            shapes = {k: tuple(v.shape) for k, v in stored.items()}
+            expected = {k: shape for k, (_, shape) in layout.items()}
+            if shapes != expected:
+                problem = (
+                    f"the checkpoint stores shapes {shapes}, this model expects {expected} (unpacked shape "
+                    f"{tuple(self.latent.shape)})"
+                )
         if problem:
             raise ValueError(
                 f"Cannot load the UPetu adapter tensor '{name}': {problem}. The adapter was saved with another UPetu "
@@ -315,9 +436,11 @@ class QuantizedParameter(nn.Module):
 
 
 def kbit_latents(model: nn.Module) -> set[int]:
-    """`id`s of the k-bit latent tensors in `model`. Only their codes matter (the magnitude is a separate learned
-    row scale), so weight decay on them would not regularise anything: it would only pull them towards the
-    thresholds and flip codes. Optimizer set-ups leave them out of weight decay."""
+    """`id`s of the k-bit (codebook) latent tensors in `model`. Only their codes matter (the magnitude is a separate
+    learned row scale), so weight decay on them would not regularise anything: it would only pull them towards the
+    thresholds and flip codes. Optimizer set-ups leave them out of weight decay. (1-bit `SignCodec` latents are
+    not among them: their magnitudes are derived from the latent values, which weight decay regularises as it does
+    a 32-bit weight.)"""
     return {
         id(module.latent)
         for module in model.modules()
@@ -329,26 +452,36 @@ class QLinearWeight(nn.Module):
     """The weight W (out, in) of a Q-Linear layer.
 
     - 32 bits: `W = latent`, the unquantized weight (Kaiming-uniform init, std `gain = 1 / sqrt(3 * in)`).
-    - k bits: `W = (m / gain)[:, None] * q(latent) * (t / gain)[None, :]`, where `q` snaps each latent value to the
-      nearest of the `2**k` levels `gain * levels` of a codebook for N(0, 1) (`KBitCodec` with `unit=gain`; the
+    - 1 bit: `W = sign(latent) * alpha`, `alpha` the mean |latent| of each row (`learn_scale=True`: EQAM's `W_down`)
+      or of each column (otherwise: EQAM's `W_up`), derived from the latent tensor (`SignCodec`, XNOR-Net's alpha
+      with its gradient) and stored as a side tensor. The latent tensor is an ordinary weight (Kaiming-uniform
+      init, weight decay), so it learns with the dynamics of the 32-bit adapter; no learned magnitudes.
+    - 2, 4, 8 bits: `W = (m / gain)[:, None] * q(latent) * (t / gain)[None, :]`, where `q` snaps each latent value to
+      the nearest of the `2**k` levels `gain * levels` of a codebook for N(0, 1) (`KBitCodec` with `unit=gain`; the
       latent tensor is initialised from N(0, gain^2)), `m` (out,) is a learned per-row magnitude (XNOR-Net's alpha,
       learned as in LSQ: it receives the gradient `sum(grad * q(latent)) / gain`) and `t` (in,) a learned per-column
       magnitude, both initialised to `gain` (a multiplier of 1) and stored as side tensors. `learn_scale=False`
       drops `m` (EQAM's `up`, whose rows EQAM's own per-channel `s` scales); `learn_column_scale=False` drops `t`.
+
+    Why 1 bit derives its magnitudes: with learned `m` and `t` the 1-bit adapter lost 1.9 points to the 32-bit one
+    on UCM-55, and a control with the same parameterization at 32 bits (never quantized) lost most of that too, so
+    the cost sat in the learned magnitudes, not in the codes. Derived magnitudes recovered about half the gap, chosen
+    on validation over three splits (results/qlinear_comparison.md). At 2 and 4 bits they measured worse than
+    learned ones, so those keep format 4.
 
     Units, and why: the latent tensor, `m` and `t` all live in the units of the 32-bit weight. At k bits the codes
     only carry signs and level indices, so the magnitudes are all in `m` and `t`; Adam steps every parameter by
     about the learning rate, so scales of size `gain` (like the 32-bit entries) change the magnitudes at the pace a
     32-bit adapter's entries do. A unit-sized alpha would move `1 / gain` (20-55x on ConvNeXt) times slower, which
     measurably cost 1-bit accuracy (results/qlinear_comparison.md). `row_scale_unit` is the factor that turns a
-    scale in weight units into a multiplier of `q(latent)`: `1 / gain` at k bits, 1 at 32 bits.
+    scale in weight units into a multiplier of the weight's codes: `1 / gain` at 1 to 8 bits (EQAM's `s` uses it
+    too), 1 at 32 bits.
 
-    Why EQAM's `up` has a column scale: in `W_up @ act(W_down @ u)` hidden unit j's input magnitude is row j of
-    `W_down` (its `m_j`) and its output magnitude is column j of `W_up`. A 32-bit `W_up` sets the latter freely; a
-    1-bit one has equal-magnitude columns (all levels are +-0.80 gain), which ties each unit's output size to its
-    pre-activation size; at 2 bits the codes choose between two magnitudes only. `t` unties them (r numbers per
-    block; measured on UCM-55 validation at 1 bit, results/qlinear_comparison.md). From 4 bits on the codes can
-    spread a column's magnitude over 16 levels themselves, and EQAM leaves `t` out (the default adapter is unchanged).
+    Why EQAM's `up` has a column scale at 2 bits: in `W_up @ act(W_down @ u)` hidden unit j's input magnitude is row j
+    of `W_down` (its `m_j`) and its output magnitude is column j of `W_up`. A 32-bit `W_up` sets the latter freely; a
+    2-bit one chooses between two magnitudes only. `t` unties them (r numbers per block; measured on UCM-55
+    validation, results/qlinear_comparison.md). From 4 bits on the codes can spread a column's magnitude over 16
+    levels themselves, and EQAM leaves `t` out (the default adapter is unchanged).
     """
 
     def __init__(
@@ -364,15 +497,20 @@ class QLinearWeight(nn.Module):
         super().__init__()
         gain = 1.0 / math.sqrt(3.0 * in_features)
         self.scale = self.column_scale = None
-        if bits == 32:
+        self.row_scale_unit = 1.0 if bits == 32 else 1.0 / gain
+        if bits in (1, 32):
             init = torch.empty(out_features, in_features)
             nn.init.kaiming_uniform_(init, a=math.sqrt(5))  # nn.Linear's init: U(+-1 / sqrt(in)), std = gain
-            self.weight = QuantizedParameter(init, make_codec(32))
-            self.row_scale_unit = 1.0
+            codec = make_codec(32)
+            if bits == 1:
+                level = (
+                    gain * codebook_levels(1, codebook)[-1]
+                )  # the codebook's 1-bit level in the latent's units
+                codec = SignCodec("row" if learn_scale else "column", make_side_codec(side_bits), level)
+            self.weight = QuantizedParameter(init, codec)
             return
         init = torch.randn(out_features, in_features) * gain
         self.weight = QuantizedParameter(init, make_codec(bits, codebook, unit=gain))
-        self.row_scale_unit = 1.0 / gain
         if learn_scale:
             self.scale = QuantizedParameter(torch.full((out_features,), gain), make_side_codec(side_bits))
         if learn_column_scale:
