@@ -64,7 +64,9 @@ Trials add a remedy:
   eval-mode forward of the same batch. Evaluation and the saved adapter are as usual. Twice the training cost.
 
 (The `up-column-scale` trial of results/qlinear_ablations/ ran at commit a14dd3b, on format 3; it is now the
-design.)
+design. `derived-magnitudes` at 1 bit became format 5: since then the library's 1-bit weights are `SignCodec`
+weights without learned magnitudes, so the trials that change learned magnitudes or codebook latents act at 2 to 8
+bits only, and their 1-bit results in results/qlinear_ablations/ are format 4's.)
 
 Several names joined by `+` apply each change in turn (e.g. `kbit-parameterization+plain-scale`). Everything
 after `--` goes to `scripts/benchmark_accuracy.py` unchanged, so the protocol (splits, epochs, seeds,
@@ -256,8 +258,9 @@ def _kbit_parameterization() -> None:
         if bits != 32:
             return QLinearWeight(out_features, in_features, bits, codebook, side_bits, learn_scale=learn_scale,
                                  learn_column_scale=learn_column_scale)  # fmt: skip
-        # the 1-bit structure (`up` gets its column scale as at 1 bit), then the float codec: no quantization
-        weight = QLinearWeight(out_features, in_features, 1, codebook, side_bits, learn_scale=learn_scale,
+        # format 4's 1-bit structure, which is the 2-bit one (latents from N(0, gain^2), `down`'s row scale, `up`'s
+        # column scale), then the float codec: no quantization
+        weight = QLinearWeight(out_features, in_features, 2, codebook, side_bits, learn_scale=learn_scale,
                                learn_column_scale=not learn_scale)  # fmt: skip
         weight.weight.codec = make_codec(32)
         return weight

@@ -1,6 +1,7 @@
 """scripts/ablate_qlinear.py: each ablation or trial changes the one thing it names. Each runs in a subprocess,
 because they patch the library for the whole process. Side tensors in float32 (`side_bits=32`), so that rescaled
-scales are not re-rounded by the int8 codec."""
+scales are not re-rounded by the int8 codec. The probes build 2-bit adapters: the trials of learned magnitudes and
+codebook latents act on k-bit codebook weights, which since format 5 are the 2-, 4- and 8-bit ones."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def build():
     model = ConvNextForImageClassification(
         ConvNextConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1], num_labels=3))
     torch.manual_seed(1)
-    return apply_method(model, "upetu", bits=1, side_bits=32, init_weights=False).eval()
+    return apply_method(model, "upetu", bits=2, side_bits=32, init_weights=False).eval()
 
 def probe(model):
     eqam = model.base_model.model.convnext.encoder.stages[1].layers[0].upetu_eqam["default"]
@@ -103,7 +104,7 @@ def test_eqam_sequential_moves_eqam_and_nothing_else():
     assert max(abs(a - b) for a, b in zip(after["logits"], before["logits"])) > 1e-4
 
 
-def test_down_column_scale_adds_one_scale_per_input_channel_at_1_bit():
+def test_down_column_scale_adds_one_scale_per_input_channel_at_k_bits():
     before, after = run("down-column-scale")
     assert before["down_column_scale"] is None and after["down_column_scale"] == [16]  # stage 1: C = 16
     assert after["column_scale"] and after["r"] == 16
@@ -332,11 +333,11 @@ ablate_qlinear.ABLATIONS["latent-clip-2"]()
 from upetu_hf.tuner.quantization import QLinearWeight
 
 torch.manual_seed(0)
-weight = QLinearWeight(8, 12, 1, "lloyd", 32, learn_scale=True)
+weight = QLinearWeight(8, 12, 2, "lloyd", 32, learn_scale=True)
 gain = 1 / math.sqrt(3 * 12)
 with torch.no_grad():
-    weight.weight.latent.mul_(10)  # drifted far past the threshold
-codes = torch.sign(weight.weight.latent).clone()
+    weight.weight.latent.mul_(10)  # drifted far past the outer thresholds
+codes = weight.weight.codec.codes(weight.weight.latent).clone()
 weight.eval()
 eval_max = (weight.weight.latent.abs().max() / gain).item()
 weight()  # an eval forward does not clamp
@@ -346,7 +347,7 @@ forward = weight()
 print(json.dumps({{
     "eval": [eval_max, after_eval],
     "train_max": (weight.weight.latent.abs().max() / gain).item(),
-    "codes_kept": bool(torch.equal(torch.sign(weight.weight.latent), codes)),
+    "codes_kept": bool(torch.equal(weight.weight.codec.codes(weight.weight.latent), codes)),
 }}))
 """
 

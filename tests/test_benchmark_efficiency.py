@@ -58,8 +58,8 @@ def expected_trainable_without_head() -> dict[str, int]:
     r, m = 16, 4
     capm = sum(c * m * m + 9 * c + c for c in WIDTHS)
     upetu = per_block(lambda c: 2 * r * c + c) + capm  # 32 bits: W_down, W_up, s
-    upetu_kbit = upetu + per_block(lambda c: r)  # k bits: plus the learned row scale of W_down
-    upetu_1bit = upetu_kbit + per_block(lambda c: r)  # 1 and 2 bits: plus the column scale of W_up
+    upetu_kbit = upetu + per_block(lambda c: r)  # 4 bits: plus the learned row scale of W_down
+    upetu_1bit = upetu  # 1 bit: the magnitudes are derived from the latent weights, not learned
     return {
         "full": backbone,
         "linear_probe": 0,

@@ -144,7 +144,18 @@ def test_checkpoint_holds_packed_codes(tmp_path):
     assert down.dtype == torch.uint8 and tuple(down.shape) == (16, 1)  # 16 x 8 one-bit codes -> 1 byte a row
     up = state[f"{eqam}.up.weight.packed"]
     assert up.dtype == torch.uint8 and tuple(up.shape) == (8, 2)  # 8 x 16 one-bit codes -> 2 bytes a row
-    # k-bit codes carry no statistics: the magnitude is the learned row scale of `down` and EQAM's `s` for `up`
+    # 1-bit weights carry their derived magnitudes (one per row of `down`, one per column of `up`) as int8 side
+    # tensors; no learned scales of their own
+    for name, n in (("down", 16), ("up", 16)):
+        assert state[f"{eqam}.{name}.weight.magnitude"].dtype == torch.int8
+        assert state[f"{eqam}.{name}.weight.magnitude"].shape == (n,)
+        assert state[f"{eqam}.{name}.weight.magnitude_stats"].numel() == 1
+    assert not any(k.startswith((f"{eqam}.down.scale", f"{eqam}.up.column_scale")) for k in state)
+    assert state[f"{eqam}.scale.packed"].dtype == torch.int8 and state[f"{eqam}.scale.stats"].numel() == 1
+    # 4-bit codes carry no statistics: the magnitude is the learned row scale of `down` and EQAM's `s` for `up`
+    get_peft_model(classifier(), UPetuConfig(bits=4, r=16)).save_pretrained(tmp_path / "four")
+    state = load_file(tmp_path / "four" / "adapter_model.safetensors")
+    assert state[f"{eqam}.down.weight.packed"].shape == (16, 4)  # 8 four-bit codes -> 4 bytes a row
     assert f"{eqam}.down.weight.stats" not in state and f"{eqam}.up.scale.packed" not in state
     for side in ("scale", "down.scale"):
         assert (
