@@ -21,7 +21,7 @@ class UPetuPeftType(str, enum.Enum):
 PEFT_TYPE = UPetuPeftType.UPETU
 #: version of the stored adapter format, recorded in the weights file's metadata (5: 1-bit weights as signs with
 #: magnitudes derived from the latent weights, `SignCodec`. 4: k-bit codes with learned row scales and, at 1 and 2
-#: bits, column scales on EQAM's up projection, in weight units; power-of-two int8 side tensors. 3: no column
+#: bits, column scales on EQAM's up projection (still so at 2 bits), in weight units; power-of-two int8 side tensors. 3: no column
 #: scales; 2: unit-sized row scales)
 FORMAT_VERSION = "5"
 #: older versions this one reads, with the bit widths whose tensors did not change since (version 4 files hold

@@ -66,7 +66,7 @@ class EQAM(nn.Module):
             config.codebook,
             side_bits,
             learn_scale=False,
-            learn_column_scale=config.bits <= 2,
+            learn_column_scale=config.bits <= 2,  # 2 bits: a learned column scale; 1 bit: derived per column
         )
         self.scale = QuantizedParameter(_side_init(channels, config), make_side_codec(side_bits))
         self.conv = None

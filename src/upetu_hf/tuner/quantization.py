@@ -255,7 +255,10 @@ class SignCodec(Codec):
 
     def magnitude(self, latent: torch.Tensor) -> torch.Tensor:
         """`alpha` (n,) float32: `side.quantize(mean |L|)` over each row or column."""
-        alpha = latent.detach().double().abs().mean(dim=self.dim).float()
+        latent = latent.detach()
+        # float64 makes the mean of a decoded row (all +-alpha) exactly alpha; MPS has no float64, so average on CPU
+        on = torch.device("cpu") if latent.device.type == "mps" else latent.device
+        alpha = latent.to(on).double().abs().mean(dim=self.dim).float().to(latent.device)
         return self.side.quantize(alpha)
 
     def _broadcast(self, alpha: torch.Tensor) -> torch.Tensor:
