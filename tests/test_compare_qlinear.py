@@ -15,7 +15,12 @@ def ledger(scores: dict[str, list[tuple[int, int, float, float]]], lr: float = 0
         for split, seed, val, test in rows:
             runs.append(dict(key=f"{variant}|lr={lr}|seed={seed}|split={split}", variant=variant, status="ok", lr=lr,
                              seed=seed, split_seed=split, validation_score=val, test_score=test))  # fmt: skip
-        summary[variant] = {"lr": lr, "seeds": sorted({seed for _, seed, _, _ in rows})}
+        # as the benchmark writes it: the (split, seed) of every reported run, in two aligned lists
+        summary[variant] = {
+            "lr": lr,
+            "seeds": [row[1] for row in rows],
+            "split_seeds": [row[0] for row in rows],
+        }
     return {"runs": runs, "summary": summary}
 
 
@@ -157,6 +162,31 @@ def test_lever_versus_compares_a_lever_with_another_method(tmp_path, monkeypatch
     assert full["test"]["mean"] == pytest.approx(0.5) and full["validation"]["mean"] == pytest.approx(1.0)
     assert full["test"]["n"] == 4 and full["versus"] == "full"
     assert "| r-64 (upetu) vs full | 4 |" in (tmp_path / "out" / "qlinear_comparison.md").read_text()
+
+
+def test_levers_pair_only_the_runs_their_summaries_report(tmp_path, monkeypatch):
+    """A lever file can hold more runs at its chosen rate than it reports (seeds imported from a wider search):
+    only the reported (split, seed) runs are paired, on both sides."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    compare = load_script("compare_qlinear")
+    design = ledger({"upetu-1bit": [(0, 0, 0.70, 0.60), (0, 1, 0.72, 0.62)]})
+    main = ledger({"upetu-1bit": [(s, e, 0.75, 0.70) for s in (0, 1) for e in (0, 1)]})
+    main["runs"].append({**main["runs"][0], "seed": 2, "key": "extra-main", "test_score": 0.0})
+    lever = ledger({"upetu-1bit": [(s, e, 0.76, 0.72) for s in (0, 1) for e in (0, 1)]})
+    lever["runs"].append({**lever["runs"][0], "seed": 2, "key": "extra-lever", "test_score": 1.0})
+    paths = {}
+    for name, data in (("d", design), ("main", main), ("lever", lever)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(data))
+    result = compare.main(
+        ["--design", f"d={paths['d']}", "--lever", f"wide={paths['lever']}", "--lever-reference",
+         str(paths["main"]), "--output-dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    row = result["levers"]["wide (upetu-1bit)"]
+    assert row["test"]["n"] == 4 and row["test"]["mean"] == pytest.approx(
+        2.0
+    )  # seed 2 left out on both sides
+    assert row["test_mean"] == pytest.approx(72.0)
 
 
 def test_aims_over_every_seed_pool_the_reference_files(tmp_path, monkeypatch):
