@@ -287,10 +287,12 @@ class SignCodec(Codec):
 
     def quantize(self, latent: torch.Tensor) -> torch.Tensor:
         """decode(encode(latent)) without the packing round trip (same values, bit for bit)."""
-        alpha = self._broadcast(self.magnitude(latent).to(latent.device))
+        alpha = self._broadcast(self.magnitude(latent))
         return torch.where(self.positive(latent), alpha, -alpha)
 
     def straight_through(self, latent: torch.Tensor) -> torch.Tensor:
+        """Overridden because the gradient also flows through `alpha`, a function of the latent tensor
+        (`_DerivedSign`); the base class passes the codes' straight-through gradient only."""
         return _DerivedSign.apply(latent, self)
 
     def layout(self, shape: torch.Size) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
