@@ -24,6 +24,15 @@ def ledger(scores: dict[str, list[tuple[int, int, float, float]]], lr: float = 0
     return {"runs": runs, "summary": summary}
 
 
+def write_ledgers(folder, **files: dict) -> dict:
+    """Write each ledger to `folder/<name>.json`; returns the paths by name."""
+    paths = {}
+    for name, data in files.items():
+        paths[name] = folder / f"{name}.json"
+        paths[name].write_text(json.dumps(data))
+    return paths
+
+
 def test_designs_aims_and_split_filter(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPTS))  # as when run as a script: its helpers sit next to it
     compare = load_script("compare_qlinear")
@@ -34,10 +43,7 @@ def test_designs_aims_and_split_filter(tmp_path, monkeypatch):
             "upetu-32bit": [(0, 0, 0.78, 0.71), (0, 1, 0.78, 0.73)],
         }
     )
-    paths = {}
-    for name, data in (("a", old), ("b", new)):
-        paths[name] = tmp_path / f"{name}.json"
-        paths[name].write_text(json.dumps(data))
+    paths = write_ledgers(tmp_path, a=old, b=new)
     result = compare.main(
         ["--design", f"a={paths['a']}", "--design", f"b={paths['b']}", "--output-dir", str(tmp_path / "out")]
     )
@@ -73,11 +79,7 @@ def test_trials_per_design_and_levers_paired_over_splits(tmp_path, monkeypatch):
     main = ledger({"upetu": [(s, e, 0.75, 0.70 + 0.01 * s) for s in (0, 1, 2) for e in (0, 1)]})
     lever = ledger({"upetu": [(s, e, 0.74 + 0.002 * e, 0.68 + 0.01 * s) for s in (0, 1, 2) for e in (0, 1)]})
     lever["summary"]["upetu"]["lr"] = main["summary"]["upetu"]["lr"] = 0.01
-    paths = {}
-    for name, data in (("a", a), ("b", b), ("more_b", more_b), ("ta", trial_a), ("tb", trial_b), ("main", main),
-                       ("lever", lever)):  # fmt: skip
-        paths[name] = tmp_path / f"{name}.json"
-        paths[name].write_text(json.dumps(data))
+    paths = write_ledgers(tmp_path, a=a, b=b, more_b=more_b, ta=trial_a, tb=trial_b, main=main, lever=lever)
     result = compare.main(
         [
             "--design", f"a={paths['a']}", "--design", f"b={paths['b']}", "--tried-on", "a",
@@ -118,10 +120,7 @@ def test_diagnostics_report_the_design_runs_of_the_same_seeds(tmp_path, monkeypa
     search = dict(key="search", variant="upetu-1bit", status="ok", lr=0.003, seed=0, split_seed=0,
                   validation_score=0.99, test_score=0.99)  # fmt: skip
     diagnostic["runs"].append(search)  # a search run of the diagnostic at a rate it did not choose: left out
-    paths = {}
-    for name, data in (("d", design), ("x", diagnostic)):
-        paths[name] = tmp_path / f"{name}.json"
-        paths[name].write_text(json.dumps(data))
+    paths = write_ledgers(tmp_path, d=design, x=diagnostic)
     result = compare.main(
         ["--design", f"d={paths['d']}", "--diagnostic", f"down-32bit@d={paths['x']}", "--output-dir",
          str(tmp_path / "out")]
@@ -149,10 +148,7 @@ def test_lever_versus_compares_a_lever_with_another_method(tmp_path, monkeypatch
         }
     )
     lever = ledger({"upetu": [(s, e, 0.81, 0.77) for s in (0, 1) for e in (0, 1)]})
-    paths = {}
-    for name, data in (("d", design), ("main", main), ("lever", lever)):
-        paths[name] = tmp_path / f"{name}.json"
-        paths[name].write_text(json.dumps(data))
+    paths = write_ledgers(tmp_path, d=design, main=main, lever=lever)
     result = compare.main(
         ["--design", f"d={paths['d']}", "--lever", f"r-64={paths['lever']}", "--lever-reference",
          str(paths["main"]), "--lever-versus", "full", "--output-dir", str(tmp_path / "out")]
@@ -174,18 +170,14 @@ def test_levers_pair_only_the_runs_their_summaries_report(tmp_path, monkeypatch)
     main["runs"].append({**main["runs"][0], "seed": 2, "key": "extra-main", "test_score": 0.0})
     lever = ledger({"upetu-1bit": [(s, e, 0.76, 0.72) for s in (0, 1) for e in (0, 1)]})
     lever["runs"].append({**lever["runs"][0], "seed": 2, "key": "extra-lever", "test_score": 1.0})
-    paths = {}
-    for name, data in (("d", design), ("main", main), ("lever", lever)):
-        paths[name] = tmp_path / f"{name}.json"
-        paths[name].write_text(json.dumps(data))
+    paths = write_ledgers(tmp_path, d=design, main=main, lever=lever)
     result = compare.main(
         ["--design", f"d={paths['d']}", "--lever", f"wide={paths['lever']}", "--lever-reference",
          str(paths["main"]), "--output-dir", str(tmp_path / "out")]
     )  # fmt: skip
     row = result["levers"]["wide (upetu-1bit)"]
-    assert row["test"]["n"] == 4 and row["test"]["mean"] == pytest.approx(
-        2.0
-    )  # seed 2 left out on both sides
+    # seed 2 is left out on both sides
+    assert row["test"]["n"] == 4 and row["test"]["mean"] == pytest.approx(2.0)
     assert row["test_mean"] == pytest.approx(72.0)
 
 
@@ -200,10 +192,7 @@ def test_aims_over_every_seed_pool_the_reference_files(tmp_path, monkeypatch):
     )
     more = ledger({"upetu-1bit": [(0, 2, 0.7, 0.65), (1, 3, 0.1, 0.1)], "upetu-32bit": [(0, 2, 0.7, 0.71)]})
     off_rate = ledger({"upetu-32bit": [(0, 3, 0.7, 0.10)]}, lr=0.03)  # not the design's chosen rate
-    paths = {}
-    for name, data in (("design", design), ("more", more), ("off", off_rate)):
-        paths[name] = tmp_path / f"{name}.json"
-        paths[name].write_text(json.dumps(data))
+    paths = write_ledgers(tmp_path, design=design, more=more, off=off_rate)
     references = ["--reference", f"d={paths['more']}", "--reference", f"d={paths['off']}"]
     result = compare.main(
         ["--design", f"d={paths['design']}", *references, "--output-dir", str(tmp_path / "out")]

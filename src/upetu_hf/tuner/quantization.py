@@ -261,6 +261,10 @@ class SignCodec(Codec):
         alpha = latent.to(on).double().abs().mean(dim=self.dim).float().to(latent.device)
         return self.side.quantize(alpha)
 
+    def count(self, shape: torch.Size) -> int:
+        """How many magnitudes a (rows, cols) weight has: one per row, or one per column."""
+        return shape[0] if self.per == "row" else shape[1]
+
     def _broadcast(self, alpha: torch.Tensor) -> torch.Tensor:
         return alpha.unsqueeze(self.dim)
 
@@ -281,7 +285,7 @@ class SignCodec(Codec):
         side = {"packed": stored["magnitude"]}
         if "magnitude_stats" in stored:
             side["stats"] = stored["magnitude_stats"]
-        alpha = self._broadcast(self.side.decode(side, (shape[self.dim - 1],)))
+        alpha = self._broadcast(self.side.decode(side, (self.count(shape),)))
         positive = unpack_codes(stored["packed"], 1, math.prod(shape[1:])).reshape(shape).bool()
         return torch.where(positive, alpha, -alpha)
 
@@ -296,7 +300,7 @@ class SignCodec(Codec):
         return _DerivedSign.apply(latent, self)
 
     def layout(self, shape: torch.Size) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
-        side = self.side.layout(torch.Size([shape[self.dim - 1]]))
+        side = self.side.layout(torch.Size([self.count(shape)]))
         stored = {
             "packed": (torch.uint8, (shape[0], -(-math.prod(shape[1:]) // 8))),
             "magnitude": side["packed"],
@@ -393,14 +397,14 @@ class QuantizedParameter(nn.Module):
         """Refuse a stored tensor whose format is not this parameter's codec: decoding it would give wrong numbers."""
         layout = self.codec.layout(self.latent.shape)
 
-        def show(tensors: dict) -> str:
-            return " + ".join(
-                f"{k} {v.dtype if isinstance(v, torch.Tensor) else v[0]}" for k, v in tensors.items()
-            )
+        def show(dtypes: dict[str, torch.dtype]) -> str:
+            return " + ".join(f"{k} {dtype}" for k, dtype in dtypes.items())
 
         problem = None
-        if set(stored) != set(layout) or any(stored[k].dtype != layout[k][0] for k in layout):
-            problem = f"the checkpoint stores {show(stored)}, this adapter's {self.codec.describe()} expects {show(layout)}"
+        found = {k: v.dtype for k, v in stored.items()}
+        wanted = {k: dtype for k, (dtype, _) in layout.items()}
+        if found != wanted:
+            problem = f"the checkpoint stores {show(found)}, this adapter's {self.codec.describe()} expects {show(wanted)}"
         else:
             shapes = {k: tuple(v.shape) for k, v in stored.items()}
             expected = {k: shape for k, (_, shape) in layout.items()}
