@@ -16,6 +16,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.activations import ACT2FN
 
+from .cache import FrozenWeights
 from .config import UPetuConfig
 from .quantization import QLinearWeight, QuantizedParameter, make_side_codec
 
@@ -35,7 +36,12 @@ def _side_init(shape: int, config: UPetuConfig) -> torch.Tensor:
     return torch.zeros(shape) if config.init_weights else 0.1 * torch.randn(shape)
 
 
-class EQAM(nn.Module):
+def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor.to(dtype)`, skipping the call (one dispatched op) when it is already of that dtype."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+class EQAM(FrozenWeights):
     """Efficient quantization adapter: `delta = (s[:, None] * W_up) @ act(W_down @ u)` per pixel, or with
     `conv_kernel=k`, `delta = (s[:, None] * W_up) @ act(DWConv_kxk(W_down @ u))`.
 
@@ -77,20 +83,24 @@ class EQAM(nn.Module):
             self.conv = QuantizedParameter(kernel, make_side_codec(side_bits))
         self.act = ACT2FN[config.activation]
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        down = self.down()  # (r, C)
+    def compute_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`W_down` (r, C), `s[:, None] * W_up` (C, r) and the bottleneck kernel (r, 1, k, k) or None."""
+        down = self.down()
         # the per-channel scale is folded into the (C, r) up weight: cheaper than scaling every pixel
-        up = self.up() * (self.scale() * self.up.row_scale_unit).unsqueeze(1)  # (C, r)
-        hidden = F.linear(u.to(down.dtype), down)  # (N, H, W, r)
-        if self.conv is not None:
-            kernel = self.conv()  # (r, 1, k, k)
+        up = self.up() * (self.scale() * self.up.row_scale_unit).unsqueeze(1)
+        return down, up, None if self.conv is None else self.conv()
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        down, up, kernel = self.weights()
+        hidden = F.linear(_as(u, down.dtype), down)  # (N, H, W, r)
+        if kernel is not None:
             hidden = F.conv2d(
                 hidden.permute(0, 3, 1, 2), kernel, padding=kernel.shape[-1] // 2, groups=kernel.shape[0]
             ).permute(0, 2, 3, 1)  # (N, H, W, r)
-        return F.linear(self.act(hidden), up).to(u.dtype)
+        return _as(F.linear(self.act(hidden), up), u.dtype)
 
 
-class NormAffine(nn.Module):
+class NormAffine(FrozenWeights):
     """A correction of a ConvNeXt block's LayerNorm affine: `LN'(x) = LN(x) * (1 + g) + b`.
 
     Args:
@@ -107,12 +117,16 @@ class NormAffine(nn.Module):
         self.gain = QuantizedParameter(_side_init(channels, config), side)
         self.bias = QuantizedParameter(_side_init(channels, config), side)
 
+    def compute_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`1 + g` and `b`, (C,) each."""
+        return 1 + self.gain(), self.bias()
+
     def forward(self, normed: torch.Tensor) -> torch.Tensor:
-        gain, bias = self.gain(), self.bias()
-        return (normed.to(gain.dtype) * (1 + gain) + bias).to(normed.dtype)
+        gain, bias = self.weights()
+        return _as(_as(normed, gain.dtype) * gain + bias, normed.dtype)
 
 
-class CAPM(nn.Module):
+class CAPM(FrozenWeights):
     """Context-aware prompt module: `F' = F + beta * (resize(P) * sigmoid(DWConv3x3(F)))`.
 
     Args:
@@ -134,14 +148,17 @@ class CAPM(nn.Module):
         self.context = QuantizedParameter(context, side)
         self.beta = QuantizedParameter(_side_init(channels, config), side)
 
+    def compute_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prompt (1, C, m, m), the context kernel (C, 1, 3, 3) and `beta` (1, C, 1, 1)."""
+        return self.prompt().unsqueeze(0), self.context(), self.beta().view(1, -1, 1, 1)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        channels = features.shape[1]
-        prompt = self.prompt()
-        prompt = F.interpolate(
-            prompt.unsqueeze(0), size=features.shape[-2:], mode="bilinear", align_corners=False
+        prompt, context, beta = self.weights()
+        prompt = F.interpolate(prompt, size=features.shape[-2:], mode="bilinear", align_corners=False)
+        gate = torch.sigmoid(
+            F.conv2d(_as(features, prompt.dtype), context, padding=1, groups=features.shape[1])
         )
-        gate = torch.sigmoid(F.conv2d(features.to(prompt.dtype), self.context(), padding=1, groups=channels))
-        return features + (self.beta().view(1, channels, 1, 1) * (prompt * gate)).to(features.dtype)
+        return features + _as(beta * (prompt * gate), features.dtype)
 
 
 def block_channels(block: nn.Module) -> int:

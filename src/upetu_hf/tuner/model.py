@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
@@ -12,6 +14,7 @@ from transformers.models.convnext.modeling_convnext import ConvNextLayer, ConvNe
 from transformers.models.convnextv2.modeling_convnextv2 import ConvNextV2Layer, ConvNextV2Stage
 
 from .config import UPetuConfig
+from .grouped import grouped_quantization
 from .layer import UPetuLayer, cannot_merge
 from .quantization import PACKED_FIELDS, QuantizedParameter
 
@@ -122,6 +125,23 @@ class UPetuModel(BaseTuner):
                 "initialised, add them to `modules_to_save` (the default, modules_to_save=None, does so).",
                 stacklevel=3,
             )
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs) -> Iterator[None]:
+        """Entered by `PeftModel.forward` around every forward pass: quantizes the trainable side tensors of the
+        active adapters in one grouped pass (`grouped_quantization`), instead of one small pass per tensor."""
+        with grouped_quantization(self._active_quantized_parameters()):
+            yield
+
+    def _active_quantized_parameters(self) -> Iterator[QuantizedParameter]:
+        for layer in self.model.modules():
+            if isinstance(layer, UPetuLayer) and not layer.disable_adapters:
+                for name in layer.active_adapters:
+                    for adapters in (layer.upetu_eqam, layer.upetu_norm, layer.upetu_capm):
+                        if name in adapters:
+                            yield from (
+                                m for m in adapters[name].modules() if isinstance(m, QuantizedParameter)
+                            )
 
     def _check_target_module_exists(self, peft_config: UPetuConfig, key: str) -> bool:
         return key in self._plan

@@ -36,6 +36,17 @@ PACKED_FIELDS = ("packed", "stats", "magnitude", "magnitude_stats")
 _TINY = 2.0**-100  # floor of the int8 scale: an all-zero tensor stays exactly zero
 
 
+def _float32(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` as float32, dispatching no op when it already is (the hot path: every forward pass)."""
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
+
+
+def _values(latent: torch.Tensor) -> torch.Tensor:
+    """`latent` without its autograd history, as float32: `detach` only where autograd would record the ops
+    (grad mode on: a direct call; inside a straight-through forward, grad mode is off)."""
+    return _float32(latent.detach() if latent.requires_grad and torch.is_grad_enabled() else latent)
+
+
 def _normal_cdf(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
 
@@ -155,15 +166,32 @@ class Int8Codec(Codec):
         return {"packed": (torch.int8, tuple(shape)), "stats": (torch.float32, (1,))}
 
     @staticmethod
-    def _scale(x: torch.Tensor) -> torch.Tensor:
-        absmax = x.abs().amax().clamp_min(_TINY)
-        return torch.exp2(torch.ceil(torch.log2(absmax / 127.0)))
+    def scale_of(absmax: torch.Tensor) -> torch.Tensor:
+        """The power-of-two scale `2**ceil(log2(absmax / 127))` of tensors whose max |x| is `absmax` (elementwise:
+        one scale per entry of `absmax`)."""
+        return torch.exp2(torch.ceil(torch.log2(absmax.clamp_min(_TINY) / 127.0)))
+
+    @classmethod
+    def _scale(cls, x: torch.Tensor) -> torch.Tensor:
+        return cls.scale_of(torch.linalg.vector_norm(x, ord=math.inf))  # max |x|, one op
+
+    @classmethod
+    def _codes(cls, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(float codes in [-127, 127], scale) of a float32 tensor."""
+        scale = cls._scale(x)
+        return torch.round(x / scale).clamp_(-127, 127), scale
 
     def encode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = latent.detach().float()
+        codes, scale = self._codes(latent.detach().float())
+        return {"packed": codes.to(torch.int8).contiguous(), "stats": scale.reshape(1)}
+
+    def quantize(self, latent: torch.Tensor) -> torch.Tensor:
+        """decode(encode(latent)) without the int8 round trip (same values, bit for bit). `encode`'s clamp to
+        [-127, 127] is left out: `scale >= absmax / 127`, so `|x / scale| <= 127` (up to the rounding of `log2`,
+        far below the 0.5 that could change a rounded code)."""
+        x = _values(latent)
         scale = self._scale(x)
-        codes = torch.round(x / scale).clamp_(-127, 127).to(torch.int8)
-        return {"packed": codes.contiguous(), "stats": scale.reshape(1)}
+        return torch.round(x / scale) * scale
 
     def decode(self, stored: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
         return (stored["packed"].float() * stored["stats"].float()).reshape(shape)
@@ -192,7 +220,10 @@ class KBitCodec(Codec):
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(levels, thresholds) on `device`, copied there once."""
+        """(levels, thresholds) on `device`, copied there once (under `torch.compile`: at every trace, since
+        storing a tensor made inside a traced autograd Function is a side effect the compiler refuses)."""
+        if torch.compiler.is_compiling():
+            return self.levels.to(device), self.thresholds.to(device)
         if device not in self._on_device:
             self._on_device[device] = (self.levels.to(device), self.thresholds.to(device))
         return self._on_device[device]
@@ -211,7 +242,8 @@ class KBitCodec(Codec):
 
     def quantize(self, latent: torch.Tensor) -> torch.Tensor:
         """decode(encode(latent)) without the packing round trip (same values, bit for bit)."""
-        return self._tables(latent.device)[0][self.codes(latent)]
+        levels, thresholds = self._tables(latent.device)
+        return levels[torch.bucketize(_values(latent), thresholds)]
 
     def layout(self, shape: torch.Size) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         return {"packed": (torch.uint8, (shape[0], -(-math.prod(shape[1:]) * self.bits // 8)))}
@@ -255,11 +287,17 @@ class SignCodec(Codec):
 
     def magnitude(self, latent: torch.Tensor) -> torch.Tensor:
         """`alpha` (n,) float32: `side.quantize(mean |L|)` over each row or column."""
-        latent = latent.detach()
+        if latent.requires_grad and torch.is_grad_enabled():
+            latent = latent.detach()
         # float64 makes the mean of a decoded row (all +-alpha) exactly alpha; MPS has no float64, so average on CPU
-        on = torch.device("cpu") if latent.device.type == "mps" else latent.device
-        alpha = latent.to(on).double().abs().mean(dim=self.dim).float().to(latent.device)
-        return self.side.quantize(alpha)
+        if latent.device.type == "mps":
+            return self.side.quantize(self.mean_magnitude(latent.cpu()).to(latent.device))
+        return self.side.quantize(self.mean_magnitude(latent))
+
+    def mean_magnitude(self, latent: torch.Tensor) -> torch.Tensor:
+        """mean |L| (n,) over each row or column, accumulated in float64 and rounded once to float32; before the
+        side codec."""
+        return latent.abs().mean(dim=self.dim, dtype=torch.float64).float()
 
     def count(self, shape: torch.Size) -> int:
         """How many magnitudes a (rows, cols) weight has: one per row, or one per column."""
@@ -290,14 +328,15 @@ class SignCodec(Codec):
         return torch.where(positive, alpha, -alpha)
 
     def quantize(self, latent: torch.Tensor) -> torch.Tensor:
-        """decode(encode(latent)) without the packing round trip (same values, bit for bit)."""
-        alpha = self._broadcast(self.magnitude(latent))
-        return torch.where(self.positive(latent), alpha, -alpha)
+        """decode(encode(latent)) without the packing round trip (same values, bit for bit): `+-alpha` with the
+        sign bit of `latent` (`copysign`, so a zero alpha keeps the sign too, as `decode` does)."""
+        return torch.copysign(self._broadcast(self.magnitude(latent)), latent)
 
-    def straight_through(self, latent: torch.Tensor) -> torch.Tensor:
+    def straight_through(self, latent: torch.Tensor, magnitude: torch.Tensor | None = None) -> torch.Tensor:
         """Overridden because the gradient also flows through `alpha`, a function of the latent tensor
-        (`_DerivedSign`); the base class passes the codes' straight-through gradient only."""
-        return _DerivedSign.apply(latent, self)
+        (`_DerivedSign`); the base class passes the codes' straight-through gradient only. `magnitude`: `alpha`
+        (n,) when already computed (`grouped.GroupedQuantization`), else computed here."""
+        return _DerivedSign.apply(latent, self, magnitude)
 
     def layout(self, shape: torch.Size) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
         side = self.side.layout(torch.Size([self.count(shape)]))
@@ -335,7 +374,8 @@ class _StraightThrough(torch.autograd.Function):
         ctx.bound = codec.ste_bound
         if ctx.bound is not None:
             ctx.save_for_backward(latent)
-        return codec.quantize(latent).to(latent.dtype)
+        value = codec.quantize(latent)
+        return value if value.dtype == latent.dtype else value.to(latent.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -351,22 +391,25 @@ class _DerivedSign(torch.autograd.Function):
     `alpha = mean |L|`, whose side quantization passes the gradient unchanged)."""
 
     @staticmethod
-    def forward(ctx, latent: torch.Tensor, codec: SignCodec) -> torch.Tensor:
-        value = codec.quantize(latent)
+    def forward(ctx, latent: torch.Tensor, codec: SignCodec, magnitude: torch.Tensor | None) -> torch.Tensor:
+        alpha = codec._broadcast(
+            codec.magnitude(latent) if magnitude is None else magnitude
+        )  # (r, 1) or (1, C)
+        sign = torch.ones_like(latent, dtype=alpha.dtype).copysign_(latent)  # +-1 by the sign bit
         ctx.codec = codec
-        ctx.save_for_backward(value)
-        return value.to(latent.dtype)
+        ctx.save_for_backward(alpha, sign)
+        value = alpha * sign  # == copysign(alpha, latent), bit for bit
+        return value if value.dtype == latent.dtype else value.to(latent.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (value,) = ctx.saved_tensors
+        alpha, sign = ctx.saved_tensors
         codec = ctx.codec
-        sign = torch.where(codec.positive(value), 1.0, -1.0)
-        alpha = value.abs()
-        grad32 = grad.float()
+        grad32 = _float32(grad)
         through_codes = grad32 * alpha / codec.level
         through_alpha = sign * (grad32 * sign).mean(dim=codec.dim, keepdim=True)
-        return (through_codes + through_alpha).to(grad.dtype), None
+        total = through_codes + through_alpha
+        return (total if total.dtype == grad.dtype else total.to(grad.dtype)), None, None
 
 
 class QuantizedParameter(nn.Module):
@@ -375,6 +418,10 @@ class QuantizedParameter(nn.Module):
     Calling the module returns `codec.quantize(latent)` in the latent tensor's dtype, computed from the current
     latent tensor at every call. With a 32-bit float codec the latent tensor itself is returned.
     """
+
+    #: set for the duration of one forward pass by `grouped.GroupedQuantization`: this parameter's value (int8
+    #: side tensors) or its magnitudes `alpha` (`SignCodec` weights), computed with those of every other parameter
+    _grouped: torch.Tensor | None = None
 
     def __init__(self, init: torch.Tensor, codec: Codec) -> None:
         super().__init__()
@@ -386,8 +433,13 @@ class QuantizedParameter(nn.Module):
         if isinstance(self.codec, FloatCodec) and self.codec.bits == 32:
             return latent
         if torch.is_grad_enabled() and latent.requires_grad:
+            if isinstance(self.codec, SignCodec):
+                return self.codec.straight_through(latent, self._grouped)
+            if self._grouped is not None:
+                return self._grouped
             return self.codec.straight_through(latent)
-        return self.codec.quantize(latent).to(latent.dtype)
+        value = self.codec.quantize(latent)
+        return value if value.dtype == latent.dtype else value.to(latent.dtype)
 
     def pack(self, latent: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The stored form (`packed`, `stats`) of `latent` (default: this parameter's latent tensor)."""
