@@ -123,3 +123,19 @@ def git_state(paths: Sequence[str]) -> dict[str, Any]:
 
     dirty = git("status", "--porcelain", "--", *paths)
     return {"commit": git("rev-parse", "HEAD") or None, "uncommitted": dirty.splitlines()}
+
+
+def count_top_level_ops(fn: Callable[[], Any]) -> int:
+    """How many ATen ops one call of `fn` dispatches from Python: `aten::` profiler events (CPU activity) whose
+    parent event is not an `aten::` op. On a GPU each is at least one kernel launch and one trip through the
+    dispatcher, so this count is the launch-bound cost of a step, independent of the machine's speed."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(
+        1
+        for event in prof.events()
+        if event.name.startswith("aten::")
+        and (event.cpu_parent is None or not event.cpu_parent.name.startswith("aten::"))
+    )
