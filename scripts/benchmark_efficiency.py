@@ -15,13 +15,19 @@ shared machine:
   buffers, AdamW state) plus the peak increase of allocated tensor bytes during one step. On CPU the increase is
   read from `torch.profiler`'s allocator events (`profile_memory=True`), on CUDA from
   `torch.cuda.max_memory_allocated`; both count tensor memory from PyTorch's allocator, not process RSS;
-- inference latency relative to the base model (eval mode, `torch.no_grad`), each method's run bracketed by runs
-  of the base model, the ratio taken against the mean of the two neighbouring base runs.
+- inference latency relative to the base model (eval mode, `torch.no_grad`), every round running the base model
+  and every method once in a rotated order, each method's ratio taken against the base run of the same round;
+- the launch-bound regime (`--launch-bound`, on by default), where a GPU step costs one kernel launch per op rather
+  than arithmetic: top-level ATen ops of a training step (AdamW with `foreach=True`) and of one inference of the
+  method's model saved and loaded back as a user would (`PeftModel.from_pretrained`), batch 2 at 32 px, each with
+  its ratio to LoRA r=8; and batch-1 latency at 32 px on one thread relative to the base model, each loaded model's
+  run bracketed by runs of the base model, the ratio taken against the mean of the two (`--launch-rounds` rounds).
 
 Usage:
     python scripts/benchmark_efficiency.py                 # full run: ConvNeXt-T and -B, every method
     python scripts/benchmark_efficiency.py --quick         # ConvNeXt-T only, 5 steps, batch 4, 128 px
     python scripts/benchmark_efficiency.py --models convnext-t --methods full,lora_r8,upetu_1bit
+    python scripts/benchmark_efficiency.py --models tiny --quick --launch-rounds 3 --output /tmp/e/efficiency.json
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +57,16 @@ for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
         sys.path.insert(0, str(_path))
 
 import transformers  # noqa: E402
-from _common import fmt_count, git_state, machine_info, resaved_bytes, write_json_atomic, write_text_atomic  # noqa: E402
+from _common import (  # noqa: E402
+    count_top_level_ops,
+    fmt_count,
+    git_state,
+    machine_info,
+    resaved_bytes,
+    write_json_atomic,
+    write_text_atomic,
+)
+from make_report import launch_bound_lines  # noqa: E402
 from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
 
 from upetu_hf.train.methods import apply_method, is_head_parameter, parameter_summary  # noqa: E402
@@ -61,6 +77,7 @@ warnings.filterwarnings("ignore", message=".*Profiler clears events.*", category
 
 NUM_LABELS = 21
 HEAD = "classifier"
+LINEAR_PROBE_FILE = "classifier.safetensors"
 
 MODEL_SPECS: dict[str, tuple[list[int], list[int]]] = {
     "convnext-t": ([3, 3, 9, 3], [96, 192, 384, 768]),
@@ -89,7 +106,8 @@ METHOD_LABELS = {
 }
 #: The settings a run records in its `meta`, in this order.
 SETTINGS = (
-    "quick models methods steps inference_runs warmup batch_size image_size lr seed mixed_precision".split()
+    "quick models methods steps inference_runs warmup batch_size image_size lr seed mixed_precision launch_bound "
+    "launch_rounds".split()
 )
 QUICK = {"models": ["convnext-t"], "steps": 5, "batch_size": 4, "image_size": 128}
 DEFAULTS = {"models": ["convnext-t", "convnext-b"], "steps": 10, "batch_size": 8, "image_size": 224}
@@ -97,6 +115,14 @@ DEFAULTS = {"models": ["convnext-t", "convnext-b"], "steps": 10, "batch_size": 8
 TARGET_MODEL, TARGET_METHOD = "convnext-b", "upetu_1bit"
 DISK_LIMIT_BYTES = 200_000
 CONTENDED_CPU_SHARE = 0.8  # below this share of CPU time per thread, other processes competed for the cores
+# The launch-bound regime: small inputs, so that the cost of dispatching every op (on a GPU, launching its kernel)
+# outweighs its arithmetic; op counts at batch LAUNCH_OPS_BATCH, latency at batch 1, one thread.
+LAUNCH_IMAGE_SIZE = 32
+LAUNCH_OPS_BATCH = 2
+LAUNCH_LATENCY_BATCH = 1
+LAUNCH_WARMUP_STEPS = 3
+LAUNCH_THREADS = 1
+LAUNCH_REFERENCE = "lora_r8"
 
 
 @dataclass
@@ -157,22 +183,43 @@ def parameter_counts(model: nn.Module, backbone: int) -> dict[str, float]:
     }
 
 
-def disk_sizes(name: str, model: nn.Module, workdir: Path) -> dict[str, object]:
-    """Bytes of the weights file `save_pretrained` writes for this method, with and without the head."""
-    folder = workdir / name
+def save_method(name: str, model: nn.Module, folder: Path) -> Path:
+    """Save method `name`'s trained weights into `folder` as a user would and return the weights file:
+    `save_pretrained` (the adapter for PEFT methods, the whole model for full fine-tuning), the classifier with
+    safetensors for the linear probe."""
     folder.mkdir(parents=True, exist_ok=True)
     if name == "linear_probe":
         head = {k: v.detach().contiguous() for k, v in getattr(model, HEAD).state_dict().items()}
-        path = folder / "classifier.safetensors"
+        path = folder / LINEAR_PROBE_FILE
         save_file(head, str(path), metadata={"format": "pt"})
-        return {"file": path.name, "disk_bytes_with_head": path.stat().st_size, "disk_bytes_without_head": 0}
+        return path
     model.save_pretrained(str(folder))
     files = sorted(folder.glob("*.safetensors"))
     if len(files) != 1:
         raise RuntimeError(
             f"{name}: expected one safetensors file in {folder}, found {[f.name for f in files]}."
         )
-    path = files[0]
+    return files[0]
+
+
+def load_method(name: str, base: nn.Module, folder: Path) -> nn.Module:
+    """Method `name`'s model loaded back from what `save_method` wrote into `folder`, the way a user loads it, in
+    eval mode: `PeftModel.from_pretrained` on a fresh copy of `base` for PEFT methods, `from_pretrained` of the
+    saved model for full fine-tuning, the saved classifier loaded into a copy of `base` for the linear probe."""
+    if name == "full":
+        return ConvNextForImageClassification.from_pretrained(str(folder)).eval()
+    model = copy.deepcopy(base)
+    if name == "linear_probe":
+        getattr(model, HEAD).load_state_dict(load_file(str(folder / LINEAR_PROBE_FILE)))
+        return model.eval()
+    return PeftModel.from_pretrained(model, str(folder)).eval()
+
+
+def disk_sizes(name: str, model: nn.Module, workdir: Path) -> dict[str, object]:
+    """Bytes of the weights file `save_pretrained` writes for this method, with and without the head."""
+    path = save_method(name, model, workdir / name)
+    if name == "linear_probe":
+        return {"file": path.name, "disk_bytes_with_head": path.stat().st_size, "disk_bytes_without_head": 0}
     return {
         "file": path.name,
         "disk_bytes_with_head": path.stat().st_size,
@@ -204,6 +251,19 @@ def train_step(
     loss.backward()
     method.optimizer.step()
     method.optimizer.zero_grad(set_to_none=True)
+
+
+def inference_call(
+    model: nn.Module, pixels: torch.Tensor, mixed_precision: str = "no", grad_mode: Callable = torch.no_grad
+) -> Callable[[], object]:
+    """One inference forward of `model` on `pixels` as a call without arguments: under `grad_mode`
+    (`torch.no_grad` or `torch.inference_mode`) and `autocast`."""
+
+    def call() -> object:
+        with grad_mode(), autocast(pixels.device, mixed_precision):
+            return model(pixel_values=pixels)
+
+    return call
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -345,8 +405,7 @@ def measure_inference(
     base_runs: list[float] = []
 
     def infer(model: nn.Module) -> float:
-        with torch.no_grad(), autocast(device, args.mixed_precision):
-            return timed(lambda: model(pixel_values=pixels), device)
+        return timed(inference_call(model, pixels, args.mixed_precision), device)
 
     contestants: list[Method | None] = [None, *built]  # None: the base model
     for method in built:  # warm-up: first eval-mode forward (caches quantized weights, allocator warm-up)
@@ -363,6 +422,146 @@ def measure_inference(
             inference[name]["base"].append(base_runs[-1])
         log(f"{model_name}: inference round {round_index + 1}/{args.inference_runs}")
     return inference, base_runs
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    """Run the block with `torch.set_num_threads(threads)`, then restore the previous setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def train_step_ops(
+    method: Method, pixels: torch.Tensor, labels: torch.Tensor, args: argparse.Namespace
+) -> int:
+    """Top-level ATen ops of one training step of `method`'s model (forward, backward, AdamW step, zero_grad) with
+    a fresh `AdamW(foreach=True)`, the optimizer a GPU run gets by default, after `LAUNCH_WARMUP_STEPS` steps."""
+    trainable = [p for p in method.model.parameters() if p.requires_grad]
+    counted = Method(
+        method.name, method.model.train(), torch.optim.AdamW(trainable, lr=args.lr, foreach=True)
+    )
+    step = lambda: train_step(counted, pixels, labels, args.mixed_precision)  # noqa: E731
+    for _ in range(LAUNCH_WARMUP_STEPS):
+        step()
+    return count_top_level_ops(step)
+
+
+def inference_ops(model: nn.Module, pixels: torch.Tensor, mixed_precision: str) -> int:
+    """Top-level ATen ops of one inference of `model` under `torch.inference_mode`, after one warm-up call."""
+    call = inference_call(model, pixels, mixed_precision, torch.inference_mode)
+    call()
+    return count_top_level_ops(call)
+
+
+def loaded_models(base: nn.Module, built: list[Method], device: torch.device) -> dict[str, nn.Module]:
+    """Every method's trained model saved (`save_method`) and loaded back as a user would (`load_method`), in
+    eval mode on `device`."""
+    loaded: dict[str, nn.Module] = {}
+    with tempfile.TemporaryDirectory(prefix="upetu-bench-load-") as workdir:
+        for method in built:
+            folder = Path(workdir) / method.name
+            save_method(method.name, method.model, folder)
+            loaded[method.name] = load_method(method.name, base, folder).to(device)
+    return loaded
+
+
+def bracketed_latency(
+    base_call: Callable[[], object],
+    calls: dict[str, Callable[[], object]],
+    rounds: int,
+    device: torch.device,
+    model_name: str,
+) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
+    """Interleaved latency: after one warm-up call of each, every round runs base, m1, base, m2, ..., base (the
+    methods' order rotated each round), so that every method's run is bracketed by two base runs; its ratio is
+    taken against the mean of those two. Returns the method times, their ratios, and every base run."""
+    names = list(calls)
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in names}
+    for call in (base_call, *calls.values()):
+        call()
+    base_runs = [timed(base_call, device)]
+    for round_index in range(rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds[name].append(timed(calls[name], device))
+            base_runs.append(timed(base_call, device))
+            ratios[name].append(seconds[name][-1] / statistics.fmean(base_runs[-2:]))
+        log(f"{model_name}: launch-bound latency round {round_index + 1}/{rounds}")
+    return seconds, ratios, base_runs
+
+
+def measure_launch_bound(
+    base: nn.Module, built: list[Method], args: argparse.Namespace, model_name: str
+) -> tuple[dict[str, dict[str, object]], dict[str, object]]:
+    """The launch-bound regime, on `LAUNCH_THREADS` thread(s) at `LAUNCH_IMAGE_SIZE` px: top-level ATen ops of a
+    training step and of a loaded adapter's inference (batch `LAUNCH_OPS_BATCH`), and batch-1 latency of the loaded
+    models relative to the base model (`bracketed_latency`, `args.launch_rounds` rounds). Returns each method's
+    entry and the base model's."""
+    device = torch.device(args.device)
+    generator = torch.Generator().manual_seed(args.seed)
+    size = LAUNCH_IMAGE_SIZE
+    pixels = torch.randn(LAUNCH_OPS_BATCH, 3, size, size, generator=generator).to(device)
+    labels = torch.randint(0, NUM_LABELS, (LAUNCH_OPS_BATCH,), generator=generator).to(device)
+    with torch_threads(LAUNCH_THREADS):
+        methods = {m.name: {"train_step_ops": train_step_ops(m, pixels, labels, args)} for m in built}
+        loaded = loaded_models(base, built, device)
+        for name, model in loaded.items():
+            methods[name]["loaded_inference_ops"] = inference_ops(model, pixels, args.mixed_precision)
+        log(f"{model_name}: launch-bound op counts done; timing {args.launch_rounds} batch-1 latency rounds")
+        single = pixels[:LAUNCH_LATENCY_BATCH]
+        calls = {
+            n: inference_call(m, single, args.mixed_precision, torch.inference_mode)
+            for n, m in loaded.items()
+        }
+        base_call = inference_call(base, single, args.mixed_precision, torch.inference_mode)
+        seconds, ratios, base_runs = bracketed_latency(
+            base_call, calls, args.launch_rounds, device, model_name
+        )
+        base_entry = {
+            "base_inference_ops": inference_ops(base, pixels, args.mixed_precision),
+            "base_latency_s": base_runs,
+            "base_latency": summarize(base_runs),
+        }
+    for name, entry in methods.items():
+        entry["batch1_latency_s"] = seconds[name]
+        entry["batch1_latency_ratio_samples"] = ratios[name]
+        entry["batch1_latency_ratio"] = summarize(ratios[name])
+    return methods, base_entry
+
+
+def launch_bound(
+    base: nn.Module, built: list[Method], args: argparse.Namespace, model_name: str
+) -> tuple[dict[str, dict[str, object]], dict[str, object]]:
+    """Each method's `launch_bound` entry and the model's (settings, the base model's op count and latency), from
+    `measure_launch_bound`, every op count with its ratio to `LAUNCH_REFERENCE`'s (LoRA r=8): `<count>_vs_lora_r8`,
+    None when the reference was not run."""
+    methods, base_entry = measure_launch_bound(base, built, args, model_name)
+    reference = methods.get(LAUNCH_REFERENCE)
+
+    def vs_reference(count: int, key: str) -> float | None:
+        return count / reference[key] if reference else None
+
+    for entry in methods.values():
+        for key in ("train_step_ops", "loaded_inference_ops"):
+            entry[f"{key}_vs_{LAUNCH_REFERENCE}"] = vs_reference(entry[key], key)
+    base_ops = base_entry["base_inference_ops"]
+    return methods, {
+        "image_size": LAUNCH_IMAGE_SIZE,
+        "ops_batch_size": LAUNCH_OPS_BATCH,
+        "latency_batch_size": LAUNCH_LATENCY_BATCH,
+        "threads": LAUNCH_THREADS,
+        "rounds": args.launch_rounds,
+        "warmup_train_steps": LAUNCH_WARMUP_STEPS,
+        "optimizer": "AdamW(foreach=True)",
+        "reference": LAUNCH_REFERENCE,
+        **base_entry,
+        f"base_inference_ops_vs_{LAUNCH_REFERENCE}": vs_reference(base_ops, "loaded_inference_ops"),
+    }
 
 
 def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Namespace) -> dict[str, object]:
@@ -385,6 +584,7 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
     labels = torch.randint(0, NUM_LABELS, (args.batch_size,), generator=generator).to(device)
     memory, step_samples = measure_training(built, pixels, labels, args, model_name)
     inference, base_runs = measure_inference(base, built, pixels, args, model_name)
+    launch_methods, launch = launch_bound(base, built, args, model_name) if args.launch_bound else ({}, None)
 
     for method in built:
         entry = results[method.name]
@@ -399,6 +599,8 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
         entry["inference"] = summarize(inf["method"])
         entry["inference_ratio_samples"] = ratios
         entry["inference_ratio"] = summarize(ratios)
+        if launch:
+            entry["launch_bound"] = launch_methods[method.name]
 
     # Noise: full fine-tuning and the linear probe run the base architecture, so their latency ratio should be 1.
     controls = {n: results[n]["inference_ratio"] for n in ("full", "linear_probe") if n in results}
@@ -424,6 +626,7 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
         "wall_time_s": time.perf_counter() - wall_start,
         "methods": results,
         "ratios": ratios,
+        **({"launch_bound": launch} if launch else {}),
     }
 
 
@@ -574,7 +777,7 @@ def model_markdown(model_name: str, data: dict[str, object], meta: dict[str, obj
         f"{data['noise']['cpu_share']:.2f} (CPU seconds per wall second and thread; 1 = no competition); "
         f"{data['wall_time_s']:.0f} s for this model.",
     ]
-    return lines
+    return lines + launch_bound_lines(data)
 
 
 def targets_markdown(targets: list[dict[str, object]]) -> list[str]:
@@ -681,6 +884,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("no", "bf16"),
         help="bf16 autocast of the forward passes (no); float32 parameters and optimizer state either way",
     )
+    parser.add_argument(
+        "--launch-bound",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"measure the launch-bound regime: op counts of a training step and of a loaded adapter's inference, "
+        f"batch-1 latency at {LAUNCH_IMAGE_SIZE} px on {LAUNCH_THREADS} thread (default: on)",
+    )
+    parser.add_argument(
+        "--launch-rounds", type=int, default=15, help="interleaved rounds of the batch-1 latency (default 15)"
+    )
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "efficiency.json"), help="JSON path")
     parser.add_argument("--markdown", default=None, help="markdown path (default: --output with .md)")
     args = parser.parse_args(argv)
@@ -700,8 +913,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parse_spec(name)
         except ValueError as err:
             parser.error(str(err))
-    if args.steps < 1 or args.inference_runs < 1:
-        parser.error("--steps and --inference-runs must be at least 1")
+    if args.steps < 1 or args.inference_runs < 1 or args.launch_rounds < 1:
+        parser.error("--steps, --inference-runs and --launch-rounds must be at least 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda was requested but CUDA is not available")
     return args

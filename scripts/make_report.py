@@ -367,6 +367,48 @@ def aims_table(state: dict[str, Any]) -> list[str]:
     return lines
 
 
+def launch_bound_lines(data: dict[str, Any]) -> list[str]:
+    """One model's table "Launch-bound regime (batch 1 / op counts)" of the efficiency benchmark (its `launch_bound`
+    record: op counts with their ratio to LoRA r=8, batch-1 latency relative to the base model); none when the run
+    did not measure it (`--no-launch-bound`, older files)."""
+    launch = data.get("launch_bound")
+    if not launch:
+        return []
+    reference = launch["reference"]
+    label = data["methods"].get(reference, {}).get("label", reference)
+
+    def x(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+
+    lines = [
+        "",
+        f"**Launch-bound regime (batch 1 / op counts).** On a GPU, small inputs make a step cost one kernel launch "
+        "per op rather than arithmetic. Ops: top-level ATen ops of one training step (forward, backward, "
+        f"`{launch['optimizer']}` step, zero_grad; after {launch['warmup_train_steps']} warm-up steps) and of one "
+        "inference of the model saved and loaded back (`PeftModel.from_pretrained` on a fresh base model for the "
+        f"PEFT methods; eval, `torch.inference_mode`), batch {launch['ops_batch_size']}, "
+        f"{launch['image_size']}x{launch['image_size']} px, with their ratio to {label}'s. Latency: batch 1, "
+        f"{launch['threads']} thread, each run of a loaded model divided by the mean of the base-model runs around "
+        f"it, median [q1-q3] over {launch['rounds']} interleaved rounds; base model "
+        f"{launch['base_latency']['median'] * 1e3:.2f} ms per image.",
+        "",
+        f"| method | train-step ops | x {label} | loaded-inference ops | x {label} | batch-1 latency vs base |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| Base model (no adapter) | - | - | {launch['base_inference_ops']:,} "
+        f"| {x(launch[f'base_inference_ops_vs_{reference}'])} | 1.00x |",
+    ]
+    for name, entry in data["methods"].items():
+        bound = entry["launch_bound"]
+        latency = bound["batch1_latency_ratio"]
+        lines.append(
+            f"| {entry.get('label', name)} | {bound['train_step_ops']:,} "
+            f"| {x(bound[f'train_step_ops_vs_{reference}'])} | {bound['loaded_inference_ops']:,} "
+            f"| {x(bound[f'loaded_inference_ops_vs_{reference}'])} "
+            f"| {latency['median']:.2f}x [{latency['q1']:.2f}-{latency['q3']:.2f}] |"
+        )
+    return lines
+
+
 def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
     """A compact table of the efficiency benchmark, or a note when it is absent or not understood."""
     if eff is None:
@@ -408,6 +450,7 @@ def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
                     f"| {fmt_bytes(entry.get('disk_bytes_without_head'))} | {r('train_step_vs_full')} "
                     f"| {r('peak_memory_vs_full')} | {'-' if inference is None else f'{inference:.2f}x'} |"
                 )
+            lines += launch_bound_lines(data)
         primary = [t for t in eff.get("targets", []) if t.get("primary")]
         if primary:
             lines += [

@@ -17,6 +17,14 @@ from upetu_hf.train import TrainingArguments
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_efficiency.py"
 DEPTHS, WIDTHS, LABELS = [1, 1, 1, 1], [8, 16, 32, 64], 21
 STEPS = 2
+LAUNCH_ROUNDS = 2
+NAME = "1-1-1-1:8-16-32-64"
+
+
+def load_report() -> ModuleType:
+    """Import scripts/make_report.py as a module (the benchmark imports it too)."""
+    load_script()
+    return sys.modules["make_report"]
 
 
 def load_script() -> ModuleType:
@@ -42,6 +50,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path]:
             "--batch-size", "2",
             "--image-size", "64",
             "--threads", "1",
+            "--launch-rounds", str(LAUNCH_ROUNDS),
             "--output", str(out),
         ]
     )  # fmt: skip
@@ -176,6 +185,84 @@ def test_metadata_targets_and_markdown(run: tuple[dict, dict, Path]) -> None:
         assert f"| {label} |" in markdown
 
 
+def test_launch_bound_regime(run: tuple[dict, dict, Path]) -> None:
+    """Op counts of a training step and of a loaded adapter's inference for every method, as positive integers with
+    their ratio to LoRA r=8; batch-1 latency of every method, bracketed by base runs; both tables rendered."""
+    _, data, out = run
+    model = data["models"][NAME]
+    launch, methods = model["launch_bound"], model["methods"]
+    assert (launch["image_size"], launch["ops_batch_size"], launch["latency_batch_size"]) == (32, 2, 1)
+    assert launch["threads"] == 1 and launch["rounds"] == LAUNCH_ROUNDS == data["meta"]["launch_rounds"]
+    assert data["meta"]["launch_bound"] is True
+    base_ops, lora = launch["base_inference_ops"], methods["lora_r8"]["launch_bound"]
+    assert isinstance(base_ops, int) and base_ops > 0
+    assert launch["base_inference_ops_vs_lora_r8"] == pytest.approx(base_ops / lora["loaded_inference_ops"])
+    # Each method run is bracketed by base runs: one more base run than method runs.
+    assert len(launch["base_latency_s"]) == 1 + LAUNCH_ROUNDS * len(methods)
+    for name, entry in methods.items():
+        bound = entry["launch_bound"]
+        for key in ("train_step_ops", "loaded_inference_ops"):
+            assert isinstance(bound[key], int) and bound[key] > 0, (name, key)
+            assert bound[f"{key}_vs_lora_r8"] == pytest.approx(bound[key] / lora[key]), (name, key)
+        assert bound["loaded_inference_ops"] >= base_ops, name
+        assert len(bound["batch1_latency_s"]) == len(bound["batch1_latency_ratio_samples"]) == LAUNCH_ROUNDS
+        assert bound["batch1_latency_ratio"]["median"] > 0, name
+    # Full fine-tuning and the linear probe load the base architecture back; the adapters add ops to it.
+    assert methods["full"]["launch_bound"]["loaded_inference_ops"] == base_ops
+    assert methods["linear_probe"]["launch_bound"]["loaded_inference_ops"] == base_ops
+    assert all(
+        methods[n]["launch_bound"]["loaded_inference_ops"] > base_ops for n in ("lora_r8", "upetu_1bit")
+    )
+    assert lora["train_step_ops_vs_lora_r8"] == lora["loaded_inference_ops_vs_lora_r8"] == 1.0
+    row = f"| LoRA r=8 | {lora['train_step_ops']:,} | 1.00x | {lora['loaded_inference_ops']:,} | 1.00x |"
+    header = "| method | train-step ops | x LoRA r=8 | loaded-inference ops | x LoRA r=8 | batch-1 latency vs base |"
+    readme_section = "\n".join(load_report().efficiency_lines(data))
+    for markdown in (out.with_suffix(".md").read_text(), readme_section):
+        assert "Launch-bound regime (batch 1 / op counts)" in markdown and header in markdown
+        assert row in markdown and f"| Base model (no adapter) | - | - | {base_ops:,} |" in markdown
+
+
+def test_bracketed_latency_divides_each_run_by_its_two_neighbouring_base_runs(monkeypatch) -> None:
+    """Every round runs base, m1, base, m2, ..., base with the methods rotated; a method's ratio uses the mean of
+    the base runs just before and after it."""
+    bench = load_script()
+    monkeypatch.setattr(bench, "timed", lambda fn, device: fn())  # a call's "time" is what it returns
+    base_times = iter([1.0, 3.0, 5.0, 7.0, 9.0, 11.0, 13.0])
+    order: list[str] = []
+
+    def method(name: str, seconds: float):
+        return lambda: order.append(name) or seconds
+
+    calls = {"a": method("a", 8.0), "b": method("b", 12.0)}
+    seconds, ratios, base_runs = bench.bracketed_latency(lambda: next(base_times), calls, 2, "cpu", "m")
+    assert order == ["a", "b", "a", "b", "b", "a"]  # warm-up, then rounds rotated by one
+    assert base_runs == [3.0, 5.0, 7.0, 9.0, 11.0]  # the first base value was the warm-up
+    assert seconds == {"a": [8.0, 8.0], "b": [12.0, 12.0]}
+    assert ratios == {"a": [8.0 / 4.0, 8.0 / 10.0], "b": [12.0 / 6.0, 12.0 / 8.0]}
+
+
+@pytest.mark.parametrize("name", ["full", "linear_probe", "upetu_1bit"])
+def test_saved_methods_load_back_as_a_user_loads_them(tmp_path: Path, name: str) -> None:
+    """`load_method` rebuilds a trained model from what `save_method` wrote: same logits, frozen, in eval mode."""
+    import torch
+
+    bench = load_script()
+    base = bench.build_base("tiny", seed=0).eval()
+    model = bench.wrap_method(name, base)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.01 * torch.randn_like(param))  # trained weights differ from the base model's
+    bench.save_method(name, model, tmp_path)
+    loaded = bench.load_method(name, base, tmp_path)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        expected, got = model.eval()(pixel_values=pixels).logits, loaded(pixel_values=pixels).logits
+    assert not loaded.training and torch.allclose(got, expected, atol=1e-5)
+    if name != "full":
+        assert not torch.allclose(got, base(pixel_values=pixels).logits)
+
+
 def test_methods_are_built_as_the_training_api_builds_them() -> None:
     """One code path: the benchmark's LoRA is `upetu-train --method lora`'s (alpha = 2r), and so on."""
     bench = load_script()
@@ -200,6 +287,11 @@ def test_bad_arguments_are_rejected() -> None:
         bench.parse_args(["--methods", "full,dora"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--models", "convnext-xl"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--launch-rounds", "0"])
+    defaults = bench.parse_args([])
+    assert defaults.launch_bound and defaults.launch_rounds == 15
+    assert not bench.parse_args(["--no-launch-bound"]).launch_bound
     quick = bench.parse_args(["--quick"])
     assert quick.models == ["convnext-t"] and quick.steps < 10 and quick.image_size < 224
 
