@@ -2,7 +2,7 @@
 
 Quantizing tensor by tensor dispatches about ten small ops per int8 side tensor (EQAM's `s` and row scales, the
 CAPM tensors, the 1-bit magnitudes `alpha`): thousands per step on ConvNeXt-B, which bind a GPU step to kernel
-launches. `GroupedQuantization` computes all of them before the forward pass with `torch._foreach_*` ops, whose
+launches. `grouped_quantization` computes all of them before the forward pass with `torch._foreach_*` ops, whose
 count does not grow with the number of tensors, and hands each `QuantizedParameter` its value for that pass. The
 values are bit-identical to the per-tensor ones (`Int8Codec.quantize`, `SignCodec.magnitude`), and the gradients
 are the same straight-through ones.

@@ -2,7 +2,8 @@
 
 A `QuantizedParameter` holds a latent tensor for training and hands out its quantized value, computed afresh at
 every call from the current latent tensor (no cache, so no optimizer, `.data` write or inference-mode call can
-make it stale). Each parameter has a `Codec` that turns the latent tensor into what is stored on disk (`packed`
+make it stale); during a `PeftModel` forward pass the value may come from one grouped pass over all parameters
+(`grouped.py`), and a frozen adapter module caches what it builds from them (`cache.FrozenWeights`). Each parameter has a `Codec` that turns the latent tensor into what is stored on disk (`packed`
 plus, for int8, `stats`) and back.
 
 Every codec is *idempotent*: `decode(encode(x))` is a fixed point of `quantize`, so loading a saved adapter sets
@@ -335,7 +336,7 @@ class SignCodec(Codec):
     def straight_through(self, latent: torch.Tensor, magnitude: torch.Tensor | None = None) -> torch.Tensor:
         """Overridden because the gradient also flows through `alpha`, a function of the latent tensor
         (`_DerivedSign`); the base class passes the codes' straight-through gradient only. `magnitude`: `alpha`
-        (n,) when already computed (`grouped.GroupedQuantization`), else computed here."""
+        (n,) when already computed (`grouped.grouped_quantization`), else computed here."""
         return _DerivedSign.apply(latent, self, magnitude)
 
     def layout(self, shape: torch.Size) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
@@ -419,7 +420,7 @@ class QuantizedParameter(nn.Module):
     latent tensor at every call. With a 32-bit float codec the latent tensor itself is returned.
     """
 
-    #: set for the duration of one forward pass by `grouped.GroupedQuantization`: this parameter's value (int8
+    #: set for the duration of one forward pass by `grouped.grouped_quantization`: this parameter's value (int8
     #: side tensors) or its magnitudes `alpha` (`SignCodec` weights), computed with those of every other parameter
     _grouped: torch.Tensor | None = None
 
