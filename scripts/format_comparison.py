@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Report of issue 27's comparison of Q-Linear formats (plan: results/format_comparison/PLAN.md).
+
+Reads each candidate's accuracy ledger (written by `benchmark_accuracy.py` or `ablate_qlinear.py`), takes its
+runs at the learning rate its own search chose, pairs the candidates over their shared (split seed, seed) pairs,
+and prints the paired validation and test differences against today's default (format4-4bit) and against 32-bit,
+with 95 % t-intervals (`_ledger.paired_scores`). It then applies the plan's decision rule on validation only.
+Writes `report.json` and `report.md` beside the ledgers.
+
+    python scripts/format_comparison.py results/format_comparison
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from _common import write_json_atomic, write_text_atomic
+from _ledger import paired_scores
+
+#: candidate -> (its ledger file in the folder, its variant name in that ledger)
+CANDIDATES = {
+    "format4-4bit": ("format4.json", "upetu"),
+    "derived-4bit": ("derived.json", "upetu"),
+    "format5-1bit": ("format5.json", "upetu-1bit"),
+    "32bit": ("b32.json", "upetu-32bit"),
+}
+DEFAULT, REFERENCE = "format4-4bit", "32bit"
+MIN_PAIRS = 24
+
+
+def candidate_runs(folder: Path, name: str) -> dict[str, Any] | None:
+    """The candidate's chosen learning rate and its runs there: {(split, seed): (validation, test)}."""
+    file, variant = CANDIDATES[name]
+    path = folder / file
+    if not path.exists():
+        return None
+    ledger = json.loads(path.read_text())
+    selection = ledger.get("selection", {}).get(variant, {})
+    lr = selection.get("lr")
+    runs = {
+        (r.get("split_seed", 0), r["seed"]): (r["validation_score"], r["test_score"])
+        for r in ledger["runs"]
+        if r["variant"] == variant and r["lr"] == lr and r.get("status") == "ok"
+    }
+    return {
+        "lr": lr,
+        "lr_factor": selection.get("lr_factor"),
+        "interior": selection.get("interior"),
+        "runs": runs,
+    }
+
+
+def differences(a: dict, b: dict, name_a: str, name_b: str) -> dict[str, Any]:
+    """Paired validation and test differences `a - b` over their shared pairs."""
+    return {
+        split: paired_scores(
+            {k: v[i] for k, v in a["runs"].items()}, {k: v[i] for k, v in b["runs"].items()}, name_a, name_b
+        )
+        for i, split in enumerate(("validation", "test"))
+    }
+
+
+def decide(report: dict[str, Any]) -> dict[str, Any]:
+    """The plan's rule: the quantized candidate with the best mean validation becomes the default unless its
+    paired 95 % interval against today's default includes 0; then today's default stays (or the smaller file
+    where they tie)."""
+    quantized = {n: c for n, c in report["candidates"].items() if n != REFERENCE and c["n"]}
+    if any(c["n"] < MIN_PAIRS for c in quantized.values()):
+        return {"decided": False, "why": f"fewer than {MIN_PAIRS} pairs for some candidate"}
+    best = max(quantized, key=lambda n: quantized[n]["validation_mean"])
+    if best == DEFAULT:
+        return {"decided": True, "default": DEFAULT, "why": "today's default has the best mean validation"}
+    interval = report["versus"][DEFAULT][best]["validation"]["ci95"]
+    if interval[0] <= 0 <= interval[1]:
+        return {"decided": True, "default": DEFAULT, "why": f"{best}'s interval {interval} includes 0"}
+    return {"decided": True, "default": best, "why": f"{best} is best and its interval {interval} excludes 0"}
+
+
+def build(folder: Path) -> dict[str, Any]:
+    found = {n: candidate_runs(folder, n) for n in CANDIDATES}
+    report: dict[str, Any] = {"candidates": {}, "versus": {DEFAULT: {}, REFERENCE: {}}}
+    for name, c in found.items():
+        runs = (c or {}).get("runs", {})
+        report["candidates"][name] = {
+            "lr": (c or {}).get("lr"),
+            "lr_factor": (c or {}).get("lr_factor"),
+            "interior": (c or {}).get("interior"),
+            "n": len(runs),
+            "validation_mean": statistics.fmean(v for v, _ in runs.values()) if runs else None,
+            "test_mean": statistics.fmean(t for _, t in runs.values()) if runs else None,
+        }
+    for anchor in (DEFAULT, REFERENCE):
+        for name, c in found.items():
+            if name != anchor and c and found[anchor]:
+                report["versus"][anchor][name] = differences(c, found[anchor], name, anchor)
+    report["decision"] = decide(report)
+    return report
+
+
+def pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.2f}"
+
+
+def interval(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "(fewer than 2 pairs)"
+    return f"{100 * d['mean']:+.2f} [{100 * d['ci95'][0]:+.2f}, {100 * d['ci95'][1]:+.2f}] (n={d['n']})"
+
+
+def markdown(report: dict[str, Any], command: str) -> str:
+    lines = [
+        "# Q-Linear format comparison (issue 27)",
+        "",
+        f"Generated by `{command}` from the ledgers in this folder; plan: PLAN.md.",
+        "",
+        "| candidate | lr (factor, interior) | pairs | validation | test |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, c in report["candidates"].items():
+        lines.append(
+            f"| {name} | {c['lr']} (x{c['lr_factor'] or 0:.3g}, {c['interior']}) | {c['n']} | "
+            f"{pct(c['validation_mean'])} | {pct(c['test_mean'])} |"
+        )
+    for anchor, rows in report["versus"].items():
+        lines += ["", f"Paired differences against {anchor} (points, 95 % t-interval):", ""]
+        lines += ["| candidate | validation | test |", "|---|---:|---:|"]
+        lines += [f"| {n} | {interval(d['validation'])} | {interval(d['test'])} |" for n, d in rows.items()]
+    decision = report["decision"]
+    lines += [
+        "",
+        f"Decision rule (PLAN.md): {decision.get('default', 'not decided yet')} — {decision['why']}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "folder", type=Path, help="the folder with the four ledgers (results/format_comparison)"
+    )
+    args = parser.parse_args(argv)
+    report = build(args.folder)
+    command = f"python scripts/format_comparison.py {args.folder}"
+    write_json_atomic(args.folder / "report.json", report)
+    text = markdown(report, command)
+    write_text_atomic(args.folder / "report.md", text)
+    print(text, end="")
+    return report
+
+
+if __name__ == "__main__":
+    main()
