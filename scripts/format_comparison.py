@@ -29,6 +29,7 @@ CANDIDATES = {
     "32bit": ("b32.json", "upetu-32bit"),
 }
 DEFAULT, REFERENCE = "format4-4bit", "32bit"
+SMALLER_FIRST = ["format5-1bit", "derived-4bit", "format4-4bit"]  # stored bytes, for exact ties
 MIN_PAIRS = 24
 
 
@@ -71,7 +72,8 @@ def decide(report: dict[str, Any]) -> dict[str, Any]:
     quantized = {n: c for n, c in report["candidates"].items() if n != REFERENCE and c["n"]}
     if any(c["n"] < MIN_PAIRS for c in quantized.values()):
         return {"decided": False, "why": f"fewer than {MIN_PAIRS} pairs for some candidate"}
-    best = max(quantized, key=lambda n: quantized[n]["validation_mean"])
+    # the best mean validation; an exact tie goes to the smaller file (1 bit, then 4 bits as listed)
+    best = max(quantized, key=lambda n: (quantized[n]["validation_mean"], -SMALLER_FIRST.index(n)))
     if best == DEFAULT:
         return {"decided": True, "default": DEFAULT, "why": "today's default has the best mean validation"}
     interval = report["versus"][DEFAULT][best]["validation"]["ci95"]
