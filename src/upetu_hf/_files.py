@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -48,9 +49,22 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float (nested in dicts, lists and tuples) replaced by None: strict JSON
+    has no `NaN` / `Infinity` literals, which many readers refuse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
-    """`data` as indented JSON, written with `write_atomic`."""
-    return write_atomic(path, json.dumps(data, indent=indent, allow_nan=True) + "\n")
+    """`data` as indented, strict JSON (non-finite floats become null, see `finite_json`), written with
+    `write_atomic`."""
+    return write_atomic(path, json.dumps(finite_json(data), indent=indent, allow_nan=False) + "\n")
 
 
 def save_tensors(

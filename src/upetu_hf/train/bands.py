@@ -16,7 +16,6 @@ trains with the method (PEFT: `STEM_MODULES_TO_SAVE`, saved with the adapter).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,9 +25,10 @@ import datasets
 from datasets import DatasetDict
 from torch import nn
 
+from .._files import read_json
 from ..data._io import describe
 from ..data.band_images import BandReading
-from ..data.band_statistics import compute_band_statistics
+from ..data.band_statistics import check_statistics, compute_band_statistics
 from ..data.crops import default_crops_per_image
 from ..data.multispectral import S2_L1C_BANDS, S2_RGB_BANDS, BandInfo, band_indices, read_band_names
 from ..data.scan import band_counts, is_multiband_file, probe_value, value_path
@@ -223,7 +223,7 @@ def _statistics(
     if source == "train":
         paths = [value_path(s.value) for s in scan.images("train")]
         stats = compute_band_statistics(paths, num_bands=reading.num_bands, bands=reading.indices)
-        return source, stats.mean, stats.std, 1.0, stats.to_dict()
+        return source, stats.mean, stats.std, 1.0, stats.to_dict()  # finite: checked by the computation
     if source == "processor":
         mean, std = processor.get("image_mean"), processor.get("image_std")
         if not mean or not std or len(mean) != channels or len(std) != channels:
@@ -232,13 +232,17 @@ def _statistics(
                 f"{mean} and image_std {std}, not {channels} values (one per band); use --band-statistics train "
                 "or a JSON file, or give the checkpoint per-band statistics (upetu-convert --image-mean/--image-std)."
             )
+        check_statistics(
+            mean, std, f"--band-statistics processor (the image processor of --model {args.model})"
+        )
         return source, list(mean), list(std), float(processor.get("rescale_factor", 1 / 255)), None
     path = Path(source).expanduser()
     if not path.is_file():  # read when a run starts; a finished run keeps the values in its record
         raise FileNotFoundError(
             f"--band-statistics {source}: no such file; pass a JSON file with 'mean' and 'std'."
         )
-    values = json.loads(path.read_text())
+    values = read_json(path, "band statistics")
+    values = values if isinstance(values, dict) else {}
     mean, std = values.get("mean"), values.get("std")
     if (
         not isinstance(mean, list)
@@ -247,6 +251,7 @@ def _statistics(
         or len(std) != channels
     ):
         raise ValueError(f"--band-statistics {source} must hold 'mean' and 'std' lists of {channels} values.")
+    check_statistics(mean, std, f"--band-statistics {source}", positive=True)
     return source, [float(v) for v in mean], [float(v) for v in std], float(values.get("scale", 1.0)), None
 
 

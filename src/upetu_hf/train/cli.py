@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from .._files import finite_json
 from .arguments import TASKS, EvalArguments, TrainingArguments, flag
 
 #: Errors caused by the user's input: reported as one line, without a traceback, with exit code 2.
@@ -122,7 +123,7 @@ def _print_main(data: Any) -> None:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        print(json.dumps(data, indent=2, default=str))
+        print(json.dumps(finite_json(data), indent=2, default=str, allow_nan=False))
 
 
 def _summary(results: dict[str, Any]) -> dict[str, Any]:

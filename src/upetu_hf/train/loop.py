@@ -52,6 +52,7 @@ from .checkpoint import (
     STATE_FILE,
     Trainables,
     check_compatible,
+    list_checkpoints,
     load_checkpoint,
     remove_checkpoints,
     remove_stale_temporaries,
@@ -72,11 +73,21 @@ from .output_dir import OutputLock, check_output_dir, clear_previous_run
 from .tasks import TaskData, TaskSpec, get_task, image_processor_settings
 from .tracking import JsonLinesTracker, trackers, truncate_log
 
+#: A run stops when a step's loss exceeds this many times its first step's loss (or 1, if larger): a diverging run
+#: (too high a learning rate) climbs by orders of magnitude before it reaches NaN.
+DIVERGENCE_FACTOR = 1000.0
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite, or grew past the divergence bound: the run stopped before the
+    step, its checkpoints untouched (a `ValueError`: the CLI reports it as one line, exit code 2)."""
+
 
 @dataclass
 class TrainState:
     """Where a run stands (`trainer_state.json` of a checkpoint): position, best epoch so far, history, the loss
-    summed over the batches of the current epoch, runtime and samples seen."""
+    summed over the batches of the current epoch, runtime and samples seen, the first step's loss (the reference
+    of the divergence bound) and the logging window not yet logged (loss sum, batches, samples)."""
 
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -90,6 +101,8 @@ class TrainState:
     train_runtime_s: float = 0.0
     train_samples: int = 0
     log_lines: int | None = None
+    first_loss: float | None = None
+    log_window: list[float] = field(default_factory=lambda: [0.0, 0, 0])
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainState:
@@ -126,6 +139,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
             for batch in run.batches(epoch):
                 with accelerator.accumulate(model):
                     loss = model(**run.spec.model_inputs(batch), labels=batch["labels"]).loss
+                    run.check_loss(loss, epoch)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and args.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -147,6 +161,10 @@ def train(args: TrainingArguments) -> dict[str, Any]:
                 run.save_checkpoint()
         del model, optimizer, scheduler  # `finish` frees the DDP wrapper before the process group ends
         return run.finish()
+    except TrainingDiverged:
+        run.progress.close()
+        accelerator.end_training()
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -307,6 +325,7 @@ class _Run:
     loss_sum: torch.Tensor | None = None
     loss_count: torch.Tensor | None = None
     window: list[float] = field(default_factory=list)  # loss, batches, samples, start time
+    worst_loss: float = -math.inf  # of this process's batches since the last optimizer step (NaN sticks)
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -348,7 +367,7 @@ class _Run:
         run.loss_count = torch.tensor(
             state.epoch_loss_count if main else 0, dtype=torch.float64, device=device
         )
-        run.window = [0.0, 0, 0, time.perf_counter()]
+        run.window = [*state.log_window, time.perf_counter()]
         run.progress = tqdm(
             total=total_steps,
             initial=state.global_step,
@@ -376,6 +395,33 @@ class _Run:
         loader = self.accelerator.skip_first_batches(self.train_loader, self.state.batch_in_epoch)
         set_epoch(loader, epoch)
         return loader
+
+    def check_loss(self, loss: torch.Tensor, epoch: int) -> None:
+        """Stop a diverging run before its optimizer step (collective on a step's last batch): the worst loss of
+        the step's batches on any process must be finite and at most `DIVERGENCE_FACTOR` x max(the run's first
+        step's worst loss, 1)."""
+        value = float(loss.detach())
+        # a NaN value replaces the worst so far, then sticks
+        if not math.isnan(self.worst_loss) and not value <= self.worst_loss:
+            self.worst_loss = value
+        if not self.accelerator.sync_gradients:
+            return
+        mine = torch.tensor([self.worst_loss], dtype=torch.float64, device=self.accelerator.device)
+        worst, self.worst_loss = float(self.accelerator.gather(mine).max()), -math.inf
+        state = self.state
+        if state.first_loss is None and math.isfinite(worst):
+            state.first_loss = worst
+        limit = DIVERGENCE_FACTOR * max(state.first_loss or 1.0, 1.0)
+        if math.isfinite(worst) and worst <= limit:
+            return
+        kept = list_checkpoints(self.args.output_dir)
+        reason = "not a finite number" if not math.isfinite(worst) else f"above the bound {limit:.3g}"
+        raise TrainingDiverged(
+            f"the training loss is {worst:.3g} ({reason}) at step {state.global_step + 1} (epoch {epoch + 1}): "
+            f"the run diverged and stopped before that step. Start again with a lower --lr (now {self.args.lr:g}) "
+            "or with --max-grad-norm > 0 (--overwrite replaces this run)"
+            + (f"; its last checkpoint, {kept[-1]}, is kept." if kept else ".")
+        )
 
     def count_batch(self, loss: torch.Tensor) -> None:
         samples = self.args.batch_size * self.accelerator.num_processes
@@ -430,7 +476,8 @@ class _Run:
         state.history.append(entry)
         logged = {k: v for k, v in entry.items() if k not in ("epoch", "step")}
         accelerator.log(logged | {"train/epoch": epoch + 1}, step=state.global_step)
-        if state.best_score is None or score > state.best_score:
+        best = -math.inf if state.best_score is None else state.best_score  # None: a non-finite score (JSON)
+        if state.best_epoch is None or score > best:
             state.best_epoch, state.best_score, state.best_metrics = epoch + 1, score, metrics
             model = self.unwrapped
             tracked = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -461,6 +508,8 @@ class _Run:
         """A resumable checkpoint of the current step (collective); the epoch's loss is summed on the main
         process first, so that the stored state is complete."""
         accelerator = self.accelerator
+        window = accelerator.reduce(torch.tensor(self.window[0], device=accelerator.device), "mean")
+        self.window[0] = float(window)  # every process resumes the same window, whose mean is then logged
         self.loss_sum = accelerator.reduce(self.loss_sum, "sum")
         self.loss_count = accelerator.reduce(self.loss_count, "sum")
         if not accelerator.is_main_process:
@@ -474,6 +523,7 @@ class _Run:
             epoch_loss_count=int(self.loss_count),
             train_runtime_s=self.runtime,
             log_lines=self.log.lines,
+            log_window=self.window[:3],
         )
         save_checkpoint(
             accelerator,
