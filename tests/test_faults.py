@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_config
+from peft import get_peft_model
 from safetensors.torch import load_file
-from test_reliability import run_args, train_cli
+from test_reliability import run_args, snapshot, train_cli
 from test_train import write_checkpoint, write_class_folder
 from test_train_multiband import multiband_segmentation, seg_argv, write_tif
+from transformers import ConvNextForImageClassification
 
-from upetu_hf._files import write_json_atomic
+from upetu_hf import UPetuConfig
+from upetu_hf._files import verify_manifest, write_json_atomic
 from upetu_hf.data.band_statistics import compute_band_statistics
+from upetu_hf.hub import save_adapter
 from upetu_hf.train.checkpoint import list_checkpoints
+from upetu_hf.train.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +90,66 @@ def test_json_outputs_never_hold_nan_literals(tmp_path):
         tmp_path / "metrics.json", {"f1": math.nan, "per_class": [1.0, math.inf, -math.inf]}
     )
     assert strict_json(path) == {"f1": None, "per_class": [1.0, None, None]}
+
+
+# ---------------------------------------------------------------------------------------------- 6. exactness
+def test_save_adapter_writes_the_same_bytes_every_time(tmp_path):
+    model = get_peft_model(ConvNextForImageClassification(tiny_config()), UPetuConfig(r=2, bits=2))
+    saves = [snapshot(save_adapter(model, tmp_path / f"save_{i}")) for i in range(4)]
+    assert all(save == saves[0] for save in saves[1:])
+    reloaded = load_file(tmp_path / "save_0" / "adapter_model.safetensors")
+    assert reloaded.keys() == load_file(tmp_path / "save_1" / "adapter_model.safetensors").keys()
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(assets, tmp_path_factory) -> Path:
+    """A 3-epoch run (2 steps an epoch) with a checkpoint every step and a log line every 4 steps."""
+    out = tmp_path_factory.mktemp("checkpointed") / "run"
+    assert main(run_args(assets, out, *CHECKPOINTED)) == 0
+    return out
+
+
+CHECKPOINTED = (
+    "--epochs",
+    "3",
+    "--checkpointing-steps",
+    "1",
+    "--logging-steps",
+    "4",
+    "--keep-checkpoints",
+    "--save-total-limit",
+    "9",
+)
+
+
+def test_the_manifest_covers_every_file_of_a_finished_run(checkpointed_run):
+    listed = set(strict_json(checkpointed_run / "manifest.json")["files"])
+    assert {
+        "metrics.json",
+        "run_config.json",
+        "logs/log.jsonl",
+        "adapter_model.safetensors",
+        "README.md",
+    } <= listed
+    verify_manifest(checkpointed_run)
+    (checkpointed_run / "metrics.json").write_text("{}")  # edited after the run: detected
+    with pytest.raises(ValueError, match="metrics.json differs from the file that was saved"):
+        verify_manifest(checkpointed_run)
+
+
+def test_a_run_resumed_inside_a_logging_window_logs_what_an_uninterrupted_run_logs(
+    assets, checkpointed_run, tmp_path, capsys
+):
+    def entries(run: Path) -> list[dict]:
+        lines = (run / "logs" / "log.jsonl").read_text().splitlines()
+        drop = ("time", "train/samples_per_second")
+        return [{k: v for k, v in json.loads(line).items() if k not in drop} for line in lines]
+
+    reference = entries(checkpointed_run)
+    assert [e["step"] for e in reference if "train/loss" in e] == [4]
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run)
+    resume = ("--resume-from-checkpoint", str(run / "checkpoints" / "step_3"))
+    code, err = train_cli(run_args(assets, run, *CHECKPOINTED, *resume), capsys)
+    assert code == 0, err
+    assert entries(run) == reference

@@ -22,7 +22,7 @@ from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ._files import MANIFEST_FILE, file_mode, is_local, save_tensors, sha256_of, write_json_atomic
+from ._files import file_mode, is_local, save_tensors, write_manifest
 from ._files import verify_manifest as verify_manifest  # re-exported: the check of what `save_adapter` writes
 from .tuner.config import ADAPTER_WEIGHTS_NAME, PEFT_TYPE, format_metadata
 
@@ -330,14 +330,10 @@ def _save_folder(target: Path, write: Callable[[Path], Path]) -> Path:
     try:
         written = write(tmp)
         files = sorted((p for p in written.iterdir() if p.is_file()), key=_move_order)
-        manifest = {
-            "format_version": MANIFEST_VERSION,
-            "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in files},
-        }
         for path in files:
             os.chmod(path, file_mode())  # some writers create 0600 files
             os.replace(path, target / path.name)
-        write_json_atomic(target / MANIFEST_FILE, manifest)
+        write_manifest(target, [p.name for p in files], MANIFEST_VERSION)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .. import __version__
-from .._files import read_json, write_json_atomic
+from .._files import manifest_names, read_json, write_json_atomic, write_manifest
 from ..hub import TaskResults, save_adapter, save_model, saved_file_names, upload_folder
 from ..models.padding import model_total_stride
 from .accelerator import agree, make_accelerator
@@ -667,6 +667,9 @@ def _write_outputs(
     weights = output_dir / saved_file_names(peft)[1]
     results["adapter_bytes" if peft else "model_bytes"] = weights.stat().st_size
     write_json_atomic(output_dir / METRICS_FILE, results)
+    # last: the manifest of the saved files, the run's record, metrics and log (TensorBoard's files are not listed)
+    logged = [f"{LOGS_DIR}/{LOG_FILE}"] if (output_dir / LOGS_DIR / LOG_FILE).is_file() else []
+    write_manifest(output_dir, [*manifest_names(output_dir), METRICS_FILE, RUN_CONFIG_FILE, *logged])
     if args.push_to_hub:  # the folder as written, without checkpoints
         repo_id = args.hub_model_id or output_dir.resolve().name
         upload_folder(
