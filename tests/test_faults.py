@@ -3,8 +3,11 @@ strict JSON, saves are byte-exact, and every expected failure is one line with e
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -13,17 +16,20 @@ import pytest
 from conftest import tiny_config
 from peft import get_peft_model
 from safetensors.torch import load_file
-from test_reliability import run_args, snapshot, train_cli
+from test_reliability import eval_cli, run_args, snapshot, train_cli
 from test_train import write_checkpoint, write_class_folder
 from test_train_multiband import multiband_segmentation, seg_argv, write_tif
 from transformers import ConvNextForImageClassification
 
+import upetu_hf.train.checkpoint
+import upetu_hf.train.loop
 from upetu_hf import UPetuConfig
-from upetu_hf._files import verify_manifest, write_json_atomic
+from upetu_hf._files import save_tensors, verify_manifest, write_json_atomic
 from upetu_hf.data.band_statistics import compute_band_statistics
 from upetu_hf.hub import save_adapter
 from upetu_hf.train.checkpoint import list_checkpoints
 from upetu_hf.train.cli import main
+from upetu_hf.train.output_dir import OutputLock
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +159,101 @@ def test_a_run_resumed_inside_a_logging_window_logs_what_an_uninterrupted_run_lo
     code, err = train_cli(run_args(assets, run, *CHECKPOINTED, *resume), capsys)
     assert code == 0, err
     assert entries(run) == reference
+
+
+# ---------------------------------------------------------------------------------------------- 5. one error style
+def one_line(code: int, err: str, *parts: str) -> bool:
+    return code == 2 and "\n" not in err and err.startswith("upetu-") and all(p in err for p in parts)
+
+
+def test_a_read_only_output_dir_is_one_line(assets, tmp_path, capsys, monkeypatch):
+    def read_only(self):
+        raise OSError(errno.EROFS, "Read-only file system", str(self.path))
+
+    monkeypatch.setattr(OutputLock, "_create", read_only)
+    code, err = train_cli(run_args(assets, tmp_path / "out"), capsys)
+    assert one_line(code, err, "is on a read-only file system", "choose a writable --output-dir"), err
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_temporary_folder(
+    assets, tmp_path, capsys, monkeypatch
+):
+    saves = []
+
+    def full_disk(tensors, path, metadata=None):
+        saves.append(path)
+        if len(saves) > 2:  # the first checkpoint (model, optimizer) fits
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return save_tensors(tensors, path, metadata)
+
+    monkeypatch.setattr(upetu_hf.train.checkpoint, "save_tensors", full_disk)
+    out = tmp_path / "out"
+    code, err = train_cli(run_args(assets, out, "--checkpointing-steps", "1"), capsys)
+    assert one_line(code, err, "no space left", "saving checkpoint", "--resume-from-checkpoint latest"), err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_1"]
+
+
+def test_a_damaged_checkpoint_is_refused_naming_the_file_and_the_previous_one(
+    assets, checkpointed_run, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run)
+    weights = run / "checkpoints" / "step_4" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte in the tensor data: the header still parses
+    weights.write_bytes(bytes(data))
+    for resume in ("latest", str(run / "checkpoints" / "step_4")):
+        (run / "checkpoints" / "step_5").rename(
+            run / "checkpoints" / "aside_5"
+        ) if resume == "latest" else None
+        (run / "checkpoints" / "step_6").rename(
+            run / "checkpoints" / "aside_6"
+        ) if resume == "latest" else None
+        code, err = train_cli(
+            run_args(assets, run, *CHECKPOINTED, "--resume-from-checkpoint", resume), capsys
+        )
+        previous = run / "checkpoints" / "step_3"
+        assert one_line(code, err, str(weights), f"--resume-from-checkpoint {previous}"), err
+
+
+def test_an_adapter_config_without_peft_type_names_the_file_and_the_field(checkpointed_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    config = json.loads((run / "adapter_config.json").read_text())
+    del config["peft_type"]
+    (run / "adapter_config.json").write_text(json.dumps(config))
+    code, err = eval_cli(["--adapter", str(run)], capsys)
+    assert one_line(code, err, f"{run / 'adapter_config.json'} has no 'peft_type' field"), err
+
+
+def test_a_file_name_that_is_not_utf8_is_named(assets, tmp_path, capsys):
+    images = tmp_path / "scenes"
+    shutil.copytree(assets["images"], images)
+    first = sorted((images / "class_0").iterdir())[0]
+    os.rename(first, os.path.join(os.fsencode(first.parent), b"caf\xe9.jpg"))
+    code, err = train_cli([*run_args(assets, tmp_path / "out"), "--data", str(images)], capsys)
+    assert one_line(code, err, "class_0/caf\\xe9.jpg is not valid UTF-8", "rename it"), err
+
+
+def test_push_preconditions_are_checked_before_training(assets, tmp_path, capsys):
+    out = tmp_path / "out"  # the suite runs with HF_HUB_OFFLINE=1
+    code, err = train_cli(run_args(assets, out, "--push-to-hub", "--hub-model-id", "someone/run"), capsys)
+    assert one_line(code, err, "--push-to-hub: the Hub does not answer", "HF_HUB_OFFLINE"), err
+    assert not out.exists()
+    code, err = train_cli(run_args(assets, out, "--push-to-hub", "--hub-model-id", "some one/ru n"), capsys)
+    assert one_line(code, err, "is not a valid Hub repo id"), err
+
+
+def test_an_interrupt_prints_one_line_with_the_resume_command(assets, tmp_path, capsys, monkeypatch):
+    def interrupt(self, epoch):
+        raise KeyboardInterrupt
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(upetu_hf.train.loop._Run, "end_epoch", interrupt)
+        code, err = train_cli(run_args(assets, out, "--checkpointing-steps", "1"), capsys)
+    assert code == 130 and err.startswith("upetu-train: interrupted; resume it with: upetu-train "), err
+    command = shlex.split(err.split("resume it with: ", 1)[1])
+    assert command[-2:] == ["--resume-from-checkpoint", "latest"]
+    assert train_cli(command[1:], capsys)[0] == 0
+    assert (out / "metrics.json").is_file()

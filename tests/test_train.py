@@ -298,6 +298,9 @@ class FakeHfApi:
     def __init__(self, token=None):
         self.token = token
 
+    def whoami(self):  # the push's precondition, checked before training
+        return {"name": "someone"}
+
     def create_repo(self, repo_id, **kwargs):
         FakeHfApi.calls.append(("create_repo", repo_id, kwargs))
 

@@ -154,19 +154,28 @@ def manifest_names(folder: str | os.PathLike) -> list[str]:
     return list(files) if isinstance(files, dict) else []
 
 
-def verify_manifest(folder: str | os.PathLike) -> None:
-    """Raise `ValueError` when a saved folder disagrees with its `manifest.json` (a save was cut short); folders
-    without a manifest (saved by peft itself, or by an older upetu-hf) pass."""
+def manifest_problem(folder: str | os.PathLike) -> str | None:
+    """What disagrees with `folder/manifest.json` ("X is missing / differs from the file that was saved according
+    to M"), or None when every listed file matches or there is no manifest (saved by peft itself, or by an older
+    upetu-hf)."""
     folder = Path(folder)
     path = folder / MANIFEST_FILE
     if not path.is_file():
-        return
+        return None
     manifest = read_json(path, "manifest")
     for name, entry in manifest.get("files", {}).items():
         file = folder / name
         if not file.is_file() or file.stat().st_size != entry["bytes"] or sha256_of(file) != entry["sha256"]:
             state = "is missing" if not file.is_file() else "differs from the file that was saved"
-            raise ValueError(
-                f"{file} {state} according to {path}: it was edited, replaced or removed after the save, or a save "
-                "was cut short; restore the file, or save the adapter (or re-run the training) again."
-            )
+            return f"{file} {state} according to {path}"
+    return None
+
+
+def verify_manifest(folder: str | os.PathLike) -> None:
+    """Raise a one-line `ValueError` when a saved folder disagrees with its `manifest.json` (`manifest_problem`)."""
+    problem = manifest_problem(folder)
+    if problem is not None:
+        raise ValueError(
+            f"{problem}: it was edited, replaced or removed after the save, or a save was cut short; restore the "
+            "file, or save the adapter (or re-run the training) again."
+        )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -401,6 +402,25 @@ def save_model(
         return tmp
 
     return _save_folder(Path(save_directory), write)
+
+
+def check_push_access(repo_id: str, token: str | None = None, api: HfApi | None = None) -> None:
+    """Raise a one-line `ValueError` unless `repo_id` is a valid Hub repo id and the Hub answers for `token` (or
+    the logged-in one): checked before training, so that an upload cannot fail only after it."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(
+            f"--hub-model-id {repo_id!r} is not a valid Hub repo id ({err}); pass --hub-model-id user/name."
+        ) from None
+    try:
+        (api or HfApi(token=token)).whoami()
+    except Exception as err:  # offline mode, no network, no token or a bad one: each its own exception type
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(
+            f"--push-to-hub: the Hub does not answer for this token ({type(err).__name__}: {reason}); log in "
+            "(`hf auth login`) or pass --hub-token, check the network and HF_HUB_OFFLINE, or drop --push-to-hub."
+        ) from None
 
 
 def upload_folder(

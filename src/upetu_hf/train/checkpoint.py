@@ -7,12 +7,15 @@ A checkpoint is `output_dir/checkpoints/step_<N>/`:
   scalar state, the LR scheduler, the gradient scaler and Accelerate's accumulation counter;
 - `random_states_<rank>.json`: the Python, NumPy and torch (CPU, CUDA) generators of every process;
 - `trainer_state.json` (epoch, batch position, step, best epoch, history, log position), `run_config.json` and, once
-  an epoch has been evaluated, `best_model.safetensors` (the trainable tensors of the best epoch so far).
+  an epoch has been evaluated, `best_model.safetensors` (the trainable tensors of the best epoch so far);
+- `manifest.json`, written last: every file's size and SHA-256, checked when a run resumes (a damaged checkpoint is
+  refused, naming the file and the previous checkpoint to resume from).
 
 Accelerate's `save_state` / `load_state` are not used: they pickle registered objects and load them with
 `weights_only=False`, which runs any code a replaced file carries. A checkpoint is written to
 `checkpoints/.tmp-step_<N>` and renamed into place, so a folder named `step_<N>` is always complete; a killed
-save leaves at most a `.tmp-*` folder, which is ignored and later removed.
+save leaves at most a `.tmp-*` folder, which is ignored and later removed; a save that fails (a full disk) removes
+its `.tmp-*` folder itself.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .._files import read_json, save_tensors, write_json_atomic
+from .._files import manifest_problem, read_json, save_tensors, write_json_atomic, write_manifest
 from .arguments import CHECKPOINTS_DIR, MODEL_IDENTITY, RESUME_FREE, RUN_CONFIG_FILE, TrainingArguments
 
 STATE_FILE = "trainer_state.json"
@@ -77,6 +80,13 @@ def resolve_checkpoint(resume: str, output_dir: str | os.PathLike) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"Checkpoint folder {resume} does not exist.")
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if not missing:
+        try:
+            problem = manifest_problem(path)
+        except ValueError as err:  # an unreadable manifest
+            problem = str(err)
+        if problem is not None:
+            raise ValueError(f"Checkpoint {path} is damaged ({problem}); {_fallback(path)}")
     if missing:
         pickled = sorted(p.name for p in path.glob("*") if p.suffix in (".pkl", ".bin", ".pt"))
         hint = (
@@ -89,6 +99,20 @@ def resolve_checkpoint(resume: str, output_dir: str | os.PathLike) -> Path:
             f"{path} is not a complete upetu-train checkpoint (missing {', '.join(missing)}).{hint}"
         )
     return path
+
+
+def _fallback(checkpoint: Path) -> str:
+    """What to resume from instead of a damaged `checkpoint`: the newest earlier one of its run, if any."""
+    match = _STEP_DIR.match(checkpoint.name)
+    step = int(match.group(1)) if match else None
+    earlier = [c for c in list_checkpoints(checkpoint.parent.parent) if step is not None and _step(c) < step]
+    if earlier:
+        return f"resume from the previous one with --resume-from-checkpoint {earlier[-1]}."
+    return "no earlier checkpoint is left: start the run again with --overwrite."
+
+
+def _step(checkpoint: Path) -> int:
+    return int(_STEP_DIR.match(checkpoint.name).group(1))
 
 
 def check_compatible(
@@ -252,19 +276,17 @@ def save_checkpoint(
     root = Path(output_dir) / CHECKPOINTS_DIR
     final = root / f"step_{step}"
     tmp = root / f".tmp-step_{step}"
+    try:
+        _write_checkpoint(accelerator, tmp, state, run_config, best_weights, trainables)
+    except BaseException as err:
+        # a full disk, say: leave no partial folder behind (the earlier checkpoints stay), name the checkpoint
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.filename:
+            reason = f"{err.strerror or err} (saving checkpoint {final})"
+            raise type(err)(err.errno, reason, err.filename) from err
+        raise
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    accelerator.wait_for_everyone()
-    save_training_state(accelerator, tmp, trainables)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json_atomic(tmp / STATE_FILE, state)
-        write_json_atomic(tmp / RUN_CONFIG_FILE, run_config)
-        if best_weights is not None:
-            save_tensors(best_weights, tmp / BEST_WEIGHTS_FILE)
-        _fsync_tree(tmp)
         if final.exists():  # an older run reached this step before being resumed from an earlier checkpoint
             stale = root / f".stale-step_{step}"
             shutil.rmtree(stale, ignore_errors=True)
@@ -277,6 +299,32 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_checkpoint(
+    accelerator,
+    tmp: Path,
+    state: dict[str, Any],
+    run_config: dict[str, Any],
+    best_weights: dict[str, torch.Tensor] | None,
+    trainables: Trainables,
+) -> None:
+    """Fill the temporary folder `tmp` of a checkpoint, `manifest.json` (every file's size and SHA-256, checked on
+    resume) last, and sync it to disk (collective)."""
+    if accelerator.is_main_process:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    save_training_state(accelerator, tmp, trainables)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / STATE_FILE, state)
+        write_json_atomic(tmp / RUN_CONFIG_FILE, run_config)
+        if best_weights is not None:
+            save_tensors(best_weights, tmp / BEST_WEIGHTS_FILE)
+        write_manifest(tmp, [p.name for p in tmp.iterdir() if p.is_file()])
+        _fsync_tree(tmp)
 
 
 def load_checkpoint(

@@ -165,7 +165,12 @@ def _check_saved_folder(source: str, adapter: bool) -> None:
                 "--resume-from-checkpoint if it kept checkpoints."
             )
         if path.suffix == ".json":
-            read_json(path, "saved configuration")
+            config = read_json(path, "saved configuration")
+            field = "peft_type" if adapter else "model_type"
+            if not isinstance(config, dict) or field not in config:
+                raise ValueError(
+                    f"{path} has no {field!r} field: restore the file the run saved (or write the field back)."
+                )
     verify_manifest(folder)
 
 

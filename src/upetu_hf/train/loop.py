@@ -24,7 +24,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from .. import __version__
 from .._files import manifest_names, read_json, write_json_atomic, write_manifest
-from ..hub import TaskResults, save_adapter, save_model, saved_file_names, upload_folder
+from ..hub import TaskResults, check_push_access, save_adapter, save_model, saved_file_names, upload_folder
 from ..models.padding import model_total_stride
 from .accelerator import agree, make_accelerator
 from .arguments import (
@@ -130,6 +130,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
     )
     args.check_device(accelerator.device.type)
     lock = _lock_output_dir(accelerator, output_dir)
+    run = None
     try:
         run = _Run.start(args, get_task(args.task), accelerator, tracker_list[0])
         model, optimizer, scheduler = run.trainables.model, run.trainables.optimizer, run.trainables.scheduler
@@ -161,9 +162,11 @@ def train(args: TrainingArguments) -> dict[str, Any]:
                 run.save_checkpoint()
         del model, optimizer, scheduler  # `finish` frees the DDP wrapper before the process group ends
         return run.finish()
-    except TrainingDiverged:
-        run.progress.close()
-        accelerator.end_training()
+    except BaseException as err:
+        if run is not None:  # the error's line goes below the progress bar, not onto it
+            run.progress.close()
+            if isinstance(err, TrainingDiverged):  # every process stopped at the same step: end the trackers
+                accelerator.end_training()
         raise
     finally:
         if lock is not None:
@@ -205,6 +208,8 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
         resolve_checkpoint(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
     )
     check_output_dir(args, resuming=checkpoint is not None)
+    if args.push_to_hub:
+        check_push_access(_repo_id(args), args.hub_token)
     data = spec.load_data(args)
     base = spec.load_model(args, data.class_names)
     base.name_or_path = base.config.name_or_path = args.model  # PEFT records it as base_model_name_or_path
@@ -646,6 +651,11 @@ statistics from `{bands.statistics_source}` (also in `run_config.json`); the ste
 {rows}"""
 
 
+def _repo_id(args: TrainingArguments) -> str:
+    """The Hub repo of `--push-to-hub`: `--hub-model-id`, else the output folder's name."""
+    return args.hub_model_id or Path(args.output_dir).resolve().name
+
+
 def _write_outputs(
     model, args: TrainingArguments, results: dict[str, Any], data: TaskData, bands: BandSetup | None
 ) -> None:
@@ -671,7 +681,7 @@ def _write_outputs(
     logged = [f"{LOGS_DIR}/{LOG_FILE}"] if (output_dir / LOGS_DIR / LOG_FILE).is_file() else []
     write_manifest(output_dir, [*manifest_names(output_dir), METRICS_FILE, RUN_CONFIG_FILE, *logged])
     if args.push_to_hub:  # the folder as written, without checkpoints
-        repo_id = args.hub_model_id or output_dir.resolve().name
+        repo_id = _repo_id(args)
         upload_folder(
             output_dir,
             repo_id,
