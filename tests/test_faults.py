@@ -17,7 +17,7 @@ from conftest import tiny_config
 from peft import get_peft_model
 from safetensors.torch import load_file
 from test_reliability import eval_cli, run_args, snapshot, train_cli
-from test_train import write_checkpoint, write_class_folder
+from test_train import write_checkpoint, write_class_folder, write_segmentation_folder
 from test_train_multiband import multiband_segmentation, seg_argv, write_tif
 from transformers import ConvNextForImageClassification
 
@@ -257,3 +257,40 @@ def test_an_interrupt_prints_one_line_with_the_resume_command(assets, tmp_path, 
     assert command[-2:] == ["--resume-from-checkpoint", "latest"]
     assert train_cli(command[1:], capsys)[0] == 0
     assert (out / "metrics.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- 3. inputs checked
+def test_an_rgb_run_refuses_multiband_images_at_evaluation(checkpointed_run, tmp_path, capsys):
+    scenes = tmp_path / "s2"
+    for c in range(3):  # the run's classes, as 13-band uint16 GeoTIFFs
+        write_tif(scenes / f"class_{c}" / f"{c}.tif", np.full((13, 40, 40), 1000 + c, np.uint16))
+    code, err = eval_cli(
+        ["--adapter", str(checkpointed_run), "--data", str(scenes), "--split", "all"], capsys
+    )
+    assert one_line(code, err, "0.tif has 13 band(s) of uint16 but the run reads RGB images"), err
+
+
+def test_a_single_band_mask_in_an_rgb_image_folder_is_refused(assets, tmp_path, capsys):
+    data = write_segmentation_folder(tmp_path / "seg")
+    shutil.copy(data / "masks" / "tile_2.png", data / "images" / "tile_2.png")
+    code, err = train_cli(seg_argv(assets["checkpoint"], data, tmp_path / "out"), capsys)
+    assert one_line(code, err, "tile_2.png has a single band", "mask"), err
+    assert not (tmp_path / "out" / "run_config.json").exists()
+
+
+def test_num_channels_3_on_rgb_images_keeps_the_rgb_normalisation(assets, tmp_path):
+    out = tmp_path / "out"
+    assert main(run_args(assets, out, "--num-channels", "3")) == 0
+    assert "bands" not in json.loads(
+        (out / "run_config.json").read_text()
+    )  # read as RGB, as without the option
+
+
+def test_a_multiband_run_refuses_images_of_another_pixel_type_at_evaluation(assets, tmp_path, capsys):
+    data = multiband_segmentation(tmp_path / "seg", 4)
+    out = tmp_path / "run"
+    assert main(seg_argv(assets["checkpoint"], data, out, "--r", "2")) == 0
+    floats = tmp_path / "floats"
+    write_tif(floats / "a.tif", np.full((4, 64, 64), 1000.0, np.float32))
+    code, err = eval_cli(["--adapter", str(out), "--data", str(floats), "--split", "all"], capsys)
+    assert one_line(code, err, "a.tif stores float32 pixels but the run was trained on uint16 images"), err

@@ -27,7 +27,7 @@ from ..models.padding import model_total_stride
 from ..models.tiling import scene_logits
 from .accelerator import make_accelerator
 from .arguments import RUN_CONFIG_FILE, EvalArguments, RunRecord, TrainingArguments
-from .bands import BandSetup, adapt_stem, check_band_count, scan_data, uniform_sizes
+from .bands import BandSetup, adapt_stem, check_band_count, check_rgb_images, scan_data, uniform_sizes
 from .loaders import TransformedDataset, make_loader
 from .methods import PEFT_METHODS
 from .tasks import TaskSpec, get_task
@@ -316,6 +316,8 @@ def evaluate_model(args: EvalArguments) -> dict[str, Any]:
     scan = scan_data(datasets.DatasetDict(eval=ds), spec.image_columns)
     if bands is not None:
         check_band_count(scan, bands)
+    else:
+        check_rgb_images(scan)
     transform = spec.transform(run, len(record.class_names), train=False, label_column=labeled, bands=bands)
     batch_size = args.batch_size or run.per_device_eval_batch_size
     if spec.name != "classification" and run.resize is None and not uniform_sizes(scan, "eval"):
