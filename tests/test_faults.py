@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import tiny_config
 from peft import get_peft_model
 from safetensors.torch import load_file
@@ -21,12 +22,14 @@ from test_train import write_checkpoint, write_class_folder, write_segmentation_
 from test_train_multiband import multiband_segmentation, seg_argv, write_tif
 from transformers import ConvNextForImageClassification
 
+import upetu_hf.train.accelerator
 import upetu_hf.train.checkpoint
 import upetu_hf.train.loop
 from upetu_hf import UPetuConfig
 from upetu_hf._files import save_tensors, verify_manifest, write_json_atomic
 from upetu_hf.data.band_statistics import compute_band_statistics
 from upetu_hf.hub import save_adapter
+from upetu_hf.train.accelerator import make_accelerator
 from upetu_hf.train.checkpoint import list_checkpoints
 from upetu_hf.train.cli import main
 from upetu_hf.train.output_dir import OutputLock
@@ -294,3 +297,17 @@ def test_a_multiband_run_refuses_images_of_another_pixel_type_at_evaluation(asse
     write_tif(floats / "a.tif", np.full((4, 64, 64), 1000.0, np.float32))
     code, err = eval_cli(["--adapter", str(out), "--data", str(floats), "--split", "all"], capsys)
     assert one_line(code, err, "a.tif stores float32 pixels but the run was trained on uint16 images"), err
+
+
+# ---------------------------------------------------------------------------------------------- 2. devices
+def test_a_cuda_build_without_a_gpu_runs_every_process_on_the_cpu(monkeypatch):
+    """`torchrun` on a CPU-only machine with a CUDA wheel: the accelerator query says cuda, CUDA is unusable."""
+    chosen = []
+    monkeypatch.setattr(
+        torch.accelerator, "current_accelerator", lambda check_available=False: torch.device("cuda")
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(upetu_hf.train.accelerator, "Accelerator", lambda cpu, **kwargs: chosen.append(cpu))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun: no state reset
+    make_accelerator(False, "no")
+    assert chosen == [True]
