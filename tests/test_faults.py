@@ -311,3 +311,62 @@ def test_a_cuda_build_without_a_gpu_runs_every_process_on_the_cpu(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun: no state reset
     make_accelerator(False, "no")
     assert chosen == [True]
+
+
+# ---------------------------------------------------------------------------------------------- 7. planted bugs
+def test_the_best_epoch_is_selected_on_validation_when_test_disagrees(assets, tmp_path, monkeypatch):
+    """Scripted scores: validation peaks at epoch 2, test at epoch 1. The best epoch, its metrics and the final
+    test score follow validation."""
+    scripted = {"validation": [0.5, 0.9, 0.7], "test": [0.9, 0.1, 0.5, 0.42]}  # test is scored once, at the end
+    calls = {"validation": 0, "test": 0}
+
+    def evaluate(self, split):
+        calls[split] += 1
+        return {"accuracy": scripted[split][calls[split] - 1], "num_samples": 1}
+
+    monkeypatch.setattr(upetu_hf.train.loop._Run, "evaluate", evaluate)
+    args = run_args(assets, tmp_path / "run", "--epochs", "3", "--validation-fraction", "0.25")
+    assert main(args) == 0
+    metrics = strict_json(tmp_path / "run" / "metrics.json")
+    assert (metrics["best_epoch"], metrics["selection_split"]) == (2, "validation")
+    assert metrics["validation"]["accuracy"] == 0.9 and metrics["test"]["accuracy"] == 0.9
+    assert calls == {"validation": 3, "test": 1}
+    assert [e["validation/accuracy"] for e in metrics["history"]] == scripted["validation"]
+
+
+def test_gradient_accumulation_equals_one_larger_batch(assets, tmp_path):
+    """Two accumulated batches of 4 take the steps, and follow the learning-rate schedule, of one batch of 8."""
+    common = ("--epochs", "3", "--keep-checkpoints", "--warmup-ratio", "0.34", "--lr", "3e-3")
+    runs = {
+        "accumulated": ("--batch-size", "4", "--gradient-accumulation-steps", "2"),
+        "plain": ("--batch-size", "8"),
+    }
+    for name, extra in runs.items():
+        assert main([*run_args(assets, tmp_path / name), *common, *extra]) == 0
+    steps = [strict_json(tmp_path / name / "metrics.json")["train"]["steps"] for name in runs]
+    assert steps == [3, 3]
+    final = [load_file(list_checkpoints(tmp_path / name)[-1] / "model.safetensors") for name in runs]
+    lrs = [
+        strict_json(list_checkpoints(tmp_path / name)[-1] / "training_state.json")["scheduler"]
+        for name in runs
+    ]
+    assert lrs[0]["_last_lr"] == lrs[1]["_last_lr"]
+    for key, value in final[1].items():
+        torch.testing.assert_close(final[0][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_band_statistics_of_images_larger_than_a_chunk_match_numpy(tmp_path):
+    """Images taller and wider than the 1,024-row chunk of the streaming pass, in two files of different sizes."""
+    rng = np.random.default_rng(0)
+    images = [
+        rng.normal(1000, 50, (2, 1030, 1100)) + np.arange(1100) / 10,
+        rng.normal(900, 80, (2, 40, 1500)),
+    ]
+    images = [image.astype(np.uint16) for image in images]
+    for i, image in enumerate(images):
+        write_tif(tmp_path / f"{i}.tif", image)
+    stats = compute_band_statistics([tmp_path / "0.tif", tmp_path / "1.tif"])
+    pixels = np.concatenate([image.reshape(2, -1) for image in images], axis=1).astype(np.float64)
+    np.testing.assert_allclose(stats.mean, pixels.mean(axis=1), rtol=1e-12)
+    np.testing.assert_allclose(stats.std, pixels.std(axis=1), rtol=1e-9)
+    assert stats.num_pixels == pixels.shape[1]
