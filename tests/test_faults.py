@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import requires_shared, tiny_config
 from peft import get_peft_model
 from safetensors.torch import load_file
+from test_benchmark_accuracy import load_script
 from test_reliability import eval_cli, run_args, snapshot, train_cli
 from test_train import write_checkpoint, write_class_folder, write_segmentation_folder
 from test_train_multiband import multiband_segmentation, seg_argv, write_tif
@@ -317,7 +318,10 @@ def test_a_cuda_build_without_a_gpu_runs_every_process_on_the_cpu(monkeypatch):
 def test_the_best_epoch_is_selected_on_validation_when_test_disagrees(assets, tmp_path, monkeypatch):
     """Scripted scores: validation peaks at epoch 2, test at epoch 1. The best epoch, its metrics and the final
     test score follow validation."""
-    scripted = {"validation": [0.5, 0.9, 0.7], "test": [0.9, 0.1, 0.5, 0.42]}  # test is scored once, at the end
+    scripted = {
+        "validation": [0.5, 0.9, 0.7],
+        "test": [0.9, 0.1, 0.5, 0.42],
+    }  # test is scored once, at the end
     calls = {"validation": 0, "test": 0}
 
     def evaluate(self, split):
@@ -370,3 +374,47 @@ def test_band_statistics_of_images_larger_than_a_chunk_match_numpy(tmp_path):
     np.testing.assert_allclose(stats.mean, pixels.mean(axis=1), rtol=1e-12)
     np.testing.assert_allclose(stats.std, pixels.std(axis=1), rtol=1e-9)
     assert stats.num_pixels == pixels.shape[1]
+
+
+# ---------------------------------------------------------------------------------------------- 4. checkpoints
+def test_peft_checkpoints_hold_what_trains_and_reference_the_frozen_backbone(assets, checkpointed_run):
+    checkpoint = list_checkpoints(checkpointed_run)[-1]
+    held = set(load_file(checkpoint / "model.safetensors"))
+    assert held and not any(".base_layer." in key and "upetu_" not in key for key in held), sorted(held)[:5]
+    assert any("upetu_eqam" in key for key in held) and any("modules_to_save" in key for key in held)
+    frozen = strict_json(checkpoint / "frozen.json")
+    assert (
+        frozen["source"] == str(assets["checkpoint"])
+        and len(frozen["sha256"]) == 64
+        and frozen["tensors"] > 0
+    )
+
+
+def test_full_fine_tuning_keeps_whole_checkpoints_and_upetu_stays_small(tmp_path):
+    sizes = load_script("checkpoint_sizes")
+    model = ConvNextForImageClassification(tiny_config(num_labels=4))
+    full = sizes.checkpoint_bytes(model, "tiny", "full", tmp_path / "full")
+    model = ConvNextForImageClassification(tiny_config(num_labels=4))
+    whole = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    upetu = sizes.checkpoint_bytes(model, "tiny", "upetu", tmp_path / "upetu")
+    assert "frozen.json" not in full and "frozen.json" in upetu
+    assert full["model.safetensors"] > whole > 2 * upetu["model.safetensors"]
+
+
+@requires_shared
+def test_a_upetu_checkpoint_of_the_shared_atto_model_is_at_most_2_mb(tmp_path):
+    sizes = load_script("checkpoint_sizes")
+    model, source = sizes.build_model("atto")
+    assert sizes.checkpoint_bytes(model, source, "upetu", tmp_path)["total"] <= 2_000_000
+
+
+def test_a_resume_on_other_frozen_weights_is_refused(assets, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(assets["checkpoint"], model)
+    out = tmp_path / "run"
+    assert main(run_args(assets, out, "--checkpointing-steps", "1", "--keep-checkpoints", model=model)) == 0
+    shutil.rmtree(model)
+    write_checkpoint(model, seed=1)  # same architecture and path, other weights
+    resume = ("--resume-from-checkpoint", "latest")
+    code, err = train_cli(run_args(assets, out, "--checkpointing-steps", "1", *resume, model=model), capsys)
+    assert one_line(code, err, f"The frozen weights of --model {model}", "resume with that model"), err

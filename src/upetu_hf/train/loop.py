@@ -50,6 +50,7 @@ from .bands import (
 )
 from .checkpoint import (
     STATE_FILE,
+    FrozenBackbone,
     Trainables,
     check_compatible,
     list_checkpoints,
@@ -188,7 +189,8 @@ def _lock_output_dir(accelerator: Accelerator, output_dir: Path) -> OutputLock |
 @dataclass
 class _Inputs:
     """What `_check_inputs` read and checked: the checkpoint to resume, the data and what its scan decided (bands,
-    crops per scene, one-scene evaluation batches), the model to train and the run record."""
+    crops per scene, one-scene evaluation batches), the model to train, the run record, and the frozen tensors
+    that checkpoints reference instead of holding."""
 
     checkpoint: Path | None
     data: TaskData
@@ -198,6 +200,7 @@ class _Inputs:
     model: Any
     record: RunRecord
     module_lrs: dict[str, float] = field(default_factory=dict)
+    frozen: FrozenBackbone | None = None
 
 
 def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
@@ -230,8 +233,9 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
     module_lrs = dict.fromkeys(heads, args.head_lr) if args.head_lr != args.lr else {}
     if stem and args.method != "full":  # full fine-tuning trains the stem with everything else
         module_lrs.update(dict.fromkeys(stem, args.stem_lr or DEFAULT_LR["full"]))
+    frozen = FrozenBackbone.of(model, args.model)  # what checkpoints leave out (nothing for full fine-tuning)
     if checkpoint is not None:
-        changed = check_compatible(checkpoint, args, data.class_names, model)
+        changed = check_compatible(checkpoint, args, data.class_names, model, frozen)
         if changed:
             warnings.warn(
                 f"Resuming with changed settings {changed}: the run will differ from the original one.",
@@ -245,7 +249,7 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
     vary = {
         name: not uniform_sizes(scan, name) and args.resize is None for name in data.splits if name != "train"
     }
-    return _Inputs(checkpoint, data, bands, crops, vary, model, record, module_lrs)
+    return _Inputs(checkpoint, data, bands, crops, vary, model, record, module_lrs, frozen)
 
 
 def _start_outputs(
@@ -352,7 +356,7 @@ class _Run:
         scheduler = get_cosine_schedule_with_warmup(
             plain_optimizer, round(args.warmup_ratio * total_steps), total_steps
         )
-        trainables = Trainables(model, optimizer, scheduler)
+        trainables = Trainables(model, optimizer, scheduler, inputs.frozen)
         state, best = TrainState(), None
         if checkpoint is not None:
             saved, best = load_checkpoint(accelerator, checkpoint, trainables)
