@@ -132,19 +132,16 @@ CHECKPOINTED = (
 )
 
 
-def test_the_manifest_covers_every_file_of_a_finished_run(checkpointed_run):
-    listed = set(strict_json(checkpointed_run / "manifest.json")["files"])
-    assert {
-        "metrics.json",
-        "run_config.json",
-        "logs/log.jsonl",
-        "adapter_model.safetensors",
-        "README.md",
-    } <= listed
-    verify_manifest(checkpointed_run)
-    (checkpointed_run / "metrics.json").write_text("{}")  # edited after the run: detected
+def test_the_manifest_covers_every_file_of_a_finished_run(checkpointed_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    listed = set(strict_json(run / "manifest.json")["files"])
+    expected = {"metrics.json", "run_config.json", "logs/log.jsonl", "adapter_model.safetensors", "README.md"}
+    assert expected <= listed
+    verify_manifest(run)
+    (run / "metrics.json").write_text("{}")  # edited after the run: detected
     with pytest.raises(ValueError, match="metrics.json differs from the file that was saved"):
-        verify_manifest(checkpointed_run)
+        verify_manifest(run)
 
 
 def test_a_run_resumed_inside_a_logging_window_logs_what_an_uninterrupted_run_logs(
