@@ -415,3 +415,10 @@ def test_a_resume_on_other_frozen_weights_is_refused(assets, tmp_path, capsys):
     resume = ("--resume-from-checkpoint", "latest")
     code, err = train_cli(run_args(assets, out, "--checkpointing-steps", "1", *resume, model=model), capsys)
     assert one_line(code, err, f"The frozen weights of --model {model}", "resume with that model"), err
+
+
+def test_multiband_images_of_mixed_pixel_types_are_refused_at_training(assets, tmp_path, capsys):
+    data = multiband_segmentation(tmp_path / "seg", 4)
+    write_tif(data / "images" / "tile_3.tif", np.full((4, 64, 64), 1000.0, np.float32))
+    code, err = train_cli(seg_argv(assets["checkpoint"], data, tmp_path / "out"), capsys)
+    assert one_line(code, err, "different pixel types", "tile_3.tif holds float32"), err

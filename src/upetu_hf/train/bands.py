@@ -297,6 +297,7 @@ def resolve_bands(
         check_rgb_images(scan)
         return None
     count = file_band_count(scan, args.num_channels)
+    dtype = pixel_type(scan)
     names = band_names(args.data, count)
     try:
         indices = band_indices(args.bands, names) if args.bands is not None else list(range(count))
@@ -327,8 +328,22 @@ def resolve_bands(
         scale=scale,
         statistics=stats,
         selected=selected,
-        dtype=next(scan.images("train")).info.dtype,
+        dtype=dtype,
     )
+
+
+def pixel_type(scan: DataScan) -> str:
+    """The pixel type every image of a multi-band run shares (its band statistics describe one type)."""
+    types: dict[str, str] = {}
+    for image in scan.images():
+        types.setdefault(image.info.dtype, image.name)
+    if len(types) > 1:
+        listing = ", ".join(f"{name} holds {dtype}" for dtype, name in sorted(types.items()))
+        raise ValueError(
+            f"The images have different pixel types ({listing}): one set of band statistics cannot normalise "
+            "them; convert them to one type."
+        )
+    return next(iter(types))
 
 
 def adapt_stem(model: nn.Module, bands: BandSetup | None) -> list[str]:
