@@ -517,7 +517,8 @@ class _Run:
         """A resumable checkpoint of the current step (collective); the epoch's loss is summed on the main
         process first, so that the stored state is complete."""
         accelerator = self.accelerator
-        window = accelerator.reduce(torch.tensor(self.window[0], device=accelerator.device), "mean")
+        window = torch.tensor(self.window[0], dtype=torch.float64, device=accelerator.device)
+        window = accelerator.reduce(window, "mean")
         self.window[0] = float(window)  # every process resumes the same window, whose mean is then logged
         self.loss_sum = accelerator.reduce(self.loss_sum, "sum")
         self.loss_count = accelerator.reduce(self.loss_count, "sum")
