@@ -23,12 +23,20 @@ import pytest
 import torch
 from peft import get_peft_model
 from safetensors.torch import save_file
-from transformers import AutoModel, AutoModelForImageClassification, ConvNextConfig, ConvNextModel
+from transformers import (
+    AutoModel,
+    AutoModelForImageClassification,
+    ConvNextConfig,
+    ConvNextModel,
+    ConvNextV2Config,
+    ConvNextV2Model,
+)
 
 import upetu_hf
 from upetu_hf.models import build_classification_model
 from upetu_hf.models.convert import ConversionError, convert_checkpoint
 from upetu_hf.models.convert.cli import main
+from upetu_hf.models.convert.layouts import ORIGINAL, TIMM, map_keys
 
 TOLERANCE = 1e-5  # max abs difference, fp32
 IMAGE = 64  # px: small inputs keep the timm comparisons fast
@@ -330,6 +338,28 @@ def test_smlfr_checkpoints(make, wrapper, prefix, tmp_path):
     assert len(got) == len(expected) == 5
     assert max(max_diff(a, b) for a, b in zip(got, expected)) <= TOLERANCE
     assert expected[-1].abs().max() > 0.05
+
+
+@pytest.mark.parametrize("layout", [ORIGINAL, TIMM], ids=["original", "timm"])
+def test_v2_grn_maps_gamma_to_weight_and_beta_to_bias_without_timm(layout):
+    """ConvNeXt V2's GRN in both layouts, written from a random HF model by the table of `layouts.py` (no timm):
+    the original `grn.gamma` (1, 1, 1, 4C) and timm's `mlp.grn.weight` (4C,) become `grn.weight`, the `beta` /
+    `bias` become `grn.bias`, each in the HF shape and equal to the tensor it came from."""
+    config = ConvNextV2Config(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32])
+    hf = _randomize(ConvNextV2Model(config), seed=3).state_dict()
+    source = {}
+    for key, value in hf.items():
+        match = re.fullmatch(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.grn\.(weight|bias)", key)
+        if match is not None:
+            i, j, kind = match.groups()
+            if layout is ORIGINAL:
+                source[f"stages.{i}.{j}.grn.{ {'weight': 'gamma', 'bias': 'beta'}[kind] }"] = value.clone()
+            else:
+                source[f"stages.{i}.blocks.{j}.mlp.grn.{kind}"] = value.reshape(-1).clone()
+    mapped = map_keys(source, layout)
+    assert not mapped.unmatched and len(mapped.tensors) == len(source) == 8
+    for key, value in mapped.tensors.items():
+        assert value.shape == hf[key].shape and torch.equal(value, hf[key]), key
 
 
 # ------------------------------------------------------------------------------------------------- errors

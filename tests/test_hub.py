@@ -135,7 +135,7 @@ def test_a_save_cut_short_between_two_files_is_detected(tmp_path, monkeypatch):
     assert moves == ["adapter_model.safetensors", "adapter_config.json"]
     assert json.loads((target / "adapter_config.json").read_text())["bits"] == 4  # the old config
     with pytest.raises(
-        ValueError, match="adapter_model.safetensors differs from the saved one .*interrupted"
+        ValueError, match="adapter_model.safetensors differs from the file that was saved .*cut short"
     ):
         verify_manifest(target)
     assert not [p.name for p in target.iterdir() if p.name.startswith(".tmp-save-")]  # temporaries go

@@ -285,7 +285,7 @@ def test_a_save_cut_short_is_refused_when_loading(finished_run, tmp_path, capsys
     monkeypatch.undo()
     assert json.loads((run / "adapter_config.json").read_text())["bits"] == 2  # old config, new 1-bit weights
     code, error = eval_cli(["--adapter", str(run)], capsys)
-    assert code == 2 and f"{run / 'adapter_model.safetensors'}" in error and "interrupted" in error
+    assert code == 2 and f"{run / 'adapter_model.safetensors'}" in error and "cut short" in error
 
 
 def test_mismatched_config_and_weights_are_refused(finished_run, tmp_path, capsys):

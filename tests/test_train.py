@@ -298,6 +298,9 @@ class FakeHfApi:
     def __init__(self, token=None):
         self.token = token
 
+    def whoami(self):  # the push's precondition, checked before training
+        return {"name": "someone"}
+
     def create_repo(self, repo_id, **kwargs):
         FakeHfApi.calls.append(("create_repo", repo_id, kwargs))
 
@@ -621,7 +624,7 @@ def test_checkpoint_saves_are_atomic(tmp_path, monkeypatch):
             )
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_2"]
     assert resolve_checkpoint("latest", tmp_path).name == "step_2"
-    assert (tmp_path / "checkpoints" / ".tmp-step_4").is_dir()  # the torn save is left aside, never used
+    assert not (tmp_path / "checkpoints" / ".tmp-step_4").exists()  # the torn save removed its folder
     for step in (4, 6, 8):
         save_checkpoint(
             StubAccelerator(), tmp_path, step, dict(state, global_step=step), config, None, 2, trainables
@@ -633,7 +636,7 @@ def test_checkpoint_saves_are_atomic(tmp_path, monkeypatch):
         == 8
     )
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "step_8").iterdir()) == [
-        "model.safetensors", "optimizer.safetensors", "random_states_0.json", "run_config.json",
+        "manifest.json", "model.safetensors", "optimizer.safetensors", "random_states_0.json", "run_config.json",
         "trainer_state.json", "training_state.json",
     ]  # fmt: skip
 

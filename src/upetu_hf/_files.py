@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +50,47 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     return path
 
 
+def finite_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float (nested in dicts, lists and tuples) replaced by None: strict JSON
+    has no `NaN` / `Infinity` literals, which many readers refuse."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 2) -> Path:
-    """`data` as indented JSON, written with `write_atomic`."""
-    return write_atomic(path, json.dumps(data, indent=indent, allow_nan=True) + "\n")
+    """`data` as indented, strict JSON (non-finite floats become null, see `finite_json`), written with
+    `write_atomic`."""
+    return write_atomic(path, json.dumps(finite_json(data), indent=indent, allow_nan=False) + "\n")
+
+
+def sorted_safetensors_header(data: bytes) -> bytes:
+    """A safetensors file's bytes with its JSON header rewritten with sorted keys.
+
+    safetensors keeps the metadata in a Rust `HashMap`, whose order changes from call to call, so equal tensors
+    and metadata give different bytes. The layout is ``u64 little-endian header length N | N bytes of JSON
+    (space-padded to a multiple of 8) | tensor data``; the header's offsets count from the data, so the data is
+    kept as it is."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    padded = text.ljust(-(-len(text) // 8) * 8, b" ")
+    return len(padded).to_bytes(8, "little") + padded + data[8 + length :]
 
 
 def save_tensors(
     tensors: dict[str, Any], path: str | os.PathLike, metadata: dict[str, str] | None = None
 ) -> Path:
-    """Tensors as a safetensors file, written with `write_atomic` (safetensors itself creates 0600 files)."""
+    """Tensors as a safetensors file with a sorted header (`sorted_safetensors_header`: equal inputs give equal
+    bytes), written with `write_atomic` (safetensors itself creates 0600 files)."""
     from safetensors.torch import save
 
-    return write_atomic(path, save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata))
+    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=metadata)
+    return write_atomic(path, sorted_safetensors_header(data))
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
@@ -105,19 +136,46 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def verify_manifest(folder: str | os.PathLike) -> None:
-    """Raise `ValueError` when a saved folder disagrees with its `manifest.json` (a save was cut short); folders
-    without a manifest (saved by peft itself, or by an older upetu-hf) pass."""
+def write_manifest(folder: str | os.PathLike, names: Iterable[str], version: int = 1) -> Path:
+    """Write `folder/manifest.json`: the size and SHA-256 of each file of `names` (paths relative to `folder`,
+    with `/`), sorted by name. Written last by every save, so that a save cut short is detectable."""
+    folder = Path(folder)
+    files = {
+        name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_of(folder / name)}
+        for name in sorted(set(names))
+    }
+    return write_json_atomic(folder / MANIFEST_FILE, {"format_version": version, "files": files})
+
+
+def manifest_names(folder: str | os.PathLike) -> list[str]:
+    """The files `folder/manifest.json` lists (none without a manifest)."""
+    path = Path(folder) / MANIFEST_FILE
+    files = read_json(path, "manifest").get("files", {}) if path.is_file() else {}
+    return list(files) if isinstance(files, dict) else []
+
+
+def manifest_problem(folder: str | os.PathLike) -> str | None:
+    """What disagrees with `folder/manifest.json` ("X is missing / differs from the file that was saved according
+    to M"), or None when every listed file matches or there is no manifest (saved by peft itself, or by an older
+    upetu-hf)."""
     folder = Path(folder)
     path = folder / MANIFEST_FILE
     if not path.is_file():
-        return
+        return None
     manifest = read_json(path, "manifest")
     for name, entry in manifest.get("files", {}).items():
         file = folder / name
         if not file.is_file() or file.stat().st_size != entry["bytes"] or sha256_of(file) != entry["sha256"]:
-            state = "is missing" if not file.is_file() else "differs from the saved one"
-            raise ValueError(
-                f"{file} {state} according to {path}: the save was interrupted and the folder mixes two saves; "
-                "save the adapter (or re-run the training) again."
-            )
+            state = "is missing" if not file.is_file() else "differs from the file that was saved"
+            return f"{file} {state} according to {path}"
+    return None
+
+
+def verify_manifest(folder: str | os.PathLike) -> None:
+    """Raise a one-line `ValueError` when a saved folder disagrees with its `manifest.json` (`manifest_problem`)."""
+    problem = manifest_problem(folder)
+    if problem is not None:
+        raise ValueError(
+            f"{problem}: it was edited, replaced or removed after the save, or a save was cut short; restore the "
+            "file, or save the adapter (or re-run the training) again."
+        )

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from peft import PeftModel
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from ._files import MANIFEST_FILE, file_mode, is_local, save_tensors, sha256_of, write_json_atomic
+from ._files import file_mode, is_local, save_tensors, write_manifest
 from ._files import verify_manifest as verify_manifest  # re-exported: the check of what `save_adapter` writes
 from .tuner.config import ADAPTER_WEIGHTS_NAME, PEFT_TYPE, format_metadata
 
@@ -330,14 +331,10 @@ def _save_folder(target: Path, write: Callable[[Path], Path]) -> Path:
     try:
         written = write(tmp)
         files = sorted((p for p in written.iterdir() if p.is_file()), key=_move_order)
-        manifest = {
-            "format_version": MANIFEST_VERSION,
-            "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_of(p)} for p in files},
-        }
         for path in files:
             os.chmod(path, file_mode())  # some writers create 0600 files
             os.replace(path, target / path.name)
-        write_json_atomic(target / MANIFEST_FILE, manifest)
+        write_manifest(target, [p.name for p in files], MANIFEST_VERSION)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -405,6 +402,25 @@ def save_model(
         return tmp
 
     return _save_folder(Path(save_directory), write)
+
+
+def check_push_access(repo_id: str, token: str | None = None, api: HfApi | None = None) -> None:
+    """Raise a one-line `ValueError` unless `repo_id` is a valid Hub repo id and the Hub answers for `token` (or
+    the logged-in one): checked before training, so that an upload cannot fail only after it."""
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(
+            f"--hub-model-id {repo_id!r} is not a valid Hub repo id ({err}); pass --hub-model-id user/name."
+        ) from None
+    try:
+        (api or HfApi(token=token)).whoami()
+    except Exception as err:  # offline mode, no network, no token or a bad one: each its own exception type
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(
+            f"--push-to-hub: the Hub does not answer for this token ({type(err).__name__}: {reason}); log in "
+            "(`hf auth login`) or pass --hub-token, check the network and HF_HUB_OFFLINE, or drop --push-to-hub."
+        ) from None
 
 
 def upload_folder(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,25 @@ from .multispectral import TIFF_SUFFIXES, probe_multiband, read_multiband_image
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".gif", ".webp")
 
 
+def utf8_named(path: Path) -> Path:
+    """`path`, refused (`ValueError` naming it) when its name is not valid UTF-8: such a name (a Latin-1 `é`, say)
+    cannot be stored in a dataset, a run record or a prediction file."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")  # the undecodable bytes as \\xNN
+        raise ValueError(
+            f"The file name {shown} is not valid UTF-8: rename it (e.g. `convmv -f latin1 -t utf-8 --notest`)."
+        ) from None
+    return path
+
+
 def list_image_files(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder`` (non-recursive), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    """Image files directly inside ``folder`` (non-recursive), sorted by name; a name that is not UTF-8 is refused
+    (`utf8_named`)."""
+    return sorted(
+        utf8_named(p) for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
 
 
 def files_by_stem(folder: Path) -> dict[str, Path]:

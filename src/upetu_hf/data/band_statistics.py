@@ -12,6 +12,7 @@ plain lists of floats, ready for a run record (`run_config.json`) and for [`norm
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -81,12 +82,29 @@ def compute_band_statistics(
         raise ValueError("No image files given: cannot compute band statistics.")
     mean_offset = first_sum / num_pixels
     variance = np.maximum(second_sum / num_pixels - np.square(mean_offset), 0.0)
-    return BandStatistics(
+    stats = BandStatistics(
         mean=(shift + mean_offset).tolist(),
         std=np.sqrt(variance).tolist(),
         num_pixels=num_pixels,
         num_files=num_files,
     )
+    check_statistics(stats.mean, stats.std, f"the band statistics of {num_files} file(s)")
+    return stats
+
+
+def check_statistics(
+    mean: Sequence[float], std: Sequence[float], source: str, positive: bool = False
+) -> None:
+    """Raise a `ValueError` naming `source` unless every mean and std is a finite number (and, with `positive`,
+    every std > 0): a NaN statistic would pass a plain ``std > 0`` test and make every input NaN."""
+    values = [*mean, *std]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise ValueError(
+            f"{source}: the band statistics must be finite numbers; got mean={list(mean)}, std={list(std)}. Fix "
+            "the statistics, or the images they were computed from (NaN or infinite pixels)."
+        )
+    if positive and min(std, default=1.0) <= 0:
+        raise ValueError(f"{source}: every std must be > 0; got std={list(std)}.")
 
 
 def normalize_bands(
@@ -106,4 +124,4 @@ def normalize_bands(
     return (image.astype(np.float32) - mean_arr[:, None, None]) / std_arr[:, None, None]
 
 
-__all__ = ["BandStatistics", "compute_band_statistics", "normalize_bands"]
+__all__ = ["BandStatistics", "check_statistics", "compute_band_statistics", "normalize_bands"]

@@ -8,7 +8,7 @@ from typing import Any
 import datasets
 from datasets import ClassLabel, Dataset, Features, Image
 
-from ._io import list_image_files, probe_image
+from ._io import list_image_files, probe_image, utf8_named
 
 
 def load_image_folder(path: str | Path, verify: bool = False) -> Dataset:
@@ -22,7 +22,7 @@ def load_image_folder(path: str | Path, verify: bool = False) -> Dataset:
     root = Path(path).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder {root} does not exist or is not a folder.")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(utf8_named(p) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files = {d.name: list_image_files(d) for d in class_dirs}
     files = {name: fs for name, fs in files.items() if fs}
     if not files:

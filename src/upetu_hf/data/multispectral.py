@@ -172,7 +172,8 @@ def read_multiband_image(
 
     Raises:
         ValueError: not an image (e.g. a TIFF without a numeric raster), a band count other than `num_bands`, a
-            single-band file (e.g. a mask) when `num_bands` is not 1, or a band index out of range.
+            single-band file (e.g. a mask) when `num_bands` is not 1, a band index out of range, or a NaN or
+            infinite value in a kept band (it would make every statistic and loss NaN).
     """
     path = Path(path)
     array = _read_array(path)
@@ -192,6 +193,13 @@ def read_multiband_image(
         if bad or not len(bands):
             raise ValueError(f"{path}: band indices {list(bands)} must be non-empty and in [0, {count}).")
         array = array[list(bands)]
+    if array.dtype.kind == "f":
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise ValueError(
+                f"{path} holds {bad} NaN or infinite pixel value(s) in the bands used: replace them (e.g. with a "
+                "valid value, or crop them out) before training or evaluating on this file."
+            )
     return np.ascontiguousarray(array, dtype=np.float32)
 
 

@@ -23,6 +23,7 @@ import torch
 
 from ._io import describe, open_image
 from .band_images import BandReading, normalize_band_image, read_bands, resize_bands
+from .band_statistics import check_statistics
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -64,10 +65,11 @@ class _Transform:
         bands: BandReading | None = None,
     ) -> None:
         channels = 3 if bands is None else len(bands.indices)
-        if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        if len(mean) != channels or len(std) != channels:
             raise ValueError(
-                f"mean and std need {channels} values (one per band) and std > 0; got mean={mean}, std={std}."
+                f"mean and std need {channels} values (one per band); got mean={mean}, std={std}."
             )
+        check_statistics(mean, std, "the normalisation", positive=True)
         self.bands = bands
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
         self.train, self.hflip, self.vflip, self.rot90 = train, hflip, vflip, rot90

@@ -13,7 +13,7 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 
 from .._files import is_local
-from ._io import IMAGE_EXTENSIONS
+from ._io import list_image_files
 
 #: Folder and split names, and the split each stands for.
 SPLIT_NAMES = {
@@ -122,9 +122,7 @@ def load_unlabeled_folder(folder: Path, paired: bool = False) -> Dataset | None:
     `image_b`. None if `folder` is not such a folder."""
 
     def images(path: Path) -> dict[str, Path]:
-        return {
-            p.stem: p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        }
+        return {p.stem: p for p in list_image_files(path)}
 
     if paired:
         if not ((folder / "A").is_dir() and (folder / "B").is_dir()):

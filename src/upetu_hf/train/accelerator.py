@@ -21,10 +21,22 @@ def make_accelerator(cpu: bool, mixed_precision: str, **kwargs) -> Accelerator:
 
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-    has_accelerator = torch.cuda.is_available() or (
-        hasattr(torch, "accelerator") and torch.accelerator.current_accelerator() is not None
-    )
-    return Accelerator(cpu=cpu or not has_accelerator, mixed_precision=mixed_precision, **kwargs)
+    return Accelerator(cpu=cpu or not has_accelerator(), mixed_precision=mixed_precision, **kwargs)
+
+
+def has_accelerator() -> bool:
+    """Whether a device other than the CPU can run: a CUDA (or other) build of torch names its accelerator even
+    on a machine without one (`current_accelerator()` is `cuda` while `cuda.is_available()` is False), so the
+    device must also be usable. Every process of a `torchrun` launch then decides alike, CPU (gloo) or not."""
+    if torch.cuda.is_available():
+        return True
+    if not hasattr(torch, "accelerator"):
+        return False
+    device = torch.accelerator.current_accelerator()
+    if device is None or device.type == "cuda":  # cuda: not available, checked above
+        return False
+    backend = getattr(torch, device.type, None)
+    return bool(backend is not None and getattr(backend, "is_available", lambda: False)())
 
 
 def agree(accelerator: Accelerator, error: Exception | None) -> None:

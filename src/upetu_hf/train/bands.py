@@ -16,7 +16,6 @@ trains with the method (PEFT: `STEM_MODULES_TO_SAVE`, saved with the adapter).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,9 +25,10 @@ import datasets
 from datasets import DatasetDict
 from torch import nn
 
+from .._files import read_json
 from ..data._io import describe
 from ..data.band_images import BandReading
-from ..data.band_statistics import compute_band_statistics
+from ..data.band_statistics import check_statistics, compute_band_statistics
 from ..data.crops import default_crops_per_image
 from ..data.multispectral import S2_L1C_BANDS, S2_RGB_BANDS, BandInfo, band_indices, read_band_names
 from ..data.scan import band_counts, is_multiband_file, probe_value, value_path
@@ -36,6 +36,8 @@ from ..data.transforms import processor_settings
 from ..models.stem import STEM_MODULES_TO_SAVE, find_stems, inflate_stem
 from .arguments import DENSE_TASKS, TrainingArguments, flag
 
+#: The input channels of an RGB checkpoint.
+RGB_CHANNELS = 3
 #: Band names, other than Sentinel-2's, that receive the pretrained R, G and B kernels (case-insensitive).
 RGB_NAMES = (("r", "g", "b"), ("red", "green", "blue"))
 #: `--crops-per-image auto` draws at least this many training batches per epoch from a handful of scenes.
@@ -97,7 +99,8 @@ class BandSetup:
     `indices` are the 0-based bands kept of each `file_bands`-band file (`C = len(indices)`); `rgb_indices` the
     positions, among those `C`, that receive the pretrained R, G, B kernels when the stem of a `model_channels`
     = 3 checkpoint is inflated; `mean`, `std` and `scale` normalise ``(x * scale - mean) / std`` per band;
-    `statistics` holds the training split's `BandStatistics` when they were computed."""
+    `statistics` holds the training split's `BandStatistics` when they were computed; `dtype` the training
+    images' pixel type (checked at evaluation)."""
 
     file_bands: int
     names: list[str]
@@ -111,6 +114,7 @@ class BandSetup:
     scale: float = 1.0
     statistics: dict[str, Any] | None = None
     selected: list[str] = field(default_factory=list)
+    dtype: str | None = None  # of the training images' pixels (None in records of older runs)
 
     @property
     def num_channels(self) -> int:
@@ -142,12 +146,49 @@ def input_channels(model: nn.Module) -> int:
 
 
 def is_multiband(args: TrainingArguments, scan: DataScan) -> bool:
-    """Whether the run reads its images as bands (see the module docstring)."""
-    if args.bands is not None or args.num_channels is not None:
+    """Whether the run reads its images as bands (see the module docstring); `--num-channels 3` alone on RGB
+    images keeps the RGB path (and its normalisation)."""
+    if args.bands is not None or args.band_statistics not in (None, "processor"):
         return True
-    if args.band_statistics not in (None, "processor"):
+    if any(is_multiband_file(s.value, s.info) for s in scan.images()):
         return True
-    return any(is_multiband_file(s.value, s.info) for s in scan.images())
+    return args.num_channels is not None and args.num_channels != RGB_CHANNELS
+
+
+def check_rgb_images(scan: DataScan) -> None:
+    """The images of an RGB run (at training and evaluation): none is a multi-band file, none has a single band
+    (a mask, or a grayscale image), each a one-line error naming the file."""
+    for image in scan.images():
+        info = image.info
+        if info.num_bands == 1:
+            raise ValueError(
+                f"{image.name} has a single band ({info.dtype}): it looks like a mask or a grayscale image, not "
+                "an RGB image. Check that the image and mask folders are not swapped, or convert it to RGB."
+            )
+        if is_multiband_file(image.value, info):
+            raise ValueError(
+                f"{image.name} has {info.num_bands} band(s) of {info.dtype} but the run reads RGB images (3 "
+                "bands, 8-bit): use images like those it was trained on, or train a multi-band run on them."
+            )
+
+
+def check_band_count(scan: DataScan, bands: BandSetup) -> None:
+    """Images evaluated with a trained multi-band run must have the band count (bands or pages) and pixel type
+    it was trained on."""
+    counts = band_counts((s.name, s.info) for s in scan.images())
+    wrong = {n: name for n, name in counts.items() if n != bands.file_bands}
+    if wrong:
+        n, name = next(iter(wrong.items()))
+        raise ValueError(
+            f"{name} has {n} band(s) but the run was trained on {bands.file_bands}-band images "
+            f"({', '.join(bands.names)}): evaluate it on images with the same bands."
+        )
+    other = next((s for s in scan.images() if bands.dtype and s.info.dtype != bands.dtype), None)
+    if other is not None:
+        raise ValueError(
+            f"{other.name} stores {other.info.dtype} pixels but the run was trained on {bands.dtype} images, "
+            "which its band statistics describe: evaluate it on images of the same type."
+        )
 
 
 def file_band_count(scan: DataScan, expected: int | None) -> int:
@@ -170,18 +211,6 @@ def file_band_count(scan: DataScan, expected: int | None) -> int:
             f"{name} has {count} bands but --num-channels is {expected}: fix --num-channels or the data."
         )
     return count
-
-
-def check_band_count(scan: DataScan, bands: BandSetup) -> None:
-    """Images evaluated with a trained multi-band run must have the band count it was trained on."""
-    counts = band_counts((s.name, s.info) for s in scan.images())
-    wrong = {n: name for n, name in counts.items() if n != bands.file_bands}
-    if wrong:
-        n, name = next(iter(wrong.items()))
-        raise ValueError(
-            f"{name} has {n} band(s) but the run was trained on {bands.file_bands}-band images "
-            f"({', '.join(bands.names)}): evaluate it on images with the same bands."
-        )
 
 
 def band_names(data: Sequence[str], count: int) -> list[str]:
@@ -223,7 +252,7 @@ def _statistics(
     if source == "train":
         paths = [value_path(s.value) for s in scan.images("train")]
         stats = compute_band_statistics(paths, num_bands=reading.num_bands, bands=reading.indices)
-        return source, stats.mean, stats.std, 1.0, stats.to_dict()
+        return source, stats.mean, stats.std, 1.0, stats.to_dict()  # finite: checked by the computation
     if source == "processor":
         mean, std = processor.get("image_mean"), processor.get("image_std")
         if not mean or not std or len(mean) != channels or len(std) != channels:
@@ -232,13 +261,17 @@ def _statistics(
                 f"{mean} and image_std {std}, not {channels} values (one per band); use --band-statistics train "
                 "or a JSON file, or give the checkpoint per-band statistics (upetu-convert --image-mean/--image-std)."
             )
+        check_statistics(
+            mean, std, f"--band-statistics processor (the image processor of --model {args.model})"
+        )
         return source, list(mean), list(std), float(processor.get("rescale_factor", 1 / 255)), None
     path = Path(source).expanduser()
     if not path.is_file():  # read when a run starts; a finished run keeps the values in its record
         raise FileNotFoundError(
             f"--band-statistics {source}: no such file; pass a JSON file with 'mean' and 'std'."
         )
-    values = json.loads(path.read_text())
+    values = read_json(path, "band statistics")
+    values = values if isinstance(values, dict) else {}
     mean, std = values.get("mean"), values.get("std")
     if (
         not isinstance(mean, list)
@@ -247,6 +280,7 @@ def _statistics(
         or len(std) != channels
     ):
         raise ValueError(f"--band-statistics {source} must hold 'mean' and 'std' lists of {channels} values.")
+    check_statistics(mean, std, f"--band-statistics {source}", positive=True)
     return source, [float(v) for v in mean], [float(v) for v in std], float(values.get("scale", 1.0)), None
 
 
@@ -255,13 +289,15 @@ def resolve_bands(
 ) -> BandSetup | None:
     """The run's `BandSetup` (None: an RGB run), with every check against the files and the model."""
     if not is_multiband(args, scan):
-        if model_channels != 3:
+        if model_channels != RGB_CHANNELS:
             raise ValueError(
                 f"--model {args.model} takes {model_channels} input bands but the images are RGB: pass multi-band "
                 "images (GeoTIFFs), or an RGB checkpoint."
             )
+        check_rgb_images(scan)
         return None
     count = file_band_count(scan, args.num_channels)
+    dtype = pixel_type(scan)
     names = band_names(args.data, count)
     try:
         indices = band_indices(args.bands, names) if args.bands is not None else list(range(count))
@@ -292,7 +328,22 @@ def resolve_bands(
         scale=scale,
         statistics=stats,
         selected=selected,
+        dtype=dtype,
     )
+
+
+def pixel_type(scan: DataScan) -> str:
+    """The pixel type every image of a multi-band run shares (its band statistics describe one type)."""
+    types: dict[str, str] = {}
+    for image in scan.images():
+        types.setdefault(image.info.dtype, image.name)
+    if len(types) > 1:
+        listing = ", ".join(f"{name} holds {dtype}" for dtype, name in sorted(types.items()))
+        raise ValueError(
+            f"The images have different pixel types ({listing}): one set of band statistics cannot normalise "
+            "them; convert them to one type."
+        )
+    return next(iter(types))
 
 
 def adapt_stem(model: nn.Module, bands: BandSetup | None) -> list[str]:

@@ -2,27 +2,34 @@
 
 A checkpoint is `output_dir/checkpoints/step_<N>/`:
 
-- `model.safetensors`: the full state of the model being trained (fp32 latent weights included);
+- `model.safetensors`: the state of what trains (`saved_keys`: the trainable parameters with their fp32 latent
+  weights, the buffers, peft's copies of trained modules); for PEFT methods and linear probes the frozen backbone
+  is left out and referenced by `frozen.json` (its `--model` and the SHA-256 of its tensors, checked before a
+  resume); full fine-tuning trains everything, so its checkpoints hold the whole model;
 - `optimizer.safetensors` + `training_state.json`: the optimizer's tensors, and as JSON its parameter groups and
   scalar state, the LR scheduler, the gradient scaler and Accelerate's accumulation counter;
 - `random_states_<rank>.json`: the Python, NumPy and torch (CPU, CUDA) generators of every process;
 - `trainer_state.json` (epoch, batch position, step, best epoch, history, log position), `run_config.json` and, once
-  an epoch has been evaluated, `best_model.safetensors` (the trainable tensors of the best epoch so far).
+  an epoch has been evaluated, `best_model.safetensors` (the trainable tensors of the best epoch so far);
+- `manifest.json`, written last: every file's size and SHA-256, checked when a run resumes (a damaged checkpoint is
+  refused, naming the file and the previous checkpoint to resume from).
 
 Accelerate's `save_state` / `load_state` are not used: they pickle registered objects and load them with
 `weights_only=False`, which runs any code a replaced file carries. A checkpoint is written to
 `checkpoints/.tmp-step_<N>` and renamed into place, so a folder named `step_<N>` is always complete; a killed
-save leaves at most a `.tmp-*` folder, which is ignored and later removed.
+save leaves at most a `.tmp-*` folder, which is ignored and later removed; a save that fails (a full disk) removes
+its `.tmp-*` folder itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import re
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +38,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from .._files import read_json, save_tensors, write_json_atomic
+from .._files import manifest_problem, read_json, save_tensors, write_json_atomic, write_manifest
 from .arguments import CHECKPOINTS_DIR, MODEL_IDENTITY, RESUME_FREE, RUN_CONFIG_FILE, TrainingArguments
 
 STATE_FILE = "trainer_state.json"
+FROZEN_FILE = "frozen.json"
 BEST_WEIGHTS_FILE = "best_model.safetensors"
 MODEL_WEIGHTS_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -45,13 +53,68 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TEMPORARY_STEP_DIR = re.compile(r"^\.(tmp|stale)-step_\d+$")
 
 
+#: peft's frozen copy of a module it trains (`modules_to_save`): saved, as it may be freshly initialised (a new head)
+_FROZEN_COPY = ".original_module."
+
+
+def saved_keys(model: torch.nn.Module) -> set[str]:
+    """The state-dict keys a checkpoint holds: every parameter that trains, every buffer, and peft's frozen copies
+    of trained modules. Full fine-tuning trains everything, so its checkpoints hold the whole model."""
+    keys = {name for name, param in model.named_parameters() if param.requires_grad}
+    keys |= {name for name, _ in model.named_buffers()}
+    return keys | {key for key in model.state_dict() if _FROZEN_COPY in f".{key}"}
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (name, dtype, shape and bytes of each, by sorted name)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class FrozenBackbone:
+    """The frozen tensors a checkpoint leaves out (`frozen.json`): the `--model` they were loaded from (a path or a
+    Hub id), the number of tensors and their `tensors_sha256`, checked before a run resumes."""
+
+    source: str
+    tensors: int
+    sha256: str
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, source: str) -> FrozenBackbone | None:
+        """The reference of `model`'s frozen tensors, or None when everything trains (full fine-tuning)."""
+        kept = saved_keys(model)
+        frozen = {k: v for k, v in model.state_dict().items() if k not in kept}
+        return cls(source, len(frozen), tensors_sha256(frozen)) if frozen else None
+
+    def check(self, checkpoint: Path) -> None:
+        """Raise `ValueError` unless `checkpoint` was trained on these frozen tensors (checkpoints of older
+        versions, which hold the whole model, pass)."""
+        path = checkpoint / FROZEN_FILE
+        if not path.is_file():
+            return
+        saved = read_json(path, "checkpoint's frozen-backbone reference")
+        if (saved.get("tensors"), saved.get("sha256")) != (self.tensors, self.sha256):
+            raise ValueError(
+                f"The frozen weights of --model {self.source} (SHA-256 {self.sha256[:12]}, {self.tensors} tensors) "
+                f"are not those checkpoint {checkpoint} was trained on ({saved.get('source')}: SHA-256 "
+                f"{str(saved.get('sha256'))[:12]}, {saved.get('tensors')} tensors, see {path}); resume with that model."
+            )
+
+
 @dataclass
 class Trainables:
-    """What a checkpoint restores besides the trainer state: the prepared model, optimizer and LR scheduler."""
+    """What a checkpoint restores besides the trainer state: the prepared model, optimizer and LR scheduler, and
+    the reference of the frozen tensors that it leaves out (None: it holds the whole model)."""
 
     model: torch.nn.Module
     optimizer: Any
     scheduler: Any
+    frozen: FrozenBackbone | None = None
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -77,6 +140,13 @@ def resolve_checkpoint(resume: str, output_dir: str | os.PathLike) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"Checkpoint folder {resume} does not exist.")
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+    if not missing:
+        try:
+            problem = manifest_problem(path)
+        except ValueError as err:  # an unreadable manifest
+            problem = str(err)
+        if problem is not None:
+            raise ValueError(f"Checkpoint {path} is damaged ({problem}); {_fallback(path)}")
     if missing:
         pickled = sorted(p.name for p in path.glob("*") if p.suffix in (".pkl", ".bin", ".pt"))
         hint = (
@@ -91,12 +161,31 @@ def resolve_checkpoint(resume: str, output_dir: str | os.PathLike) -> Path:
     return path
 
 
+def _fallback(checkpoint: Path) -> str:
+    """What to resume from instead of a damaged `checkpoint`: the newest earlier one of its run, if any."""
+    match = _STEP_DIR.match(checkpoint.name)
+    step = int(match.group(1)) if match else None
+    earlier = [c for c in list_checkpoints(checkpoint.parent.parent) if step is not None and _step(c) < step]
+    if earlier:
+        return f"resume from the previous one with --resume-from-checkpoint {earlier[-1]}."
+    return "no earlier checkpoint is left: start the run again with --overwrite."
+
+
+def _step(checkpoint: Path) -> int:
+    return int(_STEP_DIR.match(checkpoint.name).group(1))
+
+
 def check_compatible(
-    checkpoint: Path, args: TrainingArguments, class_names: list[str], model: torch.nn.Module
+    checkpoint: Path,
+    args: TrainingArguments,
+    class_names: list[str],
+    model: torch.nn.Module,
+    frozen: FrozenBackbone | None = None,
 ) -> list[str]:
     """Raise `ValueError` unless `checkpoint` was written by a run of the same model (same task, base model,
-    method and method options once defaults are resolved, classes, and tensor shapes); return the names of the
-    other settings that differ (resuming with them is allowed but no longer reproduces the original run)."""
+    method and method options once defaults are resolved, classes, tensor shapes, and frozen weights: `frozen`,
+    default `FrozenBackbone.of(model, args.model)`); return the names of the other settings that differ (resuming
+    with them is allowed but no longer reproduces the original run)."""
     saved = read_json(checkpoint / RUN_CONFIG_FILE, "checkpoint's run config")
     saved_args = TrainingArguments.from_dict(saved.get("arguments", {}))
     mine, theirs = args.resolved_identity(), saved_args.resolved_identity()
@@ -109,6 +198,9 @@ def check_compatible(
         )
         raise ValueError(f"Checkpoint {checkpoint} was written for a different model ({listing}).")
     _check_shapes(checkpoint, model)
+    frozen = frozen or FrozenBackbone.of(model, args.model)
+    if frozen is not None:
+        frozen.check(checkpoint)
     differences = args.differences(saved_args)
     return [k for k in differences if k not in RESUME_FREE and k not in MODEL_IDENTITY]
 
@@ -116,9 +208,12 @@ def check_compatible(
 def _check_shapes(checkpoint: Path, model: torch.nn.Module) -> None:
     with safe_open(str(checkpoint / MODEL_WEIGHTS_FILE), framework="pt") as handle:
         shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
+    state = model.state_dict()
+    kept = saved_keys(model)
+    expected = {key: tuple(t.shape) for key, t in state.items() if key in kept}
     missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
+    unexpected = sorted(set(shapes) - set(state))  # frozen tensors: held by checkpoints of older versions
+    expected.update({key: tuple(state[key].shape) for key in set(shapes) & set(state)})
     mismatched = sorted(k for k in set(shapes) & set(expected) if shapes[k] != expected[k])
     if missing or unexpected or mismatched:
         details = []
@@ -196,9 +291,14 @@ def _restore_random_states(states: dict[str, Any]) -> None:
 
 
 def save_training_state(accelerator, folder: Path, trainables: Trainables) -> None:
-    """Write model, optimizer, scheduler, scaler and RNG states into `folder` (collective)."""
+    """Write model (its `saved_keys` when `trainables.frozen` references the rest), optimizer, scheduler, scaler
+    and RNG states into `folder` (collective)."""
     model_state = accelerator.get_state_dict(trainables.model)
     if accelerator.is_main_process:
+        if trainables.frozen is not None:
+            kept = saved_keys(accelerator.unwrap_model(trainables.model))
+            model_state = {k: v for k, v in model_state.items() if k in kept}
+            write_json_atomic(folder / FROZEN_FILE, asdict(trainables.frozen))
         save_tensors(model_state, folder / MODEL_WEIGHTS_FILE)
         optimizer_json, optimizer_tensors = _optimizer_state(trainables.optimizer)
         save_tensors(optimizer_tensors, folder / OPTIMIZER_FILE)
@@ -218,7 +318,13 @@ def save_training_state(accelerator, folder: Path, trainables: Trainables) -> No
 def load_training_state(accelerator, folder: Path, trainables: Trainables) -> None:
     """Restore what `save_training_state` wrote (every process reads the files; nothing is unpickled)."""
     model = accelerator.unwrap_model(trainables.model)
-    model.load_state_dict(load_file(str(folder / MODEL_WEIGHTS_FILE)), strict=True)
+    loaded = model.load_state_dict(load_file(str(folder / MODEL_WEIGHTS_FILE)), strict=False)
+    missing = set(loaded.missing_keys) & saved_keys(model)  # the others are the verified frozen tensors
+    if missing or loaded.unexpected_keys:
+        raise ValueError(
+            f"{folder / MODEL_WEIGHTS_FILE} does not fit the model (missing {sorted(missing)[:3]}, unexpected "
+            f"{loaded.unexpected_keys[:3]}); {_fallback(folder)}"
+        )
     saved = read_json(folder / TRAINING_STATE_FILE, "checkpoint's training state")
     _restore_optimizer(trainables.optimizer, saved["optimizer"], load_file(str(folder / OPTIMIZER_FILE)))
     trainables.scheduler.load_state_dict(saved["scheduler"])
@@ -252,19 +358,17 @@ def save_checkpoint(
     root = Path(output_dir) / CHECKPOINTS_DIR
     final = root / f"step_{step}"
     tmp = root / f".tmp-step_{step}"
+    try:
+        _write_checkpoint(accelerator, tmp, state, run_config, best_weights, trainables)
+    except BaseException as err:
+        # a full disk, say: leave no partial folder behind (the earlier checkpoints stay), name the checkpoint
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and err.filename:
+            reason = f"{err.strerror or err} (saving checkpoint {final})"
+            raise type(err)(err.errno, reason, err.filename) from err
+        raise
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    accelerator.wait_for_everyone()
-    save_training_state(accelerator, tmp, trainables)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json_atomic(tmp / STATE_FILE, state)
-        write_json_atomic(tmp / RUN_CONFIG_FILE, run_config)
-        if best_weights is not None:
-            save_tensors(best_weights, tmp / BEST_WEIGHTS_FILE)
-        _fsync_tree(tmp)
         if final.exists():  # an older run reached this step before being resumed from an earlier checkpoint
             stale = root / f".stale-step_{step}"
             shutil.rmtree(stale, ignore_errors=True)
@@ -277,6 +381,32 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_checkpoint(
+    accelerator,
+    tmp: Path,
+    state: dict[str, Any],
+    run_config: dict[str, Any],
+    best_weights: dict[str, torch.Tensor] | None,
+    trainables: Trainables,
+) -> None:
+    """Fill the temporary folder `tmp` of a checkpoint, `manifest.json` (every file's size and SHA-256, checked on
+    resume) last, and sync it to disk (collective)."""
+    if accelerator.is_main_process:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    save_training_state(accelerator, tmp, trainables)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / STATE_FILE, state)
+        write_json_atomic(tmp / RUN_CONFIG_FILE, run_config)
+        if best_weights is not None:
+            save_tensors(best_weights, tmp / BEST_WEIGHTS_FILE)
+        write_manifest(tmp, [p.name for p in tmp.iterdir() if p.is_file()])
+        _fsync_tree(tmp)
 
 
 def load_checkpoint(

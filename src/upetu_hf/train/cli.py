@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
+import shlex
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._files import finite_json
 from .arguments import TASKS, EvalArguments, TrainingArguments, flag
 
 #: Errors caused by the user's input: reported as one line, without a traceback, with exit code 2.
@@ -26,11 +29,30 @@ USER_ERRORS = (
 )
 
 
+#: OS errors that the user's machine causes and the user can fix (read-only, full or forbidden places).
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+#: Exit code of a run stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether `err` is an expected failure (bad input, or a fixable OS condition), reported as one line."""
+    return isinstance(err, USER_ERRORS) or (isinstance(err, OSError) and err.errno in USER_OS_ERRORS)
+
+
 def user_error_message(err: BaseException) -> str:
     """One line that names the file and the fix."""
-    if isinstance(err, PermissionError) and err.filename:
+    if isinstance(err, OSError) and err.errno in USER_OS_ERRORS and err.filename:
+        where, why = err.filename, err.strerror or "failed"
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (
+                f"{why}: no space left for {where}; free some space (or choose another --output-dir) and run "
+                "again, with --resume-from-checkpoint latest if the run saved checkpoints."
+            )
+        if err.errno == errno.EROFS:
+            return f"{where} is on a read-only file system ({why}): choose a writable --output-dir."
         return (
-            f"permission denied for {err.filename}: make it writable (readable for inputs) for this user, or "
+            f"permission denied for {where} ({why}): make it writable (readable for inputs) for this user, or "
             "choose another path."
         )
     return " ".join(str(err).split())
@@ -39,6 +61,37 @@ def user_error_message(err: BaseException) -> str:
 def _report(prog: str, err: BaseException) -> int:
     print(f"{prog}: error: {user_error_message(err)}", file=sys.stderr)
     return 2
+
+
+def _failed(prog: str, err: BaseException, interrupted: Callable[[], None]) -> int:
+    """The exit code of an expected failure, reported as one line (`interrupted` prints Ctrl-C's); any other
+    error propagates with its traceback."""
+    if isinstance(err, KeyboardInterrupt):
+        interrupted()
+        return INTERRUPTED
+    if not is_user_error(err):
+        raise err
+    return _report(prog, err)
+
+
+def _interrupted(argv: Sequence[str], output_dir: str) -> None:
+    """Ctrl-C: one line, with the command that resumes the run from its newest checkpoint (if it saved one)."""
+    from .checkpoint import list_checkpoints
+
+    if list_checkpoints(output_dir):
+        kept, skip = [], False
+        for arg in argv:  # drop an earlier --resume-from-checkpoint and --overwrite
+            if skip or arg in ("--overwrite",):
+                skip = False
+                continue
+            if arg.startswith("--resume-from-checkpoint"):
+                skip = "=" not in arg
+                continue
+            kept.append(arg)
+        hint = f"resume it with: upetu-train {shlex.join(kept)} --resume-from-checkpoint latest"
+    else:
+        hint = "it saved no checkpoint yet; start it again (with --overwrite)."
+    print(f"upetu-train: interrupted; {hint}", file=sys.stderr)
 
 
 TASK_HELP = {
@@ -122,7 +175,7 @@ def _print_main(data: Any) -> None:
     from accelerate import PartialState
 
     if PartialState().is_main_process:
-        print(json.dumps(data, indent=2, default=str))
+        print(json.dumps(finite_json(data), indent=2, default=str, allow_nan=False))
 
 
 def _summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -142,14 +195,15 @@ def _run_eval(namespace: argparse.Namespace, prog: str) -> int:
         metrics = evaluate_model(
             EvalArguments(**{k: v for k, v in vars(namespace).items() if k != "command"})
         )
-    except USER_ERRORS as err:
-        return _report(prog, err)
+    except (OSError, ValueError, KeyboardInterrupt) as err:
+        return _failed(prog, err, lambda: print(f"{prog}: interrupted.", file=sys.stderr))
     _print_main(metrics)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `upetu-train` (and `python -m upetu_hf.train`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     namespace = build_parser().parse_args(argv)
     if namespace.command == "eval":
         return _run_eval(namespace, "upetu-train eval")
@@ -159,8 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     try:
         results = train(training_arguments(namespace))
-    except USER_ERRORS as err:
-        return _report("upetu-train", err)
+    except (OSError, ValueError, KeyboardInterrupt) as err:
+        return _failed("upetu-train", err, lambda: _interrupted(argv, namespace.output_dir))
     _print_main(_summary(results))
     return 0
 

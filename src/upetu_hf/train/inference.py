@@ -27,7 +27,7 @@ from ..models.padding import model_total_stride
 from ..models.tiling import scene_logits
 from .accelerator import make_accelerator
 from .arguments import RUN_CONFIG_FILE, EvalArguments, RunRecord, TrainingArguments
-from .bands import BandSetup, adapt_stem, check_band_count, scan_data, uniform_sizes
+from .bands import BandSetup, adapt_stem, check_band_count, check_rgb_images, scan_data, uniform_sizes
 from .loaders import TransformedDataset, make_loader
 from .methods import PEFT_METHODS
 from .tasks import TaskSpec, get_task
@@ -165,7 +165,12 @@ def _check_saved_folder(source: str, adapter: bool) -> None:
                 "--resume-from-checkpoint if it kept checkpoints."
             )
         if path.suffix == ".json":
-            read_json(path, "saved configuration")
+            config = read_json(path, "saved configuration")
+            field = "peft_type" if adapter else "model_type"
+            if not isinstance(config, dict) or field not in config:
+                raise ValueError(
+                    f"{path} has no {field!r} field: restore the file the run saved (or write the field back)."
+                )
     verify_manifest(folder)
 
 
@@ -311,6 +316,8 @@ def evaluate_model(args: EvalArguments) -> dict[str, Any]:
     scan = scan_data(datasets.DatasetDict(eval=ds), spec.image_columns)
     if bands is not None:
         check_band_count(scan, bands)
+    else:
+        check_rgb_images(scan)
     transform = spec.transform(run, len(record.class_names), train=False, label_column=labeled, bands=bands)
     batch_size = args.batch_size or run.per_device_eval_batch_size
     if spec.name != "classification" and run.resize is None and not uniform_sizes(scan, "eval"):

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from .. import __version__
-from .._files import read_json, write_json_atomic
-from ..hub import TaskResults, save_adapter, save_model, saved_file_names, upload_folder
+from .._files import manifest_names, read_json, write_json_atomic, write_manifest
+from ..hub import TaskResults, check_push_access, save_adapter, save_model, saved_file_names, upload_folder
 from ..models.padding import model_total_stride
 from .accelerator import agree, make_accelerator
 from .arguments import (
@@ -50,8 +50,10 @@ from .bands import (
 )
 from .checkpoint import (
     STATE_FILE,
+    FrozenBackbone,
     Trainables,
     check_compatible,
+    list_checkpoints,
     load_checkpoint,
     remove_checkpoints,
     remove_stale_temporaries,
@@ -72,11 +74,21 @@ from .output_dir import OutputLock, check_output_dir, clear_previous_run
 from .tasks import TaskData, TaskSpec, get_task, image_processor_settings
 from .tracking import JsonLinesTracker, trackers, truncate_log
 
+#: A run stops when a step's loss exceeds this many times its first step's loss (or 1, if larger): a diverging run
+#: (too high a learning rate) climbs by orders of magnitude before it reaches NaN.
+DIVERGENCE_FACTOR = 1000.0
+
+
+class TrainingDiverged(ValueError):
+    """The training loss became NaN or infinite, or grew past the divergence bound: the run stopped before the
+    step, its checkpoints untouched (a `ValueError`: the CLI reports it as one line, exit code 2)."""
+
 
 @dataclass
 class TrainState:
     """Where a run stands (`trainer_state.json` of a checkpoint): position, best epoch so far, history, the loss
-    summed over the batches of the current epoch, runtime and samples seen."""
+    summed over the batches of the current epoch, runtime and samples seen, the first step's loss (the reference
+    of the divergence bound) and the logging window not yet logged (loss sum, batches, samples)."""
 
     epoch: int = 0
     batch_in_epoch: int = 0
@@ -90,6 +102,8 @@ class TrainState:
     train_runtime_s: float = 0.0
     train_samples: int = 0
     log_lines: int | None = None
+    first_loss: float | None = None
+    log_window: list[float] = field(default_factory=lambda: [0.0, 0, 0])
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainState:
@@ -117,6 +131,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
     )
     args.check_device(accelerator.device.type)
     lock = _lock_output_dir(accelerator, output_dir)
+    run = None
     try:
         run = _Run.start(args, get_task(args.task), accelerator, tracker_list[0])
         model, optimizer, scheduler = run.trainables.model, run.trainables.optimizer, run.trainables.scheduler
@@ -126,6 +141,7 @@ def train(args: TrainingArguments) -> dict[str, Any]:
             for batch in run.batches(epoch):
                 with accelerator.accumulate(model):
                     loss = model(**run.spec.model_inputs(batch), labels=batch["labels"]).loss
+                    run.check_loss(loss, epoch)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and args.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -147,6 +163,12 @@ def train(args: TrainingArguments) -> dict[str, Any]:
                 run.save_checkpoint()
         del model, optimizer, scheduler  # `finish` frees the DDP wrapper before the process group ends
         return run.finish()
+    except BaseException as err:
+        if run is not None:  # the error's line goes below the progress bar, not onto it
+            run.progress.close()
+            if isinstance(err, TrainingDiverged):  # every process stopped at the same step: end the trackers
+                accelerator.end_training()
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -167,7 +189,8 @@ def _lock_output_dir(accelerator: Accelerator, output_dir: Path) -> OutputLock |
 @dataclass
 class _Inputs:
     """What `_check_inputs` read and checked: the checkpoint to resume, the data and what its scan decided (bands,
-    crops per scene, one-scene evaluation batches), the model to train and the run record."""
+    crops per scene, one-scene evaluation batches), the model to train, the run record, and the frozen tensors
+    that checkpoints reference instead of holding."""
 
     checkpoint: Path | None
     data: TaskData
@@ -177,6 +200,7 @@ class _Inputs:
     model: Any
     record: RunRecord
     module_lrs: dict[str, float] = field(default_factory=dict)
+    frozen: FrozenBackbone | None = None
 
 
 def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
@@ -187,6 +211,8 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
         resolve_checkpoint(args.resume_from_checkpoint, output_dir) if args.resume_from_checkpoint else None
     )
     check_output_dir(args, resuming=checkpoint is not None)
+    if args.push_to_hub:
+        check_push_access(_repo_id(args), args.hub_token)
     data = spec.load_data(args)
     base = spec.load_model(args, data.class_names)
     base.name_or_path = base.config.name_or_path = args.model  # PEFT records it as base_model_name_or_path
@@ -207,8 +233,9 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
     module_lrs = dict.fromkeys(heads, args.head_lr) if args.head_lr != args.lr else {}
     if stem and args.method != "full":  # full fine-tuning trains the stem with everything else
         module_lrs.update(dict.fromkeys(stem, args.stem_lr or DEFAULT_LR["full"]))
+    frozen = FrozenBackbone.of(model, args.model)  # what checkpoints leave out (nothing for full fine-tuning)
     if checkpoint is not None:
-        changed = check_compatible(checkpoint, args, data.class_names, model)
+        changed = check_compatible(checkpoint, args, data.class_names, model, frozen)
         if changed:
             warnings.warn(
                 f"Resuming with changed settings {changed}: the run will differ from the original one.",
@@ -222,7 +249,7 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
     vary = {
         name: not uniform_sizes(scan, name) and args.resize is None for name in data.splits if name != "train"
     }
-    return _Inputs(checkpoint, data, bands, crops, vary, model, record, module_lrs)
+    return _Inputs(checkpoint, data, bands, crops, vary, model, record, module_lrs, frozen)
 
 
 def _start_outputs(
@@ -307,6 +334,7 @@ class _Run:
     loss_sum: torch.Tensor | None = None
     loss_count: torch.Tensor | None = None
     window: list[float] = field(default_factory=list)  # loss, batches, samples, start time
+    worst_loss: float = -math.inf  # of this process's batches since the last optimizer step (NaN sticks)
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -328,7 +356,7 @@ class _Run:
         scheduler = get_cosine_schedule_with_warmup(
             plain_optimizer, round(args.warmup_ratio * total_steps), total_steps
         )
-        trainables = Trainables(model, optimizer, scheduler)
+        trainables = Trainables(model, optimizer, scheduler, inputs.frozen)
         state, best = TrainState(), None
         if checkpoint is not None:
             saved, best = load_checkpoint(accelerator, checkpoint, trainables)
@@ -348,7 +376,7 @@ class _Run:
         run.loss_count = torch.tensor(
             state.epoch_loss_count if main else 0, dtype=torch.float64, device=device
         )
-        run.window = [0.0, 0, 0, time.perf_counter()]
+        run.window = [*state.log_window, time.perf_counter()]
         run.progress = tqdm(
             total=total_steps,
             initial=state.global_step,
@@ -376,6 +404,33 @@ class _Run:
         loader = self.accelerator.skip_first_batches(self.train_loader, self.state.batch_in_epoch)
         set_epoch(loader, epoch)
         return loader
+
+    def check_loss(self, loss: torch.Tensor, epoch: int) -> None:
+        """Stop a diverging run before its optimizer step (collective on a step's last batch): the worst loss of
+        the step's batches on any process must be finite and at most `DIVERGENCE_FACTOR` x max(the run's first
+        step's worst loss, 1)."""
+        value = float(loss.detach())
+        # a NaN value replaces the worst so far, then sticks
+        if not math.isnan(self.worst_loss) and not value <= self.worst_loss:
+            self.worst_loss = value
+        if not self.accelerator.sync_gradients:
+            return
+        mine = torch.tensor([self.worst_loss], dtype=torch.float64, device=self.accelerator.device)
+        worst, self.worst_loss = float(self.accelerator.gather(mine).max()), -math.inf
+        state = self.state
+        if state.first_loss is None and math.isfinite(worst):
+            state.first_loss = worst
+        limit = DIVERGENCE_FACTOR * max(state.first_loss or 1.0, 1.0)
+        if math.isfinite(worst) and worst <= limit:
+            return
+        kept = list_checkpoints(self.args.output_dir)
+        reason = "not a finite number" if not math.isfinite(worst) else f"above the bound {limit:.3g}"
+        raise TrainingDiverged(
+            f"the training loss is {worst:.3g} ({reason}) at step {state.global_step + 1} (epoch {epoch + 1}): "
+            f"the run diverged and stopped before that step. Start again with a lower --lr (now {self.args.lr:g}) "
+            "or with --max-grad-norm > 0 (--overwrite replaces this run)"
+            + (f"; its last checkpoint, {kept[-1]}, is kept." if kept else ".")
+        )
 
     def count_batch(self, loss: torch.Tensor) -> None:
         samples = self.args.batch_size * self.accelerator.num_processes
@@ -430,7 +485,8 @@ class _Run:
         state.history.append(entry)
         logged = {k: v for k, v in entry.items() if k not in ("epoch", "step")}
         accelerator.log(logged | {"train/epoch": epoch + 1}, step=state.global_step)
-        if state.best_score is None or score > state.best_score:
+        best = -math.inf if state.best_score is None else state.best_score  # None: a non-finite score (JSON)
+        if state.best_epoch is None or score > best:
             state.best_epoch, state.best_score, state.best_metrics = epoch + 1, score, metrics
             model = self.unwrapped
             tracked = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -461,6 +517,9 @@ class _Run:
         """A resumable checkpoint of the current step (collective); the epoch's loss is summed on the main
         process first, so that the stored state is complete."""
         accelerator = self.accelerator
+        window = torch.tensor(self.window[0], dtype=torch.float64, device=accelerator.device)
+        window = accelerator.reduce(window, "mean")
+        self.window[0] = float(window)  # every process resumes the same window, whose mean is then logged
         self.loss_sum = accelerator.reduce(self.loss_sum, "sum")
         self.loss_count = accelerator.reduce(self.loss_count, "sum")
         if not accelerator.is_main_process:
@@ -474,6 +533,7 @@ class _Run:
             epoch_loss_count=int(self.loss_count),
             train_runtime_s=self.runtime,
             log_lines=self.log.lines,
+            log_window=self.window[:3],
         )
         save_checkpoint(
             accelerator,
@@ -596,6 +656,11 @@ statistics from `{bands.statistics_source}` (also in `run_config.json`); the ste
 {rows}"""
 
 
+def _repo_id(args: TrainingArguments) -> str:
+    """The Hub repo of `--push-to-hub`: `--hub-model-id`, else the output folder's name."""
+    return args.hub_model_id or Path(args.output_dir).resolve().name
+
+
 def _write_outputs(
     model, args: TrainingArguments, results: dict[str, Any], data: TaskData, bands: BandSetup | None
 ) -> None:
@@ -617,8 +682,11 @@ def _write_outputs(
     weights = output_dir / saved_file_names(peft)[1]
     results["adapter_bytes" if peft else "model_bytes"] = weights.stat().st_size
     write_json_atomic(output_dir / METRICS_FILE, results)
+    # last: the manifest of the saved files, the run's record, metrics and log (TensorBoard's files are not listed)
+    logged = [f"{LOGS_DIR}/{LOG_FILE}"] if (output_dir / LOGS_DIR / LOG_FILE).is_file() else []
+    write_manifest(output_dir, [*manifest_names(output_dir), METRICS_FILE, RUN_CONFIG_FILE, *logged])
     if args.push_to_hub:  # the folder as written, without checkpoints
-        repo_id = args.hub_model_id or output_dir.resolve().name
+        repo_id = _repo_id(args)
         upload_folder(
             output_dir,
             repo_id,

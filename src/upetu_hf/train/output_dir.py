@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .._files import read_json
-from ..hub import MANIFEST_FILE, saved_file_names
+from .._files import MANIFEST_FILE, manifest_names, read_json
+from ..hub import saved_file_names
 from .arguments import (
     LOCK_FILE,
     LOG_FILE,
@@ -208,12 +208,10 @@ def run_files(folder: Path) -> list[Path]:
         return []
     method = record["arguments"]["method"]
     names = {RUN_CONFIG_FILE, METRICS_FILE, MANIFEST_FILE, *saved_file_names(method in PEFT_METHODS)}
-    manifest = folder / MANIFEST_FILE
-    if manifest.is_file():
-        try:
-            names |= {Path(name).name for name in read_json(manifest, "manifest").get("files", {})}
-        except (ValueError, AttributeError):
-            pass
+    try:  # the files the run listed directly in its folder (the log is removed below)
+        names |= {name for name in manifest_names(folder) if Path(name).name == name}
+    except (ValueError, AttributeError):
+        pass
     temporaries = re.compile(r"^\.(" + "|".join(re.escape(n) for n in sorted(names)) + r")\..*\.tmp$")
     found = [folder / n for n in sorted(names) if (folder / n).is_file()]
     found += [p for p in folder.iterdir() if temporaries.match(p.name) or p.name.startswith(".tmp-save-")]

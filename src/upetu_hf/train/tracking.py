@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from accelerate.tracking import GeneralTracker, on_main_process
 from accelerate.utils import is_tensorboard_available
 
-from .._files import write_atomic
+from .._files import finite_json, write_atomic
 from .arguments import LOG_FILE
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else str(value)
-    return value
 
 
 class JsonLinesTracker(GeneralTracker):
@@ -55,8 +47,8 @@ class JsonLinesTracker(GeneralTracker):
 
     @on_main_process
     def log(self, values: dict, step: int | None = None, **kwargs) -> None:
-        record = {"step": step, "time": round(time.time(), 3), **{k: _plain(v) for k, v in values.items()}}
-        self._file.write(json.dumps(record) + "\n")
+        record = finite_json({"step": step, "time": round(time.time(), 3), **values})
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         self.lines += 1
 

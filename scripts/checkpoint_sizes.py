@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Bytes of a resumable `upetu-train` checkpoint, per method, on ConvNeXt-B (the paper's backbone, built from its
+config with random weights: nothing is downloaded) and on the shared atto backbone (`../shared`, when present).
+
+Each model gets a 21-class head (UC Merced's), is made trainable by the method exactly as `upetu-train` does
+(`apply_method`), takes one AdamW step on a random batch (so the optimizer holds its moments) and is saved with the
+training code's own `save_checkpoint`. PEFT methods leave the frozen backbone out (`frozen.json` references it);
+full fine-tuning keeps the whole model. Writes `--output` (default results/checkpoint_sizes.json) and prints a
+table; the share is a checkpoint's bytes over the full fine-tuning checkpoint of the same model.
+
+Usage:
+    python scripts/checkpoint_sizes.py
+    python scripts/checkpoint_sizes.py --models atto --methods upetu full --output /tmp/sizes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import torch  # noqa: E402
+from _common import write_json_atomic  # noqa: E402
+from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
+
+from upetu_hf.train.accelerator import make_accelerator  # noqa: E402
+from upetu_hf.train.arguments import TrainingArguments  # noqa: E402
+from upetu_hf.train.checkpoint import FrozenBackbone, Trainables, save_checkpoint  # noqa: E402
+from upetu_hf.train.methods import apply_method, parameter_groups  # noqa: E402
+
+SHARED_ATTO = REPO_ROOT.parent / "shared" / "models" / "rs-convnext-atto-aid"
+NUM_LABELS = 21
+#: ConvNeXt-B (Liu et al. 2022): depths 3-3-27-3, widths 128-1024
+CONVNEXT_B = dict(depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024])
+
+
+def build_model(name: str) -> tuple[torch.nn.Module, str]:
+    """A ConvNeXt classifier with a `NUM_LABELS`-class head and the source `--model` would name."""
+    if name == "convnext-base":
+        return ConvNextForImageClassification(ConvNextConfig(num_labels=NUM_LABELS, **CONVNEXT_B)), name
+    model = ConvNextForImageClassification.from_pretrained(
+        SHARED_ATTO, num_labels=NUM_LABELS, ignore_mismatched_sizes=True
+    )
+    return model, str(SHARED_ATTO)
+
+
+def checkpoint_bytes(model: torch.nn.Module, source: str, method: str, folder: Path) -> dict[str, int]:
+    """Make `model` trainable by `method`, take one AdamW step, save a checkpoint into `folder`; its bytes per
+    file and in total."""
+    args = TrainingArguments(
+        task="classification", model=source, data="-", output_dir=str(folder), method=method
+    )
+    model = apply_method(model, args)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay, {}), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    model(pixel_values=torch.randn(2, 3, 64, 64), labels=torch.tensor([0, 1])).loss.backward()
+    optimizer.step()
+    accelerator = make_accelerator(True, "no")
+    trainables = Trainables(model, optimizer, scheduler, FrozenBackbone.of(model, source))
+    saved = save_checkpoint(
+        accelerator, folder, 1, {"global_step": 1}, {"arguments": {}}, None, 1, trainables
+    )
+    files = {p.name: p.stat().st_size for p in sorted(saved.iterdir())}
+    return {"total": sum(files.values()), **files}
+
+
+def measure(models: Sequence[str], methods: Sequence[str]) -> list[dict[str, Any]]:
+    rows = []
+    for name in models:
+        for method in methods:
+            torch.manual_seed(0)
+            model, source = build_model(name)
+            with tempfile.TemporaryDirectory() as tmp:
+                sizes = checkpoint_bytes(model, source, method, Path(tmp))
+            rows.append({"model": name, "method": method, "bytes": sizes["total"], "files": sizes})
+            print(f"{name:14s} {method:6s} {sizes['total'] / 1e6:9.3f} MB", flush=True)
+    for row in rows:
+        full = next((r["bytes"] for r in rows if r["model"] == row["model"] and r["method"] == "full"), None)
+        row["share_of_full"] = row["bytes"] / full if full else None
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    models = ["convnext-base"] + (["atto"] if SHARED_ATTO.is_dir() else [])
+    parser.add_argument("--models", nargs="+", default=models, choices=["convnext-base", "atto"])
+    parser.add_argument("--methods", nargs="+", default=["upetu", "lora", "linear", "full"])
+    parser.add_argument("--output", type=Path, default=REPO_ROOT / "results" / "checkpoint_sizes.json")
+    args = parser.parse_args(argv)
+    rows = measure(args.models, args.methods)
+    write_json_atomic(args.output, {"num_labels": NUM_LABELS, "checkpoints": rows})
+    print(f"{'model':14s} {'method':6s} {'MB':>9s} {'share of full':>14s}")
+    for row in rows:
+        share = "-" if row["share_of_full"] is None else f"{100 * row['share_of_full']:.2f} %"
+        print(f"{row['model']:14s} {row['method']:6s} {row['bytes'] / 1e6:9.3f} {share:>14s}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
