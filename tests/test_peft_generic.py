@@ -480,9 +480,7 @@ def test_a_folder_mixing_two_saves_is_refused_by_peft_loading(tmp_path):
     )
     weights = "adapter_model.safetensors"
     (tmp_path / "a" / weights).write_bytes((tmp_path / "b" / weights).read_bytes())
-    with pytest.raises(
-        ValueError, match=r"adapter_model\.safetensors differs .*manifest\.json: it was edited, replaced or removed"
-    ):
+    with pytest.raises(ValueError, match=r"adapter_model\.safetensors differs .*manifest\.json.*cut short"):
         PeftModel.from_pretrained(build("v1"), tmp_path / "a")
 
 
