@@ -18,7 +18,7 @@ from transformers.activations import ACT2FN
 
 from .cache import FrozenWeights
 from .config import UPetuConfig
-from .quantization import QLinearWeight, QuantizedParameter, make_side_codec
+from .quantization import QLinearWeight, QuantizedParameter, as_dtype, make_side_codec
 
 
 def cannot_merge() -> ValueError:
@@ -34,11 +34,6 @@ def _side_init(shape: int, config: UPetuConfig) -> torch.Tensor:
     """Init of the per-channel EQAM scale `s` and CAPM `beta`: zeros (identity at init), or with
     `init_weights=False` small random values, so that tests can exercise a non-identity adapter."""
     return torch.zeros(shape) if config.init_weights else 0.1 * torch.randn(shape)
-
-
-def _as(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`tensor.to(dtype)`, skipping the call (one dispatched op) when it is already of that dtype."""
-    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 class EQAM(FrozenWeights):
@@ -92,12 +87,12 @@ class EQAM(FrozenWeights):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         down, up, kernel = self.weights()
-        hidden = F.linear(_as(u, down.dtype), down)  # (N, H, W, r)
+        hidden = F.linear(as_dtype(u, down.dtype), down)  # (N, H, W, r)
         if kernel is not None:
             hidden = F.conv2d(
                 hidden.permute(0, 3, 1, 2), kernel, padding=kernel.shape[-1] // 2, groups=kernel.shape[0]
             ).permute(0, 2, 3, 1)  # (N, H, W, r)
-        return _as(F.linear(self.act(hidden), up), u.dtype)
+        return as_dtype(F.linear(self.act(hidden), up), u.dtype)
 
 
 class NormAffine(FrozenWeights):
@@ -123,7 +118,7 @@ class NormAffine(FrozenWeights):
 
     def forward(self, normed: torch.Tensor) -> torch.Tensor:
         gain, bias = self.weights()
-        return _as(_as(normed, gain.dtype) * gain + bias, normed.dtype)
+        return as_dtype(as_dtype(normed, gain.dtype) * gain + bias, normed.dtype)
 
 
 class CAPM(FrozenWeights):
@@ -156,9 +151,9 @@ class CAPM(FrozenWeights):
         prompt, context, beta = self.weights()
         prompt = F.interpolate(prompt, size=features.shape[-2:], mode="bilinear", align_corners=False)
         gate = torch.sigmoid(
-            F.conv2d(_as(features, prompt.dtype), context, padding=1, groups=features.shape[1])
+            F.conv2d(as_dtype(features, prompt.dtype), context, padding=1, groups=features.shape[1])
         )
-        return features + _as(beta * (prompt * gate), features.dtype)
+        return features + as_dtype(beta * (prompt * gate), features.dtype)
 
 
 def block_channels(block: nn.Module) -> int:

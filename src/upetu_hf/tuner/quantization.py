@@ -3,8 +3,9 @@
 A `QuantizedParameter` holds a latent tensor for training and hands out its quantized value, computed afresh at
 every call from the current latent tensor (no cache, so no optimizer, `.data` write or inference-mode call can
 make it stale); during a `PeftModel` forward pass the value may come from one grouped pass over all parameters
-(`grouped.py`), and a frozen adapter module caches what it builds from them (`cache.FrozenWeights`). Each parameter has a `Codec` that turns the latent tensor into what is stored on disk (`packed`
-plus, for int8, `stats`) and back.
+(`grouped.py`), and a frozen adapter module caches what it builds from them (`cache.FrozenWeights`). Each
+parameter has a `Codec` that turns the latent tensor into what is stored on disk (`packed` plus, for int8,
+`stats`) and back.
 
 Every codec is *idempotent*: `decode(encode(x))` is a fixed point of `quantize`, so loading a saved adapter sets
 the latent tensor to a value that quantizes to itself, bit for bit. That is what makes a reloaded adapter
@@ -37,15 +38,18 @@ PACKED_FIELDS = ("packed", "stats", "magnitude", "magnitude_stats")
 _TINY = 2.0**-100  # floor of the int8 scale: an all-zero tensor stays exactly zero
 
 
-def _float32(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor` as float32, dispatching no op when it already is (the hot path: every forward pass)."""
-    return tensor if tensor.dtype == torch.float32 else tensor.float()
+def as_dtype(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor.to(dtype)`, skipping the call when it already has that dtype: even a no-op `.to` dispatches an op,
+    and the forward pass runs this for every adapter tensor."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 def _values(latent: torch.Tensor) -> torch.Tensor:
     """`latent` without its autograd history, as float32: `detach` only where autograd would record the ops
     (grad mode on: a direct call; inside a straight-through forward, grad mode is off)."""
-    return _float32(latent.detach() if latent.requires_grad and torch.is_grad_enabled() else latent)
+    return as_dtype(
+        latent.detach() if latent.requires_grad and torch.is_grad_enabled() else latent, torch.float32
+    )
 
 
 def _normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -288,8 +292,7 @@ class SignCodec(Codec):
 
     def magnitude(self, latent: torch.Tensor) -> torch.Tensor:
         """`alpha` (n,) float32: `side.quantize(mean |L|)` over each row or column."""
-        if latent.requires_grad and torch.is_grad_enabled():
-            latent = latent.detach()
+        latent = _values(latent)
         # float64 makes the mean of a decoded row (all +-alpha) exactly alpha; MPS has no float64, so average on CPU
         if latent.device.type == "mps":
             return self.side.quantize(self.mean_magnitude(latent.cpu()).to(latent.device))
@@ -375,8 +378,7 @@ class _StraightThrough(torch.autograd.Function):
         ctx.bound = codec.ste_bound
         if ctx.bound is not None:
             ctx.save_for_backward(latent)
-        value = codec.quantize(latent)
-        return value if value.dtype == latent.dtype else value.to(latent.dtype)
+        return as_dtype(codec.quantize(latent), latent.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -393,24 +395,22 @@ class _DerivedSign(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, latent: torch.Tensor, codec: SignCodec, magnitude: torch.Tensor | None) -> torch.Tensor:
-        alpha = codec._broadcast(
-            codec.magnitude(latent) if magnitude is None else magnitude
-        )  # (r, 1) or (1, C)
+        if magnitude is None:
+            magnitude = codec.magnitude(latent)
+        alpha = codec._broadcast(magnitude)  # (r, 1) or (1, C)
         sign = torch.ones_like(latent, dtype=alpha.dtype).copysign_(latent)  # +-1 by the sign bit
         ctx.codec = codec
         ctx.save_for_backward(alpha, sign)
-        value = alpha * sign  # == copysign(alpha, latent), bit for bit
-        return value if value.dtype == latent.dtype else value.to(latent.dtype)
+        return as_dtype(alpha * sign, latent.dtype)  # == copysign(alpha, latent), bit for bit
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         alpha, sign = ctx.saved_tensors
         codec = ctx.codec
-        grad32 = _float32(grad)
+        grad32 = as_dtype(grad, torch.float32)
         through_codes = grad32 * alpha / codec.level
         through_alpha = sign * (grad32 * sign).mean(dim=codec.dim, keepdim=True)
-        total = through_codes + through_alpha
-        return (total if total.dtype == grad.dtype else total.to(grad.dtype)), None, None
+        return as_dtype(through_codes + through_alpha, grad.dtype), None, None
 
 
 class QuantizedParameter(nn.Module):
@@ -439,8 +439,7 @@ class QuantizedParameter(nn.Module):
             if self._grouped is not None:
                 return self._grouped
             return self.codec.straight_through(latent)
-        value = self.codec.quantize(latent)
-        return value if value.dtype == latent.dtype else value.to(latent.dtype)
+        return as_dtype(self.codec.quantize(latent), latent.dtype)
 
     def pack(self, latent: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The stored form (`packed`, `stats`) of `latent` (default: this parameter's latent tensor)."""
