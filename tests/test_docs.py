@@ -1,0 +1,103 @@
+"""README.md and docs/: the README stays short, every relative link (and its #anchor) leads somewhere, and the
+README's test command is the one CI runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT
+
+README = REPO_ROOT / "README.md"
+DOCS = sorted((REPO_ROOT / "docs").glob("*.md"))
+MAX_README_LINES = 300
+#: `[text](target)` and `![alt](target)`; the target ends at the first space or closing parenthesis.
+LINK = re.compile(r"!?\[(?:[^\]\[]|\[[^\]]*\])*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+CODE_SPAN = re.compile(r"`[^`\n]*`")
+
+
+def prose(markdown: str) -> str:
+    """The markdown without fenced code blocks and code spans, where brackets are code, not links."""
+    return CODE_SPAN.sub("", FENCE.sub("", markdown))
+
+
+def anchors(markdown: str) -> set[str]:
+    """GitHub's anchors of the headings: lower case, punctuation dropped, spaces as hyphens."""
+    found = set()
+    for heading in re.findall(r"^#{1,6}\s+(.+?)\s*$", FENCE.sub("", markdown), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.replace("`", "").strip().lower())
+        found.add(slug.replace(" ", "-"))
+    return found
+
+
+def broken_links(path: Path) -> list[str]:
+    """Each relative link of `path` whose file (or folder) is missing, or whose #anchor names no heading."""
+    broken = []
+    for target in LINK.findall(prose(path.read_text(encoding="utf-8"))):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:, ...
+            continue
+        file, _, anchor = target.partition("#")
+        resolved = (path.parent / file).resolve() if file else path
+        if not resolved.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved.read_text("utf-8")):
+            broken.append(f"{target} (no heading #{anchor})")
+    return broken
+
+
+def readme_test_command(readme: str) -> str:
+    """The command in the first code block of the README's `## Tests` section."""
+    section = readme.split("\n## Tests\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"^```bash\n(.*?)\n```", section, re.S | re.M).group(1).strip()
+
+
+def ci_test_command() -> str:
+    """The last command of `.ci/run`, the one its comment calls the README's test command."""
+    lines = (REPO_ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    marker = lines.index("# The README's test command:")
+    return "\n".join(line for line in lines[marker + 1 :] if line.strip()).strip()
+
+
+def test_readme_is_short():
+    lines = README.read_text(encoding="utf-8").count("\n")
+    assert lines <= MAX_README_LINES, f"README.md has {lines} lines (at most {MAX_README_LINES})"
+
+
+def test_docs_exist():
+    names = {p.name for p in DOCS}
+    assert {"training.md", "backbones.md", "method.md", "benchmarks.md", "qlinear_history.md"} <= names
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
+def test_every_relative_link_resolves(path):
+    assert broken_links(path) == []
+
+
+def test_broken_links_are_found(tmp_path):
+    (tmp_path / "there.md").write_text("# A heading\n\n## Second `one`: here\n")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "[ok](there.md) [ok](there.md#second-one-here) [ok](https://example.com/x) [ok](#local)\n"
+        "[gone](missing.md) ![gone](img/none.png) [bad](there.md#nowhere)\n"
+        "`[code](not-a-link.md)`\n\n```python\nx[0](also-not-a-link)\n```\n\n## Local\n"
+    )
+    assert broken_links(page) == [
+        "missing.md (no such file)",
+        "img/none.png (no such file)",
+        "there.md#nowhere (no heading #nowhere)",
+    ]
+
+
+def test_readme_test_command_is_the_one_ci_runs():
+    command = readme_test_command(README.read_text(encoding="utf-8"))
+    assert command == ci_test_command() == "python -m pytest -q"
+
+
+def test_results_markers_appear_once_in_readme_and_benchmarks():
+    for path in (README, REPO_ROOT / "docs" / "benchmarks.md"):
+        text = path.read_text(encoding="utf-8")
+        start, end = text.count("<!-- results:start -->"), text.count("<!-- results:end -->")
+        assert (start, end) == (1, 1), path.name
+        assert text.index("<!-- results:start -->") < text.index("<!-- results:end -->")
