@@ -32,3 +32,18 @@ def tiny_config(version: int = 1, num_labels: int = 5, **kwargs):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    """One tiny run's inputs, built once for the suite: a random 4-stage ConvNeXt checkpoint (`checkpoint`), a
+    3-class folder of noise images (`images`) and a segmentation folder (`segmentation`). Read-only for tests:
+    copy before changing anything."""
+    from test_train import write_checkpoint, write_class_folder, write_segmentation_folder
+
+    root = tmp_path_factory.mktemp("tiny-assets")
+    return {
+        "checkpoint": write_checkpoint(root / "convnext-tiny"),
+        "images": write_class_folder(root / "scenes"),
+        "segmentation": write_segmentation_folder(root / "landcover"),
+    }

@@ -19,7 +19,7 @@ from peft import get_peft_model
 from safetensors.torch import load_file
 from test_benchmark_accuracy import load_script
 from test_reliability import eval_cli, run_args, snapshot, train_cli
-from test_train import write_checkpoint, write_class_folder, write_segmentation_folder
+from test_train import write_checkpoint, write_segmentation_folder
 from test_train_multiband import multiband_segmentation, seg_argv, write_tif
 from transformers import ConvNextForImageClassification
 
@@ -34,15 +34,6 @@ from upetu_hf.train.accelerator import make_accelerator
 from upetu_hf.train.checkpoint import list_checkpoints
 from upetu_hf.train.cli import main
 from upetu_hf.train.output_dir import OutputLock
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("faults")
-    return {
-        "checkpoint": write_checkpoint(root / "convnext-tiny"),
-        "images": write_class_folder(root / "scenes"),
-    }
 
 
 def strict_json(path: Path):

@@ -22,9 +22,6 @@ from test_train import (
     ENV,
     same,
     train_command,
-    write_checkpoint,
-    write_class_folder,
-    write_segmentation_folder,
 )
 
 import upetu_hf
@@ -39,16 +36,6 @@ def _umask_022():
     old = os.umask(0o022)
     yield
     os.umask(old)
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("reliability")
-    return {
-        "checkpoint": write_checkpoint(root / "convnext-tiny"),
-        "images": write_class_folder(root / "scenes"),
-        "segmentation": write_segmentation_folder(root / "landcover"),
-    }
 
 
 def run_args(assets, out: Path, *extra: str, model: Path | str | None = None) -> list[str]:
