@@ -25,7 +25,7 @@ from .methods import (
     dense_head_lr,
     peft_config,
 )
-from .tasks import DENSE_TASKS, TASK_METRICS, TASK_SPECS, TASKS, get_task, normalize_task
+from .tasks import DENSE_TASKS, TASK_METRICS, TASK_SPECS, TASKS, get_task, normalize_task, require
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SPLITS = ("train", "validation", "test", "all")
@@ -387,13 +387,15 @@ class TrainingArguments:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise `ValueError` with a message naming the offending option (as a command-line flag)."""
-        _check(
+        require(
             self.method in METHODS,
             f"--method {self.method!r} is invalid: allowed values are {', '.join(METHODS)}.",
         )
-        _check(bool(self.model), "--model is required: a Hub model id or a local ConvNeXt checkpoint folder.")
-        _check(len(self.data) >= 1, "--data is required: a Hub dataset id or a local folder.")
-        _check(bool(self.output_dir), "--output-dir is required.")
+        require(
+            bool(self.model), "--model is required: a Hub model id or a local ConvNeXt checkpoint folder."
+        )
+        require(len(self.data) >= 1, "--data is required: a Hub dataset id or a local folder.")
+        require(bool(self.output_dir), "--output-dir is required.")
         self._validate_numbers()
         self._validate_task_options()
         self._validate_band_options()
@@ -406,8 +408,8 @@ class TrainingArguments:
             if spec.metadata.get("check"):
                 valid, requirement = CHECKS[spec.metadata["check"]]
                 value = getattr(self, spec.name)
-                _check(valid(value), f"{flag(spec.name)}={value!r} is invalid: {requirement}.")
-        _check(
+                require(valid(value), f"{flag(spec.name)}={value!r} is invalid: {requirement}.")
+        require(
             self.mixed_precision in MIXED_PRECISION,
             f"--mixed-precision {self.mixed_precision!r} is invalid: allowed values are {', '.join(MIXED_PRECISION)}.",
         )
@@ -417,19 +419,19 @@ class TrainingArguments:
 
     def _validate_band_options(self) -> None:
         crops = self.crops_per_image
-        _check(
+        require(
             crops == "auto" or (isinstance(crops, int) and not isinstance(crops, bool) and crops >= 1),
             f"--crops-per-image={crops!r} is invalid: use a positive number of crops or 'auto'.",
         )
-        _check(
+        require(
             get_task(self.task).dense or crops in ("auto", 1),
             "--crops-per-image applies to segmentation and change detection (random crops of large scenes).",
         )
         if self.bands is not None:
-            _check(len(self.bands) >= 1, "--bands needs at least one band name or index.")
-            _check(len(set(self.bands)) == len(self.bands), f"--bands {self.bands} names a band twice.")
+            require(len(self.bands) >= 1, "--bands needs at least one band name or index.")
+            require(len(set(self.bands)) == len(self.bands), f"--bands {self.bands} names a band twice.")
         stats = self.band_statistics
-        _check(
+        require(
             stats is None or stats in BAND_STATISTICS or stats.lower().endswith(".json"),
             f"--band-statistics {stats!r} is invalid: use 'train', 'processor' or the path of a .json file with "
             "'mean' and 'std' lists.",
@@ -437,16 +439,16 @@ class TrainingArguments:
 
     def _validate_run_options(self) -> None:
         cp = self.checkpointing_steps
-        _check(
+        require(
             cp is None or cp == "epoch" or (isinstance(cp, int) and cp >= 1),
             f"--checkpointing-steps={cp!r} is invalid: use a positive number of steps, 'epoch' or 'no'.",
         )
-        _check(
+        require(
             not (self.overwrite and self.resume_from_checkpoint),
             "--overwrite and --resume-from-checkpoint exclude each other: resuming continues the run in "
             "--output-dir, --overwrite starts it afresh.",
         )
-        _check(
+        require(
             self.hub_model_id is None or self.push_to_hub, "--hub-model-id is only used with --push-to-hub."
         )
 
@@ -472,7 +474,7 @@ class TrainingArguments:
 
     def check_device(self, device_type: str) -> None:
         """Refuse settings the device the run got cannot honour (known once Accelerate has chosen it)."""
-        _check(
+        require(
             not (self.mixed_precision == "fp16" and device_type == "cpu"),
             "--mixed-precision fp16 needs a GPU; use bf16 on CPU.",
         )
@@ -555,21 +557,16 @@ class TrainingArguments:
         }
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
 def check_tile_options(tile_size: int | None, tile_overlap: int, tile_window: str, stride: int = 32) -> None:
     """`--tile-size` / `--tile-overlap` / `--tile-window` (`upetu_hf.models.tiling.check_tiling`, with the flags
     named); `stride` is the backbone's total stride (32 for every released ConvNeXt; the model's own is checked
     again once it is loaded)."""
-    _check(
+    require(
         tile_window in TILE_WINDOWS,
         f"--tile-window {tile_window!r} is invalid: allowed values are {', '.join(TILE_WINDOWS)}.",
     )
     if tile_size is None:
-        _check(tile_overlap == 0, "--tile-overlap needs --tile-size (the sliding window's side).")
+        require(tile_overlap == 0, "--tile-overlap needs --tile-size (the sliding window's side).")
         return
     try:
         check_tiling(tile_size, tile_overlap, stride)
@@ -613,15 +610,15 @@ class EvalArguments:
     def __post_init__(self) -> None:
         if isinstance(self.data, str):
             self.data = [self.data]
-        _check(
+        require(
             self.split in SPLITS,
             f"--split {self.split!r} is invalid: allowed values are {', '.join(SPLITS)}.",
         )
-        _check(
+        require(
             self.mixed_precision in MIXED_PRECISION,
             f"--mixed-precision {self.mixed_precision!r} is invalid: use {', '.join(MIXED_PRECISION)}.",
         )
-        _check(
+        require(
             self.batch_size is None or self.batch_size >= 1,
             f"--batch-size={self.batch_size} is invalid: it must be >= 1.",
         )

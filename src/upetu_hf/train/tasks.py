@@ -67,7 +67,8 @@ class TaskData:
         return "validation" if "validation" in self.splits else "test"
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+    """Raise `ValueError(message)` unless `ok`: the option checks of `TaskSpec` and `TrainingArguments`."""
     if not ok:
         raise ValueError(message)
 
@@ -113,27 +114,27 @@ class TaskSpec:
     def check_options(self, args: TrainingArguments) -> None:
         """Raise `ValueError` naming the flag when an option of `args` does not fit this task (part of
         `TrainingArguments.validate`)."""
-        _require(
+        require(
             self.several_sources or len(args.data) == 1,
             f"--data takes one dataset for {self.name}, got {len(args.data)}: {args.data}.",
         )
         if args.image_size is not None:
-            _require(args.image_size >= 32, f"--image-size={args.image_size} is invalid: it must be >= 32.")
-            _require(
+            require(args.image_size >= 32, f"--image-size={args.image_size} is invalid: it must be >= 32.")
+            require(
                 not self.stride_sized or args.image_size % 32 == 0,
                 f"--image-size={args.image_size} is invalid for {self.name.replace('-', ' ')}: it must be a "
                 "multiple of 32 (the backbone stride), e.g. 256.",
             )
         if args.resize is not None:
-            _require(self.dense, "--resize applies to the dense tasks; use --image-size.")
-            _require(args.resize >= 32, f"--resize={args.resize} is invalid: it must be >= 32.")
+            require(self.dense, "--resize applies to the dense tasks; use --image-size.")
+            require(args.resize >= 32, f"--resize={args.resize} is invalid: it must be >= 32.")
         self.check_class_options(args)
         if args.class_names is not None and args.num_labels is not None:
-            _require(
+            require(
                 len(args.class_names) == args.num_labels,
                 f"--class-names has {len(args.class_names)} names but --num-labels is {args.num_labels}.",
             )
-        _require(
+        require(
             args.selection_metric in self.selection_metrics,
             f"--metric-for-best {args.selection_metric!r} is invalid for {self.name}: allowed values are "
             f"{', '.join(self.selection_metrics)}.",
@@ -141,7 +142,7 @@ class TaskSpec:
 
     def check_class_options(self, args: TrainingArguments) -> None:
         """Check `--num-labels`, `--class-names` and the loss options against the task's labels."""
-        _require(
+        require(
             not args.dice_weight,
             "--dice-weight applies to change detection (ConvNextForChangeDetection's loss).",
         )
@@ -368,7 +369,7 @@ class ClassificationTask(TaskSpec):
 
     def check_class_options(self, args: TrainingArguments) -> None:
         for name in ("num_labels", "class_names"):
-            _require(
+            require(
                 getattr(args, name) is None,
                 f"--{name.replace('_', '-')} applies to segmentation only; classification takes its classes from "
                 "the dataset.",
@@ -601,7 +602,7 @@ class ChangeDetectionTask(_DenseTask):
 
     def check_class_options(self, args: TrainingArguments) -> None:
         """Binary labels; `--dice-weight` applies (the model's loss)."""
-        _require(
+        require(
             args.class_names is None and args.num_labels in (None, 2),
             "change detection is binary (no change / change): --num-labels and --class-names do not apply.",
         )
