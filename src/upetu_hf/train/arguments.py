@@ -98,10 +98,10 @@ CHECKS = {
 
 
 def option(default: Any = None, help: str | None = None, group: str | None = None, **cli: Any):
-    """A dataclass field with its command-line form: `help` (its text; a task may read it differently,
-    `TaskSpec.option_help`), `group` (of the help), `tasks` (those whose parser offers it; default all), `check` (one of `CHECKS`, which
-    `validate` applies) and argparse keywords (`flag`, `action`, `choices`, ...) where the type annotation does not
-    say them."""
+    """A dataclass field with its command-line form: `help` (its text; a task may word it its own way,
+    `TaskSpec.option_help`), `group` (of the help), `tasks` (those whose parser offers it; default all), `check`
+    (one of `CHECKS`, which `validate` applies) and argparse keywords (`flag`, `action`, `choices`, ...) where the
+    type annotation does not say them."""
     tasks, repr_, check = cli.pop("tasks", TASKS), cli.pop("repr", True), cli.pop("check", None)
     metadata = {"help": help, "group": group, "tasks": tasks, "check": check, "cli": cli}
     if default is dataclasses.MISSING:
