@@ -80,11 +80,11 @@ def _has_images(folder: Path) -> bool:
 class TaskSpec:
     """Everything task-specific. Subclasses set the class attributes and implement the hooks.
 
-    The rest of the package asks the spec (`get_task(args.task)`), not the task's name (the one table left outside
-    is `hub.PIPELINE_TAGS`, below this package; `upetu_hf.metrics` has its own `MetricTask`s): options and their checks
-    (`check_options`, `option_help`), data, model, transforms, the evaluation's padding and ignored label
-    (`stride_sized`, `confusion_ignore_index`), the metrics that may pick the best epoch, the heads' default
-    learning rate and the decoder width (`head_lr`, `decoder_width`) and the prediction files
+    The rest of the package asks the spec (`get_task(args.task)`), not the task's name (the one table left
+    outside is `hub.PIPELINE_TAGS`, below this package; `upetu_hf.metrics` has its own `MetricTask`s): options
+    and their checks (`check_options`, `option_help`), data, model, transforms, the evaluation's padding and
+    ignored label (`stride_sized`, `confusion_ignore_index`), the metrics that may pick the best epoch, the heads'
+    default learning rate and the decoder width (`head_lr`, `decoder_width`) and the prediction files
     (`prediction_writer`).
     """
 
