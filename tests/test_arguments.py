@@ -121,3 +121,39 @@ def test_every_checked_field_refuses_a_bad_value_by_its_flag(field):
     TrainingArguments(**base)  # the defaults pass
     with pytest.raises(ValueError, match=f"^--{field.name.replace('_', '-')}=.* is invalid"):
         TrainingArguments(**base, **{field.name: BAD[field.metadata["check"]]})
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_training_option_is_in_a_help_group(task):
+    """One flat `TrainingArguments`, grouped for `--help` by its fields' metadata: every option (the task is the
+    sub-command) sits under its group's heading."""
+    fields = [f for f in dataclasses.fields(TrainingArguments) if f.name != "task"]
+    assert all(f.metadata.get("group") for f in fields), [
+        f.name for f in fields if not f.metadata.get("group")
+    ]
+    parser = _subparsers(build_parser())[task]
+    grouped = {
+        a.dest: group.title
+        for group in parser._action_groups
+        for a in group._group_actions
+        if a.dest != "help"
+    }
+    for field in fields:
+        if field.name in grouped:
+            assert grouped[field.name] == field.metadata["group"], field.name
+    assert {"method", "optimisation", "data", "model"} <= set(grouped.values())
+
+
+def test_task_specific_help_comes_from_the_task_spec():
+    from upetu_hf.train.tasks import get_task
+
+    for task in TASKS:
+        spec = get_task(task)
+        options = _options(_subparsers(build_parser())[task])
+        for name, text in spec.option_help.items():
+            assert options[name].help == text
+        assert _subparsers(build_parser())[task].description == spec.summary
+    assert (
+        _options(_subparsers(build_parser())["segmentation"])["data"].help
+        == "Hub dataset id or local folder."
+    )

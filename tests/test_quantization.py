@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from upetu_hf.tuner import quantization
 from upetu_hf.tuner.quantization import (
     FloatCodec,
     Int8Codec,
@@ -224,3 +225,38 @@ def test_qlinear_column_scale_scales_columns_and_learns():
     assert (one_bit.down.weight.codec.per, one_bit.up.weight.codec.per) == ("row", "column")
     assert EQAM(16, UPetuConfig(r=4, bits=4)).up.column_scale is None  # the default adapter is unchanged
     assert EQAM(16, UPetuConfig(r=4, bits=32)).up.column_scale is None
+
+
+@pytest.mark.parametrize(
+    ("bits", "codec_type"), [(1, SignCodec), (2, KBitCodec), (4, KBitCodec), (8, KBitCodec), (32, FloatCodec)]
+)
+@pytest.mark.parametrize("learn_scale", [True, False])
+def test_qlinear_weight_takes_its_codec_from_the_registry(bits, codec_type, learn_scale):
+    assert sorted(quantization.CODECS) == [1, 2, 4, 8, 32]
+    codec = quantization.make_codec(bits, "quantile", unit=0.25, per="row" if learn_scale else "column")
+    assert type(codec) is codec_type and codec.bits == bits
+    weight = QLinearWeight(6, 12, bits, "quantile", 8, learn_scale=learn_scale)
+    gain = 1.0 / (3.0 * 12) ** 0.5
+    assert (
+        weight.weight.codec.describe()
+        == quantization.make_codec(
+            bits, "quantile", unit=gain, per="row" if learn_scale else "column"
+        ).describe()
+    )
+    assert (weight.scale is not None) == (codec.codes_only and learn_scale)
+
+
+def test_codec_registry_is_the_one_list_of_widths(monkeypatch):
+    """A width registered in `CODECS` is a valid `UPetuConfig.bits` and reaches `QLinearWeight`; others are refused
+    by name; a width cannot be registered twice."""
+    from upetu_hf import UPetuConfig
+
+    with pytest.raises(ValueError, match="registered widths are 1, 2, 4, 8, 32"):
+        quantization.make_codec(3)
+    with pytest.raises(ValueError, match="allowed values are 1, 2, 4, 8, 32"):
+        UPetuConfig(bits=3)
+    with pytest.raises(ValueError, match="already registered at 4 bits"):
+        quantization.register_codec(4)(lambda **_: FloatCodec(32))
+    monkeypatch.setitem(quantization.CODECS, 16, lambda bits, **_: FloatCodec(bits))
+    assert UPetuConfig(bits=16).bits == 16
+    assert type(QLinearWeight(4, 8, 16, "lloyd", 8, learn_scale=True).weight.codec) is FloatCodec

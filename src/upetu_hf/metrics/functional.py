@@ -26,7 +26,8 @@ Conventions for classes that do not occur:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,26 +37,16 @@ from .confusion import ConfusionMatrix
 
 __all__ = [
     "TASKS",
+    "MetricTask",
     "change_detection_metrics",
     "classification_metrics",
     "cohen_kappa",
     "flatten_metrics",
+    "metric_task",
     "metrics_from_confusion",
     "normalize_task",
     "segmentation_metrics",
 ]
-
-TASKS: tuple[str, ...] = ("classification", "segmentation", "change_detection")
-_TASK_ALIASES = {
-    "classification": "classification",
-    "scene_classification": "classification",
-    "cls": "classification",
-    "segmentation": "segmentation",
-    "semantic_segmentation": "segmentation",
-    "seg": "segmentation",
-    "change_detection": "change_detection",
-    "cd": "change_detection",
-}
 
 NAN = float("nan")
 
@@ -251,12 +242,58 @@ def metrics_from_confusion(
     """Dispatch to :func:`classification_metrics`, :func:`segmentation_metrics` or
     :func:`change_detection_metrics` by ``task`` (see :func:`normalize_task`). ``class_names`` is not used
     for change detection."""
-    task = normalize_task(task)
-    if task == "classification":
-        return classification_metrics(cm, class_names=class_names)
-    if task == "segmentation":
-        return segmentation_metrics(cm, class_names=class_names)
-    return change_detection_metrics(cm)
+    return metric_task(task).compute(cm, class_names)
+
+
+@dataclass(frozen=True)
+class MetricTask:
+    """How one task is scored: its name (one of :data:`TASKS`) and aliases, the function of a confusion matrix
+    and the class names that gives its metrics, whether an example is a label map (else one label), whether the
+    task is binary, and the target value ignored by default."""
+
+    name: str
+    aliases: tuple[str, ...]
+    compute: Callable[[Any, Sequence[str] | None], dict[str, Any]]
+    label_maps: bool
+    default_ignore_index: int
+    binary: bool = False
+
+
+#: The scored tasks, the one place that tells them apart.
+METRIC_TASKS: dict[str, MetricTask] = {
+    task.name: task
+    for task in (
+        MetricTask(
+            "classification",
+            ("scene_classification", "cls"),
+            lambda cm, names: classification_metrics(cm, class_names=names),
+            label_maps=False,
+            default_ignore_index=-100,  # the HF convention
+        ),
+        MetricTask(
+            "segmentation",
+            ("semantic_segmentation", "seg"),
+            lambda cm, names: segmentation_metrics(cm, class_names=names),
+            label_maps=True,
+            default_ignore_index=255,
+        ),
+        MetricTask(
+            "change_detection",
+            ("cd",),
+            lambda cm, names: change_detection_metrics(cm),
+            label_maps=True,
+            default_ignore_index=255,
+            binary=True,
+        ),
+    )
+}
+TASKS: tuple[str, ...] = tuple(METRIC_TASKS)
+_TASK_ALIASES = {alias: task.name for task in METRIC_TASKS.values() for alias in (task.name, *task.aliases)}
+
+
+def metric_task(task: str) -> MetricTask:
+    """The :class:`MetricTask` of a task name or alias (see :func:`normalize_task`)."""
+    return METRIC_TASKS[normalize_task(task)]
 
 
 def flatten_metrics(metrics: Mapping[str, Any], sep: str = "/") -> dict[str, float]:

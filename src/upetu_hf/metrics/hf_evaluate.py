@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .confusion import ConfusionMatrix
-from .functional import metrics_from_confusion, normalize_task
+from .functional import metric_task, metrics_from_confusion
 
 if TYPE_CHECKING:  # pragma: no cover
     import datasets
@@ -35,23 +35,18 @@ __all__ = [
 ]
 
 MODULES_DIR: Path = Path(__file__).resolve().parent / "modules"
-_MODULE_NAMES = {
-    "classification": "upetu_classification",
-    "segmentation": "upetu_segmentation",
-    "change_detection": "upetu_change_detection",
-}
 CONFIG_KEYS: tuple[str, ...] = ("num_classes", "ignore_index", "class_names")
 TASK_DEFAULT: Any = object()  # sentinel: "use the task's default ignore_index"
 
 
 def default_ignore_index(task: str) -> int:
     """Default ignored target value: ``-100`` for classification (HF convention), ``255`` for dense tasks."""
-    return -100 if normalize_task(task) == "classification" else 255
+    return metric_task(task).default_ignore_index
 
 
 def metric_module_path(task: str) -> str:
     """Absolute path of the local ``evaluate`` module script of ``task``."""
-    name = _MODULE_NAMES[normalize_task(task)]
+    name = f"upetu_{metric_task(task).name}"
     path = MODULES_DIR / name / f"{name}.py"
     if not path.is_file():  # pragma: no cover - only if package data was not installed
         raise FileNotFoundError(f"evaluate module script not found at {path}; is package-data installed?")
@@ -83,10 +78,10 @@ def evaluate_features(task: str) -> datasets.Features:
     """``datasets.Features`` of a module: integer labels for classification, ``(H, W)`` maps otherwise."""
     import datasets
 
-    if normalize_task(task) == "classification":
-        feature: Any = datasets.Value("int64")
+    if metric_task(task).label_maps:
+        feature: Any = datasets.Sequence(datasets.Sequence(datasets.Value("int64")))
     else:
-        feature = datasets.Sequence(datasets.Sequence(datasets.Value("int64")))
+        feature = datasets.Value("int64")
     return datasets.Features({"predictions": feature, "references": feature})
 
 
@@ -122,23 +117,23 @@ def compute_from_examples(
     :mod:`upetu_hf.metrics.functional`). Change detection always uses 2 classes. ``ignore_index`` (an int
     or ``None``) defaults to :func:`default_ignore_index` of the task.
     """
-    task = normalize_task(task)
+    spec = metric_task(task)
     if ignore_index is TASK_DEFAULT:
-        ignore_index = default_ignore_index(task)
+        ignore_index = spec.default_ignore_index
     if len(predictions) != len(references):
         raise ValueError(f"got {len(predictions)} predictions but {len(references)} references")
-    if task == "classification":
-        preds = [np.asarray(predictions)]
-        refs = [np.asarray(references)]
-    else:
+    if spec.label_maps:
         preds = [np.asarray(p) for p in predictions]
         refs = [np.asarray(r) for r in references]
+    else:
+        preds = [np.asarray(predictions)]
+        refs = [np.asarray(references)]
 
     for i, (pred, ref) in enumerate(zip(preds, refs, strict=True)):
         if pred.shape != ref.shape:
             raise ValueError(f"example {i}: prediction shape {pred.shape} != reference shape {ref.shape}")
 
-    if task == "change_detection":
+    if spec.binary:
         if num_classes not in (None, 2):
             raise ValueError(f"change detection is binary (num_classes=2), got num_classes={num_classes}")
         num_classes, class_names = 2, None
@@ -151,7 +146,7 @@ def compute_from_examples(
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     for pred, ref in zip(preds, refs, strict=True):
         cm.update(pred, ref)
-    return metrics_from_confusion(task, cm, class_names=class_names)
+    return metrics_from_confusion(spec.name, cm, class_names=class_names)
 
 
 def module_compute(

@@ -14,12 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import metrics
 from ..models.tiling import check_tiling
 from .methods import (
-    DEFAULT_DECODER_WIDTH,
     DEFAULT_LR,
-    DENSE_HEAD_LR,
     LORA_OPTIONS,
     METHODS,
     RANK_METHODS,
@@ -28,24 +25,10 @@ from .methods import (
     dense_head_lr,
     peft_config,
 )
+from .tasks import DENSE_TASKS, TASK_METRICS, TASK_SPECS, TASKS, get_task, normalize_task, require
 
-TASKS = ("classification", "segmentation", "change-detection")
-DENSE_TASKS = ("segmentation", "change-detection")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 SPLITS = ("train", "validation", "test", "all")
-#: Task metrics that can pick the best epoch (higher is better); the first is the default.
-TASK_METRICS = {
-    "classification": (
-        "accuracy",
-        "balanced_accuracy",
-        "macro_f1",
-        "macro_precision",
-        "macro_recall",
-        "kappa",
-    ),
-    "segmentation": ("mean_iou", "overall_accuracy", "mean_accuracy", "mean_f1", "frequency_weighted_iou"),
-    "change-detection": ("f1", "iou", "precision", "recall", "overall_accuracy", "kappa"),
-}
 
 # ---- what a run writes into --output-dir (besides the adapter or model files of `upetu_hf.hub`)
 RUN_CONFIG_FILE = "run_config.json"
@@ -99,15 +82,6 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def normalize_task(task: str) -> str:
-    """`"change_detection"` / `"change-detection"` / `"cd"` -> `"change-detection"`; raise on unknown tasks. The
-    aliases are those of `upetu_hf.metrics.normalize_task`, spelled with dashes."""
-    try:
-        return metrics.normalize_task(task).replace("_", "-")
-    except ValueError:
-        raise ValueError(f"task={task!r} is invalid: allowed values are {', '.join(TASKS)}.") from None
-
-
 #: Value checks of single fields (`option(check=...)`): what a valid value is, and the message's end otherwise.
 CHECKS = {
     "count": (lambda v: isinstance(v, int) and v >= 1, "it must be >= 1"),
@@ -123,13 +97,11 @@ CHECKS = {
 }
 
 
-def option(
-    default: Any = None, help: str | dict[str, str] | None = None, group: str | None = None, **cli: Any
-):
-    """A dataclass field with its command-line form: `help` (a text, or one per task with `"*"` for the others),
-    `group` (of the help), `tasks` (those whose parser offers it; default all), `check` (one of `CHECKS`, which
-    `validate` applies) and argparse keywords (`flag`, `action`, `choices`, ...) where the type annotation does not
-    say them."""
+def option(default: Any = None, help: str | None = None, group: str | None = None, **cli: Any):
+    """A dataclass field with its command-line form: `help` (its text; a task may word it its own way,
+    `TaskSpec.option_help`), `group` (of the help), `tasks` (those whose parser offers it; default all), `check`
+    (one of `CHECKS`, which `validate` applies) and argparse keywords (`flag`, `action`, `choices`, ...) where the
+    type annotation does not say them."""
     tasks, repr_, check = cli.pop("tasks", TASKS), cli.pop("repr", True), cli.pop("check", None)
     metadata = {"help": help, "group": group, "tasks": tasks, "check": check, "cli": cli}
     if default is dataclasses.MISSING:
@@ -142,6 +114,11 @@ def required(help: str, group: str | None = "required", **cli: Any):
     return option(dataclasses.MISSING, help, group, **cli)
 
 
+#: the dense tasks' default head learning rates and decoder widths, for the help of `head_lr`
+_DENSE_HEAD_LRS = " and ".join(
+    f"{s.head_lr:g} on {s.name.replace('-', ' ')}" for s in TASK_SPECS.values() if s.head_lr is not None
+)
+_DECODER_WIDTHS = " and ".join(str(s.decoder_width) for s in TASK_SPECS.values() if s.decoder_width)
 METHOD, OPTIM, DATA, MODEL, RUN = "method", "optimisation", "data", "model", "checkpoints, logging, outputs"
 BANDS, SCENES = "multispectral bands", "scenes of any size"
 TILE_WINDOWS = ("uniform", "hann")
@@ -174,12 +151,7 @@ class TrainingArguments:
 
     task: str
     model: str = required("Hub model id or local folder of a ConvNeXt checkpoint.")
-    data: list[str] = required(
-        {
-            "change-detection": "Hub dataset id or local folder (several roots are concatenated).",
-            "*": "Hub dataset id or local folder.",
-        }
-    )
+    data: list[str] = required("Hub dataset id or local folder.")
     output_dir: str = required("Where the run writes its outputs.")
     # method options (UPetu; `r` is also the LoRA rank)
     method: str = option(
@@ -233,11 +205,9 @@ class TrainingArguments:
     head_lr: float | None = option(
         None,
         "Learning rate of the task heads (classifier, UperNet, change-detection decoder). Default: "
-        f"for upetu/lora/ia3 {DENSE_HEAD_LR['segmentation']:g} on segmentation and "
-        f"{DENSE_HEAD_LR['change-detection']:g} on change detection, whose freshly initialised decoders are much "
-        "larger than the adapter, scaled by default width / --head-hidden-size for decoders of another width "
-        f"(defaults {DEFAULT_DECODER_WIDTH['segmentation']} and {DEFAULT_DECODER_WIDTH['change-detection']}: "
-        f"--head-hidden-size 64 trains a UperNet at {dense_head_lr('segmentation', 64):g}); "
+        f"for upetu/lora/ia3 {_DENSE_HEAD_LRS}, whose freshly initialised decoders are much larger than the "
+        "adapter, scaled by default width / --head-hidden-size for decoders of another width (defaults "
+        f"{_DECODER_WIDTHS}: --head-hidden-size 64 trains a UperNet at {dense_head_lr('segmentation', 64):g}); "
         "otherwise --lr.",
         OPTIM,
         check="positive",
@@ -254,14 +224,7 @@ class TrainingArguments:
     mixed_precision: str = option("no", "fp16 needs a GPU.", OPTIM, choices=MIXED_PRECISION)
     seed: int = option(42, None, OPTIM)
     # data
-    image_size: int | None = option(
-        None,
-        {
-            "classification": "Input size (default: the checkpoint's image processor, else 224).",
-            "*": "Random training crop (default: whole images).",
-        },
-        DATA,
-    )
+    image_size: int | None = option(None, "Random training crop (default: whole images).", DATA)
     train_fraction: float | None = option(
         None,
         "Split a single folder: this share of each class trains, the rest tests (UCM-55: 0.5).",
@@ -358,13 +321,15 @@ class TrainingArguments:
     # model
     drop_path_rate: float | None = option(None, "Stochastic depth of the backbone.", MODEL, check="rate")
     metric_for_best: str | None = option(
-        None, "Metric that picks the best epoch (default: accuracy / mean_iou / f1).", MODEL
+        None,
+        f"Metric that picks the best epoch (default: {' / '.join(m[0] for m in TASK_METRICS.values())}).",
+        MODEL,
     )
     head_hidden_size: int | None = option(
         None,
-        "Channels of the freshly built decoder (default: UperNet's "
-        f"{DEFAULT_DECODER_WIDTH['segmentation']}, the change-detection decoder's "
-        f"{DEFAULT_DECODER_WIDTH['change-detection']}).",
+        "Channels of the freshly built decoder (default: "
+        + ", ".join(f"{s.decoder_name}'s {s.decoder_width}" for s in TASK_SPECS.values() if s.decoder_width)
+        + ").",
         MODEL,
         tasks=DENSE_TASKS,
         check="optional count",
@@ -422,13 +387,15 @@ class TrainingArguments:
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise `ValueError` with a message naming the offending option (as a command-line flag)."""
-        _check(
+        require(
             self.method in METHODS,
             f"--method {self.method!r} is invalid: allowed values are {', '.join(METHODS)}.",
         )
-        _check(bool(self.model), "--model is required: a Hub model id or a local ConvNeXt checkpoint folder.")
-        _check(len(self.data) >= 1, "--data is required: a Hub dataset id or a local folder.")
-        _check(bool(self.output_dir), "--output-dir is required.")
+        require(
+            bool(self.model), "--model is required: a Hub model id or a local ConvNeXt checkpoint folder."
+        )
+        require(len(self.data) >= 1, "--data is required: a Hub dataset id or a local folder.")
+        require(bool(self.output_dir), "--output-dir is required.")
         self._validate_numbers()
         self._validate_task_options()
         self._validate_band_options()
@@ -441,69 +408,30 @@ class TrainingArguments:
             if spec.metadata.get("check"):
                 valid, requirement = CHECKS[spec.metadata["check"]]
                 value = getattr(self, spec.name)
-                _check(valid(value), f"{flag(spec.name)}={value!r} is invalid: {requirement}.")
-        _check(
+                require(valid(value), f"{flag(spec.name)}={value!r} is invalid: {requirement}.")
+        require(
             self.mixed_precision in MIXED_PRECISION,
             f"--mixed-precision {self.mixed_precision!r} is invalid: allowed values are {', '.join(MIXED_PRECISION)}.",
         )
 
     def _validate_task_options(self) -> None:
-        if self.task != "change-detection":
-            _check(
-                len(self.data) == 1,
-                f"--data takes one dataset for {self.task}, got {len(self.data)}: {self.data}.",
-            )
-        if self.image_size is not None:
-            _check(self.image_size >= 32, f"--image-size={self.image_size} is invalid: it must be >= 32.")
-            _check(
-                self.task != "change-detection" or self.image_size % 32 == 0,
-                f"--image-size={self.image_size} is invalid for change detection: it must be a multiple of "
-                "32 (the backbone stride), e.g. 256.",
-            )
-        if self.resize is not None:
-            _check(self.task != "classification", "--resize applies to the dense tasks; use --image-size.")
-            _check(self.resize >= 32, f"--resize={self.resize} is invalid: it must be >= 32.")
-        if self.task == "classification":
-            for name in ("num_labels", "class_names"):
-                _check(
-                    getattr(self, name) is None,
-                    f"{flag(name)} applies to segmentation only; classification takes its classes from the dataset.",
-                )
-        _check(
-            self.task == "change-detection" or not self.dice_weight,
-            "--dice-weight applies to change detection (ConvNextForChangeDetection's loss).",
-        )
-        if self.task == "change-detection":
-            _check(
-                self.class_names is None and self.num_labels in (None, 2),
-                "change detection is binary (no change / change): --num-labels and --class-names do not apply.",
-            )
-        if self.class_names is not None and self.num_labels is not None:
-            _check(
-                len(self.class_names) == self.num_labels,
-                f"--class-names has {len(self.class_names)} names but --num-labels is {self.num_labels}.",
-            )
-        _check(
-            self.selection_metric in TASK_METRICS[self.task],
-            f"--metric-for-best {self.selection_metric!r} is invalid for {self.task}: allowed values are "
-            f"{', '.join(TASK_METRICS[self.task])}.",
-        )
+        get_task(self.task).check_options(self)
 
     def _validate_band_options(self) -> None:
         crops = self.crops_per_image
-        _check(
+        require(
             crops == "auto" or (isinstance(crops, int) and not isinstance(crops, bool) and crops >= 1),
             f"--crops-per-image={crops!r} is invalid: use a positive number of crops or 'auto'.",
         )
-        _check(
-            self.task != "classification" or crops in ("auto", 1),
+        require(
+            get_task(self.task).dense or crops in ("auto", 1),
             "--crops-per-image applies to segmentation and change detection (random crops of large scenes).",
         )
         if self.bands is not None:
-            _check(len(self.bands) >= 1, "--bands needs at least one band name or index.")
-            _check(len(set(self.bands)) == len(self.bands), f"--bands {self.bands} names a band twice.")
+            require(len(self.bands) >= 1, "--bands needs at least one band name or index.")
+            require(len(set(self.bands)) == len(self.bands), f"--bands {self.bands} names a band twice.")
         stats = self.band_statistics
-        _check(
+        require(
             stats is None or stats in BAND_STATISTICS or stats.lower().endswith(".json"),
             f"--band-statistics {stats!r} is invalid: use 'train', 'processor' or the path of a .json file with "
             "'mean' and 'std' lists.",
@@ -511,16 +439,16 @@ class TrainingArguments:
 
     def _validate_run_options(self) -> None:
         cp = self.checkpointing_steps
-        _check(
+        require(
             cp is None or cp == "epoch" or (isinstance(cp, int) and cp >= 1),
             f"--checkpointing-steps={cp!r} is invalid: use a positive number of steps, 'epoch' or 'no'.",
         )
-        _check(
+        require(
             not (self.overwrite and self.resume_from_checkpoint),
             "--overwrite and --resume-from-checkpoint exclude each other: resuming continues the run in "
             "--output-dir, --overwrite starts it afresh.",
         )
-        _check(
+        require(
             self.hub_model_id is None or self.push_to_hub, "--hub-model-id is only used with --push-to-hub."
         )
 
@@ -546,7 +474,7 @@ class TrainingArguments:
 
     def check_device(self, device_type: str) -> None:
         """Refuse settings the device the run got cannot honour (known once Accelerate has chosen it)."""
-        _check(
+        require(
             not (self.mixed_precision == "fp16" and device_type == "cpu"),
             "--mixed-precision fp16 needs a GPU; use bf16 on CPU.",
         )
@@ -629,21 +557,16 @@ class TrainingArguments:
         }
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
 def check_tile_options(tile_size: int | None, tile_overlap: int, tile_window: str, stride: int = 32) -> None:
     """`--tile-size` / `--tile-overlap` / `--tile-window` (`upetu_hf.models.tiling.check_tiling`, with the flags
     named); `stride` is the backbone's total stride (32 for every released ConvNeXt; the model's own is checked
     again once it is loaded)."""
-    _check(
+    require(
         tile_window in TILE_WINDOWS,
         f"--tile-window {tile_window!r} is invalid: allowed values are {', '.join(TILE_WINDOWS)}.",
     )
     if tile_size is None:
-        _check(tile_overlap == 0, "--tile-overlap needs --tile-size (the sliding window's side).")
+        require(tile_overlap == 0, "--tile-overlap needs --tile-size (the sliding window's side).")
         return
     try:
         check_tiling(tile_size, tile_overlap, stride)
@@ -687,15 +610,15 @@ class EvalArguments:
     def __post_init__(self) -> None:
         if isinstance(self.data, str):
             self.data = [self.data]
-        _check(
+        require(
             self.split in SPLITS,
             f"--split {self.split!r} is invalid: allowed values are {', '.join(SPLITS)}.",
         )
-        _check(
+        require(
             self.mixed_precision in MIXED_PRECISION,
             f"--mixed-precision {self.mixed_precision!r} is invalid: use {', '.join(MIXED_PRECISION)}.",
         )
-        _check(
+        require(
             self.batch_size is None or self.batch_size >= 1,
             f"--batch-size={self.batch_size} is invalid: it must be >= 1.",
         )

@@ -35,6 +35,7 @@ from ..data.scan import band_counts, is_multiband_file, probe_value, value_path
 from ..data.transforms import processor_settings
 from ..models.stem import STEM_MODULES_TO_SAVE, find_stems, inflate_stem
 from .arguments import DENSE_TASKS, TrainingArguments, flag
+from .tasks import get_task
 
 #: The input channels of an RGB checkpoint.
 RGB_CHANNELS = 3
@@ -385,7 +386,7 @@ def check_scene_sizes(args: TrainingArguments, scan: DataScan, stride: int) -> N
             f"{flag('batch_size')} 1."
         )
     bad = [(s, (h, w)) for s, (h, w) in zip(first, sizes) if h % stride or w % stride or min(h, w) < stride]
-    if bad and (args.task == "change-detection" or any(min(hw) < stride for _, hw in bad)):
+    if bad and (get_task(args.task).stride_sized or any(min(hw) < stride for _, hw in bad)):
         (scanned, (h, w)) = bad[0]
         raise ValueError(
             f"{scanned.name} is {h}x{w}: training on whole scenes needs sides that are multiples of the backbone "

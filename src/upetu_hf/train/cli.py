@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._files import finite_json
-from .arguments import TASKS, EvalArguments, TrainingArguments, flag
+from .arguments import EvalArguments, TrainingArguments, flag
+from .tasks import TASKS, get_task
 
 #: Errors caused by the user's input: reported as one line, without a traceback, with exit code 2.
 USER_ERRORS = (
@@ -94,13 +95,6 @@ def _interrupted(argv: Sequence[str], output_dir: str) -> None:
     print(f"upetu-train: interrupted; {hint}", file=sys.stderr)
 
 
-TASK_HELP = {
-    "classification": "scene classification: <root>/<class>/*.jpg folders or Hub datasets (image, label)",
-    "segmentation": "semantic segmentation (UperNet): <root>/images + <root>/masks or Hub datasets (image, mask)",
-    "change-detection": "binary change detection: <root>/A, <root>/B, <root>/label or Hub datasets",
-}
-
-
 _TYPES = {"int": int, "float": float}
 
 
@@ -126,9 +120,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, task: str | None = N
             kwargs["required"] = True
         elif spec.default is not None:
             kwargs["default"] = spec.default
-        help_text = meta["help"]
-        if isinstance(help_text, dict):
-            help_text = help_text.get(task, help_text["*"])
+        help_text = get_task(task).option_help.get(spec.name, meta["help"]) if task else meta["help"]
         if help_text:
             kwargs["help"] = help_text
         if name != flag(spec.name):
@@ -147,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(TASKS) + ",eval}")
     for task in TASKS:
         add_options(
-            sub.add_parser(task, help=TASK_HELP[task], description=TASK_HELP[task]), TrainingArguments, task
+            sub.add_parser(task, help=get_task(task).summary, description=get_task(task).summary),
+            TrainingArguments,
+            task,
         )
     add_options(
         sub.add_parser("eval", help="evaluate a trained run or write its predictions (= upetu-eval)"),

@@ -3,23 +3,18 @@ folder or a Hub repo), writing predictions, and the `upetu-eval` Python API `eva
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
-import PIL.Image
 import torch
 from accelerate import Accelerator
 from peft import PeftModel
 from torch import nn
 
-from .._files import is_local, path_inside, read_json, safe_file_name, write_atomic, write_json_atomic
+from .._files import is_local, read_json, write_json_atomic
 from ..data.sources import load_unlabeled_folder
 from ..hub import saved_file_names, verify_manifest
 from ..metrics import ConfusionMatrix, metrics_from_confusion
@@ -45,9 +40,10 @@ def scene_tiling(args: TrainingArguments, model: nn.Module) -> dict[str, Any] | 
       crops, so padding only at evaluation would show it inputs it never trained on: on GID tiles resized to 112 px
       (padded to 128) that cut the validation mIoU of the same trained weights from about 0.77 to 0.53.
     """
-    if args.task == "classification":
+    spec = get_task(args.task)
+    if not spec.dense:
         return None
-    pads = args.tile_size is not None or args.task == "change-detection"
+    pads = args.tile_size is not None or spec.stride_sized
     return {
         "tile_size": args.tile_size,
         "tile_overlap": args.tile_overlap if args.tile_size is not None else 0,
@@ -78,8 +74,8 @@ def evaluate_loader(
     `{}` for unlabeled data.
     """
     model.eval()
-    classification = spec.name == "classification"
-    matrix = ConfusionMatrix(len(class_names), ignore_index=None if classification else ignore_index)
+    dense = spec.dense
+    matrix = ConfusionMatrix(len(class_names), ignore_index=spec.confusion_ignore_index(ignore_index))
     labeled = False
     for batch in loader:
         inputs = spec.model_inputs(batch)
@@ -90,9 +86,9 @@ def evaluate_loader(
         payload = {"preds": spec.predictions(logits), "index": batch["index"]}
         if "labels" in batch:
             payload["labels"] = batch["labels"]
-        if classification and on_batch is not None:
+        if not dense and on_batch is not None:
             payload["scores"] = logits.float().softmax(dim=1).amax(dim=1)
-        if not classification:
+        if dense:
             payload = _pad_scenes(accelerator, payload, ignore_index)
         gathered = accelerator.gather_for_metrics(payload)
         if "labels" in gathered:
@@ -103,7 +99,7 @@ def evaluate_loader(
     if not labeled:
         return {}
     metrics = metrics_from_confusion(spec.name, matrix, class_names)
-    metrics["num_samples" if classification else "num_pixels"] = matrix.total
+    metrics["num_pixels" if dense else "num_samples"] = matrix.total
     return metrics
 
 
@@ -206,7 +202,7 @@ def evaluation_dataset(spec: TaskSpec, args: TrainingArguments, split: str) -> t
     """The dataset to evaluate (`split` of the run's splits, or `all` of `args.data`) and whether it is labeled."""
     if split == "all":
         if len(args.data) == 1 and Path(args.data[0]).is_dir() and not spec.is_layout(Path(args.data[0])):
-            unlabeled = load_unlabeled_folder(Path(args.data[0]), paired=spec.name == "change-detection")
+            unlabeled = load_unlabeled_folder(Path(args.data[0]), paired=len(spec.image_columns) == 2)
             if unlabeled is not None:
                 return unlabeled, False
         loaded = [spec.standardize(spec.load_source(s, args)[0], args, s) for s in args.data]
@@ -221,81 +217,6 @@ def evaluation_dataset(spec: TaskSpec, args: TrainingArguments, split: str) -> t
     return splits[split], True
 
 
-def _names(ds: datasets.Dataset) -> list[str]:
-    """A file-friendly name per row: the `name` column, else the image file stem, else the row number."""
-    if "name" in ds.column_names:
-        names = [str(n) for n in ds["name"]]
-    else:
-        column = "image" if "image" in ds.column_names else "image_a"
-        values = ds.cast_column(column, datasets.Image(decode=False))[column]
-        names = [Path(v["path"]).stem if v.get("path") else f"{i:06d}" for i, v in enumerate(values)]
-    names = [safe_file_name(n, f"{i:06d}") for i, n in enumerate(names)]
-    if len(set(names)) != len(names):
-        names = [f"{i:06d}_{n}" for i, n in enumerate(names)]
-    return names
-
-
-class PredictionWriter:
-    """Writes predictions on the main process: `predictions.csv` (classification) or one PNG mask per example
-    (segmentation: class indices; change detection: 0 / 255), each file atomically. File names come from the
-    dataset's `name` column made safe (`safe_file_name`): nothing is written outside `folder`."""
-
-    def __init__(
-        self, folder: str | os.PathLike, spec: TaskSpec, ds: datasets.Dataset, class_names: list[str]
-    ) -> None:
-        self.folder = Path(folder)
-        self.spec, self.class_names = spec, class_names
-        self.names = _names(ds)
-        self.paths = None
-        if spec.name == "classification":
-            values = ds.cast_column("image", datasets.Image(decode=False))["image"]
-            self.paths = [v.get("path") or "" for v in values]
-        self.rows: list[dict[str, Any]] = []
-
-    def __call__(self, gathered: dict[str, torch.Tensor]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for j, index in enumerate(gathered["index"].tolist()):
-            pred = gathered["preds"][j]
-            if self.spec.name == "classification":
-                row = {
-                    "index": index,
-                    "name": self.names[index],
-                    "path": self.paths[index],
-                    "prediction": self.class_names[int(pred)],
-                    "prediction_id": int(pred),
-                    "score": round(float(gathered["scores"][j]), 6),
-                }
-                if "labels" in gathered:
-                    row["label"] = self.class_names[int(gathered["labels"][j])]
-                self.rows.append(row)
-            else:
-                if "sizes" in gathered:  # a scene padded to its batch's largest: crop it back to its own size
-                    height, width = gathered["sizes"][j].tolist()
-                    pred = pred[:height, :width]
-                mask = pred.numpy().astype(np.uint8)
-                if self.spec.name == "change-detection":
-                    mask = mask * 255
-                self._write_png(path_inside(self.folder, f"{self.names[index]}.png"), mask)
-
-    @staticmethod
-    def _write_png(path: Path, mask: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        PIL.Image.fromarray(mask, mode="L").save(buffer, format="PNG")
-        write_atomic(path, buffer.getvalue())
-
-    def close(self) -> None:
-        if self.spec.name != "classification":
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        rows = sorted(self.rows, key=lambda r: r["index"])
-        fields = list(rows[0]) if rows else ["index", "name", "path", "prediction", "prediction_id", "score"]
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-        write_atomic(self.folder / "predictions.csv", text.getvalue())
-
-
 # ---------------------------------------------------------------------------------------------- API
 def evaluate_model(args: EvalArguments) -> dict[str, Any]:
     """Evaluate a trained run on a dataset and/or write its predictions; returns the metrics (`{}` for
@@ -307,7 +228,7 @@ def evaluate_model(args: EvalArguments) -> dict[str, Any]:
     run = replace(record.arguments, **args.data_overrides())
     spec = get_task(run.task)
     ds, labeled = evaluation_dataset(spec, run, args.split)
-    if labeled and spec.name == "classification" and list(ds.features["label"].names) != record.class_names:
+    if labeled and not spec.dense and list(ds.features["label"].names) != record.class_names:
         raise ValueError(
             f"The dataset's classes {ds.features['label'].names} are not the {record.class_names} the model was "
             "trained on."
@@ -320,7 +241,7 @@ def evaluate_model(args: EvalArguments) -> dict[str, Any]:
         check_rgb_images(scan)
     transform = spec.transform(run, len(record.class_names), train=False, label_column=labeled, bands=bands)
     batch_size = args.batch_size or run.per_device_eval_batch_size
-    if spec.name != "classification" and run.resize is None and not uniform_sizes(scan, "eval"):
+    if spec.dense and run.resize is None and not uniform_sizes(scan, "eval"):
         batch_size = 1  # whole scenes of different sizes: one per batch
     loader = make_loader(
         TransformedDataset(ds, transform),
@@ -333,7 +254,7 @@ def evaluate_model(args: EvalArguments) -> dict[str, Any]:
     tiling = scene_tiling(run, model)
     model = accelerator.prepare_model(model, evaluation_mode=True)
     loader = accelerator.prepare_data_loader(loader)
-    writer = PredictionWriter(args.predict_dir, spec, ds, record.class_names) if args.predict_dir else None
+    writer = spec.prediction_writer(args.predict_dir, ds, record.class_names) if args.predict_dir else None
     metrics = evaluate_loader(
         model, loader, accelerator, spec, record.class_names, run.ignore_index, writer, tiling
     )

@@ -220,7 +220,7 @@ def _check_inputs(args: TrainingArguments, spec: TaskSpec) -> _Inputs:
     bands = resolve_bands(
         args, scan, input_channels(base), processor_of(image_processor_settings(args.model))
     )
-    if spec.name != "classification":
+    if spec.dense:
         stride = model_total_stride(base)
         check_scene_sizes(args, scan, stride)
         if args.tile_size is not None:

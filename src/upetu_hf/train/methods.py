@@ -17,29 +17,23 @@ from torch import nn
 from ..tuner import UPetuConfig
 from ..tuner.model import KNOWN_HEADS
 from ..tuner.quantization import kbit_latents
+from .tasks import TASK_SPECS, get_task
 
 METHODS = ("upetu", "full", "linear", "lora", "ia3")
 PEFT_METHODS = ("upetu", "lora", "ia3")
 #: Default learning rate of each method (used when `lr` is None). UPetu needs a high rate because its scales
 #: (`s`, `beta`) start at 0; full fine-tuning a low one.
 DEFAULT_LR = {"upetu": 1e-2, "full": 5e-4, "linear": 1e-2, "lora": 3e-3, "ia3": 3e-3}
-#: Default learning rate of the task heads of the PEFT methods on the dense tasks, per task, for the decoders
-#: `upetu-train` builds by default (`DEFAULT_DECODER_WIDTH`). Those decoders (a UperNet of ~29 M parameters on
-#: ConvNeXt-B, the change-detection decoder) start from scratch and are far larger than the adapter: at UPetu's
-#: adapter rate of 1e-2 the default UperNet collapsed to the majority class. Decoders of another width get a
-#: rescaled rate (`default_head_lr`).
-#: - segmentation: searched on GID validation with the CLI's default decoder (scripts/head_lr_search.py,
-#:   results/head_lr_segmentation.json: UPetu, seeds 0 and 1, mean validation mIoU 70.6 / 73.4 / 72.1 / 72.1 / 72.7
-#:   at 3e-5 / 1e-4 / 3e-4 / 1e-3 / 3e-3, and 70.4 at 1e-2 with seed 0). 1e-4 is the best mean and interior to the
-#:   grid; 1e-4 to 3e-3 lie within 1.3 points, inside the seed spread, so any rate in that range trains well.
-#: - change detection: searched on LEVIR + DSIFN validation pairs with the default decoder (scripts/head_lr_search.py
-#:   --task change-detection, results/head_lr_change_detection.json: UPetu, 3 splits x 2 seeds, mean validation F1
-#:   64.0 / 65.6 / 62.8 / 61.1 / 62.9 at 1e-4 / 3e-4 / 1e-3 / 3e-3 / 1e-2). 3e-4 is the best mean and interior; it is
-#:   ahead of the former default 3e-3 by 4.6 points (paired over the 6 runs, interval above 0), and level with 1e-4.
-DENSE_HEAD_LR = {"segmentation": 1e-4, "change-detection": 3e-4}
-#: Channels of the decoders `upetu-train` builds when `--head-hidden-size` is not given (UperNet's default
-#: `hidden_size`, the change-detection decoder's `decoder_hidden_size`): the widths DENSE_HEAD_LR was searched at.
-DEFAULT_DECODER_WIDTH = {"segmentation": 512, "change-detection": 128}
+#: Default learning rate of the task heads of the PEFT methods on the dense tasks, per task (`TaskSpec.head_lr`,
+#: where each search is recorded), for the decoders `upetu-train` builds by default (`DEFAULT_DECODER_WIDTH`). Those
+#: decoders (a UperNet of ~29 M parameters on ConvNeXt-B, the change-detection decoder) start from scratch and are
+#: far larger than the adapter: at UPetu's adapter rate of 1e-2 the default UperNet collapsed to the majority
+#: class. Decoders of another width get a rescaled rate (`default_head_lr`).
+DENSE_HEAD_LR = {name: spec.head_lr for name, spec in TASK_SPECS.items() if spec.head_lr is not None}
+#: Channels of the decoders `upetu-train` builds when `--head-hidden-size` is not given (`TaskSpec.decoder_width`:
+#: UperNet's default `hidden_size`, the change-detection decoder's `decoder_hidden_size`): the widths DENSE_HEAD_LR
+#: was searched at.
+DEFAULT_DECODER_WIDTH = {name: spec.decoder_width for name, spec in TASK_SPECS.items() if spec.decoder_width}
 #: Options that only mean something for one family of methods (`r` is the UPetu bottleneck and the LoRA rank).
 UPETU_OPTIONS = (
     "bits",
@@ -78,16 +72,17 @@ def dense_head_lr(task: str, head_hidden_size: int | None = None) -> float:
     / 58.0 at 3e-5 / 1e-4 / 1.5e-4 / 3e-4 / 1e-3): the best rate lies below the default width's, the rule's 1.5e-4
     is level with it.
     """
+    spec = get_task(task)
     if head_hidden_size is None:
-        return DENSE_HEAD_LR[task]
-    return DENSE_HEAD_LR[task] * DEFAULT_DECODER_WIDTH[task] / head_hidden_size
+        return spec.head_lr
+    return spec.head_lr * spec.decoder_width / head_hidden_size
 
 
 def default_head_lr(task: str, method: str, lr: float, head_hidden_size: int | None = None) -> float:
     """The heads' learning rate when `--head-lr` is not given: `dense_head_lr` for the PEFT methods on the dense
     tasks, otherwise the method's own `lr` (a classifier is a single linear layer; full fine-tuning and the linear
     probe train everything at one rate)."""
-    if method in PEFT_METHODS and task in DENSE_HEAD_LR:
+    if method in PEFT_METHODS and get_task(task).head_lr is not None:
         return dense_head_lr(task, head_hidden_size)
     return lr
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from peft.config import PeftConfig
 
+from .quantization import CODECS
+
 
 class UPetuPeftType(str, enum.Enum):
     """UPetu's member of peft's `PeftType` family. peft's enum is closed to outside methods, but its code expects an
@@ -27,7 +29,6 @@ FORMAT_VERSION = "5"
 #: older versions this one reads, with the bit widths whose tensors did not change since (version 4 files hold
 #: exactly what version 5 writes at 2, 4, 8 and 32 bits, version 3 files at 4, 8 and 32 bits)
 READABLE_VERSIONS = {"4": (2, 4, 8, 32), "3": (4, 8, 32)}
-ALLOWED_BITS = (1, 2, 4, 8, 32)
 ALLOWED_SIDE_BITS = (8, 16, 32)
 ALLOWED_CODEBOOKS = ("lloyd", "quantile")
 ALLOWED_CONV_KERNELS = (0, 3, 5, 7)
@@ -126,7 +127,7 @@ class UPetuConfig(PeftConfig):
         self.peft_type = PEFT_TYPE
         _check_positive_int("r", self.r, 16)
         _check_positive_int("prompt_size", self.prompt_size, 4)
-        _check_choice("bits", self.bits, ALLOWED_BITS)
+        _check_choice("bits", self.bits, tuple(sorted(CODECS)))  # the widths with a registered codec
         _check_choice("codebook", self.codebook, ALLOWED_CODEBOOKS)
         _check_choice("conv_kernel", self.conv_kernel, ALLOWED_CONV_KERNELS)
         if self.side_bits is not None:

@@ -23,11 +23,16 @@ number of save/load cycles.
   `s = 2**ceil(log2(absmax / 127))`. A power of two makes the decoded values exactly representable in float16 and
   bfloat16 and makes the scale a fixed point of re-encoding.
 - `FloatCodec` (16 or 32 bits): float16 or float32 storage; the forward pass uses the stored precision.
+
+The Q-Linear weight codec of each bit width comes from one registry, `CODECS` (filled by `register_codec`, read by
+`make_codec`): 1 bit `SignCodec`, 2/4/8 bits `KBitCodec`, 32 bits `FloatCodec`. A new width is one registered
+factory here; `UPetuConfig.bits` accepts the registered widths.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cache
 
 import torch
@@ -115,6 +120,9 @@ class Codec:
     bits: int = 32
     #: |latent| beyond which the straight-through estimator passes no gradient (None: never clipped)
     ste_bound: float | None = None
+    #: True when the latent tensor carries codes only and a Q-Linear weight learns its magnitudes separately (row
+    #: and column scales, `QLinearWeight`; no weight decay on the latent tensor, `kbit_latents`)
+    codes_only: bool = False
 
     def encode(self, latent: torch.Tensor) -> dict[str, torch.Tensor]:
         """Latent tensor -> stored tensors (the keys of `layout`)."""
@@ -212,6 +220,8 @@ class KBitCodec(Codec):
     everywhere (measured better on UCM-55 validation, see results/qlinear_comparison.md). Stored: the codes
     (rows, prod(rest)) packed 8/k per byte along the last axis.
     """
+
+    codes_only = True
 
     def __init__(self, bits: int, codebook: str = "lloyd", unit: float = 1.0, clip: bool = False) -> None:
         if bits not in (1, 2, 4, 8):
@@ -356,12 +366,56 @@ class SignCodec(Codec):
         return f"SignCodec(1 bit, mean magnitude per {self.per}, {self.side.describe()})"
 
 
-def make_codec(bits: int, codebook: str = "lloyd", unit: float = 1.0) -> Codec:
-    """The codec of learned-magnitude Q-Linear weights: k-bit codebook (levels in units of `unit`) for 1/2/4/8 bits,
-    float for 16/32. (EQAM's 1-bit weights use `SignCodec`, see `QLinearWeight`.)"""
-    if bits in (16, 32):
-        return FloatCodec(bits)
+#: the Q-Linear weight codec of each bit width: `bits -> factory(bits, codebook, unit, per, side) -> Codec`
+#: (`register_codec`). `make_codec` looks a width up here, `UPetuConfig.bits` accepts exactly these widths.
+CODECS: dict[int, Callable[..., Codec]] = {}
+
+
+def register_codec(*widths: int) -> Callable[[Callable[..., Codec]], Callable[..., Codec]]:
+    """Decorator: make `factory` the Q-Linear weight codec of each bit width in `widths` (one factory per width).
+
+    The factory is called with keywords `bits`, `codebook` (the codebook's name), `unit` (the latent tensor's init
+    std `gain`), `per` ("row" or "column": the axis the weight's magnitudes run along) and `side` (the `Codec` of
+    side tensors), and returns a `Codec`; its `codes_only` tells `QLinearWeight` whether the weight learns separate
+    magnitudes (row and column scales) or takes them from the codec.
+    """
+
+    def register(factory: Callable[..., Codec]) -> Callable[..., Codec]:
+        for bits in widths:
+            if bits in CODECS:
+                raise ValueError(f"A Q-Linear codec is already registered at {bits} bits: {CODECS[bits]!r}.")
+            CODECS[bits] = factory
+        return factory
+
+    return register
+
+
+def make_codec(
+    bits: int, codebook: str = "lloyd", unit: float = 1.0, per: str = "row", side_bits: int = 8
+) -> Codec:
+    """The Q-Linear weight codec registered at `bits` (`CODECS`): at 1 bit `SignCodec` (magnitudes derived per
+    `per`, stored with `side_bits`), at 2, 4, 8 bits `KBitCodec` (levels in units of `unit`), at 32 bits float32."""
+    if bits not in CODECS:
+        raise ValueError(
+            f"No Q-Linear codec at {bits} bits: registered widths are {', '.join(map(str, sorted(CODECS)))}."
+        )
+    return CODECS[bits](bits=bits, codebook=codebook, unit=unit, per=per, side=make_side_codec(side_bits))
+
+
+@register_codec(1)
+def _sign_codec(bits: int, codebook: str, unit: float, per: str, side: Codec) -> Codec:
+    """Signs with derived magnitudes; `level`: the codebook's 1-bit level in the latent's units."""
+    return SignCodec(per, side, unit * codebook_levels(1, codebook)[-1])
+
+
+@register_codec(2, 4, 8)
+def _kbit_codec(bits: int, codebook: str, unit: float, per: str, side: Codec) -> Codec:
     return KBitCodec(bits, codebook, unit)
+
+
+@register_codec(32)
+def _float_codec(bits: int, codebook: str, unit: float, per: str, side: Codec) -> Codec:
+    return FloatCodec(bits)
 
 
 def make_side_codec(bits: int) -> Codec:
@@ -505,7 +559,7 @@ def kbit_latents(model: nn.Module) -> set[int]:
     return {
         id(module.latent)
         for module in model.modules()
-        if isinstance(module, QuantizedParameter) and isinstance(module.codec, KBitCodec)
+        if isinstance(module, QuantizedParameter) and module.codec.codes_only
     }
 
 
@@ -559,19 +613,15 @@ class QLinearWeight(nn.Module):
         gain = 1.0 / math.sqrt(3.0 * in_features)
         self.scale = self.column_scale = None
         self.row_scale_unit = 1.0 if bits == 32 else 1.0 / gain
-        if bits in (1, 32):
+        per = "row" if learn_scale else "column"
+        codec = make_codec(bits, codebook, unit=gain, per=per, side_bits=side_bits)
+        if not codec.codes_only:
             init = torch.empty(out_features, in_features)
             nn.init.kaiming_uniform_(init, a=math.sqrt(5))  # nn.Linear's init: U(+-1 / sqrt(in)), std = gain
-            codec = make_codec(32)
-            if bits == 1:
-                level = (
-                    gain * codebook_levels(1, codebook)[-1]
-                )  # the codebook's 1-bit level in the latent's units
-                codec = SignCodec("row" if learn_scale else "column", make_side_codec(side_bits), level)
             self.weight = QuantizedParameter(init, codec)
             return
         init = torch.randn(out_features, in_features) * gain
-        self.weight = QuantizedParameter(init, make_codec(bits, codebook, unit=gain))
+        self.weight = QuantizedParameter(init, codec)
         if learn_scale:
             self.scale = QuantizedParameter(torch.full((out_features,), gain), make_side_codec(side_bits))
         if learn_column_scale:

@@ -241,13 +241,18 @@ def convert_checkpoint(
         dropped=mapped.dropped,
         ignored=ignored,
     )
-    processor = _image_processor(mean, std, image_size)
+    report.files = _write_folder(output_path, model, _image_processor(mean, std, image_size), report)
+    return report
+
+
+def _write_folder(output_path: Path, model, processor, report: ConversionReport) -> list[str]:
+    """Save `model` and `processor` into `output_path` with the conversion record (`report` without its folder
+    and file list, the source named by its file name); returns the files written."""
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
 
     record = {k: v for k, v in report.to_dict().items() if k not in ("output_dir", "files")}
-    record["source"] = os.path.basename(str(checkpoint))
-    report.files = write_output(output_path, write, record)
-    return report
+    record["source"] = os.path.basename(report.source)
+    return write_output(output_path, write, record)
