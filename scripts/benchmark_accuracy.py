@@ -84,20 +84,15 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import numpy as np
+import torch
+import transformers
+from _common import REPO_ROOT, clean, cpu_model, git_state, machine_info, resaved_bytes
+from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from _common import clean, cpu_model, git_state, machine_info, resaved_bytes  # noqa: E402
-from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select  # noqa: E402
-
-import upetu_hf  # noqa: E402
-from upetu_hf.hub import saved_file_names  # noqa: E402
-from upetu_hf.train import (  # noqa: E402
+import upetu_hf
+from upetu_hf.hub import saved_file_names
+from upetu_hf.train import (
     DEFAULT_LR,
     PEFT_METHODS,
     TASK_METRICS,
@@ -108,8 +103,8 @@ from upetu_hf.train import (  # noqa: E402
     parameter_summary,
     train,
 )
-from upetu_hf.train.arguments import RUN_CONFIG_FILE  # noqa: E402
-from upetu_hf.train.methods import DENSE_HEAD_LR, dense_head_lr, is_head_parameter  # noqa: E402
+from upetu_hf.train.arguments import RUN_CONFIG_FILE
+from upetu_hf.train.methods import DENSE_HEAD_LR, dense_head_lr, is_head_parameter
 
 #: The code whose uncommitted changes a session records.
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py")

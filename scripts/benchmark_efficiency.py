@@ -47,17 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import PeftModel
-from safetensors.torch import load_file, save_file
-from torch import nn
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-import transformers  # noqa: E402
-from _common import (  # noqa: E402
+import transformers
+from _common import (
+    REPO_ROOT,
     count_top_level_ops,
     fmt_count,
     git_state,
@@ -66,10 +58,13 @@ from _common import (  # noqa: E402
     write_json_atomic,
     write_text_atomic,
 )
-from make_report import launch_bound_lines  # noqa: E402
-from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
+from make_report import launch_bound_lines
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import ConvNextConfig, ConvNextForImageClassification
 
-from upetu_hf.train.methods import apply_method, is_head_parameter, parameter_summary  # noqa: E402
+from upetu_hf.train.methods import apply_method, is_head_parameter, parameter_summary
 
 transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -44,19 +44,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import numpy as np
+import torch
+from _common import REPO_ROOT, clean, git_state, machine_info, write_json_atomic
+from _ledger import mean_std, run_key, select
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from _common import clean, git_state, machine_info, write_json_atomic  # noqa: E402
-from _ledger import mean_std, run_key, select  # noqa: E402
-
-from upetu_hf.data.multispectral import S2_RGB_BANDS  # noqa: E402
-from upetu_hf.train import DEFAULT_LR, TrainingArguments, train  # noqa: E402
-from upetu_hf.train.methods import DENSE_HEAD_LR  # noqa: E402
+from upetu_hf.data.multispectral import S2_RGB_BANDS
+from upetu_hf.train import DEFAULT_LR, TrainingArguments, train
+from upetu_hf.train.methods import DENSE_HEAD_LR
 
 SHARED = REPO_ROOT.parent / "shared"
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_oscd.py", "scripts/_common.py", "scripts/_ledger.py")

@@ -18,29 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-import torch  # noqa: E402
-from _common import write_json_atomic  # noqa: E402
-from peft import get_peft_model  # noqa: E402
-from transformers import (  # noqa: E402
+import torch
+from _common import REPO_ROOT, write_json_atomic
+from peft import get_peft_model
+from transformers import (
     ConvNextConfig,
     ConvNextForImageClassification,
     UperNetConfig,
     UperNetForSemanticSegmentation,
 )
 
-from upetu_hf import UPetuConfig  # noqa: E402
-from upetu_hf.tuner.config import ADAPTER_WEIGHTS_NAME  # noqa: E402
+from upetu_hf import UPetuConfig
+from upetu_hf.tuner.config import ADAPTER_WEIGHTS_NAME
 
 #: ConvNeXt-B (facebook/convnext-base-224-22k) and the benchmarks' atto backbone: widths and depths.
 CONVNEXT_B = dict(hidden_sizes=[128, 256, 512, 1024], depths=[3, 3, 27, 3])

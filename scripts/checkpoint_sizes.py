@@ -16,25 +16,19 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import torch
+from _common import REPO_ROOT, write_json_atomic
+from transformers import ConvNextConfig, ConvNextForImageClassification
 
-import torch  # noqa: E402
-from _common import write_json_atomic  # noqa: E402
-from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
-
-from upetu_hf.train.accelerator import make_accelerator  # noqa: E402
-from upetu_hf.train.arguments import TrainingArguments  # noqa: E402
-from upetu_hf.train.checkpoint import FrozenBackbone, Trainables, save_checkpoint  # noqa: E402
-from upetu_hf.train.methods import apply_method, parameter_groups  # noqa: E402
+from upetu_hf.train.accelerator import make_accelerator
+from upetu_hf.train.arguments import TrainingArguments
+from upetu_hf.train.checkpoint import FrozenBackbone, Trainables, save_checkpoint
+from upetu_hf.train.methods import apply_method, parameter_groups
 
 SHARED_ATTO = REPO_ROOT.parent / "shared" / "models" / "rs-convnext-atto-aid"
 NUM_LABELS = 21

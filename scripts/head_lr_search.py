@@ -35,18 +35,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import torch
+from _common import REPO_ROOT, clean, git_state, machine_info, write_json_atomic
+from _ledger import paired_scores
+from benchmark_accuracy import cd_split
 
-import torch  # noqa: E402
-from _common import clean, git_state, machine_info, write_json_atomic  # noqa: E402
-from _ledger import paired_scores  # noqa: E402
-from benchmark_accuracy import cd_split  # noqa: E402
-
-from upetu_hf.train import DEFAULT_LR, TrainingArguments, train  # noqa: E402
-from upetu_hf.train.methods import dense_head_lr  # noqa: E402
+from upetu_hf.train import DEFAULT_LR, TrainingArguments, train
+from upetu_hf.train.methods import dense_head_lr
 
 SHARED = REPO_ROOT.parent / "shared"
 TASKS = ("segmentation", "change-detection")

@@ -24,12 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT / "scripts") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-from _common import fmt_count, write_text_atomic  # noqa: E402
-from _ledger import mean_std, paired_difference, split_of  # noqa: E402
+from _common import REPO_ROOT, fmt_count, write_text_atomic
+from _ledger import mean_std, paired_difference, split_of
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 TASK_ORDER = ("classification", "segmentation", "change-detection")

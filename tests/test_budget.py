@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from test_benchmark_accuracy import SCRIPTS, load_script
+from test_benchmark_accuracy import load_script
 
 
-def test_upernet_decoder_sizes(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))
+def test_upernet_decoder_sizes():
     budget = load_script("budget")
     default = budget.decoder_size(budget.CONVNEXT_ATTO, budget.DECODERS["default"])
     small = budget.decoder_size(budget.CONVNEXT_ATTO, budget.DECODERS["head-hidden-size 64"])
