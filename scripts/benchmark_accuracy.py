@@ -89,6 +89,7 @@ import torch
 import transformers
 from _common import REPO_ROOT, clean, cpu_model, git_state, machine_info, resaved_bytes
 from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select
+from _variants import MATCHED, SMALL, SMALL_MATCHED, VARIANTS, Variant
 
 import upetu_hf
 from upetu_hf.hub import saved_file_names
@@ -121,41 +122,13 @@ SMALL_BUDGET = 0.01
 CD_TEST_FRACTION, CD_VALIDATION_FRACTION = 0.4, 0.2
 #: Segmentation: `train_fraction` (train + validation vs test) and `validation_fraction` (of the former).
 SEG_TRAIN_FRACTION, SEG_VALIDATION_FRACTION = 0.8, 0.25
-# placeholders for `r`, resolved per backbone
-MATCHED, SMALL, SMALL_MATCHED = "matched", "small", "small-matched"
-
-
-@dataclass
-class Variant:
-    """One tuning method with its options, as a row of the report."""
-
-    name: str
-    method: str
-    label: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("linear", "linear", "Linear probe"),
-        Variant("full", "full", "Full fine-tuning"),
-        Variant("lora", "lora", "LoRA (rank matched to UPetu)", {"r": MATCHED}),
-        Variant("ia3", "ia3", "IA3"),
-        Variant("upetu", "upetu", "UPetu (default, 4-bit)"),
-        Variant("upetu-1bit", "upetu", "UPetu 1-bit", {"bits": 1}),
-        Variant("upetu-2bit", "upetu", "UPetu 2-bit", {"bits": 2}),
-        Variant("upetu-32bit", "upetu", "UPetu 32-bit", {"bits": 32}),
-        Variant("eqam-only", "upetu", "EQAM only (4-bit)", {"use_capm": False}),
-        Variant("upetu-conv3", "upetu", "UPetu + 3x3 depthwise conv in EQAM (4-bit)", {"conv_kernel": 3}),
-        Variant("upetu-norm", "upetu", "UPetu + LayerNorm affine correction (4-bit)", {"norm_affine": True}),
-        Variant("capm-only", "upetu", "CAPM only", {"use_eqam": False}),
-        Variant("upetu-small", "upetu", "UPetu < 1 % (4-bit)", {"r": SMALL}),
-        Variant("lora-small", "lora", "LoRA (rank matched to UPetu < 1 %)", {"r": SMALL_MATCHED}),
-    )
-}
+#: The variants this benchmark compares, in the order of its tables (`_variants.VARIANTS`).
+CLASSIFICATION_VARIANTS = [
+    "linear", "full", "lora", "ia3", "upetu", "upetu-1bit", "upetu-2bit", "upetu-32bit", "eqam-only",
+    "upetu-conv3", "upetu-norm", "capm-only", "upetu-small", "lora-small",
+]  # fmt: skip
 TASK_VARIANTS = {
-    "classification": list(VARIANTS),
+    "classification": CLASSIFICATION_VARIANTS,
     "segmentation": ["full", "lora", "upetu"],
     "change-detection": ["full", "lora", "upetu"],
 }
@@ -842,7 +815,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}"
     )
     what.add_argument(
-        "--methods", help=f"comma-separated subset of {', '.join(VARIANTS)} (default: the task's)"
+        "--methods",
+        help=f"comma-separated subset of {', '.join(CLASSIFICATION_VARIANTS)} (default: the task's)",
     )
     what.add_argument(
         "--quick", action="store_true", help="fast partial run: few methods, 1 seed, 2 epochs, subsets"
@@ -963,9 +937,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(str(err))
     if args.methods:
         args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in args.methods if m not in VARIANTS]
+        unknown = [m for m in args.methods if m not in CLASSIFICATION_VARIANTS]
         if unknown:
-            parser.error(f"unknown method(s) {unknown}: choose from {', '.join(VARIANTS)}")
+            parser.error(f"unknown method(s) {unknown}: choose from {', '.join(CLASSIFICATION_VARIANTS)}")
     for name in ("epochs", "dense_epochs", "batch_size", "dense_batch_size", "cd_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -976,8 +950,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.import_runs and not args.resume:
         parser.error("--import-runs merges into the files of --resume: pass --resume too")
     args.retrain = [m.strip() for m in (args.retrain or "").split(",") if m.strip()]
-    if [m for m in args.retrain if m not in VARIANTS]:
-        parser.error(f"unknown --retrain method(s): choose from {', '.join(VARIANTS)}")
+    if [m for m in args.retrain if m not in CLASSIFICATION_VARIANTS]:
+        parser.error(f"unknown --retrain method(s): choose from {', '.join(CLASSIFICATION_VARIANTS)}")
     if args.retrain and not args.resume:
         parser.error("--retrain sets aside runs of the files of --resume: pass --resume too")
     if args.resume and args.overwrite:

@@ -58,6 +58,7 @@ from _common import (
     write_json_atomic,
     write_text_atomic,
 )
+from _variants import VARIANTS
 from make_report import launch_bound_lines
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
@@ -79,26 +80,8 @@ MODEL_SPECS: dict[str, tuple[list[int], list[int]]] = {
     "convnext-b": ([3, 3, 27, 3], [128, 256, 512, 1024]),
     "tiny": ([1, 1, 1, 1], [8, 16, 32, 64]),
 }
-METHODS = (
-    "full",
-    "linear_probe",
-    "lora_r8",
-    "lora_r16",
-    "ia3",
-    "upetu_1bit",
-    "upetu_4bit",
-    "upetu_32bit",
-)
-METHOD_LABELS = {
-    "full": "Full fine-tuning",
-    "linear_probe": "Linear probe",
-    "lora_r8": "LoRA r=8",
-    "lora_r16": "LoRA r=16",
-    "ia3": "IA3",
-    "upetu_1bit": "UPetu 1-bit",
-    "upetu_4bit": "UPetu 4-bit",
-    "upetu_32bit": "UPetu 32-bit",
-}
+#: The variants this benchmark compares (`_variants.VARIANTS`).
+METHODS = ("full", "linear_probe", "lora_r8", "lora_r16", "ia3", "upetu_1bit", "upetu_4bit", "upetu_32bit")
 #: The settings a run records in its `meta`, in this order.
 SETTINGS = (
     "quick models methods steps inference_runs warmup batch_size image_size lr seed mixed_precision launch_bound "
@@ -159,12 +142,8 @@ def wrap_method(name: str, base: nn.Module) -> nn.Module:
     path: LoRA with alpha = 2r, IA3 on the 4C hidden, UPetu with the classifier in `modules_to_save`)."""
     if name not in METHODS:
         raise ValueError(f"Unknown method {name!r}: allowed values are {', '.join(METHODS)}.")
-    family, _, variant = name.partition("_")
-    if family == "lora":
-        return apply_method(copy.deepcopy(base), "lora", r=int(variant.removeprefix("r")))
-    if family == "upetu":
-        return apply_method(copy.deepcopy(base), "upetu", bits=int(variant.removesuffix("bit")))
-    return apply_method(copy.deepcopy(base), {"linear_probe": "linear"}.get(name, name))
+    variant = VARIANTS[name]
+    return apply_method(copy.deepcopy(base), variant.method, **variant.options)
 
 
 def parameter_counts(model: nn.Module, backbone: int) -> dict[str, float]:
@@ -345,7 +324,7 @@ def build_methods(
     with tempfile.TemporaryDirectory(prefix="upetu-bench-") as workdir:
         for name in methods:
             model = wrap_method(name, base)
-            entry: dict[str, object] = {"label": METHOD_LABELS.get(name, name)}
+            entry: dict[str, object] = {"label": VARIANTS[name].label}
             entry.update(parameter_counts(model, backbone_params))
             if name.startswith("upetu_"):
                 entry["upetu_parameter_counts"] = model.base_model.parameter_counts()

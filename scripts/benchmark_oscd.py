@@ -48,15 +48,15 @@ import numpy as np
 import torch
 from _common import REPO_ROOT, clean, git_state, machine_info, write_json_atomic
 from _ledger import mean_std, run_key, select
+from _variants import VARIANTS
 
-from upetu_hf.data.multispectral import S2_RGB_BANDS
 from upetu_hf.train import DEFAULT_LR, TrainingArguments, train
 from upetu_hf.train.methods import DENSE_HEAD_LR
 
 SHARED = REPO_ROOT.parent / "shared"
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_oscd.py", "scripts/_common.py", "scripts/_ledger.py")
-#: The two models compared: all 13 bands, or Sentinel-2's RGB bands.
-VARIANTS = {"upetu-13band": None, "upetu-rgb": list(S2_RGB_BANDS)}
+#: The two models compared, by their bands (`_variants.VARIANTS`): all 13, or Sentinel-2's RGB bands.
+BANDS = {name: VARIANTS[name].options["bands"] for name in ("upetu-13band", "upetu-rgb")}
 METRIC = "f1"
 
 
@@ -186,7 +186,7 @@ class Benchmark:
             "head_lr": a.head_lr,
             "lr_grid": self.grid,
             "seeds": a.seeds,
-            "variants": VARIANTS,
+            "variants": BANDS,
             "method": "upetu (r 16, 4 bits, defaults)",
             "reduced": a.reduced,
         }
@@ -195,7 +195,7 @@ class Benchmark:
         write_json_atomic(Path(self.args.output), self.state)
 
     def ensure(self, variant: str, lr: float, factor: float, seed: int, phase: str) -> dict[str, Any]:
-        key = run_key(variant, {"bands": VARIANTS[variant]}, lr, seed)
+        key = run_key(variant, {"bands": BANDS[variant]}, lr, seed)
         for done in self.state["runs"]:
             if done["key"] == key:
                 return done
@@ -205,7 +205,7 @@ class Benchmark:
         record["phase"] = phase
         start = time.perf_counter()
         try:
-            targs = training_arguments(self.args, self.data, VARIANTS[variant], lr, seed, out)
+            targs = training_arguments(self.args, self.data, BANDS[variant], lr, seed, out)
             record.update(run_record(train(targs), out))
         except Exception as err:  # one failed run must not lose the others
             record.update(
@@ -227,16 +227,16 @@ class Benchmark:
         """Both variants' searches first, then their seed runs, one seed at a time for both (an interrupted
         benchmark still compares them on the same seeds)."""
         seeds = self.args.seeds
-        searches = {v: [self.ensure(v, lr, f, seeds[0], "search") for f, lr in self.grid] for v in VARIANTS}
+        searches = {v: [self.ensure(v, lr, f, seeds[0], "search") for f, lr in self.grid] for v in BANDS}
         choices = {v: select(search, self.grid, seeds[0]) for v, search in searches.items()}
         self.state["selection"] = choices
-        done = {v: choices[v]["complete"] for v in VARIANTS}
+        done = {v: choices[v]["complete"] for v in BANDS}
         finals = {
             v: [search[[lr for _, lr in self.grid].index(choices[v]["lr"])]] if done[v] else []
             for v, search in searches.items()
         }
         for seed in seeds[1:]:
-            for variant in (v for v in VARIANTS if done[v]):
+            for variant in (v for v in BANDS if done[v]):
                 choice = choices[variant]
                 finals[variant].append(self.ensure(variant, choice["lr"], choice["lr_factor"], seed, "seed"))
         for variant, runs in finals.items():
@@ -248,7 +248,7 @@ class Benchmark:
             mean, std = mean_std(scores)
             validation = [r.get("validation_score") for r in ok]
             self.state["summary"][variant] = {
-                "bands": VARIANTS[variant] or "all 13",
+                "bands": BANDS[variant] or "all 13",
                 "lr": choices[variant]["lr"],
                 "validation_f1_search": choices[variant]["validation_score"],
                 "test_f1": scores,

@@ -26,6 +26,7 @@ from typing import Any
 
 from _common import REPO_ROOT, fmt_count, write_text_atomic
 from _ledger import mean_std, paired_difference, split_of
+from _variants import DEFAULT_COLOUR, VARIANTS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 TASK_ORDER = ("classification", "segmentation", "change-detection")
@@ -47,19 +48,6 @@ PAIRED = (
 #: Aims of the benchmark issue (thresholds, not results).
 ONE_BIT_MAX_LOSS = 0.5  # accuracy points, 1-bit vs 32-bit
 SMALL_BUDGET_PCT = 1.0  # % of the backbone for `upetu-small`
-COLORS = {
-    "linear": "#7f7f7f",
-    "full": "#000000",
-    "lora": "#1f77b4",
-    "ia3": "#9467bd",
-    "upetu": "#d62728",
-    "upetu-1bit": "#ff7f0e",
-    "upetu-32bit": "#8c564b",
-    "eqam-only": "#2ca02c",
-    "capm-only": "#17becf",
-    "upetu-small": "#e377c2",
-    "lora-small": "#aec7e8",
-}
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -755,7 +743,7 @@ def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
             if s["test_mean"] is None:
                 continue
             x, y, err = s["trainable_params"], 100 * s["test_mean"], 100 * s["test_std"]
-            color = COLORS.get(name, "#333333")
+            color = VARIANTS[name].colour if name in VARIANTS else DEFAULT_COLOUR
             ax.errorbar(x, y, yerr=err, fmt="none", ecolor=color, alpha=0.6, capsize=3, zorder=1)
             ax.scatter(
                 x, y, s=area(s["weights_bytes_with_head"]), color=color, alpha=0.75, edgecolor="k", zorder=2
