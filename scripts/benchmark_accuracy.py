@@ -26,7 +26,8 @@ Protocol, the same for every method of a task:
    `--lr-factors` (default 1/3, 1, 3: three candidates for every method), seed `seeds[0]` (or each of the first
    `--search-seeds` seeds), `--epochs` epochs with AdamW and a cosine schedule. Each run keeps the weights of its
    best validation epoch (the training API's best-epoch selection), which chooses the number of epochs; the
-   candidate with the best validation metric (mean over the search seeds) wins (ties: the smaller learning rate).
+   candidate with the best validation metric (mean over the search seeds) wins; a tie is
+   broken by more evidence (`_ledger.select`: other seeds every tied rate ran, the last epochs, then the smaller rate).
    The test split is never used for any choice.
    The search runs on the first split seed of `--split-seeds`; a choice at the smallest or largest candidate is
    flagged (widen `--lr-factors` until every choice is interior).
@@ -729,13 +730,11 @@ class TaskRunner:
                 "options": options,
                 "lr_grid": grid,
             }
-            search = [
-                self.ensure(variant, options, lr, f, seed, "search")
-                for seed in setup.search_seeds
-                for f, lr in grid
-            ]
-            search = [r for r in search if r is not None]
-            choice = select(search, grid, setup.search_seeds, setup.split_seeds[0])
+            for seed in setup.search_seeds:
+                for f, lr in grid:
+                    self.ensure(variant, options, lr, f, seed, "search")
+            ran = [r for r in self.done.values() if r["variant"] == name and r["options"] == options]
+            choice = select(ran, grid, setup.search_seeds, setup.split_seeds[0])
             if not choice["complete"]:
                 log(f"{setup.task}/{name}: learning-rate search incomplete (a run failed); no seed runs")
                 continue

@@ -17,7 +17,7 @@ Protocol, the same for both (the accuracy benchmark's, `scripts/benchmark_accura
 1. Learning-rate search: `DEFAULT_LR["upetu"] x f` for every `f` in `--lr-factors`, seed `seeds[0]`, `--epochs`
    epochs of random `--crop` crops (`--crops-per-image` per city and epoch, default 'auto': enough to cover the
    average city once), AdamW with a cosine schedule; each run keeps its best validation epoch (change F1). The
-   best validation F1 picks the learning rate (`_ledger.select`; ties: the smaller rate).
+   best validation F1 picks the learning rate (`_ledger.select`; ties: the last epochs, then the smaller rate).
 2. Seeds: the chosen rate trains with every seed of `--seeds`; each run reports its test change F1 once, at its
    best validation epoch, on whole cities (padded to the stride and cropped back). Mean +- sample std over seeds.
 
@@ -228,7 +228,7 @@ class Benchmark:
         benchmark still compares them on the same seeds)."""
         seeds = self.args.seeds
         searches = {v: [self.ensure(v, lr, f, seeds[0], "search") for f, lr in self.grid] for v in BANDS}
-        choices = {v: select(search, self.grid, seeds[0]) for v, search in searches.items()}
+        choices = {v: select(search, self.grid, seeds[0], metric=METRIC) for v, search in searches.items()}
         self.state["selection"] = choices
         done = {v: choices[v]["complete"] for v in BANDS}
         finals = {

@@ -381,6 +381,31 @@ def test_select_on_the_mean_over_several_search_seeds():
     }  # fmt: skip
 
 
+def test_a_tie_is_broken_by_more_evidence_before_the_smaller_rate():
+    select = load_script("_ledger").select
+    grid = [(1.0, 0.01), (3.0, 0.03)]
+
+    def run(lr, seed, score, last=(0.5, 0.5, 0.5)):
+        history = [{"validation/accuracy": v} for v in last]
+        return {"lr": lr, "seed": seed, "status": "ok", "validation_score": score, "best_epoch": 3,
+                "metric": "accuracy", "history": history}  # fmt: skip
+
+    # a tie on seed 0: the last epochs decide (0.03 ends higher)
+    tied = [run(0.01, 0, 0.75, (0.70, 0.72, 0.75)), run(0.03, 0, 0.75, (0.74, 0.75, 0.75))]
+    choice = select(tied, grid, 0)
+    assert (choice["lr"], choice["tie"]) == (0.03, {"lrs": [0.01, 0.03], "decided_by": "last epochs"})
+    # a seed both tied rates ran comes first: here it favours 0.01
+    more = [*tied, run(0.01, 1, 0.80), run(0.03, 1, 0.70)]
+    assert select(more, grid, 0)["tie"]["decided_by"] == "seeds" and select(more, grid, 0)["lr"] == 0.01
+    # equal everywhere: the smaller rate, as before
+    flat = [run(0.01, 0, 0.75), run(0.03, 0, 0.75)]
+    assert (
+        select(flat, grid, 0)["lr"] == 0.01 and select(flat, grid, 0)["tie"]["decided_by"] == "smaller rate"
+    )
+    # no tie, no record
+    assert "tie" not in select([run(0.01, 0, 0.75), run(0.03, 0, 0.76)], grid, 0)
+
+
 def test_search_seeds_search_every_candidate_with_each_and_reuse_them_as_final_runs(
     bench, tmp_path, monkeypatch
 ):
