@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -21,6 +22,8 @@ from safetensors.torch import save
 
 import upetu_hf
 from upetu_hf._files import write_atomic
+from upetu_hf.train import TrainingArguments
+from upetu_hf.train.cli import add_options
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,3 +142,21 @@ def count_top_level_ops(fn: Callable[[], Any]) -> int:
         if event.name.startswith("aten::")
         and (event.cpu_parent is None or not event.cpu_parent.name.startswith("aten::"))
     )
+
+
+def add_training_options(
+    group: argparse._ActionsContainer, task: str, names: Sequence[str], **defaults: Any
+) -> None:
+    """The options of `upetu-train <task>` for the `TrainingArguments` fields `names`, built from the fields'
+    metadata as the CLI builds them (`upetu_hf.train.cli.add_options`: flag, type, choices, help); `defaults`
+    replace a field's default where a benchmark's protocol has its own. The script forwards them to the field of
+    the same name."""
+    source = argparse.ArgumentParser(add_help=False)
+    add_options(source, TrainingArguments, task)
+    actions = {action.dest: action for action in source._actions}
+    for name in names:
+        action = actions[name]
+        if name in defaults:
+            action.default = defaults[name]
+            action.help = f"{action.help or ''} ({defaults[name]})".strip()
+        group._add_action(action)

@@ -88,7 +88,7 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-from _common import REPO_ROOT, clean, cpu_model, git_state, machine_info, resaved_bytes
+from _common import REPO_ROOT, add_training_options, clean, cpu_model, git_state, machine_info, resaved_bytes
 from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select
 from _variants import MATCHED, SMALL, SMALL_MATCHED, VARIANTS, Variant
 
@@ -377,7 +377,7 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
             data = [args.gid if seg else args.ucm]
             split = {
                 "train_fraction": SEG_TRAIN_FRACTION if seg else args.train_fraction,
-                "validation_fraction": SEG_VALIDATION_FRACTION if seg else args.val_fraction,
+                "validation_fraction": SEG_VALIDATION_FRACTION if seg else args.validation_fraction,
             }
             sizes = dict(image_size=args.image_size)
             if seg:
@@ -792,35 +792,8 @@ def plan(setups: list[TaskSetup]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    """The benchmark's options; the protocol ones left at None take `FULL` or `QUICK`'s values."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    paths = parser.add_argument_group("data and backbone")
-    paths.add_argument(
-        "--model", default=str(DEFAULT_PATHS["model"]), help="ConvNeXt checkpoint: Hub id or folder"
-    )
-    paths.add_argument("--ucm", default=str(DEFAULT_PATHS["ucm"]), help="UC Merced class-per-folder images")
-    paths.add_argument("--gid", default=str(DEFAULT_PATHS["gid"]), help="GID tiles: images/ + masks/")
-    paths.add_argument(
-        "--cd",
-        nargs="+",
-        default=[str(p) for p in DEFAULT_PATHS["cd"]],
-        help="change-detection A/B/label folders",
-    )
-    what = parser.add_argument_group("what to run")
-    what.add_argument(
-        "--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}"
-    )
-    what.add_argument(
-        "--methods",
-        help=f"comma-separated subset of {', '.join(CLASSIFICATION_VARIANTS)} (default: the task's)",
-    )
-    what.add_argument(
-        "--quick", action="store_true", help="fast partial run: few methods, 1 seed, 2 epochs, subsets"
-    )
-    what.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+def add_protocol_options(parser: argparse.ArgumentParser) -> None:
+    """The protocol's options (left at None: `FULL` or `QUICK`'s values)."""
     proto = parser.add_argument_group("protocol (defaults: the full benchmark, or --quick's)")
     proto.add_argument("--seeds", help="seeds of the final runs; the first one also does the search (0,1,2)")
     proto.add_argument(
@@ -845,15 +818,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"decoder's width, `dense_head_lr`: DENSE_HEAD_LR {DENSE_HEAD_LR} at the default widths, "
         f"{dense_head_lr('segmentation', 64):g} for the 64-channel UperNet)",
     )
-    proto.add_argument(
-        "--image-size", type=int, default=112, help="classification input size; dense resize (112)"
-    )
-    proto.add_argument("--batch-size", type=int, default=32, help="classification batch size (32)")
+    # forwarded to every run's TrainingArguments, as `upetu-train classification` offers them
+    names = ("image_size", "batch_size", "train_fraction", "validation_fraction", "mixed_precision")
+    defaults = dict(image_size=112, train_fraction=0.5, validation_fraction=0.2)
+    add_training_options(proto, "classification", names, **defaults)
     proto.add_argument("--dense-batch-size", type=int, default=16, help="dense-task batch size (16)")
-    proto.add_argument("--train-fraction", type=float, default=0.5, help="UCM training share per class (0.5)")
-    proto.add_argument(
-        "--val-fraction", type=float, default=0.2, help="validation share of the training half (0.2)"
-    )
     proto.add_argument(
         "--split-seeds",
         default="0",
@@ -871,12 +840,12 @@ def build_parser() -> argparse.ArgumentParser:
     proto.add_argument("--max-eval-samples", type=int, help="subsample classification validation/test images")
     proto.add_argument("--dense-max-train-samples", type=int, help="subsample dense training examples")
     proto.add_argument("--dense-max-eval-samples", type=int, help="subsample dense validation/test examples")
-    proto.add_argument(
-        "--mixed-precision", default="no", choices=("no", "bf16", "fp16"), help="autocast (no)"
-    )
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how the runs execute and are recorded."""
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--num-workers", type=int, help="data-loader workers (default: 0 on CPU, 8 on GPU)")
-    runtime.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    add_training_options(runtime, "classification", ("num_workers", "cpu"), num_workers=None)
     runtime.add_argument(
         "--threads",
         type=int,
@@ -911,6 +880,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="train nothing: merge and summarise the runs on file (with --resume / --import-runs); the missing "
         "ones are listed, and a method shows the runs it has",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options; the protocol ones left at None take `FULL` or `QUICK`'s values."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    paths = parser.add_argument_group("data and backbone")
+    paths.add_argument(
+        "--model", default=str(DEFAULT_PATHS["model"]), help="ConvNeXt checkpoint: Hub id or folder"
+    )
+    paths.add_argument("--ucm", default=str(DEFAULT_PATHS["ucm"]), help="UC Merced class-per-folder images")
+    paths.add_argument("--gid", default=str(DEFAULT_PATHS["gid"]), help="GID tiles: images/ + masks/")
+    paths.add_argument(
+        "--cd",
+        nargs="+",
+        default=[str(p) for p in DEFAULT_PATHS["cd"]],
+        help="change-detection A/B/label folders",
+    )
+    what = parser.add_argument_group("what to run")
+    what.add_argument(
+        "--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}"
+    )
+    what.add_argument(
+        "--methods",
+        help=f"comma-separated subset of {', '.join(CLASSIFICATION_VARIANTS)} (default: the task's)",
+    )
+    what.add_argument(
+        "--quick", action="store_true", help="fast partial run: few methods, 1 seed, 2 epochs, subsets"
+    )
+    what.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    add_protocol_options(parser)
+    add_runtime_options(parser)
     return parser
 
 
