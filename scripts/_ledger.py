@@ -9,7 +9,7 @@ import datetime
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,43 +55,52 @@ TIE_TOLERANCE = 1e-9
 LAST_EPOCHS = 3
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean_or_none(values: Sequence[float | None]) -> float | None:
     """The mean, or None when a value is undefined (NaN is stored as null) or there is none."""
     if not values or any(v is None or math.isnan(v) for v in values):
         return None
     return statistics.fmean(values)
 
 
-def _last_epochs(run: dict[str, Any], metric: str) -> float | None:
+def last_epochs_score(run: dict[str, Any], metric: str) -> float | None:
     """Mean validation `metric` over the run's last `LAST_EPOCHS` epochs (None without a history)."""
     values = [h.get(f"validation/{metric}") for h in (run.get("history") or [])[-LAST_EPOCHS:]]
-    return _mean(values) if values else None
+    return mean_or_none(values) if values else None
 
 
-def tie_break(
-    tied: list[dict[str, Any]], by_lr: dict[float, dict[int, dict[str, Any]]], seeds: list[int], metric: str
-) -> tuple[dict[str, Any], str]:
-    """The winner among candidates tied on the search seeds' validation, and what decided: `seeds` (the mean
-    validation over every seed of the search split that all of them ran, when that adds seeds), `last epochs` (the
-    mean validation of the last `LAST_EPOCHS` epochs over the search seeds), or `smaller rate`."""
-    common = set.intersection(*(set(by_lr[c["lr"]]) for c in tied))
-    evidence: list[tuple[str, Any]] = []
-    if common > set(seeds):
-        evidence.append(
-            ("seeds", lambda c: _mean([by_lr[c["lr"]][s]["validation_score"] for s in sorted(common)]))
-        )
-    evidence.append(
-        ("last epochs", lambda c: _mean([_last_epochs(by_lr[c["lr"]][s], metric) for s in seeds]))
-    )
+def break_tie(
+    tied: list[float], evidence: list[tuple[str, Callable[[float], float | None]]]
+) -> tuple[float, str]:
+    """The learning rate among `tied` that the first decisive rule of `evidence` (name, score of a rate) puts
+    ahead, and that rule's name; a rule that cannot score every tied rate is skipped, and when none decides, the
+    smaller rate wins (`smaller rate`)."""
     for rule, score in evidence:
-        scored = [(score(c), c) for c in tied]
-        if any(v is None for v, _ in scored):
+        scores = {lr: score(lr) for lr in tied}
+        if any(v is None for v in scores.values()):
             continue
-        best = max(v for v, _ in scored)
-        tied = [c for v, c in scored if best - v <= TIE_TOLERANCE]
+        best = max(scores.values())
+        tied = [lr for lr in tied if best - scores[lr] <= TIE_TOLERANCE]
         if len(tied) == 1:
             return tied[0], rule
-    return min(tied, key=lambda c: c["lr"]), "smaller rate"
+    return min(tied), "smaller rate"
+
+
+def tie_evidence(
+    by_lr: dict[float, dict[int, dict[str, Any]]], tied: list[float], seeds: list[int], metric: str
+) -> list[tuple[str, Callable[[float], float | None]]]:
+    """The evidence that breaks a tie of the rates `tied` on the search seeds' validation: `seeds`, the mean
+    validation over every seed of the search split that all of them ran (when that adds seeds), then `last
+    epochs`, the mean validation of the last `LAST_EPOCHS` epochs over the search seeds."""
+    common = sorted(set.intersection(*(set(by_lr[lr]) for lr in tied)))
+    evidence: list[tuple[str, Callable[[float], float | None]]] = []
+    if set(common) > set(seeds):
+        evidence.append(
+            ("seeds", lambda lr: mean_or_none([by_lr[lr][s]["validation_score"] for s in common]))
+        )
+    evidence.append(
+        ("last epochs", lambda lr: mean_or_none([last_epochs_score(by_lr[lr][s], metric) for s in seeds]))
+    )
+    return evidence
 
 
 def select(
@@ -103,7 +112,7 @@ def select(
 ) -> dict[str, Any]:
     """The learning rate with the best validation metric among the search runs of `seeds` (one seed, or the
     mean over several) on split `split_seed`. A tie (within `TIE_TOLERANCE`) is broken by more evidence
-    (`tie_break`: other seeds all tied candidates ran, then the last epochs, then the smaller rate) and recorded as
+    (`tie_evidence`: other seeds all tied candidates ran, then the last epochs, then the smaller rate) and recorded as
     `tie` (the tied rates and the rule that decided). `complete` is False while a candidate's run is missing or
     failed for one of the seeds; `interior` says whether the choice is neither the smallest nor the largest
     candidate. With several seeds each candidate also lists its `validation_scores`. `metric` names the history's
@@ -137,8 +146,11 @@ def select(
     tied = [c for c in scored if top - score(c) <= TIE_TOLERANCE]
     best, rule = tied[0], None
     if len(tied) > 1:
-        first = by_lr[tied[0]["lr"]][seeds[0]]
-        best, rule = tie_break(tied, by_lr, seeds, metric or first.get("metric", ""))
+        metric = metric or by_lr[tied[0]["lr"]][seeds[0]].get("metric", "")
+        lr, rule = break_tie(
+            [c["lr"] for c in tied], tie_evidence(by_lr, [c["lr"] for c in tied], seeds, metric)
+        )
+        best = next(c for c in tied if c["lr"] == lr)
     lrs = [lr for _, lr in grid]
     choice = {
         "candidates": candidates,

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 from _common import REPO_ROOT, clean, git_state, machine_info, write_json_atomic
-from _ledger import paired_scores
+from _ledger import TIE_TOLERANCE, break_tie, last_epochs_score, mean_or_none, paired_scores
 from benchmark_accuracy import cd_split
 
 from upetu_hf.train import DEFAULT_LR, TrainingArguments, train
@@ -138,9 +138,9 @@ def training_arguments(
     )
 
 
-def choose(runs: list[dict[str, Any]], head_lrs: list[float]) -> dict[str, Any]:
-    """Per head learning rate, the mean validation score over methods, seeds and splits; the best one (ties: the
-    smaller rate), whether it is interior to the grid, and the best rate minus each other one, paired over the
+def choose(runs: list[dict[str, Any]], head_lrs: list[float], metric: str) -> dict[str, Any]:
+    """Per head learning rate, the mean validation score over methods, seeds and splits; the best one (a tie goes
+    to the better mean of the runs' last epochs, then to the smaller rate, and is recorded as `tie`), whether it is interior to the grid, and the best rate minus each other one, paired over the
     (split seed, seed) runs both have (mean and 95 % t-interval, `_ledger.paired_scores`; one method)."""
     per_lr = {}
     for lr in head_lrs:
@@ -149,7 +149,17 @@ def choose(runs: list[dict[str, Any]], head_lrs: list[float]) -> dict[str, Any]:
             per_lr[lr] = sum(scores) / len(scores)
     if not per_lr:
         return {}
-    best = max(per_lr, key=lambda lr: (per_lr[lr], -lr))
+    top = max(per_lr.values())
+    tied = [lr for lr in per_lr if top - per_lr[lr] <= TIE_TOLERANCE]
+    best, rule = tied[0], None
+    if len(tied) > 1:  # the same tie rule as the accuracy benchmark's: the last epochs, then the smaller rate
+        last = [
+            (
+                "last epochs",
+                lambda lr: mean_or_none([last_epochs_score(r, metric) for r in runs if r["head_lr"] == lr]),
+            )
+        ]
+        best, rule = break_tie(tied, last)
     # validation scores by (split seed, seed): one method only (with several, a pair is not one run)
     by_pair = {}
     for lr in per_lr:
@@ -167,6 +177,7 @@ def choose(runs: list[dict[str, Any]], head_lrs: list[float]) -> dict[str, Any]:
         "interior": min(head_lrs) < best < max(head_lrs),
         "complete": len(per_lr) == len(head_lrs),
         "best_minus_other_validation": paired,
+        **({"tie": {"lrs": tied, "decided_by": rule}} if rule else {}),
     }
 
 
@@ -310,10 +321,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "wall_time_s": time.perf_counter() - start,
             }
             state["runs"].append(record)
-            state["selection"] = choose(state["runs"], head_lrs)
+            state["selection"] = choose(state["runs"], head_lrs, metric)
             write_json_atomic(output, state)
             log(f"{key}: validation {metric} {record['validation_score']:.4f} (epoch {record['best_epoch']})")
-    state["selection"] = choose(state["runs"], head_lrs)
+    state["selection"] = choose(state["runs"], head_lrs, metric)
     # the rate upetu-train gives a decoder of this width (DENSE_HEAD_LR at the default width)
     state["current_default"] = dense_head_lr(args.task, args.head_hidden_size)
     write_json_atomic(output, state)
