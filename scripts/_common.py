@@ -158,5 +158,5 @@ def add_training_options(
         action = actions[name]
         if name in defaults:
             action.default = defaults[name]
-            action.help = f"{action.help or ''} ({defaults[name]})".strip()
+            action.help = f"{action.help or ''} (here: {defaults[name]})".strip()
         group._add_action(action)

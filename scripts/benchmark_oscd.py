@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import REPO_ROOT, clean, git_state, machine_info, write_json_atomic
+from _common import REPO_ROOT, add_training_options, clean, git_state, machine_info, write_json_atomic
 from _ledger import mean_std, run_key, select
 from _variants import VARIANTS
 
@@ -273,16 +273,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--train-cities", type=int, default=8)
     parser.add_argument("--val-cities", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=128, help="Random training crop (a multiple of 32).")
     parser.add_argument("--crops-per-image", default="auto")
-    parser.add_argument(
-        "--dice-weight",
-        type=float,
-        default=1.0,
-        help="Soft-Dice weight (changes are 0.4-4.5 %% of the pixels).",
-    )
+    # forwarded to every run's TrainingArguments, as `upetu-train change-detection` offers them
+    names = ("epochs", "batch_size", "dice_weight", "cpu")
+    add_training_options(parser, "change-detection", names, epochs=40, batch_size=8, dice_weight=1.0)
     parser.add_argument("--lr-factors", default="0.333333,1,3", help="Multiples of UPetu's default 1e-2.")
     parser.add_argument(
         "--head-lr",
@@ -299,7 +294,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Say why this is a smaller run than the protocol (recorded, e.g. time).",
     )
     parser.add_argument("--resume", action="store_true", help="Keep the finished runs of --output.")
-    parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args(argv)
     if args.head_lr != "lr":
         try:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import REPO_ROOT, clean, git_state, machine_info, write_json_atomic
+from _common import REPO_ROOT, add_training_options, clean, git_state, machine_info, write_json_atomic
 from _ledger import TIE_TOLERANCE, break_tie, last_epochs_score, mean_or_none, paired_scores
 from benchmark_accuracy import cd_split
 
@@ -197,18 +197,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="1e-2,1e-3,3e-4,3e-3,1e-4",
         help="candidates, run in this order (1e-2: the adapter's)",
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-seeds", default="0", help="comma-separated split seeds (0)")
     parser.add_argument("--epochs", type=int, help="5 (segmentation), 8 (change detection)")
-    parser.add_argument("--resize", type=int, default=112, help="segmentation: tiles resized to this (112)")
-    parser.add_argument(
-        "--head-hidden-size",
-        type=int,
-        help="decoder channels (default: the decoder upetu-train builds: segmentation 512, change detection 128)",
-    )
-    parser.add_argument(
-        "--image-size", type=int, default=128, help="change detection: training crop, a multiple of 32 (128)"
-    )
     parser.add_argument(
         "--cd-repeats",
         type=int,
@@ -216,10 +206,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="change detection: copies of each training pair per epoch (16)",
     )
     parser.add_argument("--max-train-samples", type=int, help="320 (segmentation), all (change detection)")
-    parser.add_argument("--batch-size", type=int, default=16, help="16, the accuracy benchmark's dense batch")
     parser.add_argument(
         "--max-eval-samples", type=int, help="139, half the GID validation tiles (segmentation)"
     )
+    # forwarded to every run's TrainingArguments, as `upetu-train segmentation` offers them (the image size is
+    # change detection's training crop, a multiple of 32; the batch is the accuracy benchmark's dense batch)
+    names = ("seed", "resize", "head_hidden_size", "image_size", "batch_size")
+    add_training_options(parser, "segmentation", names, seed=0, resize=112, image_size=128, batch_size=16)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--output", help="default: results/head_lr_<task>.json")
     parser.add_argument("--work-dir", help="run folders (default: a temporary folder)")
