@@ -26,6 +26,17 @@ from upetu_hf.train import TrainingArguments
 from upetu_hf.train.cli import add_options
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The shared data and models (`../shared`), and the benchmarks' reference backbone in it.
+SHARED = REPO_ROOT.parent / "shared"
+SHARED_BACKBONE = SHARED / "models" / "rs-convnext-atto-aid"
+#: ConvNeXt sizes the scripts build from scratch (`ConvNextConfig` keywords).
+CONVNEXT = {
+    "convnext-t": dict(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
+    "convnext-b": dict(
+        depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024]
+    ),  # facebook/convnext-base-224-22k
+    "convnext-atto": dict(depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320]),  # the reference backbone's
+}
 
 
 def clean(value: Any) -> Any:

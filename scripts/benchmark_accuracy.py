@@ -88,7 +88,17 @@ from typing import Any
 import numpy as np
 import torch
 import transformers
-from _common import REPO_ROOT, add_training_options, clean, cpu_model, git_state, machine_info, resaved_bytes
+from _common import (
+    REPO_ROOT,
+    SHARED,
+    SHARED_BACKBONE,
+    add_training_options,
+    clean,
+    cpu_model,
+    git_state,
+    machine_info,
+    resaved_bytes,
+)
 from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select
 from _variants import MATCHED, SMALL, SMALL_MATCHED, VARIANTS, Variant
 
@@ -110,9 +120,8 @@ from upetu_hf.train.methods import DENSE_HEAD_LR, dense_head_lr, is_head_paramet
 
 #: The code whose uncommitted changes a session records.
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py")
-SHARED = REPO_ROOT.parent / "shared"
 DEFAULT_PATHS = {
-    "model": SHARED / "models" / "rs-convnext-atto-aid",
+    "model": SHARED_BACKBONE,
     "ucm": SHARED / "data" / "ucmerced",
     "gid": SHARED / "data" / "gid5_landcover",
     "cd": [SHARED / "data" / "levir_cd_samples", SHARED / "data" / "dsifn_cd_samples"],

@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 import transformers
 from _common import (
+    CONVNEXT,
     REPO_ROOT,
     count_top_level_ops,
     fmt_count,
@@ -76,8 +77,10 @@ HEAD = "classifier"
 LINEAR_PROBE_FILE = "classifier.safetensors"
 
 MODEL_SPECS: dict[str, tuple[list[int], list[int]]] = {
-    "convnext-t": ([3, 3, 9, 3], [96, 192, 384, 768]),
-    "convnext-b": ([3, 3, 27, 3], [128, 256, 512, 1024]),
+    **{
+        name: (CONVNEXT[name]["depths"], CONVNEXT[name]["hidden_sizes"])
+        for name in ("convnext-t", "convnext-b")
+    },
     "tiny": ([1, 1, 1, 1], [8, 16, 32, 64]),
 }
 #: The variants this benchmark compares (`_variants.VARIANTS`).

@@ -46,14 +46,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import REPO_ROOT, add_training_options, clean, git_state, machine_info, write_json_atomic
+from _common import (
+    REPO_ROOT,
+    SHARED,
+    SHARED_BACKBONE,
+    add_training_options,
+    clean,
+    git_state,
+    machine_info,
+    write_json_atomic,
+)
 from _ledger import mean_std, run_key, select
 from _variants import VARIANTS
 
 from upetu_hf.train import DEFAULT_LR, TrainingArguments, train
 from upetu_hf.train.methods import DENSE_HEAD_LR
 
-SHARED = REPO_ROOT.parent / "shared"
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_oscd.py", "scripts/_common.py", "scripts/_ledger.py")
 #: The two models compared, by their bands (`_variants.VARIANTS`): all 13, or Sentinel-2's RGB bands.
 BANDS = {name: VARIANTS[name].options["bands"] for name in ("upetu-13band", "upetu-rgb")}
@@ -267,7 +275,7 @@ class Benchmark:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(SHARED / "data" / "oscd13_s2"))
-    parser.add_argument("--model", default=str(SHARED / "models" / "rs-convnext-atto-aid"))
+    parser.add_argument("--model", default=str(SHARED_BACKBONE))
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "accuracy_oscd13.json"))
     parser.add_argument("--work-dir", default=None, help="Runs and the split (default: a folder in /tmp).")
     parser.add_argument("--split-seed", type=int, default=0)

@@ -36,14 +36,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import REPO_ROOT, add_training_options, clean, git_state, machine_info, write_json_atomic
+from _common import (
+    REPO_ROOT,
+    SHARED,
+    SHARED_BACKBONE,
+    add_training_options,
+    clean,
+    git_state,
+    machine_info,
+    write_json_atomic,
+)
 from _ledger import TIE_TOLERANCE, break_tie, last_epochs_score, mean_or_none, paired_scores
 from benchmark_accuracy import cd_split
 
 from upetu_hf.train import DEFAULT_LR, TrainingArguments, train
 from upetu_hf.train.methods import dense_head_lr
 
-SHARED = REPO_ROOT.parent / "shared"
 TASKS = ("segmentation", "change-detection")
 #: Per task: the default data, the validation metric, and the CPU-sized defaults of the search.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -184,7 +192,7 @@ def choose(runs: list[dict[str, Any]], head_lrs: list[float], metric: str) -> di
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=TASKS, default="segmentation")
-    parser.add_argument("--model", default=str(SHARED / "models" / "rs-convnext-atto-aid"))
+    parser.add_argument("--model", default=str(SHARED_BACKBONE))
     parser.add_argument(
         "--data",
         "--gid",
