@@ -978,14 +978,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(
-    argv: Sequence[str] | None = None, program: str = "python scripts/benchmark_accuracy.py"
-) -> dict[str, dict[str, Any]]:
-    """Run the benchmark; returns `{task: state}` as written to `accuracy_<task>.json`. `program` is what the
-    recorded command starts with (a wrapper such as `scripts/ablate_qlinear.py NAME --` passes its own)."""
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Run the benchmark; returns `{task: state}` as written to `accuracy_<task>.json`."""
     args = parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join([program, *argv_list])
+    command = " ".join(["python scripts/benchmark_accuracy.py", *argv_list])
     transformers.utils.logging.disable_progress_bar()
     threads_before = torch.get_num_threads()
     if args.threads:
