@@ -160,3 +160,11 @@ def test_make_report_reproduces_the_committed_report(tmp_path):
     importlib.import_module("make_report").main(argv)
     for name in ("results/README.md", "results/accuracy_summary.md", "README.md", "docs/benchmarks.md"):
         assert (tmp_path / name).read_text() == (REPO_ROOT / name).read_text(), name
+
+
+def test_the_readme_headline_is_short():
+    """README.md's generated region (the headline table with its verdicts) stays within 25 lines."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    make_report = importlib.import_module("make_report")
+    region = readme[readme.index(make_report.START) : readme.index(make_report.END)]
+    assert len(region.splitlines()) - 1 <= 25
