@@ -27,7 +27,9 @@ Protocol, the same for every method of a task:
    `--search-seeds` seeds), `--epochs` epochs with AdamW and a cosine schedule. Each run keeps the weights of its
    best validation epoch (the training API's best-epoch selection), which chooses the number of epochs; the
    candidate with the best validation metric (mean over the search seeds) wins; a tie is
-   broken by more evidence (`_ledger.select`: other seeds every tied rate ran, the last epochs, then the smaller rate).
+   broken by more evidence (`_ledger.select`): the tied rates train on the next seeds of `--seeds` until the mean
+   over the seeds they share decides (the winner's runs count as final runs), then the mean validation of the last
+   3 epochs, then the smaller rate.
    The test split is never used for any choice.
    The search runs on the first split seed of `--split-seeds`; a choice at the smallest or largest candidate is
    flagged (widen `--lr-factors` until every choice is interior).
@@ -707,6 +709,27 @@ class TaskRunner:
         save_state(self.path, state, setup)
         return record
 
+    def choose(
+        self, variant: Variant, options: dict[str, Any], grid: list[tuple[float, float]]
+    ) -> dict[str, Any]:
+        """The search's choice (`_ledger.select`). A tie that other seeds have not settled trains the tied rates on
+        the next seed of `seeds` (phase `tie-break`; the winner's run is one of its final runs) and chooses again,
+        until the seeds settle it or run out."""
+        setup, factors = self.setup, {lr: f for f, lr in grid}
+
+        def choice() -> dict[str, Any]:
+            ran = [r for r in self.done.values() if r["variant"] == variant.name and r["options"] == options]
+            return select(ran, grid, setup.search_seeds, setup.split_seeds[0])
+
+        chosen = choice()
+        for seed in setup.seeds[setup.n_search_seeds :]:
+            if chosen.get("tie", {}).get("decided_by", "seeds") == "seeds":
+                break
+            for lr in chosen["tie"]["lrs"]:
+                self.ensure(variant, options, lr, factors[lr], seed, "tie-break")
+            chosen = choice()
+        return chosen
+
     def run(self) -> dict[str, Any]:
         """Search, select and seed every variant; returns the task's final state."""
         setup, args, state = self.setup, self.args, self.state
@@ -742,8 +765,7 @@ class TaskRunner:
             for seed in setup.search_seeds:
                 for f, lr in grid:
                     self.ensure(variant, options, lr, f, seed, "search")
-            ran = [r for r in self.done.values() if r["variant"] == name and r["options"] == options]
-            choice = select(ran, grid, setup.search_seeds, setup.split_seeds[0])
+            choice = self.choose(variant, options, grid)
             if not choice["complete"]:
                 log(f"{setup.task}/{name}: learning-rate search incomplete (a run failed); no seed runs")
                 continue
