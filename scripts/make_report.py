@@ -943,9 +943,9 @@ RESULTS: tuple[tuple[str, str, str, str], ...] = (
     ),
     (
         "history/provenance.json",
-        "superseded",
+        "current",
         "the command and commit of every file under `history/`",
-        "written by hand when the trials retired",
+        "written once, by hand, when the trials retired (issue 29)",
     ),
     (
         "history/qlinear_ablations/*",
