@@ -1,16 +1,19 @@
 #!/usr/bin/env python
-"""Tables, a plot and the README "Results" section, generated from `results/accuracy_*.json` (written by
+"""Every generated report of the benchmarks, from `results/accuracy_*.json` (written by
 `scripts/benchmark_accuracy.py`) and, when present, `results/efficiency.json` (`scripts/benchmark_efficiency.py`).
 
 Writes `results/accuracy_summary.md` (every table, the learning-rate search and every run) and
 `results/accuracy_vs_params.png` (test metric against trainable parameters, log x, marker area showing the size of
-the checkpoint a task needs), and rewrites the part of README.md between `<!-- results:start -->` and
-`<!-- results:end -->`. Without those markers README.md is left alone and the section is printed. Every number
-comes from the JSON files.
+the checkpoint a task needs). For `results/` itself it also rewrites, between `<!-- results:start -->` and
+`<!-- results:end -->` and nowhere else, README.md (a headline table of at most 25 lines: current numbers and their
+verdicts) and docs/benchmarks.md (the full tables, protocol and caveats), and writes `results/README.md` in full:
+every file under `results/`, current or superseded, with its command (`RESULTS`). For another folder (a side
+protocol such as `results/search2`) only `--readme` gets the full section. A file without markers is left alone and
+its section printed. Every number comes from the JSON files.
 
 Usage:
     python scripts/make_report.py
-    python scripts/make_report.py --results-dir results --readme README.md
+    python scripts/make_report.py --results-dir results/search2 --efficiency results/efficiency.json --readme /dev/null
 """
 
 from __future__ import annotations
