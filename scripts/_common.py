@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -21,8 +22,21 @@ from safetensors.torch import save
 
 import upetu_hf
 from upetu_hf._files import write_atomic
+from upetu_hf.train import TrainingArguments
+from upetu_hf.train.cli import add_options
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The shared data and models (`../shared`), and the benchmarks' reference backbone in it.
+SHARED = REPO_ROOT.parent / "shared"
+SHARED_BACKBONE = SHARED / "models" / "rs-convnext-atto-aid"
+#: ConvNeXt sizes the scripts build from scratch (`ConvNextConfig` keywords).
+CONVNEXT = {
+    "convnext-t": dict(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
+    "convnext-b": dict(
+        depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024]
+    ),  # facebook/convnext-base-224-22k
+    "convnext-atto": dict(depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320]),  # the reference backbone's
+}
 
 
 def clean(value: Any) -> Any:
@@ -139,3 +153,21 @@ def count_top_level_ops(fn: Callable[[], Any]) -> int:
         if event.name.startswith("aten::")
         and (event.cpu_parent is None or not event.cpu_parent.name.startswith("aten::"))
     )
+
+
+def add_training_options(
+    group: argparse._ActionsContainer, task: str, names: Sequence[str], **defaults: Any
+) -> None:
+    """The options of `upetu-train <task>` for the `TrainingArguments` fields `names`, built from the fields'
+    metadata as the CLI builds them (`upetu_hf.train.cli.add_options`: flag, type, choices, help); `defaults`
+    replace a field's default where a benchmark's protocol has its own. The script forwards them to the field of
+    the same name."""
+    source = argparse.ArgumentParser(add_help=False)
+    add_options(source, TrainingArguments, task)
+    actions = {action.dest: action for action in source._actions}
+    for name in names:
+        action = actions[name]
+        if name in defaults:
+            action.default = defaults[name]
+            action.help = f"{action.help or ''} (here: {defaults[name]})".strip()
+        group._add_action(action)

@@ -9,7 +9,7 @@ import datetime
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,52 +49,110 @@ def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+#: Scores closer than this are a tie (on 210 validation images one image moves the accuracy by 0.0048).
+TIE_TOLERANCE = 1e-9
+#: Ties are broken by the mean validation metric of the last this many epochs of the search runs.
+LAST_EPOCHS = 3
+
+
+def mean_or_none(values: Sequence[float | None]) -> float | None:
+    """The mean, or None when a value is undefined (NaN is stored as null) or there is none."""
+    if not values or any(v is None or math.isnan(v) for v in values):
+        return None
+    return statistics.fmean(values)
+
+
+def last_epochs_score(run: dict[str, Any], metric: str) -> float | None:
+    """Mean validation `metric` over the run's last `LAST_EPOCHS` epochs (None without a history)."""
+    values = [h.get(f"validation/{metric}") for h in (run.get("history") or [])[-LAST_EPOCHS:]]
+    return mean_or_none(values) if values else None
+
+
+def break_tie(
+    tied: list[float], evidence: list[tuple[str, Callable[[float], float | None]]]
+) -> tuple[float, str]:
+    """The learning rate among `tied` that the first decisive rule of `evidence` (name, score of a rate) puts
+    ahead, and that rule's name; a rule that cannot score every tied rate is skipped, and when none decides, the
+    smaller rate wins (`smaller rate`)."""
+    for rule, score in evidence:
+        scores = {lr: score(lr) for lr in tied}
+        if any(v is None for v in scores.values()):
+            continue
+        best = max(scores.values())
+        tied = [lr for lr in tied if best - scores[lr] <= TIE_TOLERANCE]
+        if len(tied) == 1:
+            return tied[0], rule
+    return min(tied), "smaller rate"
+
+
+def tie_evidence(
+    by_lr: dict[float, dict[int, dict[str, Any]]], tied: list[float], seeds: list[int], metric: str
+) -> list[tuple[str, Callable[[float], float | None]]]:
+    """The evidence that breaks a tie of the rates `tied` on the search seeds' validation: `seeds`, the mean
+    validation over every seed of the search split that all of them ran (when that adds seeds), then `last
+    epochs`, the mean validation of the last `LAST_EPOCHS` epochs over the search seeds."""
+    common = sorted(set.intersection(*(set(by_lr[lr]) for lr in tied)))
+    evidence: list[tuple[str, Callable[[float], float | None]]] = []
+    if set(common) > set(seeds):
+        evidence.append(
+            ("seeds", lambda lr: mean_or_none([by_lr[lr][s]["validation_score"] for s in common]))
+        )
+    evidence.append(
+        ("last epochs", lambda lr: mean_or_none([last_epochs_score(by_lr[lr][s], metric) for s in seeds]))
+    )
+    return evidence
+
+
 def select(
     runs: list[dict[str, Any]],
     grid: list[tuple[float, float]],
     seeds: int | Sequence[int],
     split_seed: int = 0,
+    metric: str | None = None,
 ) -> dict[str, Any]:
     """The learning rate with the best validation metric among the search runs of `seeds` (one seed, or the
-    mean over several) on split `split_seed`; ties go to the smaller learning rate. `complete` is False while a
-    candidate's run is missing or failed for one of the seeds; `interior` says whether the choice is neither the
-    smallest nor the largest candidate. With several seeds each candidate also lists its `validation_scores`."""
+    mean over several) on split `split_seed`. A tie (within `TIE_TOLERANCE`) is broken by more evidence
+    (`tie_evidence`: other seeds all tied candidates ran, then the last epochs, then the smaller rate) and recorded as
+    `tie` (the tied rates and the rule that decided). `complete` is False while a candidate's run is missing or
+    failed for one of the seeds; `interior` says whether the choice is neither the smallest nor the largest
+    candidate. With several seeds each candidate also lists its `validation_scores`. `metric` names the history's
+    validation entry (default: the runs' own `metric`)."""
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     by_lr: dict[float, dict[int, dict[str, Any]]] = {}
     for r in runs:
-        if r["seed"] in seeds and split_of(r) == split_seed and r.get("status") == "ok":
+        if split_of(r) == split_seed and r.get("status") == "ok":
             by_lr.setdefault(r["lr"], {})[r["seed"]] = r
-
-    # the mean over the seeds; a score recorded as undefined (NaN, stored as null) leaves it undefined
-    def mean_score(lr: float) -> float | None:
-        scores = [by_lr[lr][seed]["validation_score"] for seed in seeds]
-        return None if None in scores else statistics.fmean(scores)
-
     candidates = []
     for f, lr in grid:
-        finished = len(by_lr.get(lr, {})) == len(seeds)
-        candidate = {
-            "lr": lr,
-            "lr_factor": f,
-            "finished": finished,
-            "validation_score": mean_score(lr) if finished else None,
-        }
+        finished = all(seed in by_lr.get(lr, {}) for seed in seeds)
+        scores = [
+            by_lr[lr][seed]["validation_score"] if seed in by_lr.get(lr, {}) else None for seed in seeds
+        ]
+        candidate = {"lr": lr, "lr_factor": f, "finished": finished, "validation_score": None}
+        if finished:
+            candidate["validation_score"] = None if None in scores else statistics.fmean(scores)
         if len(seeds) > 1:
-            candidate["validation_scores"] = [
-                by_lr[lr][seed]["validation_score"] if seed in by_lr.get(lr, {}) else None for seed in seeds
-            ]
+            candidate["validation_scores"] = scores
         candidates.append(candidate)
     scored = [c for c in candidates if c["finished"]]
     if not scored:
         return {"candidates": candidates, "complete": False, "lr": None}
 
-    def rank(c: dict[str, Any]) -> tuple[float, float]:  # an undefined score ranks last
-        score = c["validation_score"]
-        return (-math.inf if score is None or math.isnan(score) else score, -c["lr"])
+    def score(c: dict[str, Any]) -> float:  # an undefined score ranks last
+        value = c["validation_score"]
+        return -math.inf if value is None or math.isnan(value) else value
 
-    best = max(scored, key=rank)
+    top = max(score(c) for c in scored)
+    tied = [c for c in scored if top - score(c) <= TIE_TOLERANCE]
+    best, rule = tied[0], None
+    if len(tied) > 1:
+        metric = metric or by_lr[tied[0]["lr"]][seeds[0]].get("metric", "")
+        lr, rule = break_tie(
+            [c["lr"] for c in tied], tie_evidence(by_lr, [c["lr"] for c in tied], seeds, metric)
+        )
+        best = next(c for c in tied if c["lr"] == lr)
     lrs = [lr for _, lr in grid]
-    return {
+    choice = {
         "candidates": candidates,
         "complete": len(scored) == len(candidates),
         "interior": min(lrs) < best["lr"] < max(lrs),
@@ -103,41 +161,16 @@ def select(
         "validation_score": best["validation_score"],
         "best_epoch": by_lr[best["lr"]][seeds[0]]["best_epoch"],
     }
+    if rule:
+        choice["tie"] = {"lrs": [c["lr"] for c in tied], "decided_by": rule}
+    return choice
 
 
 #: Two-sided 95 % quantiles of Student's t distribution by degrees of freedom (beyond 30: the normal's 1.96).
 _T95 = (
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-)
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
 
 
 def paired_difference(summary: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:

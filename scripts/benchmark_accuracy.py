@@ -26,7 +26,10 @@ Protocol, the same for every method of a task:
    `--lr-factors` (default 1/3, 1, 3: three candidates for every method), seed `seeds[0]` (or each of the first
    `--search-seeds` seeds), `--epochs` epochs with AdamW and a cosine schedule. Each run keeps the weights of its
    best validation epoch (the training API's best-epoch selection), which chooses the number of epochs; the
-   candidate with the best validation metric (mean over the search seeds) wins (ties: the smaller learning rate).
+   candidate with the best validation metric (mean over the search seeds) wins; a tie is
+   broken by more evidence (`_ledger.select`): the tied rates train on the next seeds of `--seeds` until the mean
+   over the seeds they share decides (the winner's runs count as final runs), then the mean validation of the last
+   3 epochs, then the smaller rate.
    The test split is never used for any choice.
    The search runs on the first split seed of `--split-seeds`; a choice at the smallest or largest candidate is
    flagged (widen `--lr-factors` until every choice is interior).
@@ -84,20 +87,26 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import numpy as np
+import torch
+import transformers
+from _common import (
+    REPO_ROOT,
+    SHARED,
+    SHARED_BACKBONE,
+    add_training_options,
+    clean,
+    cpu_model,
+    git_state,
+    machine_info,
+    resaved_bytes,
+)
+from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select
+from _variants import MATCHED, SMALL, SMALL_MATCHED, VARIANTS, Variant
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from _common import clean, cpu_model, git_state, machine_info, resaved_bytes  # noqa: E402
-from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select  # noqa: E402
-
-import upetu_hf  # noqa: E402
-from upetu_hf.hub import saved_file_names  # noqa: E402
-from upetu_hf.train import (  # noqa: E402
+import upetu_hf
+from upetu_hf.hub import saved_file_names
+from upetu_hf.train import (
     DEFAULT_LR,
     PEFT_METHODS,
     TASK_METRICS,
@@ -108,14 +117,13 @@ from upetu_hf.train import (  # noqa: E402
     parameter_summary,
     train,
 )
-from upetu_hf.train.arguments import RUN_CONFIG_FILE  # noqa: E402
-from upetu_hf.train.methods import DENSE_HEAD_LR, dense_head_lr, is_head_parameter  # noqa: E402
+from upetu_hf.train.arguments import RUN_CONFIG_FILE
+from upetu_hf.train.methods import DENSE_HEAD_LR, dense_head_lr, is_head_parameter
 
 #: The code whose uncommitted changes a session records.
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py")
-SHARED = REPO_ROOT.parent / "shared"
 DEFAULT_PATHS = {
-    "model": SHARED / "models" / "rs-convnext-atto-aid",
+    "model": SHARED_BACKBONE,
     "ucm": SHARED / "data" / "ucmerced",
     "gid": SHARED / "data" / "gid5_landcover",
     "cd": [SHARED / "data" / "levir_cd_samples", SHARED / "data" / "dsifn_cd_samples"],
@@ -126,41 +134,13 @@ SMALL_BUDGET = 0.01
 CD_TEST_FRACTION, CD_VALIDATION_FRACTION = 0.4, 0.2
 #: Segmentation: `train_fraction` (train + validation vs test) and `validation_fraction` (of the former).
 SEG_TRAIN_FRACTION, SEG_VALIDATION_FRACTION = 0.8, 0.25
-# placeholders for `r`, resolved per backbone
-MATCHED, SMALL, SMALL_MATCHED = "matched", "small", "small-matched"
-
-
-@dataclass
-class Variant:
-    """One tuning method with its options, as a row of the report."""
-
-    name: str
-    method: str
-    label: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        Variant("linear", "linear", "Linear probe"),
-        Variant("full", "full", "Full fine-tuning"),
-        Variant("lora", "lora", "LoRA (rank matched to UPetu)", {"r": MATCHED}),
-        Variant("ia3", "ia3", "IA3"),
-        Variant("upetu", "upetu", "UPetu (default, 4-bit)"),
-        Variant("upetu-1bit", "upetu", "UPetu 1-bit", {"bits": 1}),
-        Variant("upetu-2bit", "upetu", "UPetu 2-bit", {"bits": 2}),
-        Variant("upetu-32bit", "upetu", "UPetu 32-bit", {"bits": 32}),
-        Variant("eqam-only", "upetu", "EQAM only (4-bit)", {"use_capm": False}),
-        Variant("upetu-conv3", "upetu", "UPetu + 3x3 depthwise conv in EQAM (4-bit)", {"conv_kernel": 3}),
-        Variant("upetu-norm", "upetu", "UPetu + LayerNorm affine correction (4-bit)", {"norm_affine": True}),
-        Variant("capm-only", "upetu", "CAPM only", {"use_eqam": False}),
-        Variant("upetu-small", "upetu", "UPetu < 1 % (4-bit)", {"r": SMALL}),
-        Variant("lora-small", "lora", "LoRA (rank matched to UPetu < 1 %)", {"r": SMALL_MATCHED}),
-    )
-}
+#: The variants this benchmark compares, in the order of its tables (`_variants.VARIANTS`).
+CLASSIFICATION_VARIANTS = [
+    "linear", "full", "lora", "ia3", "upetu", "upetu-1bit", "upetu-2bit", "upetu-32bit", "eqam-only",
+    "upetu-conv3", "upetu-norm", "capm-only", "upetu-small", "lora-small",
+]  # fmt: skip
 TASK_VARIANTS = {
-    "classification": list(VARIANTS),
+    "classification": CLASSIFICATION_VARIANTS,
     "segmentation": ["full", "lora", "upetu"],
     "change-detection": ["full", "lora", "upetu"],
 }
@@ -408,7 +388,7 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
             data = [args.gid if seg else args.ucm]
             split = {
                 "train_fraction": SEG_TRAIN_FRACTION if seg else args.train_fraction,
-                "validation_fraction": SEG_VALIDATION_FRACTION if seg else args.val_fraction,
+                "validation_fraction": SEG_VALIDATION_FRACTION if seg else args.validation_fraction,
             }
             sizes = dict(image_size=args.image_size)
             if seg:
@@ -729,6 +709,27 @@ class TaskRunner:
         save_state(self.path, state, setup)
         return record
 
+    def choose(
+        self, variant: Variant, options: dict[str, Any], grid: list[tuple[float, float]]
+    ) -> dict[str, Any]:
+        """The search's choice (`_ledger.select`). A tie that other seeds have not settled trains the tied rates on
+        the next seed of `seeds` (phase `tie-break`; the winner's run is one of its final runs) and chooses again,
+        until the seeds settle it or run out."""
+        setup, factors = self.setup, {lr: f for f, lr in grid}
+
+        def choice() -> dict[str, Any]:
+            ran = [r for r in self.done.values() if r["variant"] == variant.name and r["options"] == options]
+            return select(ran, grid, setup.search_seeds, setup.split_seeds[0])
+
+        chosen = choice()
+        for seed in setup.seeds[setup.n_search_seeds :]:
+            if chosen.get("tie", {}).get("decided_by", "seeds") == "seeds":
+                break
+            for lr in chosen["tie"]["lrs"]:
+                self.ensure(variant, options, lr, factors[lr], seed, "tie-break")
+            chosen = choice()
+        return chosen
+
     def run(self) -> dict[str, Any]:
         """Search, select and seed every variant; returns the task's final state."""
         setup, args, state = self.setup, self.args, self.state
@@ -761,13 +762,10 @@ class TaskRunner:
                 "options": options,
                 "lr_grid": grid,
             }
-            search = [
-                self.ensure(variant, options, lr, f, seed, "search")
-                for seed in setup.search_seeds
-                for f, lr in grid
-            ]
-            search = [r for r in search if r is not None]
-            choice = select(search, grid, setup.search_seeds, setup.split_seeds[0])
+            for seed in setup.search_seeds:
+                for f, lr in grid:
+                    self.ensure(variant, options, lr, f, seed, "search")
+            choice = self.choose(variant, options, grid)
             if not choice["complete"]:
                 log(f"{setup.task}/{name}: learning-rate search incomplete (a run failed); no seed runs")
                 continue
@@ -825,34 +823,8 @@ def plan(setups: list[TaskSetup]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    """The benchmark's options; the protocol ones left at None take `FULL` or `QUICK`'s values."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    paths = parser.add_argument_group("data and backbone")
-    paths.add_argument(
-        "--model", default=str(DEFAULT_PATHS["model"]), help="ConvNeXt checkpoint: Hub id or folder"
-    )
-    paths.add_argument("--ucm", default=str(DEFAULT_PATHS["ucm"]), help="UC Merced class-per-folder images")
-    paths.add_argument("--gid", default=str(DEFAULT_PATHS["gid"]), help="GID tiles: images/ + masks/")
-    paths.add_argument(
-        "--cd",
-        nargs="+",
-        default=[str(p) for p in DEFAULT_PATHS["cd"]],
-        help="change-detection A/B/label folders",
-    )
-    what = parser.add_argument_group("what to run")
-    what.add_argument(
-        "--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}"
-    )
-    what.add_argument(
-        "--methods", help=f"comma-separated subset of {', '.join(VARIANTS)} (default: the task's)"
-    )
-    what.add_argument(
-        "--quick", action="store_true", help="fast partial run: few methods, 1 seed, 2 epochs, subsets"
-    )
-    what.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+def add_protocol_options(parser: argparse.ArgumentParser) -> None:
+    """The protocol's options (left at None: `FULL` or `QUICK`'s values)."""
     proto = parser.add_argument_group("protocol (defaults: the full benchmark, or --quick's)")
     proto.add_argument("--seeds", help="seeds of the final runs; the first one also does the search (0,1,2)")
     proto.add_argument(
@@ -877,15 +849,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"decoder's width, `dense_head_lr`: DENSE_HEAD_LR {DENSE_HEAD_LR} at the default widths, "
         f"{dense_head_lr('segmentation', 64):g} for the 64-channel UperNet)",
     )
-    proto.add_argument(
-        "--image-size", type=int, default=112, help="classification input size; dense resize (112)"
-    )
-    proto.add_argument("--batch-size", type=int, default=32, help="classification batch size (32)")
+    # forwarded to every run's TrainingArguments, as `upetu-train classification` offers them
+    names = ("image_size", "batch_size", "train_fraction", "validation_fraction", "mixed_precision")
+    defaults = dict(image_size=112, train_fraction=0.5, validation_fraction=0.2)
+    add_training_options(proto, "classification", names, **defaults)
     proto.add_argument("--dense-batch-size", type=int, default=16, help="dense-task batch size (16)")
-    proto.add_argument("--train-fraction", type=float, default=0.5, help="UCM training share per class (0.5)")
-    proto.add_argument(
-        "--val-fraction", type=float, default=0.2, help="validation share of the training half (0.2)"
-    )
     proto.add_argument(
         "--split-seeds",
         default="0",
@@ -903,12 +871,12 @@ def build_parser() -> argparse.ArgumentParser:
     proto.add_argument("--max-eval-samples", type=int, help="subsample classification validation/test images")
     proto.add_argument("--dense-max-train-samples", type=int, help="subsample dense training examples")
     proto.add_argument("--dense-max-eval-samples", type=int, help="subsample dense validation/test examples")
-    proto.add_argument(
-        "--mixed-precision", default="no", choices=("no", "bf16", "fp16"), help="autocast (no)"
-    )
+
+
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    """Where and how the runs execute and are recorded."""
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--num-workers", type=int, help="data-loader workers (default: 0 on CPU, 8 on GPU)")
-    runtime.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
+    add_training_options(runtime, "classification", ("num_workers", "cpu"), num_workers=None)
     runtime.add_argument(
         "--threads",
         type=int,
@@ -943,6 +911,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="train nothing: merge and summarise the runs on file (with --resume / --import-runs); the missing "
         "ones are listed, and a method shows the runs it has",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's options; the protocol ones left at None take `FULL` or `QUICK`'s values."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    paths = parser.add_argument_group("data and backbone")
+    paths.add_argument(
+        "--model", default=str(DEFAULT_PATHS["model"]), help="ConvNeXt checkpoint: Hub id or folder"
+    )
+    paths.add_argument("--ucm", default=str(DEFAULT_PATHS["ucm"]), help="UC Merced class-per-folder images")
+    paths.add_argument("--gid", default=str(DEFAULT_PATHS["gid"]), help="GID tiles: images/ + masks/")
+    paths.add_argument(
+        "--cd",
+        nargs="+",
+        default=[str(p) for p in DEFAULT_PATHS["cd"]],
+        help="change-detection A/B/label folders",
+    )
+    what = parser.add_argument_group("what to run")
+    what.add_argument(
+        "--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}"
+    )
+    what.add_argument(
+        "--methods",
+        help=f"comma-separated subset of {', '.join(CLASSIFICATION_VARIANTS)} (default: the task's)",
+    )
+    what.add_argument(
+        "--quick", action="store_true", help="fast partial run: few methods, 1 seed, 2 epochs, subsets"
+    )
+    what.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    add_protocol_options(parser)
+    add_runtime_options(parser)
     return parser
 
 
@@ -968,9 +969,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(str(err))
     if args.methods:
         args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in args.methods if m not in VARIANTS]
+        unknown = [m for m in args.methods if m not in CLASSIFICATION_VARIANTS]
         if unknown:
-            parser.error(f"unknown method(s) {unknown}: choose from {', '.join(VARIANTS)}")
+            parser.error(f"unknown method(s) {unknown}: choose from {', '.join(CLASSIFICATION_VARIANTS)}")
     for name in ("epochs", "dense_epochs", "batch_size", "dense_batch_size", "cd_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -981,8 +982,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.import_runs and not args.resume:
         parser.error("--import-runs merges into the files of --resume: pass --resume too")
     args.retrain = [m.strip() for m in (args.retrain or "").split(",") if m.strip()]
-    if [m for m in args.retrain if m not in VARIANTS]:
-        parser.error(f"unknown --retrain method(s): choose from {', '.join(VARIANTS)}")
+    if [m for m in args.retrain if m not in CLASSIFICATION_VARIANTS]:
+        parser.error(f"unknown --retrain method(s): choose from {', '.join(CLASSIFICATION_VARIANTS)}")
     if args.retrain and not args.resume:
         parser.error("--retrain sets aside runs of the files of --resume: pass --resume too")
     if args.resume and args.overwrite:
@@ -999,14 +1000,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(
-    argv: Sequence[str] | None = None, program: str = "python scripts/benchmark_accuracy.py"
-) -> dict[str, dict[str, Any]]:
-    """Run the benchmark; returns `{task: state}` as written to `accuracy_<task>.json`. `program` is what the
-    recorded command starts with (a wrapper such as `scripts/ablate_qlinear.py NAME --` passes its own)."""
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Run the benchmark; returns `{task: state}` as written to `accuracy_<task>.json`."""
     args = parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join([program, *argv_list])
+    command = " ".join(["python scripts/benchmark_accuracy.py", *argv_list])
     transformers.utils.logging.disable_progress_bar()
     threads_before = torch.get_num_threads()
     if args.threads:

@@ -47,17 +47,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import PeftModel
-from safetensors.torch import load_file, save_file
-from torch import nn
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-import transformers  # noqa: E402
-from _common import (  # noqa: E402
+import transformers
+from _common import (
+    CONVNEXT,
+    REPO_ROOT,
     count_top_level_ops,
     fmt_count,
     git_state,
@@ -66,10 +59,14 @@ from _common import (  # noqa: E402
     write_json_atomic,
     write_text_atomic,
 )
-from make_report import launch_bound_lines  # noqa: E402
-from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
+from _variants import VARIANTS
+from make_report import launch_bound_lines
+from peft import PeftModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import ConvNextConfig, ConvNextForImageClassification
 
-from upetu_hf.train.methods import apply_method, is_head_parameter, parameter_summary  # noqa: E402
+from upetu_hf.train.methods import apply_method, is_head_parameter, parameter_summary
 
 transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -80,30 +77,14 @@ HEAD = "classifier"
 LINEAR_PROBE_FILE = "classifier.safetensors"
 
 MODEL_SPECS: dict[str, tuple[list[int], list[int]]] = {
-    "convnext-t": ([3, 3, 9, 3], [96, 192, 384, 768]),
-    "convnext-b": ([3, 3, 27, 3], [128, 256, 512, 1024]),
+    **{
+        name: (CONVNEXT[name]["depths"], CONVNEXT[name]["hidden_sizes"])
+        for name in ("convnext-t", "convnext-b")
+    },
     "tiny": ([1, 1, 1, 1], [8, 16, 32, 64]),
 }
-METHODS = (
-    "full",
-    "linear_probe",
-    "lora_r8",
-    "lora_r16",
-    "ia3",
-    "upetu_1bit",
-    "upetu_4bit",
-    "upetu_32bit",
-)
-METHOD_LABELS = {
-    "full": "Full fine-tuning",
-    "linear_probe": "Linear probe",
-    "lora_r8": "LoRA r=8",
-    "lora_r16": "LoRA r=16",
-    "ia3": "IA3",
-    "upetu_1bit": "UPetu 1-bit",
-    "upetu_4bit": "UPetu 4-bit",
-    "upetu_32bit": "UPetu 32-bit",
-}
+#: The variants this benchmark compares (`_variants.VARIANTS`).
+METHODS = ("full", "linear_probe", "lora_r8", "lora_r16", "ia3", "upetu_1bit", "upetu_4bit", "upetu_32bit")
 #: The settings a run records in its `meta`, in this order.
 SETTINGS = (
     "quick models methods steps inference_runs warmup batch_size image_size lr seed mixed_precision launch_bound "
@@ -164,12 +145,8 @@ def wrap_method(name: str, base: nn.Module) -> nn.Module:
     path: LoRA with alpha = 2r, IA3 on the 4C hidden, UPetu with the classifier in `modules_to_save`)."""
     if name not in METHODS:
         raise ValueError(f"Unknown method {name!r}: allowed values are {', '.join(METHODS)}.")
-    family, _, variant = name.partition("_")
-    if family == "lora":
-        return apply_method(copy.deepcopy(base), "lora", r=int(variant.removeprefix("r")))
-    if family == "upetu":
-        return apply_method(copy.deepcopy(base), "upetu", bits=int(variant.removesuffix("bit")))
-    return apply_method(copy.deepcopy(base), {"linear_probe": "linear"}.get(name, name))
+    variant = VARIANTS[name]
+    return apply_method(copy.deepcopy(base), variant.method, **variant.options)
 
 
 def parameter_counts(model: nn.Module, backbone: int) -> dict[str, float]:
@@ -350,7 +327,7 @@ def build_methods(
     with tempfile.TemporaryDirectory(prefix="upetu-bench-") as workdir:
         for name in methods:
             model = wrap_method(name, base)
-            entry: dict[str, object] = {"label": METHOD_LABELS.get(name, name)}
+            entry: dict[str, object] = {"label": VARIANTS[name].label}
             entry.update(parameter_counts(model, backbone_params))
             if name.startswith("upetu_"):
                 entry["upetu_parameter_counts"] = model.base_model.parameter_counts()

@@ -17,7 +17,7 @@ Protocol, the same for both (the accuracy benchmark's, `scripts/benchmark_accura
 1. Learning-rate search: `DEFAULT_LR["upetu"] x f` for every `f` in `--lr-factors`, seed `seeds[0]`, `--epochs`
    epochs of random `--crop` crops (`--crops-per-image` per city and epoch, default 'auto': enough to cover the
    average city once), AdamW with a cosine schedule; each run keeps its best validation epoch (change F1). The
-   best validation F1 picks the learning rate (`_ledger.select`; ties: the smaller rate).
+   best validation F1 picks the learning rate (`_ledger.select`; ties: the last epochs, then the smaller rate).
 2. Seeds: the chosen rate trains with every seed of `--seeds`; each run reports its test change F1 once, at its
    best validation epoch, on whole cities (padded to the stride and cropped back). Mean +- sample std over seeds.
 
@@ -44,24 +44,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import numpy as np
+import torch
+from _common import (
+    REPO_ROOT,
+    SHARED,
+    SHARED_BACKBONE,
+    add_training_options,
+    clean,
+    git_state,
+    machine_info,
+    write_json_atomic,
+)
+from _ledger import mean_std, run_key, select
+from _variants import VARIANTS
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from _common import clean, git_state, machine_info, write_json_atomic  # noqa: E402
-from _ledger import mean_std, run_key, select  # noqa: E402
+from upetu_hf.train import DEFAULT_LR, TrainingArguments, train
+from upetu_hf.train.methods import DENSE_HEAD_LR
 
-from upetu_hf.data.multispectral import S2_RGB_BANDS  # noqa: E402
-from upetu_hf.train import DEFAULT_LR, TrainingArguments, train  # noqa: E402
-from upetu_hf.train.methods import DENSE_HEAD_LR  # noqa: E402
-
-SHARED = REPO_ROOT.parent / "shared"
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_oscd.py", "scripts/_common.py", "scripts/_ledger.py")
-#: The two models compared: all 13 bands, or Sentinel-2's RGB bands.
-VARIANTS = {"upetu-13band": None, "upetu-rgb": list(S2_RGB_BANDS)}
+#: The two models compared, by their bands (`_variants.VARIANTS`): all 13, or Sentinel-2's RGB bands.
+BANDS = {name: VARIANTS[name].options["bands"] for name in ("upetu-13band", "upetu-rgb")}
 METRIC = "f1"
 
 
@@ -191,7 +194,7 @@ class Benchmark:
             "head_lr": a.head_lr,
             "lr_grid": self.grid,
             "seeds": a.seeds,
-            "variants": VARIANTS,
+            "variants": BANDS,
             "method": "upetu (r 16, 4 bits, defaults)",
             "reduced": a.reduced,
         }
@@ -200,7 +203,7 @@ class Benchmark:
         write_json_atomic(Path(self.args.output), self.state)
 
     def ensure(self, variant: str, lr: float, factor: float, seed: int, phase: str) -> dict[str, Any]:
-        key = run_key(variant, {"bands": VARIANTS[variant]}, lr, seed)
+        key = run_key(variant, {"bands": BANDS[variant]}, lr, seed)
         for done in self.state["runs"]:
             if done["key"] == key:
                 return done
@@ -210,7 +213,7 @@ class Benchmark:
         record["phase"] = phase
         start = time.perf_counter()
         try:
-            targs = training_arguments(self.args, self.data, VARIANTS[variant], lr, seed, out)
+            targs = training_arguments(self.args, self.data, BANDS[variant], lr, seed, out)
             record.update(run_record(train(targs), out))
         except Exception as err:  # one failed run must not lose the others
             record.update(
@@ -232,16 +235,16 @@ class Benchmark:
         """Both variants' searches first, then their seed runs, one seed at a time for both (an interrupted
         benchmark still compares them on the same seeds)."""
         seeds = self.args.seeds
-        searches = {v: [self.ensure(v, lr, f, seeds[0], "search") for f, lr in self.grid] for v in VARIANTS}
-        choices = {v: select(search, self.grid, seeds[0]) for v, search in searches.items()}
+        searches = {v: [self.ensure(v, lr, f, seeds[0], "search") for f, lr in self.grid] for v in BANDS}
+        choices = {v: select(search, self.grid, seeds[0], metric=METRIC) for v, search in searches.items()}
         self.state["selection"] = choices
-        done = {v: choices[v]["complete"] for v in VARIANTS}
+        done = {v: choices[v]["complete"] for v in BANDS}
         finals = {
             v: [search[[lr for _, lr in self.grid].index(choices[v]["lr"])]] if done[v] else []
             for v, search in searches.items()
         }
         for seed in seeds[1:]:
-            for variant in (v for v in VARIANTS if done[v]):
+            for variant in (v for v in BANDS if done[v]):
                 choice = choices[variant]
                 finals[variant].append(self.ensure(variant, choice["lr"], choice["lr_factor"], seed, "seed"))
         for variant, runs in finals.items():
@@ -253,7 +256,7 @@ class Benchmark:
             mean, std = mean_std(scores)
             validation = [r.get("validation_score") for r in ok]
             self.state["summary"][variant] = {
-                "bands": VARIANTS[variant] or "all 13",
+                "bands": BANDS[variant] or "all 13",
                 "lr": choices[variant]["lr"],
                 "validation_f1_search": choices[variant]["validation_score"],
                 "test_f1": scores,
@@ -272,22 +275,17 @@ class Benchmark:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(SHARED / "data" / "oscd13_s2"))
-    parser.add_argument("--model", default=str(SHARED / "models" / "rs-convnext-atto-aid"))
+    parser.add_argument("--model", default=str(SHARED_BACKBONE))
     parser.add_argument("--output", default=str(REPO_ROOT / "results" / "accuracy_oscd13.json"))
     parser.add_argument("--work-dir", default=None, help="Runs and the split (default: a folder in /tmp).")
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--train-cities", type=int, default=8)
     parser.add_argument("--val-cities", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop", type=int, default=128, help="Random training crop (a multiple of 32).")
     parser.add_argument("--crops-per-image", default="auto")
-    parser.add_argument(
-        "--dice-weight",
-        type=float,
-        default=1.0,
-        help="Soft-Dice weight (changes are 0.4-4.5 %% of the pixels).",
-    )
+    # forwarded to every run's TrainingArguments, as `upetu-train change-detection` offers them
+    names = ("epochs", "batch_size", "dice_weight", "cpu")
+    add_training_options(parser, "change-detection", names, epochs=40, batch_size=8, dice_weight=1.0)
     parser.add_argument("--lr-factors", default="0.333333,1,3", help="Multiples of UPetu's default 1e-2.")
     parser.add_argument(
         "--head-lr",
@@ -304,7 +302,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="Say why this is a smaller run than the protocol (recorded, e.g. time).",
     )
     parser.add_argument("--resume", action="store_true", help="Keep the finished runs of --output.")
-    parser.add_argument("--cpu", action="store_true")
     args = parser.parse_args(argv)
     if args.head_lr != "lr":
         try:

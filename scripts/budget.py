@@ -18,33 +18,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-import torch  # noqa: E402
-from _common import write_json_atomic  # noqa: E402
-from peft import get_peft_model  # noqa: E402
-from transformers import (  # noqa: E402
+import torch
+from _common import CONVNEXT, REPO_ROOT, write_json_atomic
+from peft import get_peft_model
+from transformers import (
     ConvNextConfig,
     ConvNextForImageClassification,
     UperNetConfig,
     UperNetForSemanticSegmentation,
 )
 
-from upetu_hf import UPetuConfig  # noqa: E402
-from upetu_hf.tuner.config import ADAPTER_WEIGHTS_NAME  # noqa: E402
+from upetu_hf import UPetuConfig
+from upetu_hf.tuner.config import ADAPTER_WEIGHTS_NAME
 
-#: ConvNeXt-B (facebook/convnext-base-224-22k) and the benchmarks' atto backbone: widths and depths.
-CONVNEXT_B = dict(hidden_sizes=[128, 256, 512, 1024], depths=[3, 3, 27, 3])
-CONVNEXT_ATTO = dict(hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2])
 #: UperNet decoders: the transformers default, and `--head-hidden-size 64` (hidden and auxiliary channels).
 DECODERS = {"default": {}, "head-hidden-size 64": dict(hidden_size=64, auxiliary_channels=64)}
 DEFAULT_CONFIGS = (
@@ -60,7 +51,7 @@ def measure(options: dict[str, Any], bits: int) -> dict[str, Any]:
     """Adapter share of the backbone and adapter file size of one configuration on ConvNeXt-B."""
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = ConvNextForImageClassification(ConvNextConfig(**CONVNEXT_B, num_labels=10))
+        model = ConvNextForImageClassification(ConvNextConfig(**CONVNEXT["convnext-b"], num_labels=10))
     peft_model = get_peft_model(model, UPetuConfig(bits=bits, modules_to_save=[], **options))
     counts = peft_model.base_model.parameter_counts()
     with tempfile.TemporaryDirectory() as folder:
@@ -101,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ]
     decoders = [
         {"backbone": name, "decoder": decoder, **decoder_size(backbone, options)}
-        for name, backbone in (("convnext-b", CONVNEXT_B), ("convnext-atto", CONVNEXT_ATTO))
+        for name, backbone in ((name, CONVNEXT[name]) for name in ("convnext-b", "convnext-atto"))
         for decoder, options in DECODERS.items()
     ]
     result = {"backbone": "ConvNeXt-B (random weights)", "rows": rows, "upernet_decoders": decoders}

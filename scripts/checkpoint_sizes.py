@@ -16,40 +16,33 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import torch
+from _common import CONVNEXT, REPO_ROOT, SHARED_BACKBONE, write_json_atomic
+from transformers import ConvNextConfig, ConvNextForImageClassification
 
-import torch  # noqa: E402
-from _common import write_json_atomic  # noqa: E402
-from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
+from upetu_hf.train.accelerator import make_accelerator
+from upetu_hf.train.arguments import TrainingArguments
+from upetu_hf.train.checkpoint import FrozenBackbone, Trainables, save_checkpoint
+from upetu_hf.train.methods import apply_method, parameter_groups
 
-from upetu_hf.train.accelerator import make_accelerator  # noqa: E402
-from upetu_hf.train.arguments import TrainingArguments  # noqa: E402
-from upetu_hf.train.checkpoint import FrozenBackbone, Trainables, save_checkpoint  # noqa: E402
-from upetu_hf.train.methods import apply_method, parameter_groups  # noqa: E402
-
-SHARED_ATTO = REPO_ROOT.parent / "shared" / "models" / "rs-convnext-atto-aid"
 NUM_LABELS = 21
-#: ConvNeXt-B (Liu et al. 2022): depths 3-3-27-3, widths 128-1024
-CONVNEXT_B = dict(depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024])
 
 
 def build_model(name: str) -> tuple[torch.nn.Module, str]:
     """A ConvNeXt classifier with a `NUM_LABELS`-class head and the source `--model` would name."""
     if name == "convnext-base":
-        return ConvNextForImageClassification(ConvNextConfig(num_labels=NUM_LABELS, **CONVNEXT_B)), name
+        return ConvNextForImageClassification(
+            ConvNextConfig(num_labels=NUM_LABELS, **CONVNEXT["convnext-b"])
+        ), name
     model = ConvNextForImageClassification.from_pretrained(
-        SHARED_ATTO, num_labels=NUM_LABELS, ignore_mismatched_sizes=True
+        SHARED_BACKBONE, num_labels=NUM_LABELS, ignore_mismatched_sizes=True
     )
-    return model, str(SHARED_ATTO)
+    return model, str(SHARED_BACKBONE)
 
 
 def checkpoint_bytes(model: torch.nn.Module, source: str, method: str, folder: Path) -> dict[str, int]:
@@ -90,7 +83,7 @@ def measure(models: Sequence[str], methods: Sequence[str]) -> list[dict[str, Any
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    models = ["convnext-base"] + (["atto"] if SHARED_ATTO.is_dir() else [])
+    models = ["convnext-base"] + (["atto"] if SHARED_BACKBONE.is_dir() else [])
     parser.add_argument("--models", nargs="+", default=models, choices=["convnext-base", "atto"])
     parser.add_argument("--methods", nargs="+", default=["upetu", "lora", "linear", "full"])
     parser.add_argument("--output", type=Path, default=REPO_ROOT / "results" / "checkpoint_sizes.json")

@@ -21,28 +21,22 @@ import io
 import json
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # the push case must meet an offline Hub; nothing is downloaded
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import numpy as np
+import PIL.Image
+import tifffile
+from _common import REPO_ROOT, write_json_atomic, write_text_atomic
+from transformers import ConvNextConfig, ConvNextForImageClassification
 
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-import tifffile  # noqa: E402
-from _common import write_json_atomic, write_text_atomic  # noqa: E402
-from transformers import ConvNextConfig, ConvNextForImageClassification  # noqa: E402
-
-import upetu_hf.train.checkpoint  # noqa: E402
-import upetu_hf.train.loop  # noqa: E402
-from upetu_hf.train.cli import eval_main, main  # noqa: E402
-from upetu_hf.train.output_dir import OutputLock  # noqa: E402
+import upetu_hf.train.checkpoint
+import upetu_hf.train.loop
+from upetu_hf.train.cli import eval_main, main
+from upetu_hf.train.output_dir import OutputLock
 
 
 # ---------------------------------------------------------------------------------------------- tiny data

@@ -35,20 +35,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-for _path in (REPO_ROOT / "src", REPO_ROOT / "scripts"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+import torch
+from _common import (
+    REPO_ROOT,
+    SHARED,
+    SHARED_BACKBONE,
+    add_training_options,
+    clean,
+    git_state,
+    machine_info,
+    write_json_atomic,
+)
+from _ledger import TIE_TOLERANCE, break_tie, last_epochs_score, mean_or_none, paired_scores
+from benchmark_accuracy import cd_split
 
-import torch  # noqa: E402
-from _common import clean, git_state, machine_info, write_json_atomic  # noqa: E402
-from _ledger import paired_scores  # noqa: E402
-from benchmark_accuracy import cd_split  # noqa: E402
+from upetu_hf.train import DEFAULT_LR, TrainingArguments, train
+from upetu_hf.train.methods import dense_head_lr
 
-from upetu_hf.train import DEFAULT_LR, TrainingArguments, train  # noqa: E402
-from upetu_hf.train.methods import dense_head_lr  # noqa: E402
-
-SHARED = REPO_ROOT.parent / "shared"
 TASKS = ("segmentation", "change-detection")
 #: Per task: the default data, the validation metric, and the CPU-sized defaults of the search.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -143,9 +146,9 @@ def training_arguments(
     )
 
 
-def choose(runs: list[dict[str, Any]], head_lrs: list[float]) -> dict[str, Any]:
-    """Per head learning rate, the mean validation score over methods, seeds and splits; the best one (ties: the
-    smaller rate), whether it is interior to the grid, and the best rate minus each other one, paired over the
+def choose(runs: list[dict[str, Any]], head_lrs: list[float], metric: str) -> dict[str, Any]:
+    """Per head learning rate, the mean validation score over methods, seeds and splits; the best one (a tie goes
+    to the better mean of the runs' last epochs, then to the smaller rate, and is recorded as `tie`), whether it is interior to the grid, and the best rate minus each other one, paired over the
     (split seed, seed) runs both have (mean and 95 % t-interval, `_ledger.paired_scores`; one method)."""
     per_lr = {}
     for lr in head_lrs:
@@ -154,7 +157,17 @@ def choose(runs: list[dict[str, Any]], head_lrs: list[float]) -> dict[str, Any]:
             per_lr[lr] = sum(scores) / len(scores)
     if not per_lr:
         return {}
-    best = max(per_lr, key=lambda lr: (per_lr[lr], -lr))
+    top = max(per_lr.values())
+    tied = [lr for lr in per_lr if top - per_lr[lr] <= TIE_TOLERANCE]
+    best, rule = tied[0], None
+    if len(tied) > 1:  # the same tie rule as the accuracy benchmark's: the last epochs, then the smaller rate
+        last = [
+            (
+                "last epochs",
+                lambda lr: mean_or_none([last_epochs_score(r, metric) for r in runs if r["head_lr"] == lr]),
+            )
+        ]
+        best, rule = break_tie(tied, last)
     # validation scores by (split seed, seed): one method only (with several, a pair is not one run)
     by_pair = {}
     for lr in per_lr:
@@ -172,13 +185,14 @@ def choose(runs: list[dict[str, Any]], head_lrs: list[float]) -> dict[str, Any]:
         "interior": min(head_lrs) < best < max(head_lrs),
         "complete": len(per_lr) == len(head_lrs),
         "best_minus_other_validation": paired,
+        **({"tie": {"lrs": tied, "decided_by": rule}} if rule else {}),
     }
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=TASKS, default="segmentation")
-    parser.add_argument("--model", default=str(SHARED / "models" / "rs-convnext-atto-aid"))
+    parser.add_argument("--model", default=str(SHARED_BACKBONE))
     parser.add_argument(
         "--data",
         "--gid",
@@ -191,18 +205,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="1e-2,1e-3,3e-4,3e-3,1e-4",
         help="candidates, run in this order (1e-2: the adapter's)",
     )
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-seeds", default="0", help="comma-separated split seeds (0)")
     parser.add_argument("--epochs", type=int, help="5 (segmentation), 8 (change detection)")
-    parser.add_argument("--resize", type=int, default=112, help="segmentation: tiles resized to this (112)")
-    parser.add_argument(
-        "--head-hidden-size",
-        type=int,
-        help="decoder channels (default: the decoder upetu-train builds: segmentation 512, change detection 128)",
-    )
-    parser.add_argument(
-        "--image-size", type=int, default=128, help="change detection: training crop, a multiple of 32 (128)"
-    )
     parser.add_argument(
         "--cd-repeats",
         type=int,
@@ -210,10 +214,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="change detection: copies of each training pair per epoch (16)",
     )
     parser.add_argument("--max-train-samples", type=int, help="320 (segmentation), all (change detection)")
-    parser.add_argument("--batch-size", type=int, default=16, help="16, the accuracy benchmark's dense batch")
     parser.add_argument(
         "--max-eval-samples", type=int, help="139, half the GID validation tiles (segmentation)"
     )
+    # forwarded to every run's TrainingArguments, as `upetu-train segmentation` offers them (the image size is
+    # change detection's training crop, a multiple of 32; the batch is the accuracy benchmark's dense batch)
+    names = ("seed", "resize", "head_hidden_size", "image_size", "batch_size")
+    add_training_options(parser, "segmentation", names, seed=0, resize=112, image_size=128, batch_size=16)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--output", help="default: results/head_lr_<task>.json")
     parser.add_argument("--work-dir", help="run folders (default: a temporary folder)")
@@ -315,10 +322,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "wall_time_s": time.perf_counter() - start,
             }
             state["runs"].append(record)
-            state["selection"] = choose(state["runs"], head_lrs)
+            state["selection"] = choose(state["runs"], head_lrs, metric)
             write_json_atomic(output, state)
             log(f"{key}: validation {metric} {record['validation_score']:.4f} (epoch {record['best_epoch']})")
-    state["selection"] = choose(state["runs"], head_lrs)
+    state["selection"] = choose(state["runs"], head_lrs, metric)
     # the rate upetu-train gives a decoder of this width (DENSE_HEAD_LR at the default width)
     state["current_default"] = dense_head_lr(args.task, args.head_hidden_size)
     write_json_atomic(output, state)

@@ -1,21 +1,25 @@
 #!/usr/bin/env python
-"""Tables, a plot and the README "Results" section, generated from `results/accuracy_*.json` (written by
+"""Every generated report of the benchmarks, from `results/accuracy_*.json` (written by
 `scripts/benchmark_accuracy.py`) and, when present, `results/efficiency.json` (`scripts/benchmark_efficiency.py`).
 
 Writes `results/accuracy_summary.md` (every table, the learning-rate search and every run) and
 `results/accuracy_vs_params.png` (test metric against trainable parameters, log x, marker area showing the size of
-the checkpoint a task needs), and rewrites the part of README.md between `<!-- results:start -->` and
-`<!-- results:end -->`. Without those markers README.md is left alone and the section is printed. Every number
-comes from the JSON files.
+the checkpoint a task needs). For `results/` itself it also rewrites, between `<!-- results:start -->` and
+`<!-- results:end -->` and nowhere else, README.md (a headline table of at most 25 lines: current numbers and their
+verdicts) and docs/benchmarks.md (the full tables, protocol and caveats), and writes `results/README.md` in full:
+every file under `results/`, current or superseded, with its command (`RESULTS`). For another folder (a side
+protocol such as `results/search2`) only `--readme` gets the full section. A file without markers is left alone and
+its section printed. Every number comes from the JSON files.
 
 Usage:
     python scripts/make_report.py
-    python scripts/make_report.py --results-dir results --readme README.md
+    python scripts/make_report.py --results-dir results/search2 --efficiency results/efficiency.json --readme /dev/null
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import math
 import os
@@ -24,12 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT / "scripts") not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-from _common import fmt_count, write_text_atomic  # noqa: E402
-from _ledger import mean_std, paired_difference, split_of  # noqa: E402
+from _common import REPO_ROOT, fmt_count, write_text_atomic
+from _ledger import mean_std, paired_difference, split_of
+from _variants import DEFAULT_COLOUR, VARIANTS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 TASK_ORDER = ("classification", "segmentation", "change-detection")
@@ -51,19 +52,6 @@ PAIRED = (
 #: Aims of the benchmark issue (thresholds, not results).
 ONE_BIT_MAX_LOSS = 0.5  # accuracy points, 1-bit vs 32-bit
 SMALL_BUDGET_PCT = 1.0  # % of the backbone for `upetu-small`
-COLORS = {
-    "linear": "#7f7f7f",
-    "full": "#000000",
-    "lora": "#1f77b4",
-    "ia3": "#9467bd",
-    "upetu": "#d62728",
-    "upetu-1bit": "#ff7f0e",
-    "upetu-32bit": "#8c564b",
-    "eqam-only": "#2ca02c",
-    "capm-only": "#17becf",
-    "upetu-small": "#e377c2",
-    "lora-small": "#aec7e8",
-}
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -759,7 +747,7 @@ def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
             if s["test_mean"] is None:
                 continue
             x, y, err = s["trainable_params"], 100 * s["test_mean"], 100 * s["test_std"]
-            color = COLORS.get(name, "#333333")
+            color = VARIANTS[name].colour if name in VARIANTS else DEFAULT_COLOUR
             ax.errorbar(x, y, yerr=err, fmt="none", ecolor=color, alpha=0.6, capsize=3, zorder=1)
             ax.scatter(
                 x, y, s=area(s["weights_bytes_with_head"]), color=color, alpha=0.75, edgecolor="k", zorder=2
@@ -788,16 +776,248 @@ def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-# ---------------------------------------------------------------------------------------------- README
-def update_readme(readme: Path, text: str) -> bool:
-    """Replace what lies between the markers; False (file untouched) when they are missing."""
-    if not readme.is_file():
+# ---------------------------------------------------------------------------------------------- headline
+#: The headline's columns: the variants every task compares, in this order.
+HEADLINE = ("upetu", "upetu-1bit", "lora", "full", "linear")
+#: The headline's verdicts, read "a minus b" (`PAIRED` entries).
+VERDICTS = (("upetu", "full"), ("upetu", "lora"), ("upetu-1bit", "upetu-32bit"))
+#: The efficiency rows of the headline, on the benchmark's largest model.
+EFFICIENCY_HEADLINE = ("upetu_1bit", "upetu_4bit", "lora_r8", "full")
+
+
+#: Short names of the verdicts' variants.
+SHORT = {"upetu": "UPetu", "upetu-1bit": "1-bit", "upetu-32bit": "32-bit", "full": "full", "lora": "LoRA"}
+
+
+def verdict(summary: dict[str, Any], a: str, b: str) -> str | None:
+    """`a − b +d [low, high]` in points from the paired comparison, and who is ahead when the interval excludes 0;
+    None without pairs."""
+    d = paired_difference(summary, a, b)
+    if d is None:
+        return None
+    low, high = d["ci95"]
+    ahead = "" if d["decided"] is None else f", {SHORT[d['decided']]} ahead"
+    return f"{SHORT[a]} − {SHORT[b]} {100 * d['mean']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]{ahead}"
+
+
+def headline_rows(states: dict[str, dict[str, Any]]) -> list[str]:
+    """One row per task: the test metric of the `HEADLINE` variants and the `VERDICTS`."""
+    labels = [VARIANTS[name].label for name in HEADLINE]
+    lines = [f"| task | {' | '.join(labels)} | verdict: paired difference, points [95 % interval] |"]
+    lines.append("|---|" + "---:|" * len(HEADLINE) + "---|")
+    for state in states.values():
+        s = state["summary"]
+        cells = [
+            f"{points(s[n]['test_mean'])} ± {points(s[n]['test_std'])}" if n in s else "-" for n in HEADLINE
+        ]
+        verdicts = [v for a, b in VERDICTS if (v := verdict(s, a, b))]
+        lines.append(f"| {title(state)} | {' | '.join(cells)} | {'; '.join(verdicts)} |")
+    return lines
+
+
+def efficiency_headline(eff: dict[str, Any] | None) -> list[str]:
+    """The efficiency benchmark's largest model: trainable share, adapter bytes, step time and memory."""
+    if not eff or not eff.get("models"):
+        return []
+    name, data = list(eff["models"].items())[-1]
+    lines = [
+        f"| {name} | trainable % of backbone | on disk without head | train step vs full | peak memory vs full |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for method in (m for m in EFFICIENCY_HEADLINE if m in data["methods"]):
+        entry, ratio = data["methods"][method], data.get("ratios", {}).get(method, {})
+        step, memory = ratio.get("train_step_vs_full", 1.0), ratio.get("peak_memory_vs_full", 1.0)
+        lines.append(
+            f"| {entry['label']} | {entry['trainable_pct_of_backbone']:.2f} % "
+            f"| {fmt_bytes(entry['disk_bytes_without_head'])} | {step:.2f}x | {memory:.2f}x |"
+        )
+    return lines
+
+
+def headline(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, links: dict[str, str]) -> str:
+    """The README's results table (at most 25 lines): current numbers only, with verdicts; `links` maps `docs`
+    and `index` to paths relative to the README."""
+    if not states:
+        return "No accuracy results yet: run `python scripts/benchmark_accuracy.py`, then `python scripts/make_report.py`.\n"
+    b = next(iter(states.values()))["backbone"]
+    lines = [
+        f"*Generated by `scripts/make_report.py` from the current files of [`results/`]({links['index']}); "
+        f"protocol, every table and the caveats: [{Path(links['docs']).name}]({links['docs']}).*",
+        "",
+        f"Test metric (%), mean ± std over the runs of each method, on a {b['backbone_params'] / 1e6:.1f} M-parameter "
+        f"{architecture(b)} backbone, each method at its learning rate chosen on validation. Verdicts pair the runs "
+        "of two methods; one is called ahead only where the 95 % interval excludes 0:",
+        "",
+        *headline_rows(states),
+    ]
+    if table := efficiency_headline(eff):
+        lines += ["", "Efficiency (`results/efficiency.json`, randomly initialised model, CPU):", "", *table]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- results index
+ACCURACY = "`python scripts/benchmark_accuracy.py` (each session's command is in the file's `sessions`)"
+REPORT = "`python scripts/make_report.py`"
+#: What every file under `results/` is, in order of precedence: (glob, status, what, command). A file that matches
+#: none is listed as undescribed (and `tests/test_layout_scripts.py` fails).
+RESULTS: tuple[tuple[str, str, str, str], ...] = (
+    ("README.md", "current", "this index", REPORT),
+    (
+        "accuracy_summary.md",
+        "current",
+        "every table, learning-rate search and run of the accuracy benchmark",
+        REPORT,
+    ),
+    ("accuracy_vs_params.png", "current", "test metric against trainable parameters", REPORT),
+    (
+        "accuracy_oscd13_default_head.json",
+        "current",
+        "OSCD-13: 13 bands against RGB, default head rate",
+        "`python scripts/benchmark_oscd.py` (command in `sessions`)",
+    ),
+    (
+        "accuracy_oscd13.json",
+        "current",
+        "OSCD-13 with the head at the adapter's rate (`--head-lr lr`)",
+        "`python scripts/benchmark_oscd.py --head-lr lr` (command in `sessions`)",
+    ),
+    (
+        "accuracy_*.json",
+        "current",
+        "the accuracy benchmark's ledger of one task: every run, choice, summary",
+        ACCURACY,
+    ),
+    (
+        "efficiency.*",
+        "current",
+        "parameters, bytes, step time, memory, launch-bound costs",
+        "`python scripts/benchmark_efficiency.py` (command in `meta`)",
+    ),
+    (
+        "budget.json",
+        "current",
+        "adapter and decoder sizes on ConvNeXt-B and -atto",
+        "`python scripts/budget.py`",
+    ),
+    (
+        "checkpoint_sizes.json",
+        "current",
+        "bytes of a training checkpoint per method",
+        "`python scripts/checkpoint_sizes.py`",
+    ),
+    (
+        "fault_table.*",
+        "current",
+        "what `upetu-train` / `upetu-eval` say on each fault",
+        "`python scripts/fault_table.py`",
+    ),
+    (
+        "peft_custom_suite.json",
+        "current",
+        "peft's own custom-model test suite run on UPetu",
+        "`python scripts/peft_custom_suite.py`",
+    ),
+    (
+        "head_lr_*.json",
+        "current",
+        "the dense heads' learning-rate search behind `DENSE_HEAD_LR` / `dense_head_lr`",
+        "`python scripts/head_lr_search.py` (command in `sessions`)",
+    ),
+    ("search2/*.json", "current", "UCM-55 with a two-seed learning-rate search", ACCURACY),
+    ("epochs20/*.json", "current", "UCM-55 at 20 epochs", ACCURACY),
+    (
+        "search2/*",
+        "current",
+        "the report of `search2/`",
+        "`python scripts/make_report.py --results-dir results/search2 --efficiency results/efficiency.json --readme /dev/null`",
+    ),
+    (
+        "epochs20/*",
+        "current",
+        "the report of `epochs20/`",
+        "`python scripts/make_report.py --results-dir results/epochs20 --efficiency results/efficiency.json --readme /dev/null`",
+    ),
+    ("speed/*.json", "current", "one 1-bit run before and after the fast paths: the same numbers", ACCURACY),
+    (
+        "format_comparison/*",
+        "current",
+        "issue 27's format comparison, running from a worktree at commit a423d7e",
+        "`bash results/format_comparison/run.sh`, then `python scripts/format_comparison.py results/format_comparison`",
+    ),
+    (
+        "history/provenance.json",
+        "current",
+        "the command and commit of every file under `history/`",
+        "written once, by hand, when the trials retired (issue 29)",
+    ),
+    (
+        "history/qlinear_ablations/*",
+        "superseded",
+        "one Q-Linear design trial on UCM-55 (1-bit unless named)",
+        "",
+    ),
+    ("history/qlinear_v*", "superseded", "UCM-55 ledger of one Q-Linear format (1 to 5)", ""),
+    (
+        "history/*qlinear_comparison.*",
+        "superseded",
+        "the Q-Linear formats compared (retired `compare_qlinear.py`)",
+        "",
+    ),
+    (
+        "history/epochs20/bits_*",
+        "superseded",
+        "1-bit against 32-bit at 20 epochs (input of the comparison)",
+        "",
+    ),
+)
+
+
+def describe(path: str, provenance: dict[str, Any]) -> tuple[str, str, str]:
+    """(status, what, command) of the file at `path` (relative to `results/`)."""
+    for pattern, status, what, command in RESULTS:
+        if fnmatch.fnmatch(path, pattern):
+            record = provenance.get(path)
+            if record:  # retired: its command and the commit it was committed in
+                text = record["command"] if len(record["command"]) <= 100 else record["command"][:100] + " …"
+                command = f"`{text}` (commit {record['committed_in'][:10]})"
+            return status, what, command
+    return "undescribed", "**not described: add it to `make_report.RESULTS`**", "-"
+
+
+def results_index(results_dir: Path) -> str:
+    """`results/README.md`: every file under `results_dir`, its status, what it holds and its command."""
+    provenance_file = results_dir / "history" / "provenance.json"
+    provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
+    files = sorted(p.relative_to(results_dir).as_posix() for p in results_dir.rglob("*") if p.is_file())
+    lines = [
+        "# results/",
+        "",
+        "Written by `python scripts/make_report.py`; do not edit by hand. Every file under `results/`, whether it is "
+        "current or superseded, what it holds and the command that produces it. Superseded files live under "
+        "`history/` with the command and the commit they were committed in (`history/provenance.json`); the "
+        "scripts of retired trials are gone, so rerun them from that commit. `format_comparison/` runs from a "
+        "worktree at commit a423d7e (`format_comparison/run.sh`), not from the current scripts.",
+        "",
+        "| file | status | what | command |",
+        "|---|---|---|---|",
+    ]
+    for path in files:
+        status, what, command = describe(path, provenance)
+        lines.append(f"| `{path}` | {status} | {what} | {command} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- files
+def update_markers(path: Path, text: str) -> bool:
+    """Replace what lies between the markers of `path`, leaving the rest alone; False (file untouched) when the
+    file or its markers are missing."""
+    if not path.is_file():
         return False
-    content = readme.read_text()
+    content = path.read_text()
     start, end = content.find(START), content.find(END)
     if start < 0 or end < start:
         return False
-    write_text_atomic(readme, content[: start + len(START)] + "\n" + text + content[end:])
+    write_text_atomic(path, content[: start + len(START)] + "\n" + text + content[end:])
     return True
 
 
@@ -811,21 +1031,40 @@ def relative(path: Path, folder: Path) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results-dir", default=str(REPO_ROOT / "results"), help="where accuracy_*.json are")
+    default = REPO_ROOT / "results"
+    parser.add_argument("--results-dir", default=str(default), help="where accuracy_*.json are")
     parser.add_argument("--efficiency", help="efficiency JSON (default: <results-dir>/efficiency.json)")
     parser.add_argument("--markdown", help="summary file (default: <results-dir>/accuracy_summary.md)")
     parser.add_argument("--plot", help="plot file (default: <results-dir>/accuracy_vs_params.png)")
-    parser.add_argument("--readme", default=str(REPO_ROOT / "README.md"), help="README to update")
+    parser.add_argument(
+        "--readme", default=str(REPO_ROOT / "README.md"), help="README for the headline table"
+    )
+    parser.add_argument("--docs", help="page for the full tables (default: docs/benchmarks.md for results/)")
+    parser.add_argument("--index", help="the index of results/ (default: results/README.md for results/)")
     parser.add_argument(
         "--backbone-note",
         help='what the JSON cannot know about the backbone, added to the caveats, e.g. "pretrained from scratch '
         'on a CPU"',
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if Path(args.results_dir).resolve() == default.resolve():  # another folder is a side protocol's
+        args.docs = args.docs or str(REPO_ROOT / "docs" / "benchmarks.md")
+        args.index = args.index or str(default / "README.md")
+    return args
+
+
+def write_section(path: Path, text: str, what: str) -> None:
+    """`text` between the markers of `path`, or printed when it has none."""
+    if update_markers(path, text):
+        print(f"make_report: updated the {what} of {path}", file=sys.stderr)
+    else:
+        print(f"make_report: {path} has no {START} ... {END} markers; the {what} follows.", file=sys.stderr)
+        print(f"{START}\n{text}{END}")
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    """Write the summary and the plot, update (or print) the README section; returns the section."""
+    """Write the summary, the plot, the README's headline, the docs' full tables and the index of results/ (each
+    where asked); returns the full section."""
     args = parse_args(argv)
     results = Path(args.results_dir)
     states = load_accuracy(results)
@@ -833,19 +1072,23 @@ def main(argv: Sequence[str] | None = None) -> str:
     markdown = Path(args.markdown) if args.markdown else results / "accuracy_summary.md"
     plot_file = Path(args.plot) if args.plot else results / "accuracy_vs_params.png"
     readme = Path(args.readme)
-    links = relative(plot_file, readme.parent), relative(markdown, readme.parent)
-    text = section(states, eff, *links, args.backbone_note)
+    page = Path(args.docs) if args.docs else readme  # without a docs page the README gets the full section
+    text = section(
+        states, eff, relative(plot_file, page.parent), relative(markdown, page.parent), args.backbone_note
+    )
     plot(states, plot_file)
     write_text_atomic(
         markdown, summary_markdown(states, eff, relative(plot_file, markdown.parent), args.backbone_note)
     )
-    if update_readme(readme, text):
-        print(f"make_report: updated the results section of {readme}", file=sys.stderr)
+    if args.docs:
+        index = Path(args.index) if args.index else results / "README.md"
+        links = {"docs": relative(page, readme.parent), "index": relative(index, readme.parent)}
+        write_section(page, text, "full tables")
+        write_section(readme, headline(states, eff, links), "headline table")
     else:
-        print(
-            f"make_report: {readme} has no {START} ... {END} markers; the section follows.", file=sys.stderr
-        )
-        print(f"## Results\n\n{START}\n{text}{END}")
+        write_section(readme, text, "results section")
+    if args.index:
+        write_text_atomic(Path(args.index), results_index(results))
     print(f"make_report: wrote {markdown} and {plot_file}", file=sys.stderr)
     return text
 

@@ -3,32 +3,22 @@ data (classification, segmentation and change detection), so that neither script
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import PIL.Image
 import pytest
 from transformers import ConvNextConfig, ConvNextForImageClassification
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 CLASSES = ("alpha", "beta", "gamma")
 
 
 def load_script(name: str) -> ModuleType:
-    """Import a script of `scripts/` as a module."""
-    if name in sys.modules:
-        return sys.modules[name]
-    if str(SCRIPTS) not in sys.path:  # the scripts import their helpers (_common, _ledger) by name
-        sys.path.insert(0, str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """Import a script of `scripts/` as a module (pytest puts scripts/ on the path: pyproject's `pythonpath`)."""
+    return importlib.import_module(name)
 
 
 def write_assets(root: Path) -> dict[str, Path]:
@@ -138,9 +128,12 @@ def test_classification_runs_selection_and_counts(bench):
     for name, base_lr in (("full", 5e-4), ("upetu", 1e-2)):
         mine = [r for r in runs if r["variant"] == name]
         assert sorted(r["lr"] for r in mine) == pytest.approx([base_lr, 3 * base_lr])
-        best = max(mine, key=lambda r: (r["validation_score"], -r["lr"]))
+        top = max(r["validation_score"] for r in mine)
+        tied = sorted(r["lr"] for r in mine if r["validation_score"] == top)
         choice = state["selection"][name]
-        assert choice["complete"] and choice["lr"] == best["lr"]
+        assert choice["complete"] and choice["lr"] in tied
+        assert ("tie" in choice) == (len(tied) > 1)  # a tie is broken by more evidence, and recorded
+        best = next(r for r in mine if r["lr"] == choice["lr"])
         assert choice["validation_score"] == max(r["validation_score"] for r in mine)
         summary = state["summary"][name]
         assert summary["lr"] == best["lr"] and summary["n"] == 1
@@ -389,6 +382,61 @@ def test_select_on_the_mean_over_several_search_seeds():
     assert partial["candidates"][0] == {
         "lr": 0.01, "lr_factor": 1.0, "finished": False, "validation_score": None, "validation_scores": [0.70, None]
     }  # fmt: skip
+
+
+def test_a_tie_is_broken_by_more_evidence_before_the_smaller_rate():
+    select = load_script("_ledger").select
+    grid = [(1.0, 0.01), (3.0, 0.03)]
+
+    def run(lr, seed, score, last=(0.5, 0.5, 0.5)):
+        history = [{"validation/accuracy": v} for v in last]
+        return {"lr": lr, "seed": seed, "status": "ok", "validation_score": score, "best_epoch": 3,
+                "metric": "accuracy", "history": history}  # fmt: skip
+
+    # a tie on seed 0: the last epochs decide (0.03 ends higher)
+    tied = [run(0.01, 0, 0.75, (0.70, 0.72, 0.75)), run(0.03, 0, 0.75, (0.74, 0.75, 0.75))]
+    choice = select(tied, grid, 0)
+    assert (choice["lr"], choice["tie"]) == (0.03, {"lrs": [0.01, 0.03], "decided_by": "last epochs"})
+    # a seed both tied rates ran comes first: here it favours 0.01
+    more = [*tied, run(0.01, 1, 0.80), run(0.03, 1, 0.70)]
+    assert select(more, grid, 0)["tie"]["decided_by"] == "seeds" and select(more, grid, 0)["lr"] == 0.01
+    # equal everywhere: the smaller rate, as before
+    flat = [run(0.01, 0, 0.75), run(0.03, 0, 0.75)]
+    assert (
+        select(flat, grid, 0)["lr"] == 0.01 and select(flat, grid, 0)["tie"]["decided_by"] == "smaller rate"
+    )
+    # no tie, no record
+    assert "tie" not in select([run(0.01, 0, 0.75), run(0.03, 0, 0.76)], grid, 0)
+
+
+def test_a_tie_trains_the_tied_rates_on_the_next_seeds_until_they_decide():
+    module = load_script("benchmark_accuracy")
+    grid = [(1.0, 0.01), (3.0, 0.03), (9.0, 0.09)]
+    scores = {(0.01, 0): 0.75, (0.03, 0): 0.75, (0.09, 0): 0.5, (0.01, 1): 0.70, (0.03, 1): 0.70}
+    scores |= {(0.01, 2): 0.70, (0.03, 2): 0.72}  # seed 1 ties again, seed 2 decides for 0.03
+    runner = object.__new__(module.TaskRunner)
+    runner.setup = SimpleNamespace(seeds=[0, 1, 2, 3], n_search_seeds=1, search_seeds=[0], split_seeds=[0])
+    runner.done, trained = {}, []
+    variant = module.VARIANTS["upetu"]
+
+    def ensure(variant, options, lr, factor, seed, phase, split_seed=None):
+        trained.append((lr, seed, phase))
+        record = {"variant": variant.name, "options": options, "lr": lr, "seed": seed, "status": "ok",
+                  "validation_score": scores[lr, seed], "best_epoch": 1, "metric": "accuracy",
+                  "history": [{"validation/accuracy": 0.5}]}  # fmt: skip
+        runner.done[f"{lr}-{seed}"] = record
+
+    runner.ensure = ensure
+    for f, lr in grid:
+        ensure(variant, {}, lr, f, 0, "search")
+    choice = runner.choose(variant, {}, grid)
+    assert choice["lr"] == 0.03 and choice["tie"] == {"lrs": [0.01, 0.03], "decided_by": "seeds"}
+    assert trained[3:] == [
+        (0.01, 1, "tie-break"),
+        (0.03, 1, "tie-break"),
+        (0.01, 2, "tie-break"),
+        (0.03, 2, "tie-break"),
+    ]
 
 
 def test_search_seeds_search_every_candidate_with_each_and_reuse_them_as_final_runs(

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import statistics
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -14,7 +13,6 @@ from transformers import ConvNextConfig, ConvNextModel
 
 from upetu_hf.train import TrainingArguments
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_efficiency.py"
 DEPTHS, WIDTHS, LABELS = [1, 1, 1, 1], [8, 16, 32, 64], 21
 STEPS = 2
 LAUNCH_ROUNDS = 2
@@ -23,19 +21,12 @@ NAME = "1-1-1-1:8-16-32-64"
 
 def load_report() -> ModuleType:
     """Import scripts/make_report.py as a module (the benchmark imports it too)."""
-    load_script()
-    return sys.modules["make_report"]
+    return importlib.import_module("make_report")
 
 
 def load_script() -> ModuleType:
-    """Import the benchmark script as a module (registered in sys.modules, as its dataclass needs)."""
-    if "benchmark_efficiency" in sys.modules:
-        return sys.modules["benchmark_efficiency"]
-    spec = importlib.util.spec_from_file_location("benchmark_efficiency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark_efficiency"] = module
-    spec.loader.exec_module(module)
-    return module
+    """Import the benchmark script as a module (pytest puts scripts/ on the path)."""
+    return importlib.import_module("benchmark_efficiency")
 
 
 @pytest.fixture(scope="module")

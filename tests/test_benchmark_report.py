@@ -3,10 +3,9 @@ scripts): the results JSON schema stays readable, and the key numbers reach the 
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import shutil
-import sys
 
 import pytest
 from conftest import REPO_ROOT
@@ -15,13 +14,7 @@ RESULTS = REPO_ROOT / "results"
 
 
 def load_report():
-    if "make_report" in sys.modules:
-        return sys.modules["make_report"]
-    spec = importlib.util.spec_from_file_location("make_report", REPO_ROOT / "scripts" / "make_report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_report"] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("make_report")
 
 
 @pytest.mark.skipif(not list(RESULTS.glob("accuracy_*.json")), reason="no committed results/accuracy_*.json")

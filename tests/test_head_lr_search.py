@@ -128,3 +128,24 @@ def test_head_hidden_size_reaches_the_decoder_and_the_settings(tmp_path, monkeyp
     assert (
         module.parse_args(["--task", "change-detection", "--head-hidden-size", "32"]).head_hidden_size == 32
     )
+
+
+def test_a_tie_goes_to_the_better_last_epochs_then_the_smaller_rate():
+    choose = load_script("head_lr_search").choose
+
+    def run(head_lr, seed, score, last):
+        history = [{"validation/mean_iou": v} for v in last]
+        return {
+            "method": "upetu",
+            "head_lr": head_lr,
+            "seed": seed,
+            "validation_score": score,
+            "history": history,
+        }
+
+    runs = [run(1e-3, 0, 0.7, (0.60, 0.70)), run(1e-4, 0, 0.7, (0.66, 0.68)), run(1e-2, 0, 0.6, (0.6, 0.6))]
+    choice = choose(runs, [1e-2, 1e-3, 1e-4], "mean_iou")
+    assert choice["head_lr"] == 1e-4 and choice["tie"] == {"lrs": [1e-3, 1e-4], "decided_by": "last epochs"}
+    flat = [run(1e-3, 0, 0.7, (0.7,)), run(1e-4, 0, 0.7, (0.7,))]
+    assert choose(flat, [1e-3, 1e-4], "mean_iou")["head_lr"] == 1e-4  # the smaller rate
+    assert "tie" not in choose(runs[:1] + runs[2:], [1e-2, 1e-3], "mean_iou")

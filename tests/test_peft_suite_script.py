@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_benchmark_accuracy import SCRIPTS, load_script
+from test_benchmark_accuracy import load_script
 
 JUNIT = """<?xml version="1.0"?>
 <testsuites><testsuite name="pytest">
@@ -19,8 +19,7 @@ JUNIT = """<?xml version="1.0"?>
 """
 
 
-def test_failures_are_sorted_by_cause(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))
+def test_failures_are_sorted_by_cause(tmp_path):
     suite = load_script("peft_custom_suite")
     (tmp_path / "report.xml").write_text(JUNIT)
     rows = suite.classify(tmp_path / "report.xml")
@@ -33,8 +32,7 @@ def test_failures_are_sorted_by_cause(tmp_path, monkeypatch):
     ]
 
 
-def test_a_folder_without_peft_tests_is_refused(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))
+def test_a_folder_without_peft_tests_is_refused(tmp_path):
     suite = load_script("peft_custom_suite")
     with pytest.raises(SystemExit, match="peft source checkout"):
         suite.main(["--peft", str(tmp_path), "--output", str(tmp_path / "out.json")])

@@ -217,7 +217,7 @@ class KBitCodec(Codec):
     (in units of `unit`, the latent tensor's init std) and the thresholds halfway between them. The levels themselves
     quantize to themselves, which makes loading exact. With `clip=True` the straight-through gradient is clipped
     outside `[-b, b]`, `b = unit * (last level + half the last gap)` (1.60 units at 1 bit); the default passes it
-    everywhere (measured better on UCM-55 validation, see results/qlinear_comparison.md). Stored: the codes
+    everywhere (measured better on UCM-55 validation, see results/history/qlinear_comparison.md). Stored: the codes
     (rows, prod(rest)) packed 8/k per byte along the last axis.
     """
 
@@ -581,21 +581,21 @@ class QLinearWeight(nn.Module):
     Why 1 bit derives its magnitudes: with learned `m` and `t` the 1-bit adapter lost 1.9 points to the 32-bit one
     on UCM-55, and a control with the same parameterization at 32 bits (never quantized) lost most of that too, so
     the cost sat in the learned magnitudes, not in the codes. Derived magnitudes recovered about half the gap, chosen
-    on validation over three splits (results/qlinear_comparison.md). At 2 and 4 bits they measured worse than
+    on validation over three splits (results/history/qlinear_comparison.md). At 2 and 4 bits they measured worse than
     learned ones, so those keep format 4.
 
     Units, and why: the latent tensor, `m` and `t` all live in the units of the 32-bit weight. At k bits the codes
     only carry signs and level indices, so the magnitudes are all in `m` and `t`; Adam steps every parameter by
     about the learning rate, so scales of size `gain` (like the 32-bit entries) change the magnitudes at the pace a
     32-bit adapter's entries do. A unit-sized alpha would move `1 / gain` (20-55x on ConvNeXt) times slower, which
-    measurably cost 1-bit accuracy (results/qlinear_comparison.md). `row_scale_unit` is the factor that turns a
+    measurably cost 1-bit accuracy (results/history/qlinear_comparison.md). `row_scale_unit` is the factor that turns a
     scale in weight units into a multiplier of the weight's codes: `1 / gain` at 1 to 8 bits (EQAM's `s` uses it
     too), 1 at 32 bits.
 
     Why EQAM's `up` has a column scale at 2 bits: in `W_up @ act(W_down @ u)` hidden unit j's input magnitude is row j
     of `W_down` (its `m_j`) and its output magnitude is column j of `W_up`. A 32-bit `W_up` sets the latter freely; a
     2-bit one chooses between two magnitudes only. `t` unties them (r numbers per block; measured on UCM-55
-    validation, results/qlinear_comparison.md). From 4 bits on the codes can spread a column's magnitude over 16
+    validation, results/history/qlinear_comparison.md). From 4 bits on the codes can spread a column's magnitude over 16
     levels themselves, and EQAM leaves `t` out (the default adapter is unchanged).
     """
 
