@@ -219,12 +219,10 @@ def describe(name: str, model: nn.Module, backbone: int, workdir: Path) -> dict[
     }
 
 
-def autocast(device: torch.device, mixed_precision: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, mixed_precision: str) -> torch.autocast:
     """bf16 autocast for `--mixed-precision bf16` (parameters, gradients and AdamW state stay float32, as with
-    Accelerate's `mixed_precision="bf16"`), none for "no"."""
-    if mixed_precision == "no":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    Accelerate's `mixed_precision="bf16"`), disabled for "no"."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
 def train_step(

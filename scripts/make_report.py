@@ -376,6 +376,29 @@ def launch_bound_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+#: The columns of the efficiency tables of the docs and the headline: a method's cell from its entry and ratios.
+EFFICIENCY_COLUMNS = {
+    "trainable % of backbone": lambda e, r: f"{e['trainable_pct_of_backbone']:.2f} %",
+    "on disk without head": lambda e, r: fmt_bytes(e["disk_bytes_without_head"]),
+    "train step vs full": lambda e, r: ratio(r.get("train_step_vs_full")),
+    "peak memory vs full": lambda e, r: ratio(r.get("peak_memory_vs_full")),
+    "inference vs base": lambda e, r: ratio(e["inference_ratio"]["median"]),
+}
+
+
+def efficiency_table(
+    data: dict[str, Any], first: str, methods: Sequence[str], columns: Sequence[str]
+) -> list[str]:
+    """One model's efficiency table: a row per method of `methods`, the `EFFICIENCY_COLUMNS` named in `columns`."""
+    rows = []
+    for name in methods:
+        entry, r = data["methods"][name], data.get("ratios", {}).get(name, {})
+        rows.append(
+            f"| {entry['label']} | " + " | ".join(EFFICIENCY_COLUMNS[c](entry, r) for c in columns) + " |"
+        )
+    return table(" | ".join([first, *columns]), "l" + "r" * len(columns), rows)
+
+
 def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
     """A compact table of the efficiency benchmark, or a note when it is absent."""
     if eff is None:
@@ -389,21 +412,11 @@ def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
         lines.append("**Quick run**: a partial efficiency benchmark, not the reference numbers.")
     if device := machine.get("gpu") or machine.get("cpu_model"):
         lines.append(f"Measured on {device} (`{machine.get('device', '?')}`).")
-    header = (
-        "method | trainable % of backbone | on disk without head | train step vs full | peak memory vs full "
-        "| inference vs base"
-    )
     for model_name, data in eff["models"].items():
         lines += ["", f"{model_name} (backbone {fmt_count(data.get('backbone_params'))} parameters):", ""]
-        rows = []
-        for name, entry in data["methods"].items():
-            r = data.get("ratios", {}).get(name, {})
-            rows.append(
-                f"| {entry.get('label', name)} | {entry['trainable_pct_of_backbone']:.2f} % "
-                f"| {fmt_bytes(entry.get('disk_bytes_without_head'))} | {ratio(r.get('train_step_vs_full'))} "
-                f"| {ratio(r.get('peak_memory_vs_full'))} | {ratio(entry['inference_ratio']['median'])} |"
-            )
-        lines += table(header, "lrrrrr", rows) + launch_bound_lines(data)
+        lines += efficiency_table(data, "method", data["methods"], EFFICIENCY_COLUMNS) + launch_bound_lines(
+            data
+        )
     if primary := [t for t in eff.get("targets", []) if t.get("primary")]:
         lines += ["", f"Aims of the benchmark issue ({primary[0]['model']}, {primary[0]['method']}):", ""]
         shown = [fmt_bytes(t["value"]) if "bytes" in t["target"] else f"{t['value']:.2f}" for t in primary]
@@ -740,17 +753,9 @@ def headline(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, link
     lines = [intro, "", *table(header, "l" + "r" * len(HEADLINE) + "l", rows)]
     if eff and eff.get("models"):
         name, data = list(eff["models"].items())[-1]
-        rows = []
-        for method in (m for m in EFFICIENCY_HEADLINE if m in data["methods"]):
-            entry, r = data["methods"][method], data.get("ratios", {}).get(method, {})
-            rows.append(
-                f"| {entry['label']} | {entry['trainable_pct_of_backbone']:.2f} % "
-                f"| {fmt_bytes(entry['disk_bytes_without_head'])} | {r.get('train_step_vs_full', 1.0):.2f}x "
-                f"| {r.get('peak_memory_vs_full', 1.0):.2f}x |"
-            )
-        header = f"{name} | trainable % of backbone | on disk without head | train step vs full | peak memory vs full"
+        methods = [m for m in EFFICIENCY_HEADLINE if m in data["methods"]]
         lines += ["", "Efficiency (`results/efficiency.json`, randomly initialised model, CPU):", ""]
-        lines += table(header, "lrrrr", rows)
+        lines += efficiency_table(data, name, methods, list(EFFICIENCY_COLUMNS)[:4])
     return "\n".join(lines) + "\n"
 
 
