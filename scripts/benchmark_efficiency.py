@@ -88,7 +88,12 @@ LAUNCH = {
     "reference": "lora_r8",
 }
 #: The code whose uncommitted changes a run records.
-CODE_PATHS = ("src/upetu_hf/tuner", "src/upetu_hf/train/methods.py", "scripts/benchmark_efficiency.py")
+CODE_PATHS = (
+    "src/upetu_hf/tuner",
+    "src/upetu_hf/train/methods.py",
+    "scripts/benchmark_efficiency.py",
+    "scripts/_common.py",
+)
 #: The benchmark issue's targets, checked on every UPetu variant: (target, its value from the variant's entry,
 #: ratios and every method's entry, limit, whether higher is better, the method the value needs).
 TARGETS = (
