@@ -63,6 +63,7 @@ warnings.filterwarnings("ignore", message=".*Profiler clears events.*", category
 
 NUM_LABELS = 21
 LINEAR_PROBE_FILE = "classifier.safetensors"
+#: Depths and widths of the models `--models` names: ConvNeXt-T and -B, and a tiny one for quick checks.
 MODEL_SPECS = {n: (CONVNEXT[n]["depths"], CONVNEXT[n]["hidden_sizes"]) for n in ("convnext-t", "convnext-b")}
 MODEL_SPECS["tiny"] = ([1, 1, 1, 1], [8, 16, 32, 64])
 #: The variants this benchmark compares (`_variants.VARIANTS`).
@@ -139,24 +140,9 @@ class Method:
     optimizer: torch.optim.Optimizer
 
 
-def parse_spec(name: str) -> tuple[list[int], list[int]]:
-    """Depths and widths of a model name: a preset (`convnext-t`, `convnext-b`, `tiny`) or `D-D-D-D:W-W-W-W`."""
-    if name in MODEL_SPECS:
-        return MODEL_SPECS[name]
-    try:
-        depths, widths = ([int(n) for n in part.split("-")] for part in name.split(":"))
-    except ValueError as err:
-        raise ValueError(
-            f"Unknown model {name!r}: use one of {', '.join(MODEL_SPECS)} or 'depths:widths'."
-        ) from err
-    if len(depths) != len(widths):
-        raise ValueError(f"Model {name!r}: depths and widths must have the same length.")
-    return depths, widths
-
-
 def build_base(name: str, seed: int) -> ConvNextForImageClassification:
     """A randomly initialised ConvNeXt classifier with `NUM_LABELS` classes."""
-    depths, widths = parse_spec(name)
+    depths, widths = MODEL_SPECS[name]
     torch.manual_seed(seed)
     return ConvNextForImageClassification(
         ConvNextConfig(depths=depths, hidden_sizes=widths, num_labels=NUM_LABELS)
@@ -479,7 +465,7 @@ def measure(
 def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement of one model size, all methods interleaved."""
     loadavg_start, wall_start, cpu_start = os.getloadavg(), time.perf_counter(), time.process_time()
-    depths, widths = parse_spec(model_name)
+    depths, widths = MODEL_SPECS[model_name]
     base = build_base(model_name, args.seed)
     base_params = sum(p.numel() for p in base.parameters())
     head_params = sum(p.numel() for n, p in base.named_parameters() if is_head_parameter(n))
@@ -569,7 +555,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="fast partial run (ConvNeXt-T, 5 steps, batch 4, 128 px)"
     )
-    parser.add_argument("--models", help=f"comma-separated: {', '.join(MODEL_SPECS)} or D-D-D-D:W-W-W-W")
+    parser.add_argument("--models", help=f"comma-separated subset of {', '.join(MODEL_SPECS)}")
     parser.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)}")
     for flag, kind, default, text in (
         ("--steps", int, None, "timed training steps per method (default 10)"),
@@ -607,11 +593,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.inference_runs = args.steps if args.inference_runs is None else args.inference_runs
     if unknown := [m for m in args.methods if m not in METHODS]:
         parser.error(f"unknown methods {unknown}: allowed values are {', '.join(METHODS)}")
-    for name in args.models:
-        try:
-            parse_spec(name)
-        except ValueError as err:
-            parser.error(str(err))
+    if unknown := [m for m in args.models if m not in MODEL_SPECS]:
+        parser.error(f"unknown models {unknown}: allowed values are {', '.join(MODEL_SPECS)}")
     if min(args.steps, args.inference_runs, args.launch_rounds) < 1:
         parser.error("--steps, --inference-runs and --launch-rounds must be at least 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
