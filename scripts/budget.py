@@ -91,18 +91,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         measure(json.loads(config), int(bits)) for config in args.configs for bits in args.bits.split(",")
     ]
     decoders = [
-        {"backbone": name, "decoder": decoder, **decoder_size(backbone, options)}
-        for name, backbone in ((name, CONVNEXT[name]) for name in ("convnext-b", "convnext-atto"))
+        {"backbone": name, "decoder": decoder, **decoder_size(CONVNEXT[name], options)}
+        for name in ("convnext-b", "convnext-atto")
         for decoder, options in DECODERS.items()
     ]
     result = {"backbone": "ConvNeXt-B (random weights)", "rows": rows, "upernet_decoders": decoders}
     write_json_atomic(Path(args.output), result)
     print("| options | bits | adapter % of backbone | adapter file |\n|---|---:|---:|---:|")
-    for row in rows:
-        print(
-            f"| {json.dumps(row['options'])} | {row['bits']} | {row['adapter_pct_of_backbone']:.3f} % "
-            f"| {row['adapter_bytes'] / 1e3:.1f} KB |"
-        )
+    for r in rows:
+        pct, size = r["adapter_pct_of_backbone"], r["adapter_bytes"] / 1e3
+        print(f"| {json.dumps(r['options'])} | {r['bits']} | {pct:.3f} % | {size:.1f} KB |")
     print("\n| backbone | UperNet decoder | parameters | float32 |\n|---|---|---:|---:|")
     for d in decoders:
         print(

@@ -7,9 +7,10 @@ Writes `results/accuracy_summary.md` (every table, the learning-rate search and 
 the checkpoint a task needs). For `results/` itself it also rewrites, between `<!-- results:start -->` and
 `<!-- results:end -->` and nowhere else, README.md (a headline table of at most 25 lines: current numbers and their
 verdicts) and docs/benchmarks.md (the full tables, protocol and caveats), and writes `results/README.md` in full:
-every file under `results/`, current or superseded, with its command (`RESULTS`). For another folder (a side
-protocol such as `results/search2`) only `--readme` gets the full section. A file without markers is left alone and
-its section printed. Every number comes from the JSON files.
+every file under `results/`, current or superseded, with its command (`templates/results_files.md`). For another
+folder (a side protocol such as `results/search2`) only `--readme` gets the full section. A file without markers is
+left alone and its section printed. Every number comes from the JSON files; the prose is in `templates/report.md`.
+`efficiency_markdown` renders the efficiency benchmark's own report (`results/efficiency.md`).
 
 Usage:
     python scripts/make_report.py
@@ -19,10 +20,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import collections
 import fnmatch
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,6 +36,10 @@ from _ledger import mean_std, paired_difference, split_of
 from _variants import DEFAULT_COLOUR, VARIANTS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+_BLOCKS = re.split(r"^<!-- ([\w-]+) -->\n", (TEMPLATES_DIR / "report.md").read_text(), flags=re.M)
+#: The prose blocks of `templates/report.md` by name.
+TEMPLATES = {name: text.rstrip("\n") for name, text in zip(_BLOCKS[1::2], _BLOCKS[2::2])}
 TASK_ORDER = ("classification", "segmentation", "change-detection")
 METRIC_NAMES = {"accuracy": "accuracy", "mean_iou": "mIoU", "f1": "change F1"}
 TASK_TITLES = {
@@ -52,36 +59,33 @@ PAIRED = (
 #: Aims of the benchmark issue (thresholds, not results).
 ONE_BIT_MAX_LOSS = 0.5  # accuracy points, 1-bit vs 32-bit
 SMALL_BUDGET_PCT = 1.0  # % of the backbone for `upetu-small`
+#: The headline's columns: the variants every task compares, in this order.
+HEADLINE = ("upetu", "upetu-1bit", "lora", "full", "linear")
+#: The headline's verdicts, read "a minus b" (`PAIRED` entries).
+VERDICTS = (("upetu", "full"), ("upetu", "lora"), ("upetu-1bit", "upetu-32bit"))
+#: The efficiency rows of the headline, on the benchmark's largest model.
+EFFICIENCY_HEADLINE = ("upetu_1bit", "upetu_4bit", "lora_r8", "full")
+#: Below this share of CPU time per thread, other processes competed for the cores (efficiency benchmark).
+CONTENDED_CPU_SHARE = 0.8
+#: Short names of the verdicts' variants.
+SHORT = {"upetu": "UPetu", "upetu-1bit": "1-bit", "upetu-32bit": "32-bit", "full": "full", "lora": "LoRA"}
 
 
-# ---------------------------------------------------------------------------------------------- loading
+def fill(block: str, /, **values: Any) -> str:
+    """The block `block` of `templates/report.md` with `values` filled in (a missing value reads None)."""
+    return TEMPLATES[block].format_map(collections.defaultdict(lambda: None, values))
+
+
 def load_accuracy(results_dir: Path) -> dict[str, dict[str, Any]]:
-    """`{task: state}` from every `accuracy_*.json` in `results_dir`, in task order."""
+    """`{task: state}` from every `accuracy_*.json` in `results_dir` that `benchmark_accuracy.py` wrote, in task
+    order (another benchmark's file, without `task` and `summary`, is skipped)."""
     states = {}
     for path in sorted(results_dir.glob("accuracy_*.json")):
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
-            print(f"make_report: skipping {path}: {err}", file=sys.stderr)
-            continue
-        if not isinstance(state, dict) or "task" not in state or "summary" not in state:
-            print(f"make_report: skipping {path}: not a benchmark_accuracy.py result", file=sys.stderr)
-            continue
-        state["_file"] = path.name
-        states[state["task"]] = state
+        state = json.loads(path.read_text())
+        if "task" in state and "summary" in state:
+            states[state["task"]] = state
     order = {t: i for i, t in enumerate(TASK_ORDER)}
     return dict(sorted(states.items(), key=lambda item: order.get(item[0], len(order))))
-
-
-def load_efficiency(path: Path) -> dict[str, Any] | None:
-    """The efficiency benchmark's JSON, or None when absent or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        print(f"make_report: ignoring {path}: {err}", file=sys.stderr)
-        return None
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -89,24 +93,41 @@ def fmt_bytes(n: float | None) -> str:
     """Bytes as KB / MB (powers of 1000)."""
     if n is None:
         return "-"
-    if n >= 1e6:
-        return f"{n / 1e6:.2f} MB"
-    return f"{n / 1e3:.1f} KB"
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
+
+
+def fmt_size(n: float) -> str:
+    """Bytes in B / KB / MB / GB with one decimal (powers of 1000), as the efficiency report shows them."""
+    unit, scale = next(((u, s) for u, s in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)) if n >= s), ("B", 0))
+    return f"{n / scale:.1f} {unit}" if scale else f"{int(n)} B"
 
 
 def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "-"
-    return f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
+    return "-" if s is None else f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"
 
 
 def fmt_lr(lr: float | None) -> str:
     return "-" if lr is None else f"{lr:.3g}"
 
 
+def ratio(value: float | None, digits: int = 2) -> str:
+    """A ratio as `1.23x`, `-` when absent."""
+    return "-" if value is None else f"{value:.{digits}f}x"
+
+
+def spread(q: dict[str, float], digits: int = 2) -> str:
+    """A ratio's median and quartiles: `1.23x [1.10-1.30]`."""
+    return f"{q['median']:.{digits}f}x [{q['q1']:.{digits}f}-{q['q3']:.{digits}f}]"
+
+
 def points(x: float | None) -> str:
     """A metric in [0, 1] as percentage points."""
     return "-" if x is None else f"{100 * x:.2f}"
+
+
+def mean_pm(s: dict[str, Any], key: str = "test") -> str:
+    """`mean ± std` of a summary row's `key` metric, in points."""
+    return f"{points(s[f'{key}_mean'])} ± {points(s[f'{key}_std'])}"
 
 
 def metric_name(state: dict[str, Any]) -> str:
@@ -118,10 +139,6 @@ def architecture(backbone: dict[str, Any]) -> str:
     return {"convnext": "ConvNeXt", "convnextv2": "ConvNeXt V2"}.get(kind, kind)
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
 def title(state: dict[str, Any]) -> str:
     paths = state["sessions"][-1]["paths"] if state.get("sessions") else {}
     data = ", ".join(Path(d).name for d in paths.get("sources") or paths.get("data") or [])
@@ -129,26 +146,31 @@ def title(state: dict[str, Any]) -> str:
     return f"{base} ({data}, {metric_name(state)})" if data else f"{base} ({metric_name(state)})"
 
 
-# ---------------------------------------------------------------------------------------------- tables
+def table(header: str, align: str, rows: list[str]) -> list[str]:
+    """A markdown table: `header` cells and `align` (one `-`, `:`-suffixed for right, per column) joined by `|`."""
+    cells = [c.strip() for c in header.split("|")]
+    return [f"| {' | '.join(cells)} |", "|" + "".join("---:|" if a == "r" else "---|" for a in align), *rows]
+
+
+# ---------------------------------------------------------------------------------------------- accuracy tables
 def results_table(state: dict[str, Any]) -> list[str]:
     """One row per method: test metric mean +- std, parameters, sizes, learning rate and wall time."""
-    name = metric_name(state)
-    lines = [
-        f"| method | test {name} (%) | runs | trainable params | trainable % | adapter % of backbone "
-        "| adapter (no head) | checkpoint (with head) | lr (x default) | best epochs | wall time / run |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
-    ]
+    rows = []
     for s in state["summary"].values():
         factor = f" (x{s['lr_factor']:.3g})" if s.get("lr_factor") is not None else ""
         flag = "" if s.get("selection_complete", True) else " (search incomplete)"
-        lines.append(
-            f"| {s['label']}{flag} | {points(s['test_mean'])} ± {points(s['test_std'])} | {runs_label(s)} "
+        rows.append(
+            f"| {s['label']}{flag} | {mean_pm(s)} | {runs_label(s)} "
             f"| {fmt_count(s['trainable_params'])} | {s['trainable_pct']:.2f} % "
             f"| {s['adapter_pct_of_backbone']:.2f} % | {fmt_bytes(s['weights_bytes_without_head'])} "
             f"| {fmt_bytes(s['weights_bytes_with_head'])} | {fmt_lr(s['lr'])}{factor} "
             f"| {', '.join(str(e) for e in s['best_epochs'])} | {fmt_seconds(s['wall_time_s_mean'])} |"
         )
-    return lines
+    header = (
+        f"method | test {metric_name(state)} (%) | runs | trainable params | trainable % | adapter % of backbone "
+        "| adapter (no head) | checkpoint (with head) | lr (x default) | best epochs | wall time / run"
+    )
+    return table(header, "lrrrrrrrrlr", rows)
 
 
 def runs_label(s: dict[str, Any]) -> str:
@@ -162,28 +184,27 @@ def runs_label(s: dict[str, Any]) -> str:
 def paired_table(state: dict[str, Any]) -> list[str]:
     """Paired differences (test metric, points) between methods over the (split, seed) pairs they share, with the
     95 % t-interval; a difference is claimed only when the interval excludes 0."""
-    rows = [d for a, b in PAIRED if (d := paired_difference(state["summary"], a, b))]
-    if not rows:
-        return []
+    found = [d for a, b in PAIRED if (d := paired_difference(state["summary"], a, b))]
     labels = {name: s["label"] for name, s in state["summary"].items()}
-    lines = ["| comparison | pairs | mean difference | 95 % interval | verdict |", "|---|---:|---:|---|---|"]
-    for d in rows:
+    rows = []
+    for d in found:
         low, high = d["ci95"]
         verdict = "no difference shown" if d["decided"] is None else f"{labels[d['decided']]} ahead"
-        lines.append(
+        rows.append(
             f"| {labels[d['a']]} − {labels[d['b']]} | {d['n']} | {100 * d['mean']:+.2f} "
             f"| [{100 * low:+.2f}, {100 * high:+.2f}] | {verdict} |"
         )
-    return lines
+    return (
+        table("comparison | pairs | mean difference | 95 % interval | verdict", "lrrll", rows) if rows else []
+    )
 
 
 def search_table(state: dict[str, Any]) -> list[str]:
     """Validation metric of every learning-rate candidate (search seed, or the mean over the search seeds), the
     chosen one in bold; a choice at an edge of its grid is flagged."""
-    name = metric_name(state)
     seeds = state.get("protocol", {}).get("search_seeds")
     mean = f" (mean over seeds {', '.join(map(str, seeds))})" if seeds else ""
-    lines = [f"| method | validation {name} (%) per learning rate{mean} | chosen |", "|---|---|---:|"]
+    rows = []
     for variant, choice in state.get("selection", {}).items():
         label = state["variants"].get(variant, {}).get("label", variant)
         cells = []
@@ -192,8 +213,9 @@ def search_table(state: dict[str, Any]) -> list[str]:
             cell = f"{fmt_lr(c['lr'])}: {score}"
             cells.append(f"**{cell}**" if c["lr"] == choice.get("lr") else cell)
         edge = "" if choice.get("interior", True) else " (edge of the grid)"
-        lines.append(f"| {label} | {'; '.join(cells)} | {fmt_lr(choice.get('lr'))}{edge} |")
-    return lines
+        rows.append(f"| {label} | {'; '.join(cells)} | {fmt_lr(choice.get('lr'))}{edge} |")
+    header = f"method | validation {metric_name(state)} (%) per learning rate{mean} | chosen"
+    return table(header, "llr", rows)
 
 
 def final_runs(state: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -217,48 +239,37 @@ def fit_table(state: dict[str, Any]) -> list[str]:
     runs. A method whose training loss stays higher than another's at its own tuned learning rate underfits
     relative to it: its gap is one of capacity or optimisation, not of overfitting."""
     name = metric_name(state)
-    lines = [
-        f"| method | runs | training loss, last epoch | validation {name} (%) | test {name} (%) |",
-        "|---|---:|---:|---:|---:|",
-    ]
+    rows = []
     for variant, s in state["summary"].items():
         losses = [r["history"][-1]["train_loss"] for r in final_runs(state, variant) if r.get("history")]
-        if not losses:
-            continue
-        loss_mean, loss_std = mean_std(losses)
-        lines.append(
-            f"| {s['label']} | {len(losses)} | {loss_mean:.3f} ± {loss_std:.3f} "
-            f"| {points(s['validation_mean'])} ± {points(s['validation_std'])} "
-            f"| {points(s['test_mean'])} ± {points(s['test_std'])} |"
-        )
-    return lines
+        if losses:
+            loss_mean, loss_std = mean_std(losses)
+            rows.append(
+                f"| {s['label']} | {len(losses)} | {loss_mean:.3f} ± {loss_std:.3f} "
+                f"| {mean_pm(s, 'validation')} | {mean_pm(s)} |"
+            )
+    header = f"method | runs | training loss, last epoch | validation {name} (%) | test {name} (%)"
+    return table(header, "lrrrr", rows)
 
 
 def runs_table(state: dict[str, Any]) -> list[str]:
     """Every run: configuration, best epoch, validation and test metric, wall time, device."""
     name = metric_name(state)
-    lines = [
-        f"| method | lr | split | seed | phase | best epoch | validation {name} | test {name} | wall time | device |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
-    ]
+    rows = []
     for r in state["runs"]:
+        head = f"| {r['label']} | {fmt_lr(r['lr'])} | {r.get('split_seed', 0)} | {r['seed']} "
         if r.get("status") != "ok":
-            lines.append(
-                f"| {r['label']} | {fmt_lr(r['lr'])} | {r.get('split_seed', 0)} | {r['seed']} "
-                f"| FAILED: {r.get('error', '')} |||||"
-            )
+            rows.append(f"{head}| FAILED: {r.get('error', '')} |||||")
             continue
-        chosen = state.get("selection", {}).get(r["variant"], {}).get("lr") == r["lr"]
         phase = r.get("phase", "")
-        if phase == "search" and chosen:
+        if phase == "search" and state.get("selection", {}).get(r["variant"], {}).get("lr") == r["lr"]:
             phase = "search, chosen (final seed)"
-        lines.append(
-            f"| {r['label']} | {fmt_lr(r['lr'])} | {r.get('split_seed', 0)} | {r['seed']} | {phase} "
-            f"| {r['best_epoch']} "
-            f"| {points(r['validation_score'])} | {points(r['test_score'])} | {fmt_seconds(r['wall_time_s'])} "
-            f"| {r['device']} |"
+        rows.append(
+            f"{head}| {phase} | {r['best_epoch']} | {points(r['validation_score'])} "
+            f"| {points(r['test_score'])} | {fmt_seconds(r['wall_time_s'])} | {r['device']} |"
         )
-    return lines
+    header = f"method | lr | split | seed | phase | best epoch | validation {name} | test {name} | wall time | device"
+    return table(header, "lrrrlrrrrl", rows)
 
 
 def aims(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -271,54 +282,41 @@ def aims(state: dict[str, Any]) -> list[dict[str, Any]]:
         return 100 * s[name]["test_mean"] if s.get(name, {}).get("test_mean") is not None else None
 
     def std(name: str) -> float:
-        return 100 * s[name]["test_std"] if s.get(name, {}).get("test_std") is not None else 0.0
+        return 100 * (s.get(name, {}).get("test_std") or 0.0)
 
-    def diff(a: str, b: str) -> float | None:
-        return None if mean(a) is None or mean(b) is None else mean(a) - mean(b)
-
-    checks = []
-    d = diff("upetu", "full")
-    checks.append(("UPetu (default) >= full fine-tuning", d, None if d is None else d >= 0))
-    d = diff("upetu", "lora")
     lora = s.get("lora", {}).get("options", {}).get("r") or state.get("backbone", {}).get("lora_matched_r")
-    clear = None if d is None else d > std("upetu") + std("lora")
-    checks.append(
-        (
-            f"UPetu (default) beats LoRA r={lora} at matched parameters by more than the sum of the stds",
-            d,
-            clear,
-        )
-    )
-    d = diff("upetu", "linear")
-    clear = None if d is None else d > std("upetu") + std("linear")
-    checks.append(
-        ("UPetu (default) beats the linear probe clearly (by more than the sum of the stds)", d, clear)
-    )
-    d = diff("upetu-1bit", "upetu-32bit")
-    checks.append(
+    clearly = "by more than the sum of the stds"
+    checks = [
+        ("UPetu (default) >= full fine-tuning", "upetu", "full", lambda d: d >= 0),
+        (f"UPetu (default) beats LoRA r={lora} at matched parameters {clearly}", "upetu", "lora", None),
+        (f"UPetu (default) beats the linear probe clearly ({clearly})", "upetu", "linear", None),
         (
             f"1-bit loses at most {ONE_BIT_MAX_LOSS} points vs 32-bit",
-            d,
-            None if d is None else d >= -ONE_BIT_MAX_LOSS,
-        )
-    )
+            "upetu-1bit",
+            "upetu-32bit",
+            lambda d: d >= -ONE_BIT_MAX_LOSS,
+        ),
+    ]
     if "upetu-small" in s:
         small = s["upetu-small"]
-        r = small["options"].get("r")
         under = small["adapter_pct_of_backbone"] < SMALL_BUDGET_PCT
-        d = diff("upetu-small", "lora-small")
         paired = paired_difference(s, "upetu-small", "lora-small")
-        beats = None if d is None else under and (paired["decided"] == "upetu-small" if paired else d > 0)
-        checks.append(
-            (
-                f"UPetu r={r} ({small['adapter_pct_of_backbone']:.2f} % of the backbone, under "
-                f"{SMALL_BUDGET_PCT:g} %) beats LoRA at the same budget (paired interval above 0 where there are "
-                "pairs)",
-                d,
-                beats,
-            )
+        aim = (
+            f"UPetu r={small['options'].get('r')} ({small['adapter_pct_of_backbone']:.2f} % of the backbone, "
+            f"under {SMALL_BUDGET_PCT:g} %) beats LoRA at the same budget (paired interval above 0 where there "
+            "are pairs)"
         )
-    return [{"aim": a, "difference_points": d, "met": m} for a, d, m in checks]
+
+        def beats(d: float) -> bool:
+            return under and (paired["decided"] == "upetu-small" if paired else d > 0)
+
+        checks.append((aim, "upetu-small", "lora-small", beats))
+    found = []
+    for aim, a, b, met in checks:
+        d = None if mean(a) is None or mean(b) is None else mean(a) - mean(b)
+        met = met or (lambda d, a=a, b=b: d > std(a) + std(b))
+        found.append({"aim": aim, "difference_points": d, "met": None if d is None else met(d)})
+    return found
 
 
 def dense_aims(state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -326,154 +324,191 @@ def dense_aims(state: dict[str, Any]) -> list[dict[str, Any]]:
     a handful of runs "level" cannot mean equal means, so the aim counts as met when the paired comparison does not
     put the other method ahead (the 95 % interval of UPetu minus it reaches 0 or above)."""
     s = state["summary"]
-    checks = []
+    found = []
     for other in ("full", "lora"):
-        if other not in s or "upetu" not in s:
-            continue
-        paired = paired_difference(s, "upetu", other)
-        d = None if paired is None else 100 * paired["mean"]
-        checks.append(
-            (
-                f"UPetu (default) at least level with {s[other]['label']} (not behind in the paired comparison)",
-                d,
-                None if paired is None else paired["decided"] != other,
+        if other in s and "upetu" in s:
+            paired = paired_difference(s, "upetu", other)
+            found.append(
+                {
+                    "aim": f"UPetu (default) at least level with {s[other]['label']} (not behind in the paired "
+                    "comparison)",
+                    "difference_points": None if paired is None else 100 * paired["mean"],
+                    "met": None if paired is None else paired["decided"] != other,
+                }
             )
-        )
-    return [{"aim": a, "difference_points": d, "met": m} for a, d, m in checks]
+    return found
 
 
 def aims_table(state: dict[str, Any]) -> list[str]:
     """The aims as a markdown table; [] when the task has none measured."""
-    checks = aims(state)
-    if not checks:
-        return []
-    lines = ["| aim | difference (points) | met |", "|---|---:|---|"]
-    for check in checks:
-        d = check["difference_points"]
-        met = {True: "yes", False: "**no**", None: "not measured"}[check["met"]]
-        lines.append(f"| {check['aim']} | {'-' if d is None else f'{d:+.2f}'} | {met} |")
-    return lines
+    rows = []
+    for c in aims(state):
+        d = "-" if c["difference_points"] is None else f"{c['difference_points']:+.2f}"
+        rows.append(
+            f"| {c['aim']} | {d} | {({True: 'yes', False: '**no**', None: 'not measured'})[c['met']]} |"
+        )
+    return table("aim | difference (points) | met", "lrl", rows) if rows else []
 
 
+# ---------------------------------------------------------------------------------------------- efficiency
 def launch_bound_lines(data: dict[str, Any]) -> list[str]:
     """One model's table "Launch-bound regime (batch 1 / op counts)" of the efficiency benchmark (its `launch_bound`
     record: op counts with their ratio to LoRA r=8, batch-1 latency relative to the base model); none when the run
-    did not measure it (`--no-launch-bound`, older files)."""
+    did not measure it (`--no-launch-bound`)."""
     launch = data.get("launch_bound")
     if not launch:
         return []
     reference = launch["reference"]
     label = data["methods"].get(reference, {}).get("label", reference)
-
-    def x(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f}x"
-
-    lines = [
-        "",
-        f"**Launch-bound regime (batch 1 / op counts).** On a GPU, small inputs make a step cost one kernel launch "
-        "per op rather than arithmetic. Ops: top-level ATen ops of one training step (forward, backward, "
-        f"`{launch['optimizer']}` step, zero_grad; after {launch['warmup_train_steps']} warm-up steps) and of one "
-        "inference of the model saved and loaded back (`PeftModel.from_pretrained` on a fresh base model for the "
-        f"PEFT methods; eval, `torch.inference_mode`), batch {launch['ops_batch_size']}, "
-        f"{launch['image_size']}x{launch['image_size']} px, with their ratio to {label}'s. Latency: batch 1, "
-        f"{launch['threads']} thread, each run of a loaded model divided by the mean of the base-model runs around "
-        f"it, median [q1-q3] over {launch['rounds']} interleaved rounds; base model "
-        f"{launch['base_latency']['median'] * 1e3:.2f} ms per image.",
-        "",
-        f"| method | train-step ops | x {label} | loaded-inference ops | x {label} | batch-1 latency vs base |",
-        "|---|---:|---:|---:|---:|---:|",
+    base_ms = launch["base_latency"]["median"] * 1e3
+    lines = ["", *fill("launch_bound", **launch, label=label, base_ms=base_ms).split("\n")]
+    lines.append(
         f"| Base model (no adapter) | - | - | {launch['base_inference_ops']:,} "
-        f"| {x(launch[f'base_inference_ops_vs_{reference}'])} | 1.00x |",
-    ]
+        f"| {ratio(launch[f'base_inference_ops_vs_{reference}'])} | 1.00x |"
+    )
     for name, entry in data["methods"].items():
         bound = entry["launch_bound"]
-        latency = bound["batch1_latency_ratio"]
         lines.append(
             f"| {entry.get('label', name)} | {bound['train_step_ops']:,} "
-            f"| {x(bound[f'train_step_ops_vs_{reference}'])} | {bound['loaded_inference_ops']:,} "
-            f"| {x(bound[f'loaded_inference_ops_vs_{reference}'])} "
-            f"| {latency['median']:.2f}x [{latency['q1']:.2f}-{latency['q3']:.2f}] |"
+            f"| {ratio(bound[f'train_step_ops_vs_{reference}'])} | {bound['loaded_inference_ops']:,} "
+            f"| {ratio(bound[f'loaded_inference_ops_vs_{reference}'])} | {spread(bound['batch1_latency_ratio'])} |"
         )
     return lines
 
 
+#: The columns of the efficiency tables of the docs and the headline: a method's cell from its entry and ratios.
+EFFICIENCY_COLUMNS = {
+    "trainable % of backbone": lambda e, r: f"{e['trainable_pct_of_backbone']:.2f} %",
+    "on disk without head": lambda e, r: fmt_bytes(e["disk_bytes_without_head"]),
+    "train step vs full": lambda e, r: ratio(r.get("train_step_vs_full")),
+    "peak memory vs full": lambda e, r: ratio(r.get("peak_memory_vs_full")),
+    "inference vs base": lambda e, r: ratio(e["inference_ratio"]["median"]),
+}
+
+
+def efficiency_table(
+    data: dict[str, Any], first: str, methods: Sequence[str], columns: Sequence[str]
+) -> list[str]:
+    """One model's efficiency table: a row per method of `methods`, the `EFFICIENCY_COLUMNS` named in `columns`."""
+    rows = []
+    for name in methods:
+        entry, r = data["methods"][name], data.get("ratios", {}).get(name, {})
+        rows.append(
+            f"| {entry['label']} | " + " | ".join(EFFICIENCY_COLUMNS[c](entry, r) for c in columns) + " |"
+        )
+    return table(" | ".join([first, *columns]), "l" + "r" * len(columns), rows)
+
+
 def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
-    """A compact table of the efficiency benchmark, or a note when it is absent or not understood."""
+    """A compact table of the efficiency benchmark, or a note when it is absent."""
     if eff is None:
         return [
             "Not measured yet: `results/efficiency.json` is absent (`python scripts/benchmark_efficiency.py`)."
         ]
-    try:
-        lines = []
-        meta = eff.get("meta", {})
-        machine = meta.get("machine", {})
-        if meta.get("command"):
-            lines.append(
-                f"From `results/efficiency.json` (`{meta['command']}`; details in `results/efficiency.md`)."
-            )
-        if meta.get("quick"):
-            lines.append("**Quick run**: a partial efficiency benchmark, not the reference numbers.")
-        device = machine.get("gpu") or machine.get("cpu_model")
-        if device:
-            lines.append(f"Measured on {device} (`{machine.get('device', '?')}`).")
-        for model_name, data in eff["models"].items():
-            lines += [
-                "",
-                f"{model_name} (backbone {fmt_count(data.get('backbone_params'))} parameters):",
-                "",
-                "| method | trainable % of backbone | on disk without head | train step vs full | peak memory vs "
-                "full | inference vs base |",
-                "|---|---:|---:|---:|---:|---:|",
-            ]
-            for name, entry in data["methods"].items():
-                ratio = data.get("ratios", {}).get(name, {})
-
-                def r(key: str, ratio: dict = ratio) -> str:
-                    value = ratio.get(key)
-                    return "-" if value is None else f"{value:.2f}x"
-
-                inference = entry.get("inference_ratio", {}).get("median")
-                lines.append(
-                    f"| {entry.get('label', name)} | {entry['trainable_pct_of_backbone']:.2f} % "
-                    f"| {fmt_bytes(entry.get('disk_bytes_without_head'))} | {r('train_step_vs_full')} "
-                    f"| {r('peak_memory_vs_full')} | {'-' if inference is None else f'{inference:.2f}x'} |"
-                )
-            lines += launch_bound_lines(data)
-        primary = [t for t in eff.get("targets", []) if t.get("primary")]
-        if primary:
-            lines += [
-                "",
-                f"Aims of the benchmark issue ({primary[0]['model']}, {primary[0]['method']}):",
-                "",
-                "| aim | measured | met |",
-                "|---|---:|---|",
-            ]
-            for t in primary:
-                value = fmt_bytes(t["value"]) if "bytes" in t["target"] else f"{t['value']:.2f}"
-                lines.append(f"| {t['target']} | {value} | {'yes' if t['met'] else '**no**'} |")
-        wall = meta.get("wall_time_s")
-        if wall is not None:
-            lines += ["", f"The whole efficiency run took {wall / 60:.0f} min."]
-        return lines
-    except (KeyError, TypeError, AttributeError, ValueError) as err:
-        return [
-            f"`results/efficiency.json` has a layout this report does not know ({err!r}); see `results/efficiency.md`."
+    meta = eff.get("meta", {})
+    machine = meta.get("machine", {})
+    lines = [f"From `results/efficiency.json` (`{meta['command']}`; details in `results/efficiency.md`)."]
+    if meta.get("quick"):
+        lines.append("**Quick run**: a partial efficiency benchmark, not the reference numbers.")
+    if device := machine.get("gpu") or machine.get("cpu_model"):
+        lines.append(f"Measured on {device} (`{machine.get('device', '?')}`).")
+    for model_name, data in eff["models"].items():
+        lines += ["", f"{model_name} (backbone {fmt_count(data.get('backbone_params'))} parameters):", ""]
+        lines += efficiency_table(data, "method", data["methods"], EFFICIENCY_COLUMNS) + launch_bound_lines(
+            data
+        )
+    if primary := [t for t in eff.get("targets", []) if t.get("primary")]:
+        lines += ["", f"Aims of the benchmark issue ({primary[0]['model']}, {primary[0]['method']}):", ""]
+        shown = [fmt_bytes(t["value"]) if "bytes" in t["target"] else f"{t['value']:.2f}" for t in primary]
+        rows = [
+            f"| {t['target']} | {v} | {'yes' if t['met'] else '**no**'} |" for t, v in zip(primary, shown)
         ]
+        lines += table("aim | measured | met", "lrl", rows)
+    if meta.get("wall_time_s") is not None:
+        lines += ["", f"The whole efficiency run took {meta['wall_time_s'] / 60:.0f} min."]
+    return lines
+
+
+def efficiency_model(name: str, data: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    """One model's part of `efficiency_markdown`: its table, the contention warning when the CPU was shared, the
+    noise line and the launch-bound table."""
+    shape = {k: "-".join(map(str, data[k])) for k in ("depths", "widths")}
+    lines = [
+        "",
+        *fill("efficiency_model", name=name, backbone=fmt_count(data["backbone_params"]), **shape).split(
+            "\n"
+        ),
+    ]
+    for method, entry in data["methods"].items():
+        r, step = data["ratios"][method], entry["train_step"]
+        lines.append(
+            f"| {entry['label']} | {fmt_count(entry['trainable_params_without_head'])} "
+            f"| {entry['trainable_pct_of_backbone']:.2f} % | {fmt_size(entry['disk_bytes_without_head'])} "
+            f"| {fmt_size(entry['disk_bytes_with_head'])} | {step['median']:.3f} ± {step['rel_iqr'] * 100:.0f} % "
+            f"| {ratio(r.get('train_step_vs_full'))} | {ratio(r.get('train_step_vs_lora_r8'))} "
+            f"| {fmt_size(entry['memory']['peak_bytes'])} | {ratio(r.get('peak_memory_vs_full'))} "
+            f"| {spread(entry['inference_ratio'], 3)} |"
+        )
+    noise = data["noise"]
+    load = max(noise["loadavg_start"][0], noise["loadavg_end"][0])
+    if noise["cpu_share"] < CONTENDED_CPU_SHARE:
+        threads = meta["machine"]["torch_num_threads"]
+        lines += ["", fill("efficiency_contended", share=noise["cpu_share"], threads=threads, load=load)]
+    controls = [
+        f"{data['methods'][n]['label']} {spread(c, 3)}"
+        for n, c in noise["same_architecture_inference_ratio"].items()
+    ]
+    base = data["base_inference"]
+    values = dict(
+        median=base["median"], iqr=base["rel_iqr"] * 100, share=noise["cpu_share"], wall=data["wall_time_s"]
+    )
+    values |= dict(load_start=noise["loadavg_start"][0], load_end=noise["loadavg_end"][0])
+    controls = fill("efficiency_controls", controls=", ".join(controls)) if controls else ""
+    return [*lines, "", fill("efficiency_noise", controls=controls, **values), *launch_bound_lines(data)]
+
+
+def efficiency_targets(targets: list[dict[str, Any]], model: str, method: str) -> list[str]:
+    """The benchmark issue's targets, one column per UPetu variant."""
+    variants = list(dict.fromkeys(check["method"] for check in targets))
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for check in targets:
+        shown = fmt_size(check["value"]) if "bytes" in check["target"] else f"{check['value']:.2f}"
+        cells.setdefault((check["model"], check["target"]), {})[check["method"]] = (
+            f"{shown} {'yes' if check['met'] else '**NO**'}"
+        )
+    rows = [
+        f"| {m} | {t} | " + " | ".join(c.get(v, "-") for v in variants) + " |" for (m, t), c in cells.items()
+    ]
+    lines = ["", *fill("efficiency_targets", model=model, method=method).split("\n"), ""]
+    return lines + table(" | ".join(["model", "target", *variants]), "ll" + "r" * len(variants), rows)
+
+
+def efficiency_markdown(results: dict[str, Any], target: tuple[str, str]) -> str:
+    """The efficiency benchmark's report (`results/efficiency.md`): settings, one table per model, the targets
+    (the issue's own for `target`, a (model, method) pair) and notes on the methods."""
+    meta = results["meta"]
+    machine = meta["machine"]
+    num_labels = next(iter(results["models"].values()))["num_labels"]
+    quick = "\n- **Quick run** (`--quick`): a partial, smaller benchmark; not the reference numbers."
+    values = {**meta, **machine, "load": machine["loadavg"][0], "quick": quick if meta["quick"] else ""}
+    lines = [fill("efficiency_head", **values, num_labels=num_labels)]
+    for name, data in results["models"].items():
+        lines += efficiency_model(name, data, meta)
+    if results["targets"]:
+        lines += efficiency_targets(results["targets"], *target)
+    return "\n".join([*lines, "", fill("efficiency_notes"), ""])
 
 
 # ---------------------------------------------------------------------------------------------- prose
 def backbone_sentence(states: dict[str, dict[str, Any]]) -> str:
     """The backbone as the JSON records it (architecture, size, pretraining)."""
     b = next(iter(states.values()))["backbone"]
-    arch = architecture(b)
-    depths = "-".join(map(str, b.get("depths", [])))
-    widths = "-".join(map(str, b.get("hidden_sizes", [])))
+    depths, widths = ("-".join(map(str, b.get(k, []))) for k in ("depths", "hidden_sizes"))
     text = (
-        f"`{b.get('name', b.get('model'))}`: {arch}, depths {depths}, widths {widths}, "
+        f"`{b.get('name', b.get('model'))}`: {architecture(b)}, depths {depths}, widths {widths}, "
         f"{b['backbone_params'] / 1e6:.2f} M backbone parameters"
     )
-    pre = b.get("pretraining")
-    if pre:
+    if pre := b.get("pretraining"):
         text += f"; pretrained on {pre.get('data', '?')} at {pre.get('res', '?')} px for {pre.get('epochs', '?')} epochs"
         if "final_heldout_accuracy" in pre:
             text += f" ({100 * pre['final_heldout_accuracy']:.1f} % held-out accuracy)"
@@ -503,6 +538,20 @@ def hardware_lines(states: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def data_sentence(task: str, p: dict[str, Any]) -> str:
+    """How a task's data were split and sized (the `data_<task>` block of the templates)."""
+    split = p.get("split", {})
+    tf, vf = split.get("train_fraction", 0), split.get("validation_fraction", 0)
+    pairs = split.get("by_pairs", {})
+    values = {f"{k}_pairs": len(pairs.get(k, [])) for k in ("train", "validation", "test")}
+    values |= dict(train_pct=100 * tf, validation_pct=100 * vf, tile_train=100 * tf * (1 - vf))
+    values |= dict(
+        tile_validation=100 * tf * vf, tile_test=100 * (1 - tf), train_repeats=split.get("train_repeats")
+    )
+    values["split_seeds"] = p.get("split_seeds", [p.get("split_seed", 0)])
+    return fill(f"data_{task}", **{**p, **values})
+
+
 def protocol_lines(states: dict[str, dict[str, Any]]) -> list[str]:
     """The protocol, from each task's recorded settings."""
     lines = []
@@ -511,89 +560,49 @@ def protocol_lines(states: dict[str, dict[str, Any]]) -> list[str]:
         seeds = sorted({seed for s in state["summary"].values() for seed in s["seeds"]})
         split_seeds = p.get("split_seeds", [p.get("split_seed", 0)])
         factors = ", ".join(f"{f:.3g}" for f in p["lr_factors"])
-        split = p.get("split", {})
-        if task == "classification":
-            data = (
-                f"stratified split, {100 * split.get('train_fraction', 0):.0f} % of each class for training "
-                f"(split seeds {split_seeds}), {100 * split.get('validation_fraction', 0):.0f} % of the "
-                f"training part held out for validation, images resized to {p.get('image_size')} px"
-            )
-        elif task == "segmentation":
-            tf, vf = split.get("train_fraction", 0), split.get("validation_fraction", 0)
-            data = (
-                f"seeded random split of the tiles (split seeds {split_seeds}): "
-                f"{100 * tf * (1 - vf):.0f} / {100 * tf * vf:.0f} / {100 * (1 - tf):.0f} % train / validation / "
-                f"test, tiles resized to {p.get('resize')} px, UperNet with {p.get('head_hidden_size')} channels"
-            )
-        else:
-            pairs = split.get("by_pairs", {})
-            data = (
-                f"split by pairs, stratified by source (split seeds {split_seeds}): "
-                f"{len(pairs.get('train', []))} / {len(pairs.get('validation', []))} / {len(pairs.get('test', []))} "
-                f"train / validation / test pairs, training on random {p.get('image_size')}-px crops "
-                f"({split.get('train_repeats')} per pair and epoch), evaluation on the full pairs"
-            )
         limits = [
             f"{k.replace('_', ' ')} {p[k]}"
             for k in ("max_train_samples", "max_eval_samples")
             if p.get(k) is not None
         ]
+        search = (
+            f"seeds {', '.join(map(str, p['search_seeds']))} (their mean validation {metric_name(state)})"
+            if p.get("search_seeds")
+            else f"seed {p['search_seed']}"
+        )
+        epochs = f"{p['epochs']} epoch" + ("" if p["epochs"] == 1 else "s")
+        head = (
+            ""
+            if p.get("dense_head_lr") is None
+            else f" The PEFT methods' decoders train at {p['dense_head_lr']:g} (`--dense-head-lr`)."
+        )
         lines.append(
-            f"- {task}: {data}{'; subsampled: ' + ', '.join(limits) if limits else ''}. Learning rate: "
-            f"the method's default x {{{factors}}} on "
-            + (
-                f"seeds {', '.join(map(str, p['search_seeds']))} (their mean validation {metric_name(state)})"
-                if p.get("search_seeds")
-                else f"seed {p['search_seed']}"
-            )
-            + f" of split {split_seeds[0]}, "
-            f"{plural(p['epochs'], 'epoch')}, batch "
+            f"- {task}: {data_sentence(task, p)}{'; subsampled: ' + ', '.join(limits) if limits else ''}. Learning "
+            f"rate: the method's default x {{{factors}}} on {search} of split {split_seeds[0]}, {epochs}, batch "
             f"{p['batch_size']}, mixed precision `{p['mixed_precision']}`, chosen on the validation "
-            f"{metric_name(state)}; final seeds {seeds}."
-            + (
-                f" The PEFT methods' decoders train at {p['dense_head_lr']:g} (`--dense-head-lr`)."
-                if p.get("dense_head_lr") is not None
-                else ""
-            )
+            f"{metric_name(state)}; final seeds {seeds}.{head}"
         )
     return lines
 
 
-def caveats(states: dict[str, dict[str, Any]], backbone_note: str | None = None) -> list[str]:
+def caveats(states: dict[str, dict[str, Any]]) -> list[str]:
     """What the numbers do not show, from the recorded settings."""
     b = next(iter(states.values()))["backbone"]
     pre = b.get("pretraining", {})
     origin = f"pretrained on {pre['data']}" if pre.get("data") else "(its pretraining is not recorded here)"
-    note = f" ({backbone_note})" if backbone_note else ""
-    lines = [
-        f"- **Backbone.** A small {b['backbone_params'] / 1e6:.1f} M-parameter {architecture(b)} "
-        f"{origin}{note}, not the ImageNet-22k ConvNeXt-B of the UPetu paper: absolute numbers are far below the "
-        "paper's, and the ranking of methods on a large, strongly pretrained backbone may differ. Relative "
-        "comparisons on this backbone are what the benchmark measures.",
-    ]
+    size = b["backbone_params"] / 1e6
+    lines = [fill("caveat_backbone", size=size, architecture=architecture(b), origin=origin)]
     for task, state in states.items():
-        splits = next((s.get("splits") for s in state["summary"].values() if s.get("splits")), None)
-        pairs = state["protocol"].get("split", {}).get("by_pairs")
-        if pairs:  # change detection: the training split holds repeated pairs; count the pairs
+        summary = state["summary"].values()
+        splits = next((s.get("splits") for s in summary if s.get("splits")), None)
+        if pairs := state["protocol"].get("split", {}).get("by_pairs"):  # change detection: count the pairs
             splits = {f"{k} pairs": len(v) for k, v in pairs.items()}
-        seeds = sorted({s["n"] for s in state["summary"].values()})
-        n_splits = max(len(set(s.get("split_seeds") or [0])) for s in state["summary"].values())
+        runs = "/".join(map(str, sorted({s["n"] for s in summary})))
+        n_splits = max(len(set(s.get("split_seeds") or [0])) for s in summary)
+        spread_of = fill("caveat_splits" if n_splits > 1 else "caveat_one_split", runs=runs, splits=n_splits)
         sizes = ", ".join(f"{k} {v}" for k, v in (splits or {}).items())
-        spread = (
-            f"{'/'.join(map(str, seeds))} run(s) per method over up to {n_splits} splits: the ± holds the "
-            "split-to-split and the seed-to-seed spread; methods with fewer runs were run on fewer splits"
-            if n_splits > 1
-            else f"{'/'.join(map(str, seeds))} seed(s) per method on one fixed split: the ± is the seed-to-seed "
-            "spread only, not the split-to-split one"
-        )
         lines.append(
-            f"- **{task}.** {sizes + ' examples' if sizes else 'Split sizes not recorded'} (search split); {spread}."
-        )
-    quick = [t for t, s in states.items() if s["protocol"].get("quick")]
-    if quick:
-        lines.append(
-            f"- **Quick run** ({', '.join(quick)}): few methods, few epochs and subsampled data; a smoke check of the "
-            "pipeline, not a result."
+            f"- **{task}.** {sizes + ' examples' if sizes else 'Split sizes not recorded'} (search split); {spread_of}."
         )
     incomplete = [
         f"{t}/{v}"
@@ -606,122 +615,58 @@ def caveats(states: dict[str, dict[str, Any]], backbone_note: str | None = None)
         lines.append(
             f"- **Incomplete.** learning-rate search incomplete: {incomplete or 'none'}; failed runs: {failed or 'none'}."
         )
-    lines.append(
-        "- **Wall times** are per run (training plus per-epoch validation and the final test), on the hardware "
-        "above, possibly shared with other jobs; the learning-rate search multiplies each method's cost by the "
-        "number of candidates."
-    )
-    return lines
+    return [*lines, fill("caveat_wall_times")]
 
 
-def commands(states: dict[str, dict[str, Any]]) -> list[str]:
-    cmds = [s["command"] for state in states.values() for s in state.get("sessions", [])]
-    return [*dict.fromkeys(cmds), "python scripts/make_report.py"]
+def task_tables(state: dict[str, Any]) -> str:
+    """A task's part of the section: its results table, paired differences and aims."""
+    lines = ["", "", f"#### {title(state)}", "", *results_table(state)]
+    if paired := paired_table(state):
+        lines += ["", fill("paired"), "", *paired]
+    if aims_lines := aims_table(state):
+        lines += ["", "Aims of the benchmark issue:", "", *aims_lines]
+    return "\n".join(lines)
 
 
 def section(
-    states: dict[str, dict[str, Any]],
-    eff: dict[str, Any] | None,
-    plot_path: str,
-    summary_path: str | None,
-    backbone_note: str | None = None,
+    states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, plot_path: str, summary_path: str | None
 ) -> str:
     """The README "Results" section (markdown, without its `## Results` heading); links relative to its file."""
     if not states:
-        return "No accuracy results yet: run `python scripts/benchmark_accuracy.py`, then `python scripts/make_report.py`.\n"
+        return fill("no_results") + "\n"
     quick = [t for t, s in states.items() if s["protocol"].get("quick")]
-    lines = [
-        "*Generated by `scripts/make_report.py` from `results/accuracy_*.json`"
-        + (" and `results/efficiency.json`" if eff else "")
-        + "; do not edit by hand."
-        + (
-            f" The learning-rate search and every run: [`{Path(summary_path).name}`]({summary_path})."
-            if summary_path
-            else ""
-        )
-        + "*",
-        "",
-        *(
-            [
-                f"**Quick run** ({', '.join(quick)}): a smoke check of the pipeline with few methods, few epochs "
-                "and subsampled data, not a result.",
-                "",
-            ]
-            if quick
-            else []
-        ),
-        f"**Backbone.** {backbone_sentence(states)}",
-        "",
-        "**Hardware.**",
-        "",
-        *hardware_lines(states),
-        "",
-        "**Commands.**",
-        "",
-        "```bash",
-        *commands(states),
-        "```",
-        "",
-        "**Protocol.** For every method the learning rate is chosen on a validation part carved out of the "
-        "training data, never on the test part: the same number of candidates and epochs for every method, one "
-        "search seed; each run keeps its best-validation epoch (which chooses the number of epochs) and reports "
-        "its test metric there once. The chosen learning rate is then trained with the other seeds (and splits, where "
-        "several were run); the tables give mean ± sample std over those runs. Trainable % counts every trained parameter (heads included) against the "
-        "model; adapter % counts the trained backbone parameters against the backbone; adapter size is the saved "
-        "weights without the task head, checkpoint size with it (the linear probe's checkpoint is its head).",
-        "",
-        *protocol_lines(states),
-    ]
-    for state in states.values():
-        lines += ["", f"#### {title(state)}", "", *results_table(state)]
-        if paired := paired_table(state):
-            lines += [
-                "",
-                "Paired differences of the test metric (points) over the (split, seed) pairs both methods ran; a "
-                "difference is claimed only where its 95 % t-interval excludes 0:",
-                "",
-                *paired,
-            ]
-        if table := aims_table(state):
-            lines += ["", "Aims of the benchmark issue:", "", *table]
-    lines += [
-        "",
-        f"![test metric against trainable parameters]({plot_path})",
-        "",
-        "#### Efficiency",
-        "",
-        *efficiency_lines(eff),
-        "",
-        "#### What these numbers do not show",
-        "",
-        *caveats(states, backbone_note),
-    ]
-    return "\n".join(lines) + "\n"
+    link = (
+        summary_path
+        and f" The learning-rate search and every run: [`{Path(summary_path).name}`]({summary_path})."
+    )
+    commands = [s["command"] for state in states.values() for s in state.get("sessions", [])]
+    text = fill(
+        "section",
+        with_efficiency=" and `results/efficiency.json`" if eff else "",
+        summary_link=link or "",
+        quick=fill("quick", tasks=", ".join(quick)) + "\n\n" if quick else "",
+        backbone=backbone_sentence(states),
+        hardware="\n".join(hardware_lines(states)),
+        commands="\n".join([*dict.fromkeys(commands), "python scripts/make_report.py"]),
+        protocol="\n".join(protocol_lines(states)),
+        tasks="".join(task_tables(state) for state in states.values()),
+        plot=plot_path,
+        efficiency="\n".join(efficiency_lines(eff)),
+        caveats="\n".join(caveats(states)),
+    )
+    return text + "\n"
 
 
-def summary_markdown(
-    states: dict[str, dict[str, Any]],
-    eff: dict[str, Any] | None,
-    plot_path: str,
-    backbone_note: str | None = None,
-) -> str:
-    """`results/accuracy_summary.md`: the README section plus the search and every run."""
-    lines = ["# UPetu accuracy benchmark", "", section(states, eff, plot_path, None, backbone_note)]
+def summary_markdown(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, plot_path: str) -> str:
+    """`results/accuracy_summary.md`: the README section plus the search, the fit and every run."""
+    lines = ["# UPetu accuracy benchmark", "", section(states, eff, plot_path, None)]
     for state in states.values():
-        lines += [
-            f"## {title(state)}: learning-rate search",
-            "",
-            *search_table(state),
-            "",
-            f"## {title(state)}: fit to the training data",
-            "",
-            *fit_table(state),
-            "",
-            f"## {title(state)}: every run",
-            "",
-            *runs_table(state),
-            "",
-        ]
+        for heading, rows in (
+            ("learning-rate search", search_table(state)),
+            ("fit to the training data", fit_table(state)),
+            ("every run", runs_table(state)),
+        ):
+            lines += [f"## {title(state)}: {heading}", "", *rows, ""]
     return "\n".join(lines)
 
 
@@ -777,18 +722,6 @@ def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- headline
-#: The headline's columns: the variants every task compares, in this order.
-HEADLINE = ("upetu", "upetu-1bit", "lora", "full", "linear")
-#: The headline's verdicts, read "a minus b" (`PAIRED` entries).
-VERDICTS = (("upetu", "full"), ("upetu", "lora"), ("upetu-1bit", "upetu-32bit"))
-#: The efficiency rows of the headline, on the benchmark's largest model.
-EFFICIENCY_HEADLINE = ("upetu_1bit", "upetu_4bit", "lora_r8", "full")
-
-
-#: Short names of the verdicts' variants.
-SHORT = {"upetu": "UPetu", "upetu-1bit": "1-bit", "upetu-32bit": "32-bit", "full": "full", "lora": "LoRA"}
-
-
 def verdict(summary: dict[str, Any], a: str, b: str) -> str | None:
     """`a − b +d [low, high]` in points from the paired comparison, and who is ahead when the interval excludes 0;
     None without pairs."""
@@ -800,188 +733,57 @@ def verdict(summary: dict[str, Any], a: str, b: str) -> str | None:
     return f"{SHORT[a]} − {SHORT[b]} {100 * d['mean']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]{ahead}"
 
 
-def headline_rows(states: dict[str, dict[str, Any]]) -> list[str]:
-    """One row per task: the test metric of the `HEADLINE` variants and the `VERDICTS`."""
-    labels = [VARIANTS[name].label for name in HEADLINE]
-    lines = [f"| task | {' | '.join(labels)} | verdict: paired difference, points [95 % interval] |"]
-    lines.append("|---|" + "---:|" * len(HEADLINE) + "---|")
+def headline(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, links: dict[str, str]) -> str:
+    """The README's results table (at most 25 lines): one row per task with the test metric of the `HEADLINE`
+    variants and the `VERDICTS`, and the efficiency of the benchmark's largest model; `links` maps `docs` and
+    `index` to paths relative to the README."""
+    if not states:
+        return fill("no_results") + "\n"
+    b = next(iter(states.values()))["backbone"]
+    size, arch = b["backbone_params"] / 1e6, architecture(b)
+    intro = fill("headline", **links, docs_name=Path(links["docs"]).name, size=size, architecture=arch)
+    rows = []
     for state in states.values():
         s = state["summary"]
-        cells = [
-            f"{points(s[n]['test_mean'])} ± {points(s[n]['test_std'])}" if n in s else "-" for n in HEADLINE
-        ]
+        cells = [mean_pm(s[n]) if n in s else "-" for n in HEADLINE]
         verdicts = [v for a, b in VERDICTS if (v := verdict(s, a, b))]
-        lines.append(f"| {title(state)} | {' | '.join(cells)} | {'; '.join(verdicts)} |")
-    return lines
-
-
-def efficiency_headline(eff: dict[str, Any] | None) -> list[str]:
-    """The efficiency benchmark's largest model: trainable share, adapter bytes, step time and memory."""
-    if not eff or not eff.get("models"):
-        return []
-    name, data = list(eff["models"].items())[-1]
-    lines = [
-        f"| {name} | trainable % of backbone | on disk without head | train step vs full | peak memory vs full |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for method in (m for m in EFFICIENCY_HEADLINE if m in data["methods"]):
-        entry, ratio = data["methods"][method], data.get("ratios", {}).get(method, {})
-        step, memory = ratio.get("train_step_vs_full", 1.0), ratio.get("peak_memory_vs_full", 1.0)
-        lines.append(
-            f"| {entry['label']} | {entry['trainable_pct_of_backbone']:.2f} % "
-            f"| {fmt_bytes(entry['disk_bytes_without_head'])} | {step:.2f}x | {memory:.2f}x |"
-        )
-    return lines
-
-
-def headline(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, links: dict[str, str]) -> str:
-    """The README's results table (at most 25 lines): current numbers only, with verdicts; `links` maps `docs`
-    and `index` to paths relative to the README."""
-    if not states:
-        return "No accuracy results yet: run `python scripts/benchmark_accuracy.py`, then `python scripts/make_report.py`.\n"
-    b = next(iter(states.values()))["backbone"]
-    lines = [
-        f"*Generated by `scripts/make_report.py` from the current files of [`results/`]({links['index']}); "
-        f"protocol, every table and the caveats: [{Path(links['docs']).name}]({links['docs']}).*",
-        "",
-        f"Test metric (%), mean ± std over the runs of each method, on a {b['backbone_params'] / 1e6:.1f} M-parameter "
-        f"{architecture(b)} backbone, each method at its learning rate chosen on validation. Verdicts pair the runs "
-        "of two methods; one is called ahead only where the 95 % interval excludes 0:",
-        "",
-        *headline_rows(states),
-    ]
-    if table := efficiency_headline(eff):
-        lines += ["", "Efficiency (`results/efficiency.json`, randomly initialised model, CPU):", "", *table]
+        rows.append(f"| {title(state)} | {' | '.join(cells)} | {'; '.join(verdicts)} |")
+    labels = [VARIANTS[name].label for name in HEADLINE]
+    header = " | ".join(["task", *labels, "verdict: paired difference, points [95 % interval]"])
+    lines = [intro, "", *table(header, "l" + "r" * len(HEADLINE) + "l", rows)]
+    if eff and eff.get("models"):
+        name, data = list(eff["models"].items())[-1]
+        methods = [m for m in EFFICIENCY_HEADLINE if m in data["methods"]]
+        lines += ["", "Efficiency (`results/efficiency.json`, randomly initialised model, CPU):", ""]
+        lines += efficiency_table(data, name, methods, list(EFFICIENCY_COLUMNS)[:4])
     return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- results index
-ACCURACY = "`python scripts/benchmark_accuracy.py` (each session's command is in the file's `sessions`)"
-REPORT = "`python scripts/make_report.py`"
-#: What every file under `results/` is, in order of precedence: (glob, status, what, command). A file that matches
-#: none is listed as undescribed (and `tests/test_layout_scripts.py` fails).
-RESULTS: tuple[tuple[str, str, str, str], ...] = (
-    ("README.md", "current", "this index", REPORT),
-    (
-        "accuracy_summary.md",
-        "current",
-        "every table, learning-rate search and run of the accuracy benchmark",
-        REPORT,
-    ),
-    ("accuracy_vs_params.png", "current", "test metric against trainable parameters", REPORT),
-    (
-        "accuracy_oscd13_default_head.json",
-        "current",
-        "OSCD-13: 13 bands against RGB, default head rate",
-        "`python scripts/benchmark_oscd.py` (command in `sessions`)",
-    ),
-    (
-        "accuracy_oscd13.json",
-        "current",
-        "OSCD-13 with the head at the adapter's rate (`--head-lr lr`)",
-        "`python scripts/benchmark_oscd.py --head-lr lr` (command in `sessions`)",
-    ),
-    (
-        "accuracy_*.json",
-        "current",
-        "the accuracy benchmark's ledger of one task: every run, choice, summary",
-        ACCURACY,
-    ),
-    (
-        "efficiency.*",
-        "current",
-        "parameters, bytes, step time, memory, launch-bound costs",
-        "`python scripts/benchmark_efficiency.py` (command in `meta`)",
-    ),
-    (
-        "budget.json",
-        "current",
-        "adapter and decoder sizes on ConvNeXt-B and -atto",
-        "`python scripts/budget.py`",
-    ),
-    (
-        "checkpoint_sizes.json",
-        "current",
-        "bytes of a training checkpoint per method",
-        "`python scripts/checkpoint_sizes.py`",
-    ),
-    (
-        "fault_table.*",
-        "current",
-        "what `upetu-train` / `upetu-eval` say on each fault",
-        "`python scripts/fault_table.py`",
-    ),
-    (
-        "peft_custom_suite.json",
-        "current",
-        "peft's own custom-model test suite run on UPetu",
-        "`python scripts/peft_custom_suite.py`",
-    ),
-    (
-        "head_lr_*.json",
-        "current",
-        "the dense heads' learning-rate search behind `DENSE_HEAD_LR` / `dense_head_lr`",
-        "`python scripts/head_lr_search.py` (command in `sessions`)",
-    ),
-    ("search2/*.json", "current", "UCM-55 with a two-seed learning-rate search", ACCURACY),
-    ("epochs20/*.json", "current", "UCM-55 at 20 epochs", ACCURACY),
-    (
-        "search2/*",
-        "current",
-        "the report of `search2/`",
-        "`python scripts/make_report.py --results-dir results/search2 --efficiency results/efficiency.json --readme /dev/null`",
-    ),
-    (
-        "epochs20/*",
-        "current",
-        "the report of `epochs20/`",
-        "`python scripts/make_report.py --results-dir results/epochs20 --efficiency results/efficiency.json --readme /dev/null`",
-    ),
-    ("speed/*.json", "current", "one 1-bit run before and after the fast paths: the same numbers", ACCURACY),
-    (
-        "format_comparison/*",
-        "current",
-        "issue 27's format comparison, running from a worktree at commit a423d7e",
-        "`bash results/format_comparison/run.sh`, then `python scripts/format_comparison.py results/format_comparison`",
-    ),
-    (
-        "history/provenance.json",
-        "current",
-        "the command and commit of every file under `history/`",
-        "written once, by hand, when the trials retired (issue 29)",
-    ),
-    (
-        "history/qlinear_ablations/*",
-        "superseded",
-        "one Q-Linear design trial on UCM-55 (1-bit unless named)",
-        "",
-    ),
-    ("history/qlinear_v*", "superseded", "UCM-55 ledger of one Q-Linear format (1 to 5)", ""),
-    (
-        "history/*qlinear_comparison.*",
-        "superseded",
-        "the Q-Linear formats compared (retired `compare_qlinear.py`)",
-        "",
-    ),
-    (
-        "history/epochs20/bits_*",
-        "superseded",
-        "1-bit against 32-bit at 20 epochs (input of the comparison)",
-        "",
-    ),
-)
+def results_files() -> list[tuple[str, str, str, str]]:
+    """(pattern, status, what, command) of every row of `templates/results_files.md`, in order of precedence."""
+    lines = (TEMPLATES_DIR / "results_files.md").read_text().splitlines()
+    rows = [
+        tuple(cell.strip() for cell in line.strip()[1:-1].split("|"))
+        for line in lines
+        if line.startswith("|")
+    ]
+    if any(len(row) != 4 for row in rows):
+        raise ValueError(
+            "templates/results_files.md: every row needs 4 cells (pattern, status, what, command)"
+        )
+    return [(row[0].strip("`"), *row[1:]) for row in rows[2:]]
 
 
 def describe(path: str, provenance: dict[str, Any]) -> tuple[str, str, str]:
     """(status, what, command) of the file at `path` (relative to `results/`)."""
-    for pattern, status, what, command in RESULTS:
+    for pattern, status, what, command in results_files():
         if fnmatch.fnmatch(path, pattern):
-            record = provenance.get(path)
-            if record:  # retired: its command and the commit it was committed in
+            if record := provenance.get(path):  # retired: its command and the commit it was committed in
                 text = record["command"] if len(record["command"]) <= 100 else record["command"][:100] + " …"
                 command = f"`{text}` (commit {record['committed_in'][:10]})"
             return status, what, command
-    return "undescribed", "**not described: add it to `make_report.RESULTS`**", "-"
+    return "undescribed", "**not described: add it to `templates/results_files.md`**", "-"
 
 
 def results_index(results_dir: Path) -> str:
@@ -989,44 +791,30 @@ def results_index(results_dir: Path) -> str:
     provenance_file = results_dir / "history" / "provenance.json"
     provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
     files = sorted(p.relative_to(results_dir).as_posix() for p in results_dir.rglob("*") if p.is_file())
-    lines = [
-        "# results/",
-        "",
-        "Written by `python scripts/make_report.py`; do not edit by hand. Every file under `results/`, whether it is "
-        "current or superseded, what it holds and the command that produces it. Superseded files live under "
-        "`history/` with the command and the commit they were committed in (`history/provenance.json`); the "
-        "scripts of retired trials are gone, so rerun them from that commit. `format_comparison/` runs from a "
-        "worktree at commit a423d7e (`format_comparison/run.sh`), not from the current scripts.",
-        "",
-        "| file | status | what | command |",
-        "|---|---|---|---|",
-    ]
-    for path in files:
-        status, what, command = describe(path, provenance)
-        lines.append(f"| `{path}` | {status} | {what} | {command} |")
-    return "\n".join(lines) + "\n"
+    rows = [f"| `{path}` | {' | '.join(describe(path, provenance))} |" for path in files]
+    return "\n".join([fill("results_index"), *rows]) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------- files
-def update_markers(path: Path, text: str) -> bool:
-    """Replace what lies between the markers of `path`, leaving the rest alone; False (file untouched) when the
-    file or its markers are missing."""
-    if not path.is_file():
-        return False
-    content = path.read_text()
-    start, end = content.find(START), content.find(END)
-    if start < 0 or end < start:
-        return False
-    write_text_atomic(path, content[: start + len(START)] + "\n" + text + content[end:])
-    return True
-
-
 def relative(path: Path, folder: Path) -> str:
     """`path` relative to `folder` for a markdown link (`..` allowed), or absolute on another drive."""
     try:
         return Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix()
     except ValueError:
         return path.resolve().as_posix()
+
+
+def write_section(path: Path, text: str, what: str) -> None:
+    """`text` between the markers of `path`, leaving the rest alone; printed when the file or its markers are
+    missing."""
+    content = path.read_text() if path.is_file() else ""
+    start, end = content.find(START), content.find(END)
+    if 0 <= start < end:
+        write_text_atomic(path, content[: start + len(START)] + "\n" + text + content[end:])
+        print(f"make_report: updated the {what} of {path}", file=sys.stderr)
+    else:
+        print(f"make_report: {path} has no {START} ... {END} markers; the {what} follows.", file=sys.stderr)
+        print(f"{START}\n{text}{END}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1041,11 +829,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--docs", help="page for the full tables (default: docs/benchmarks.md for results/)")
     parser.add_argument("--index", help="the index of results/ (default: results/README.md for results/)")
-    parser.add_argument(
-        "--backbone-note",
-        help='what the JSON cannot know about the backbone, added to the caveats, e.g. "pretrained from scratch '
-        'on a CPU"',
-    )
     args = parser.parse_args(argv)
     if Path(args.results_dir).resolve() == default.resolve():  # another folder is a side protocol's
         args.docs = args.docs or str(REPO_ROOT / "docs" / "benchmarks.md")
@@ -1053,33 +836,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def write_section(path: Path, text: str, what: str) -> None:
-    """`text` between the markers of `path`, or printed when it has none."""
-    if update_markers(path, text):
-        print(f"make_report: updated the {what} of {path}", file=sys.stderr)
-    else:
-        print(f"make_report: {path} has no {START} ... {END} markers; the {what} follows.", file=sys.stderr)
-        print(f"{START}\n{text}{END}")
-
-
 def main(argv: Sequence[str] | None = None) -> str:
     """Write the summary, the plot, the README's headline, the docs' full tables and the index of results/ (each
     where asked); returns the full section."""
     args = parse_args(argv)
     results = Path(args.results_dir)
-    states = load_accuracy(results)
-    eff = load_efficiency(Path(args.efficiency) if args.efficiency else results / "efficiency.json")
+    eff_file = Path(args.efficiency) if args.efficiency else results / "efficiency.json"
+    states, eff = load_accuracy(results), json.loads(eff_file.read_text()) if eff_file.is_file() else None
     markdown = Path(args.markdown) if args.markdown else results / "accuracy_summary.md"
     plot_file = Path(args.plot) if args.plot else results / "accuracy_vs_params.png"
     readme = Path(args.readme)
     page = Path(args.docs) if args.docs else readme  # without a docs page the README gets the full section
-    text = section(
-        states, eff, relative(plot_file, page.parent), relative(markdown, page.parent), args.backbone_note
-    )
+    text = section(states, eff, relative(plot_file, page.parent), relative(markdown, page.parent))
     plot(states, plot_file)
-    write_text_atomic(
-        markdown, summary_markdown(states, eff, relative(plot_file, markdown.parent), args.backbone_note)
-    )
+    write_text_atomic(markdown, summary_markdown(states, eff, relative(plot_file, markdown.parent)))
     if args.docs:
         index = Path(args.index) if args.index else results / "README.md"
         links = {"docs": relative(page, readme.parent), "index": relative(index, readme.parent)}

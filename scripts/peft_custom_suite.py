@@ -2,12 +2,10 @@
 """Run peft's own custom-model test suite (`tests/test_custom_models.py` upstream) against UPetu.
 
 peft's suite builds toy models (an MLP, a few convolutions) that UPetu cannot adapt, so this script copies the suite
-from a peft checkout into a temporary folder and changes three things there, nothing else:
-
-- `TEST_CASES` becomes the UPetu cases below (V1 and V2 ConvNeXt; 1, 4 and 32 bits; `modules_to_save`);
-- `MockTransformerWrapper.from_pretrained("ConvNeXt" | "ConvNeXtV2")` returns a tiny random ConvNeXt classifier
-  behind the suite's `model(X=...) -> tensor` interface;
-- `prepare_inputs_for_testing` returns a batch of 4 random 32 x 32 images.
+from a peft checkout into a temporary folder and changes three things there, nothing else: `TEST_CASES` becomes the
+UPetu cases of `CASES` (V1 and V2 ConvNeXt; 1, 4 and 32 bits; `modules_to_save`);
+`MockTransformerWrapper.from_pretrained("ConvNeXt" | "ConvNeXtV2")` returns a tiny random ConvNeXt classifier behind
+the suite's `model(X=...) -> tensor` interface; `prepare_inputs_for_testing` returns 4 random 32 x 32 images.
 
 Every outcome is written to `--output` (JSON) with its reason; failures are grouped by cause, so that the expected
 ones (UPetu refuses to merge; raw state dicts across a save differ at 1-8 bits, README "What is exact") stand apart
@@ -21,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -32,20 +29,14 @@ from importlib.metadata import version
 from pathlib import Path
 from xml.etree import ElementTree
 
-from _common import write_json_atomic
+from _common import REPO_ROOT, write_json_atomic
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SUITE_FILES = ("testing_common.py", "testing_utils.py", "test_custom_models.py", "conftest.py")
-
 CASES = '''
 import torch
 from torch import nn
-from transformers import (
-    ConvNextConfig,
-    ConvNextForImageClassification,
-    ConvNextV2Config,
-    ConvNextV2ForImageClassification,
-)
+from transformers import ConvNextConfig, ConvNextForImageClassification
+from transformers import ConvNextV2Config, ConvNextV2ForImageClassification
 
 import upetu_hf  # registers the UPETU peft type
 from upetu_hf import UPetuConfig
@@ -82,7 +73,15 @@ UPETU_TEST_CASES = [
     ("ConvNeXt UPetu modules_to_save", "ConvNeXt", UPetuConfig, {"r": 4, "modules_to_save": ["classifier"]}),
 ]
 '''
-
+#: What the copied `test_custom_models.py` gets instead of each of these texts (each must be there).
+HOOKS = {
+    "class MockTransformerWrapper:": "from .upetu_cases import UPETU_TEST_CASES, build as _upetu_build, inputs as "
+    "_upetu_inputs\nTEST_CASES = UPETU_TEST_CASES\n\n\nclass MockTransformerWrapper:",
+    '        if model_id == "MLP":\n': '        if model_id.startswith("ConvNeXt"):\n            return '
+    '_upetu_build(model_id).to(dtype)\n\n        if model_id == "MLP":\n',
+    "    def prepare_inputs_for_testing(self):\n        X = torch.arange(90).view(9, 10).to(self.torch_device)\n"
+    '        return {"X": X}': "    def prepare_inputs_for_testing(self):\n        return _upetu_inputs(self.torch_device)",
+}
 MERGE_REFUSED = "merge refused (expected: EQAM and CAPM are not weight updates)"
 LATENTS_NOT_SAVED = (
     "raw state dict differs across a save (expected at 1-8 bits: the file keeps no fp32 latents)"
@@ -108,30 +107,12 @@ def patch_suite(folder: Path) -> None:
     """Point the copied suite at the UPetu cases; fail loudly if peft's file no longer has the expected hooks."""
     path = folder / "test_custom_models.py"
     text = path.read_text()
-    hooks = {
-        "class MockTransformerWrapper:": (
-            "from .upetu_cases import UPETU_TEST_CASES, build as _upetu_build, inputs as _upetu_inputs\n"
-            "TEST_CASES = UPETU_TEST_CASES\n\n\nclass MockTransformerWrapper:"
-        ),
-        '        if model_id == "MLP":\n': (
-            '        if model_id.startswith("ConvNeXt"):\n            return _upetu_build(model_id).to(dtype)\n\n'
-            '        if model_id == "MLP":\n'
-        ),
-    }
-    for old, new in hooks.items():
+    for old, new in HOOKS.items():
         if old not in text:
             raise SystemExit(
                 f"peft's test_custom_models.py has no {old.strip()!r}: this peft version is not supported."
             )
-        text = text.replace(old, new, 1)
-    text, n = re.subn(
-        r"    def prepare_inputs_for_testing\(self\):\n        X = torch\.arange\(90\)\.view\(9, 10\)\.to\(self\.torch_device\)\n"
-        r"        return \{\"X\": X\}",
-        "    def prepare_inputs_for_testing(self):\n        return _upetu_inputs(self.torch_device)",
-        text,
-    )
-    if not n:
-        raise SystemExit("peft's test_custom_models.py has no prepare_inputs_for_testing to replace.")
+        text = text.replace(old, new)
     path.write_text(text)
     (folder / "upetu_cases.py").write_text(CASES)
     (folder / "__init__.py").write_text("")
@@ -142,57 +123,32 @@ def classify(junit: Path) -> list[dict]:
     rows = []
     for case in ElementTree.parse(junit).iter("testcase"):
         problem = case.find("failure") if case.find("failure") is not None else case.find("error")
-        outcome = (
-            "failed" if problem is not None else "skipped" if case.find("skipped") is not None else "passed"
-        )
-        reason = None
-        if problem is not None:
-            reason = failure_cause(case.get("name"), (problem.get("message") or "") + (problem.text or ""))
-        rows.append({"test": case.get("name"), "outcome": outcome, "cause": reason})
+        skipped = case.find("skipped") is not None
+        outcome = "failed" if problem is not None else "skipped" if skipped else "passed"
+        text = "" if problem is None else (problem.get("message") or "") + (problem.text or "")
+        cause = None if problem is None else failure_cause(case.get("name"), text)
+        rows.append({"test": case.get("name"), "outcome": outcome, "cause": cause})
     return rows
 
 
-def commit(folder: Path) -> str | None:
-    """The git commit of the peft checkout, when it is one."""
-    done = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
-    if done.returncode != 0:
-        return None
-    return done.stdout.strip() or None
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--peft", type=Path, required=True, help="a peft source checkout (its tests/ folder is used)"
-    )
-    parser.add_argument("--output", type=Path, default=Path("peft_suite.json"), help="JSON file of outcomes")
-    parser.add_argument("-k", default="UPetu", help="pytest -k expression (default: every UPetu case)")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse_args(argv)
-    tests = args.peft / "tests"
-    missing = [name for name in SUITE_FILES if not (tests / name).is_file()]
-    if missing:
-        raise SystemExit(f"{tests} lacks {', '.join(missing)}: pass the root of a peft source checkout.")
+def run_suite(tests: Path, k: str) -> list[dict]:
+    """peft's suite copied from `tests` into a temporary folder, patched, run on the cases matching `k`."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        folder = root / "tests"
-        folder.mkdir()
+        (root / "tests").mkdir()
         for name in SUITE_FILES:
-            shutil.copy(tests / name, folder / name)
-        patch_suite(folder)
-        stubs = root / "stubs"
+            shutil.copy(tests / name, root / "tests" / name)
+        patch_suite(root / "tests")
         try:  # testing_common imports diffusers for tests UPetu never reaches
             import diffusers  # noqa: F401
         except ImportError:
-            (stubs / "diffusers").mkdir(parents=True)
-            (stubs / "diffusers" / "__init__.py").write_text("class StableDiffusionPipeline:\n    pass\n")
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(stubs), str(root), str(REPO_ROOT / "src")]))
-        junit = root / "report.xml"
+            (root / "stubs" / "diffusers").mkdir(parents=True)
+            (root / "stubs" / "diffusers" / "__init__.py").write_text(
+                "class StableDiffusionPipeline:\n    pass\n"
+            )
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(root / "stubs"), str(root), str(REPO_ROOT / "src")])
+        )
         command = [
             sys.executable,
             "-m",
@@ -202,15 +158,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "no:cacheprovider",
             "tests/test_custom_models.py",
         ]
-        subprocess.run([*command, "-k", args.k, f"--junitxml={junit}"], cwd=root, env=env, check=False)
-        rows = classify(junit)
+        subprocess.run(
+            [*command, "-k", k, f"--junitxml={root / 'report.xml'}"], cwd=root, env=env, check=False
+        )
+        return classify(root / "report.xml")
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--peft", type=Path, required=True, help="a peft source checkout (its tests/ folder is used)"
+    )
+    parser.add_argument("--output", type=Path, default=Path("peft_suite.json"), help="JSON file of outcomes")
+    parser.add_argument("-k", default="UPetu", help="pytest -k expression (default: every UPetu case)")
+    args = parser.parse_args(argv)
+    tests = args.peft / "tests"
+    if missing := [name for name in SUITE_FILES if not (tests / name).is_file()]:
+        raise SystemExit(f"{tests} lacks {', '.join(missing)}: pass the root of a peft source checkout.")
+    rows = run_suite(tests, args.k)
     counts = Counter(r["outcome"] if r["cause"] is None else f"failed: {r['cause']}" for r in rows)
+    git = subprocess.run(["git", "-C", str(args.peft), "rev-parse", "HEAD"], capture_output=True, text=True)
     result = {
         "peft_tests_from": str(args.peft),
-        "peft_commit": commit(args.peft),
+        "peft_commit": (git.stdout.strip() or None) if git.returncode == 0 else None,
         "peft_installed": version("peft"),
+        "counts": dict(counts),
+        "tests": rows,
     }
-    result |= {"counts": dict(counts), "tests": rows}
     write_json_atomic(args.output, result)
     for outcome, n in counts.most_common():
         print(f"{n:4d}  {outcome}")

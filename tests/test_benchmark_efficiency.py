@@ -16,7 +16,7 @@ from upetu_hf.train import TrainingArguments
 DEPTHS, WIDTHS, LABELS = [1, 1, 1, 1], [8, 16, 32, 64], 21
 STEPS = 2
 LAUNCH_ROUNDS = 2
-NAME = "1-1-1-1:8-16-32-64"
+NAME = "tiny"
 
 
 def load_report() -> ModuleType:
@@ -36,7 +36,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict, Path]:
     bench = load_script()
     results = bench.main(
         [
-            "--models", "1-1-1-1:8-16-32-64",
+            "--models", NAME,
             "--steps", str(STEPS),
             "--batch-size", "2",
             "--image-size", "64",
@@ -74,7 +74,7 @@ def expected_trainable_without_head() -> dict[str, int]:
 
 def test_every_method_and_counts(run: tuple[dict, dict, Path]) -> None:
     _, data, _ = run
-    model = data["models"]["1-1-1-1:8-16-32-64"]
+    model = data["models"][NAME]
     methods = model["methods"]
     expected = expected_trainable_without_head()
     head = WIDTHS[-1] * LABELS + LABELS
@@ -93,15 +93,12 @@ def test_every_method_and_counts(run: tuple[dict, dict, Path]) -> None:
 
 def test_disk_sizes(run: tuple[dict, dict, Path]) -> None:
     _, data, _ = run
-    methods = data["models"]["1-1-1-1:8-16-32-64"]["methods"]
+    methods = data["models"][NAME]["methods"]
     head_bytes = (WIDTHS[-1] * LABELS + LABELS) * 4
     for name, entry in methods.items():
         assert entry["disk_bytes_with_head"] >= entry["disk_bytes_without_head"] + head_bytes, name
     assert methods["full"]["file"] == "model.safetensors"
-    assert (
-        methods["full"]["disk_bytes_without_head"]
-        >= 4 * data["models"]["1-1-1-1:8-16-32-64"]["backbone_params"]
-    )
+    assert methods["full"]["disk_bytes_without_head"] >= 4 * data["models"][NAME]["backbone_params"]
     assert methods["linear_probe"]["disk_bytes_without_head"] == 0
     assert methods["lora_r8"]["file"] == "adapter_model.safetensors"
     sizes = [methods[f"upetu_{k}bit"]["disk_bytes_without_head"] for k in (1, 4, 32)]
@@ -112,7 +109,7 @@ def test_disk_sizes(run: tuple[dict, dict, Path]) -> None:
 
 def test_timings_memory_and_ratios(run: tuple[dict, dict, Path]) -> None:
     _, data, _ = run
-    model = data["models"]["1-1-1-1:8-16-32-64"]
+    model = data["models"][NAME]
     for name, entry in model["methods"].items():
         assert len(entry["train_step_s"]) == STEPS and min(entry["train_step_s"]) > 0, name
         assert len(entry["inference_s"]) == STEPS and entry["inference_ratio"]["median"] > 0, name
@@ -160,8 +157,7 @@ def test_metadata_targets_and_markdown(run: tuple[dict, dict, Path]) -> None:
     disk = next(t for t in data["targets"] if t["method"] == "upetu_1bit" and "200 KB" in t["target"])
     assert (
         disk["met"]
-        and disk["value"]
-        == data["models"]["1-1-1-1:8-16-32-64"]["methods"]["upetu_1bit"]["disk_bytes_without_head"]
+        and disk["value"] == data["models"][NAME]["methods"]["upetu_1bit"]["disk_bytes_without_head"]
     )
     markdown = out.with_suffix(".md").read_text()
     for label in (

@@ -101,3 +101,21 @@ def test_fit_table_averages_the_last_epoch_loss_of_the_summary_runs_only():
     }
     table = load_report().fit_table(state)
     assert table[-1] == "| UPetu | 2 | 0.300 ± 0.141 | 80.00 ± 1.00 | 75.00 ± 2.00 |"
+
+
+def test_the_efficiency_report_renders_from_the_committed_json():
+    """`results/efficiency.md` is `efficiency_markdown` of `results/efficiency.json`, byte for byte (the benchmark
+    writes it that way), with the benchmark issue's own target named."""
+    efficiency = importlib.import_module("benchmark_efficiency")
+    results = json.loads((RESULTS / "efficiency.json").read_text())
+    target = (efficiency.TARGET_MODEL, efficiency.TARGET_METHOD)
+    assert load_report().efficiency_markdown(results, target) == (RESULTS / "efficiency.md").read_text()
+
+
+def test_every_results_pattern_has_a_status_a_description_and_a_command():
+    """The rows of `templates/results_files.md` parse into (pattern, status, what, command); a current file names
+    the command that writes it, a superseded one takes it from `history/provenance.json`."""
+    rows = load_report().results_files()
+    assert rows and all(status in ("current", "superseded") for _, status, _, _ in rows)
+    assert all(what and (command or status == "superseded") for _, status, what, command in rows)
+    assert ("README.md", "current", "this index", "`python scripts/make_report.py`") == rows[0]
