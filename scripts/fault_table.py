@@ -30,6 +30,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # the push case must meet an offline Hub; no
 import numpy as np
 import PIL.Image
 import tifffile
+import torch
 from _common import REPO_ROOT, write_json_atomic, write_text_atomic
 from transformers import ConvNextConfig, ConvNextForImageClassification
 
@@ -44,7 +45,7 @@ COMMANDS = {
 #: Run by `unshare -rm sh -c`: mount a tmpfs with options $1 on the output folder $2, run the command, then copy
 #: the folder to `$2.after` (the mount vanishes with the namespace).
 MOUNTED = (
-    'mount -t tmpfs -o "$1" fault "$2" || exit 97; o=$2; shift 2; "$@"; c=$?; cp -a "$o" "$o.after"; exit $c'
+    'mount -t tmpfs -o "$1" f "$2" || exit 97; o=$2; shift 2; "$@"; c=$?; cp -a "$o" "$o.after"; exit $c'
 )
 #: The temporary files a run must not leave behind, even when it fails.
 TEMPORARY = (".tmp-*", ".stale-*", ".upetu-train.lock*")
@@ -61,16 +62,10 @@ class Case(NamedTuple):
 
 # ---------------------------------------------------------------------------------------------- tiny data
 def tiny_model(folder: Path, seed: int = 0) -> Path:
-    import torch
-
     torch.manual_seed(seed)
     config = ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64], num_labels=3)
     ConvNextForImageClassification(config).save_pretrained(folder)
-    processor = {
-        "image_processor_type": "ConvNextImageProcessor",
-        "size": {"shortest_edge": 32},
-        "crop_pct": 1,
-    }
+    processor = dict(image_processor_type="ConvNextImageProcessor", size={"shortest_edge": 32}, crop_pct=1)
     (folder / "preprocessor_config.json").write_text(json.dumps(processor))
     return folder
 
@@ -85,7 +80,8 @@ def class_folder(root: Path) -> Path:
     return root
 
 
-def band_tiles(root: Path, dtype=np.uint16) -> Path:
+def band_tiles(root: Path, dtype=np.uint16, nan: bool = False) -> Path:
+    """4 tiles of 4 bands with masks; `nan`: float tiles, 100 NaN pixels in the second."""
     rng = np.random.default_rng(1)
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -94,6 +90,8 @@ def band_tiles(root: Path, dtype=np.uint16) -> Path:
         mask = np.zeros((64, 64), np.uint8)
         mask[: 20 + 4 * i] = 1
         tile = 1000.0 + 300.0 * mask + rng.normal(0, 50, (4, 64, 64))
+        if nan and i == 1:
+            tile[2, 10:20, 10:20] = np.nan
         tifffile.imwrite(root / "images" / f"tile_{i}.tif", tile.astype(dtype), photometric="minisblack")
         PIL.Image.fromarray(mask).save(root / "masks" / f"tile_{i}.png")
     return root
@@ -123,18 +121,13 @@ class Cases:
 
     def finished(self, out: str, **fields: Any) -> Path:
         """A finished 2-epoch run that kept a checkpoint per step (run in this process: a setup, not a fault)."""
-        argv = self.train(
-            "", out, "--checkpointing-steps", "1", "--keep-checkpoints", epochs=2, **fields
-        ).argv
-        if main(argv):
+        run = self.train("", out, "--checkpointing-steps", "1", "--keep-checkpoints", epochs=2, **fields)
+        if main(run.argv):
             raise RuntimeError(f"the reference run {out} failed")
         return self.root / out
 
     def case_nan_pixels(self) -> Case:
-        data = band_tiles(self.root / "nan", np.float32)
-        tile = tifffile.imread(data / "images" / "tile_1.tif")
-        tile[2, 10:20, 10:20] = np.nan
-        tifffile.imwrite(data / "images" / "tile_1.tif", tile, photometric="minisblack")
+        data = band_tiles(self.root / "nan", np.float32, nan=True)
         return self.segment("a float GeoTIFF with NaN pixels", data)
 
     def case_nan_statistics(self) -> Case:
@@ -175,9 +168,8 @@ class Cases:
 
     def case_damaged_checkpoint(self) -> Case:
         weights = self.finished("o-damaged") / "checkpoints" / "step_4" / "model.safetensors"
-        data = bytearray(weights.read_bytes())
-        data[-100] ^= 0xFF
-        weights.write_bytes(bytes(data))
+        data = weights.read_bytes()
+        weights.write_bytes(data[:-100] + bytes([data[-100] ^ 0xFF]) + data[-99:])
         what = "a damaged checkpoint on resume"
         return self.train(what, "o-damaged", "--resume-from-checkpoint", "latest", epochs=2)
 
@@ -204,12 +196,10 @@ class Cases:
         return Case("upetu-eval of an RGB run on 13-band GeoTIFFs", argv, run, "upetu-eval")
 
     def case_full_disk(self) -> Case:
-        (self.root / "o-disk").mkdir()
         what = "a full disk (a 128 KiB tmpfs) at a checkpoint"
         return self.train(what, "o-disk", "--checkpointing-steps", "1", epochs=2, mount="size=128k")
 
     def case_read_only(self) -> Case:
-        (self.root / "o-ro").mkdir()
         return self.train("a read-only --output-dir (a read-only tmpfs)", "o-ro", mount="ro")
 
     def case_interrupt(self) -> Case:
@@ -223,7 +213,8 @@ CASE_NAMES = sorted(name.removeprefix("case_") for name in dir(Cases) if name.st
 def run(case: Case, root: Path) -> dict[str, Any]:
     """Run `case` as a process: its exit code, last `upetu-` stderr line and the temporary files it left."""
     command = [sys.executable, *COMMANDS[case.prog], *case.argv]
-    if case.mount:
+    if case.mount:  # the mount point
+        case.output.mkdir()
         command = ["unshare", "-rm", "sh", "-c", MOUNTED, "sh", case.mount, str(case.output), *command]
     source = str(Path(upetu_hf.__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
