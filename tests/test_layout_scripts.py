@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import importlib
 import shutil
+from collections.abc import Callable
 
 import pytest
 from conftest import REPO_ROOT
@@ -35,37 +36,94 @@ def root_name(node: ast.AST) -> str | None:
     return node.id if isinstance(node, ast.Name) else None
 
 
-def upetu_names(tree: ast.Module) -> set[str]:
-    """The names an import from `upetu_hf` binds in `tree` (`import upetu_hf.x` binds `upetu_hf`)."""
-    names = set()
+def imported_names(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """The names imports bind in `tree`: from `upetu_hf` (`import upetu_hf.x` binds `upetu_hf`, always counted), and
+    from other packages (not the sibling scripts, which may pass `upetu_hf` objects on)."""
+    upetu, other = {"upetu_hf"}, set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "upetu_hf":
-            names |= {alias.asname or alias.name for alias in node.names}
+        if isinstance(node, ast.ImportFrom):
+            pairs = [(node.module or "", alias.asname or alias.name) for alias in node.names]
         elif isinstance(node, ast.Import):
-            names |= {
-                alias.asname or alias.name.split(".")[0]
-                for alias in node.names
-                if alias.name.split(".")[0] == "upetu_hf"
-            }
-    return names
+            pairs = [(alias.name, alias.asname or alias.name.split(".")[0]) for alias in node.names]
+        else:
+            continue
+        for module, name in pairs:
+            top = module.split(".")[0]
+            if top == "upetu_hf":
+                upetu.add(name)
+            elif top and not (SCRIPTS / f"{top}.py").exists():
+                other.add(name)
+    return upetu, other
 
 
-def assigned_attributes(tree: ast.Module) -> list[tuple[ast.AST, int]]:
-    """(target object, line) of every attribute assignment: `x.a = ...`, `x.a += ...`, `setattr(x, ...)`."""
-    found = []
+def refers_to(node: ast.AST, names: set[str]) -> bool:
+    """Whether `node` is one of `names`, a part of one, or a container or `.items()` view holding one (a call's
+    result is not, except `getattr`'s)."""
+    if isinstance(node, ast.Call):
+        view = isinstance(node.func, ast.Attribute) and node.func.attr in ("items", "keys", "values")
+        getter = isinstance(node.func, ast.Name) and node.func.id == "getattr" and node.args
+        return bool(view and refers_to(node.func.value, names) or getter and refers_to(node.args[0], names))
+    if isinstance(node, ast.Name):
+        return node.id in names
+    return any(refers_to(child, names) for child in ast.iter_child_nodes(node))
+
+
+def bound_names(tree: ast.Module, refers: Callable[[ast.AST], bool]) -> set[str]:
+    """The names an assignment, `for`, comprehension or `with ... as` binds to a value for which `refers` holds."""
+    pairs = []
     for node in ast.walk(tree):
-        targets = []
         if isinstance(node, ast.Assign):
-            targets = node.targets
-        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
-            targets = [node.target]
-        for target in targets:
-            for element in ast.walk(target):
-                if isinstance(element, ast.Attribute) and isinstance(element.ctx, ast.Store):
-                    found.append((element.value, node.lineno))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr":
-            found.append((node.args[0], node.lineno))
-    return found
+            pairs += [(target, node.value) for target in node.targets]
+        elif isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and node.value:
+            pairs.append((node.target, node.value))
+        elif isinstance(node, (ast.For, ast.AsyncFor, ast.comprehension)):
+            pairs.append((node.target, node.iter))
+        elif isinstance(node, ast.withitem) and node.optional_vars:
+            pairs.append((node.optional_vars, node.context_expr))
+    return {
+        n.id for target, value in pairs if refers(value) for n in ast.walk(target) if isinstance(n, ast.Name)
+    }
+
+
+def is_patch(call: ast.Call) -> bool:
+    """`setattr(...)`, `delattr(...)`, `monkeypatch.setattr(...)`, `mock.patch(...)`, `mock.patch.object(...)`, ..."""
+    parts, node = [], call.func
+    while isinstance(node, ast.Attribute):
+        parts, node = [node.attr, *parts], node.value
+    parts = [node.id, *parts] if isinstance(node, ast.Name) else parts
+    return bool(parts) and (parts[-1] in ("setattr", "delattr") or "patch" in parts)
+
+
+def upetu_attribute_writes(tree: ast.Module) -> list[int]:
+    """Lines that change an attribute of a `upetu_hf` object: `x.a = ...`, `x.a += ...` or `del x.a` where `x` is
+    (an alias of) an import from `upetu_hf`; and every `setattr`, `delattr` and `mock.patch`/`monkeypatch` call,
+    unless its target is a string naming another package, an import from another package, or an argparse
+    namespace (a name bound to a `parse_args` result): an object passed through a dict or a parameter counts."""
+    upetu, other = imported_names(tree)
+    while len(upetu) < len(upetu := upetu | bound_names(tree, lambda value: refers_to(value, upetu))):
+        pass
+    parsed = bound_names(
+        tree,
+        lambda v: (
+            isinstance(v, ast.Call)
+            and isinstance(v.func, ast.Attribute)
+            and v.func.attr in ("parse_args", "parse_known_args")
+        ),
+    )
+    safe = (other | parsed) - upetu
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            if root_name(node.value) in upetu:
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and node.args and is_patch(node):
+            target = node.args[0]
+            if isinstance(target, ast.Constant) and isinstance(target.value, str):
+                if target.value.split(".")[0] == "upetu_hf":
+                    lines.append(node.lineno)
+            elif root_name(target) not in safe:
+                lines.append(node.lineno)
+    return sorted(lines)
 
 
 def sys_path_edits(tree: ast.Module) -> list[int]:
@@ -116,12 +174,9 @@ def test_no_script_edits_sys_path():
 
 
 def test_no_script_assigns_to_upetu_hf_attributes():
-    found = []
-    for name, tree in script_trees().items():
-        imported = upetu_names(tree)
-        found += [
-            f"{name}:{line}" for target, line in assigned_attributes(tree) if root_name(target) in imported
-        ]
+    found = [
+        f"{name}:{line}" for name, tree in script_trees().items() for line in upetu_attribute_writes(tree)
+    ]
     assert not found
 
 
@@ -133,12 +188,35 @@ def test_the_checks_catch_what_they_look_for():
         "setattr(L, 'f', None)\nother.x = 1\n"
     )
     assert sorted(sys_path_edits(tree)) == [4, 5]
-    imported = upetu_names(tree)
-    assert sorted(line for target, line in assigned_attributes(tree) if root_name(target) in imported) == [
-        6,
-        7,
-        8,
+    assert upetu_attribute_writes(tree) == [6, 7, 8]
+
+
+def test_the_attribute_check_catches_indirect_assignments_and_patches():
+    """An attribute changed through an alias, a dict of targets, `del`, `mock.patch` or `monkeypatch` is found;
+    `setattr` on an argparse namespace and patches of other packages are not."""
+    lines = [
+        "import argparse, torch",
+        "from unittest import mock",
+        "import upetu_hf.train.loop as loop",
+        "from upetu_hf.train.output_dir import OutputLock",
+        "patches = {(loop, 'STEP'): 1}",
+        "for (owner, name), value in patches.items():",
+        "    setattr(owner, name, value)",  # 7
+        "alias = OutputLock",
+        "alias.timeout = 0",  # 9
+        "del loop.STEP",  # 10
+        "mock.patch.object(OutputLock, '_create')",  # 11
+        "mock.patch('upetu_hf.train.checkpoint.save_tensors')",  # 12
+        "monkeypatch.setattr('upetu_hf.train.loop.STEP', 2)",  # 13
+        "def patch_all(target):",
+        "    setattr(target, 'x', 1)",  # 15: a parameter may be a upetu_hf object
+        "monkeypatch.setattr(torch, 'x', 1)",
+        "mock.patch('os.replace')",
+        "args = argparse.ArgumentParser().parse_args([])",
+        "setattr(args, 'lr', 1.0)",
+        "args.lr = 2.0",
     ]
+    assert upetu_attribute_writes(ast.parse("\n".join(lines))) == [7, 9, 10, 11, 12, 13, 15]
 
 
 def test_results_readme_names_every_file_under_results():
