@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 #: Protocol entries that do not change any run's result, so files that differ only there can be merged: the
 #: learning-rate grid (runs are keyed by their learning rate), the list of split seeds (runs are keyed by theirs)
 #: and the search seeds (runs are keyed by their seed; the choice is made again from the runs on file).
-MERGEABLE_PROTOCOL_KEYS = ("lr_factors", "split_seeds", "search_seeds")
+MERGEABLE_PROTOCOL_KEYS = ("lr_factors", "split_seeds", "search_seeds", "head_lrs")
 
 
 def run_key(variant: str, options: dict[str, Any], lr: float, seed: int, split_seed: int = 0) -> str:
@@ -86,19 +86,22 @@ def break_tie(
 
 
 def tie_evidence(
-    by_lr: dict[float, dict[int, dict[str, Any]]], tied: list[float], seeds: list[int], metric: str
+    by_rate: dict[float, dict[tuple[int, int], dict[str, Any]]],
+    tied: list[float],
+    pairs: list[tuple[int, int]],
 ) -> list[tuple[str, Callable[[float], float | None]]]:
-    """The evidence that breaks a tie of the rates `tied` on the search seeds' validation: `seeds`, the mean
-    validation over every seed of the search split that all of them ran (when that adds seeds), then `last
-    epochs`, the mean validation of the last `LAST_EPOCHS` epochs over the search seeds."""
-    common = sorted(set.intersection(*(set(by_lr[lr]) for lr in tied)))
+    """The evidence that breaks a tie of the rates `tied` on the search's (split seed, seed) `pairs`: `seeds`, the
+    mean validation over every pair that all of them ran (when that adds pairs), then `last epochs`, the mean
+    validation of the last `LAST_EPOCHS` epochs over the search pairs."""
+    common = sorted(set.intersection(*(set(by_rate[lr]) for lr in tied)))
+    metric = by_rate[tied[0]][pairs[0]].get("metric", "")
     evidence: list[tuple[str, Callable[[float], float | None]]] = []
-    if set(common) > set(seeds):
+    if set(common) > set(pairs):
         evidence.append(
-            ("seeds", lambda lr: mean_or_none([by_lr[lr][s]["validation_score"] for s in common]))
+            ("seeds", lambda lr: mean_or_none([by_rate[lr][p]["validation_score"] for p in common]))
         )
     evidence.append(
-        ("last epochs", lambda lr: mean_or_none([last_epochs_score(by_lr[lr][s], metric) for s in seeds]))
+        ("last epochs", lambda lr: mean_or_none([last_epochs_score(by_rate[lr][p], metric) for p in pairs]))
     )
     return evidence
 
@@ -107,63 +110,72 @@ def select(
     runs: list[dict[str, Any]],
     grid: list[tuple[float, float]],
     seeds: int | Sequence[int],
-    split_seed: int = 0,
-    metric: str | None = None,
+    splits: int | Sequence[int] = 0,
+    key: str = "lr",
 ) -> dict[str, Any]:
-    """The learning rate with the best validation metric among the search runs of `seeds` (one seed, or the
-    mean over several) on split `split_seed`. A tie (within `TIE_TOLERANCE`) is broken by more evidence
-    (`tie_evidence`: other seeds all tied candidates ran, then the last epochs, then the smaller rate) and recorded as
-    `tie` (the tied rates and the rule that decided). `complete` is False while a candidate's run is missing or
-    failed for one of the seeds; `interior` says whether the choice is neither the smallest nor the largest
-    candidate. With several seeds each candidate also lists its `validation_scores`. `metric` names the history's
-    validation entry (default: the runs' own `metric`)."""
+    """The rate of the `grid` ((learning-rate factor, rate) pairs) with the best mean validation metric over the
+    search runs of `seeds` on the split seeds `splits`; `key` names the searched rate in the runs (`lr`, or
+    `head_lr` for the decoder's). A tie (within `TIE_TOLERANCE`) is broken by more evidence (`tie_evidence`: other
+    seeds all tied candidates ran, then the last epochs, then the smaller rate) and recorded as `tie`. `complete`
+    is False while a candidate misses a run; `interior` says whether the choice is neither the smallest nor the
+    largest candidate. With several search runs per candidate each also lists its `validation_scores`."""
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    by_lr: dict[float, dict[int, dict[str, Any]]] = {}
+    splits = [splits] if isinstance(splits, int) else list(splits)
+    pairs = [(split, seed) for split in splits for seed in seeds]
+    by_rate: dict[float, dict[tuple[int, int], dict[str, Any]]] = {}
     for r in runs:
-        if split_of(r) == split_seed and r.get("status") == "ok":
-            by_lr.setdefault(r["lr"], {})[r["seed"]] = r
+        if r.get("status") == "ok" and split_of(r) in splits:
+            by_rate.setdefault(r.get(key), {})[split_of(r), r["seed"]] = r
     candidates = []
     for f, lr in grid:
-        finished = all(seed in by_lr.get(lr, {}) for seed in seeds)
-        scores = [
-            by_lr[lr][seed]["validation_score"] if seed in by_lr.get(lr, {}) else None for seed in seeds
-        ]
-        candidate = {"lr": lr, "lr_factor": f, "finished": finished, "validation_score": None}
-        if finished:
-            candidate["validation_score"] = None if None in scores else statistics.fmean(scores)
-        if len(seeds) > 1:
+        mine = by_rate.get(lr, {})
+        scores = [mine[p]["validation_score"] if p in mine else None for p in pairs]
+        finished = all(p in mine for p in pairs)
+        candidate = {key: lr, "lr_factor": f, "finished": finished, "validation_score": None}
+        if finished and None not in scores:
+            candidate["validation_score"] = statistics.fmean(scores)
+        if len(pairs) > 1:
             candidate["validation_scores"] = scores
         candidates.append(candidate)
     scored = [c for c in candidates if c["finished"]]
     if not scored:
-        return {"candidates": candidates, "complete": False, "lr": None}
+        return {"candidates": candidates, "complete": False, key: None}
 
     def score(c: dict[str, Any]) -> float:  # an undefined score ranks last
         value = c["validation_score"]
         return -math.inf if value is None or math.isnan(value) else value
 
     top = max(score(c) for c in scored)
-    tied = [c for c in scored if top - score(c) <= TIE_TOLERANCE]
-    best, rule = tied[0], None
+    tied = [c[key] for c in scored if top - score(c) <= TIE_TOLERANCE]
+    rate, rule = tied[0], None
     if len(tied) > 1:
-        metric = metric or by_lr[tied[0]["lr"]][seeds[0]].get("metric", "")
-        lr, rule = break_tie(
-            [c["lr"] for c in tied], tie_evidence(by_lr, [c["lr"] for c in tied], seeds, metric)
-        )
-        best = next(c for c in tied if c["lr"] == lr)
+        rate, rule = break_tie(tied, tie_evidence(by_rate, tied, pairs))
+    best = next(c for c in scored if c[key] == rate)
     lrs = [lr for _, lr in grid]
     choice = {
         "candidates": candidates,
         "complete": len(scored) == len(candidates),
-        "interior": min(lrs) < best["lr"] < max(lrs),
-        "lr": best["lr"],
+        "interior": min(lrs) < rate < max(lrs),
+        key: rate,
         "lr_factor": best["lr_factor"],
         "validation_score": best["validation_score"],
-        "best_epoch": by_lr[best["lr"]][seeds[0]]["best_epoch"],
+        "best_epoch": by_rate[rate][pairs[0]]["best_epoch"],
     }
     if rule:
-        choice["tie"] = {"lrs": [c["lr"] for c in tied], "decided_by": rule}
+        choice["tie"] = {"lrs": tied, "decided_by": rule}
     return choice
+
+
+def versus_best(runs: list[dict[str, Any]], choice: dict[str, Any], key: str) -> dict[str, Any]:
+    """The chosen rate's validation minus each other candidate's, paired over the (split seed, seed) runs both
+    have (`paired_scores`: n, mean, 95 % interval), by the other rate."""
+    by_rate: dict[float, dict[tuple[int, int], float]] = {}
+    for r in runs:
+        if r.get("status") == "ok" and r["validation_score"] is not None:
+            by_rate.setdefault(r.get(key), {})[split_of(r), r["seed"]] = r["validation_score"]
+    best = by_rate.get(choice[key], {})
+    diffs = {f"{lr:g}": paired_scores(best, other) for lr, other in by_rate.items() if lr != choice[key]}
+    return {lr: {k: d[k] for k in ("n", "mean", "ci95")} for lr, d in diffs.items() if d}
 
 
 #: Two-sided 95 % quantiles of Student's t distribution by degrees of freedom (beyond 30: the normal's 1.96).
@@ -220,119 +232,125 @@ def paired_scores(
 
 
 def summarize(state: dict[str, Any], setup) -> dict[str, Any]:
-    """Per variant: the chosen learning rate and the mean +- std over seeds of the runs at that rate."""
+    """Per variant: the chosen rate (`select`, stored in `state["selection"]`) and the mean +- std over the final
+    runs at that rate (every seed of `setup.seeds` on every split of `setup.split_seeds`)."""
     summary: dict[str, Any] = {}
-    for name in state["variants"]:
-        options = state["variants"][name]["options"]
-        runs = [r for r in state["runs"] if r["variant"] == name and r["options"] == options]
-        grid = [(f, lr) for f, lr in state["variants"][name]["lr_grid"]]
-        choice = select(runs, grid, setup.search_seeds, setup.split_seeds[0])
+    key = setup.searched
+    for name, variant in state["variants"].items():
+        runs = [r for r in state["runs"] if r["variant"] == name and r["options"] == variant["options"]]
+        grid = [tuple(g) for g in variant["lr_grid"]]
+        choice = select(runs, grid, setup.search_seeds, setup.search_splits, key)
+        if key != "lr" and choice[key] is not None:
+            choice["best_minus_other_validation"] = versus_best(runs, choice, key)
         state["selection"][name] = choice
         final = sorted(
             (
                 r
                 for r in runs
                 if r.get("status") == "ok"
-                and r["lr"] == choice["lr"]
+                and r.get(key) == choice[key]
                 and r["seed"] in setup.seeds
                 and split_of(r) in setup.split_seeds
             ),
             key=lambda r: (split_of(r), r["seed"]),
         )
-        if not final:
-            continue
-        test_mean, test_std = mean_std([r["test_score"] for r in final])
-        val_mean, val_std = mean_std([r["validation_score"] for r in final])
-        first = final[0]
-        summary[name] = {
-            "label": state["variants"][name]["label"],
-            "method": first["method"],
-            "options": first["options"],
-            "lr": choice["lr"],
-            "lr_factor": choice.get("lr_factor"),
-            "selection_complete": choice["complete"],
-            "seeds": [r["seed"] for r in final],
-            "split_seeds": [split_of(r) for r in final],
-            "n": len(final),
-            "test_scores": [r["test_score"] for r in final],
-            "test_mean": test_mean,
-            "test_std": test_std,
-            "validation_mean": val_mean,
-            "validation_std": val_std,
-            "best_epochs": [r["best_epoch"] for r in final],
-            "trainable_params": first["trainable_params"],
-            "adapter_params": first["adapter_params"],
-            "head_params": first["head_params"],
-            "trainable_pct": first["trainable_pct"],
-            "adapter_pct_of_backbone": first["adapter_pct_of_backbone"],
-            "checkpoint_bytes": first["checkpoint_bytes"],
-            "weights_bytes_with_head": first["weights_bytes_with_head"],
-            "weights_bytes_without_head": first["weights_bytes_without_head"],
-            "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in final),
-            "train_runtime_s_mean": statistics.fmean(r["train_runtime_s"] for r in final),
-            "wall_time_s_all_runs": sum(r["wall_time_s"] for r in runs if r.get("wall_time_s")),
-            "runs_all": len(runs),
-            "devices": sorted({r["device"] for r in final}),
-            "splits": first.get("splits"),
-        }
+        if final:
+            summary[name] = run_summary(variant["label"], choice, final, runs)
     return summary
 
 
+#: Entries of the first final run that a summary repeats (the same for every run of a variant).
+SIZES = (
+    "trainable_params", "adapter_params", "head_params", "trainable_pct", "adapter_pct_of_backbone",
+    "checkpoint_bytes", "weights_bytes_with_head", "weights_bytes_without_head",
+)  # fmt: skip
+
+
+def run_summary(
+    label: str, choice: dict[str, Any], final: list[dict[str, Any]], runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One variant's summary: its choice, and the scores, sizes and times of its `final` runs."""
+    first = final[0]
+    test_mean, test_std = mean_std([r["test_score"] for r in final])
+    val_mean, val_std = mean_std([r["validation_score"] for r in final])
+    return {
+        "label": label,
+        "method": first["method"],
+        "options": first["options"],
+        "lr": first["lr"],
+        **({"head_lr": choice["head_lr"]} if "head_lr" in choice else {}),
+        "lr_factor": choice.get("lr_factor"),
+        "selection_complete": choice["complete"],
+        "seeds": [r["seed"] for r in final],
+        "split_seeds": [split_of(r) for r in final],
+        "n": len(final),
+        "test_scores": [r["test_score"] for r in final],
+        "test_mean": test_mean,
+        "test_std": test_std,
+        "validation_mean": val_mean,
+        "validation_std": val_std,
+        "best_epochs": [r["best_epoch"] for r in final],
+        **{k: first[k] for k in SIZES},
+        "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in final),
+        "train_runtime_s_mean": statistics.fmean(r["train_runtime_s"] for r in final),
+        "wall_time_s_all_runs": sum(r["wall_time_s"] for r in runs if r.get("wall_time_s")),
+        "runs_all": len(runs),
+        "devices": sorted({r["device"] for r in final}),
+        "splits": first.get("splits"),
+    }
+
+
 def new_state(setup, args: argparse.Namespace) -> dict[str, Any]:
+    """An empty ledger of `setup`'s task."""
+    keys = ("sessions", "backbone", "variants", "runs", "selection", "summary")
+    empty = {k: [] if k in ("sessions", "runs") else {} for k in keys}
     return {
         "schema": SCHEMA_VERSION,
-        "task": setup.task,
+        "task": setup.name,
         "metric": setup.metric,
         "protocol": setup.protocol(args),
-        "sessions": [],
-        "backbone": {},
-        "variants": {},
-        "runs": [],
-        "selection": {},
-        "summary": {},
+        **empty,
     }
 
 
 def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
     """The task's JSON to continue (`--resume`), or a fresh one; refuses to clobber results by accident."""
+    if not path.is_file():
+        return new_state(setup, args)
+    old = json.loads(path.read_text())
+    if args.overwrite or not old.get("runs"):
+        return new_state(setup, args)
+    if not args.resume:
+        raise SystemExit(
+            f"{path} already holds {len(old['runs'])} run(s): pass --resume to continue it, or --overwrite "
+            "to start afresh."
+        )
     protocol = setup.protocol(args)
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if args.overwrite or not old.get("runs"):
-            return new_state(setup, args)
-        if not args.resume:
-            raise SystemExit(
-                f"{path} already holds {len(old['runs'])} run(s): pass --resume to continue it, or --overwrite "
-                "to start afresh."
-            )
-        changed = same_protocol(protocol, old.get("protocol", {}))
-        if changed:
-            raise SystemExit(
-                f"{path} was recorded with other settings ({', '.join(changed)}); its runs cannot be mixed with "
-                "these. Use the same settings, another --output-dir, or --overwrite."
-            )
-        old["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
-        retrain = set(getattr(args, "retrain", None) or ())
-        if retrain:  # a design change: keep the old runs for the record, never reuse them
-            old.setdefault("superseded", []).extend(r for r in old["runs"] if r["variant"] in retrain)
-            old["runs"] = [r for r in old["runs"] if r["variant"] not in retrain]
-        # the grid and split seeds of this session (the runs of other ones are kept either way)
-        old["protocol"] = protocol
-        return old
-    return new_state(setup, args)
+    changed = same_protocol(protocol, old.get("protocol", {}))
+    if changed:
+        raise SystemExit(
+            f"{path} was recorded with other settings ({', '.join(changed)}); its runs cannot be mixed with "
+            "these. Use the same settings, another --output-dir, or --overwrite."
+        )
+    old["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
+    retrain = set(args.retrain or ())
+    if retrain:  # a design change: keep the old runs for the record, never reuse them
+        old.setdefault("superseded", []).extend(r for r in old["runs"] if r["variant"] in retrain)
+        old["runs"] = [r for r in old["runs"] if r["variant"] not in retrain]
+    old["protocol"] = protocol  # this session's grid and split seeds (the other runs are kept either way)
+    return old
 
 
 def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespace) -> int:
-    """Add the finished runs (and sessions) of another JSON of the same task and protocol to `state`: shards of
-    one benchmark run in parallel processes (`--methods`, separate `--output-dir`) merge this way. Only runs of
-    this run's methods (`setup.variants`) are taken, and the first file to hold a run key wins. Files of other
-    tasks are ignored; a file of this task recorded under another protocol is refused (another learning-rate grid
-    or other split seeds are fine: runs are keyed by their learning rate and split). Returns how many runs were
+    """Add the finished runs (and sessions) of another JSON of the same task and protocol to `state`: how shards
+    of one benchmark run in parallel processes (`--methods`, separate `--output-dir`) merge. Only runs of this
+    run's variants are taken, and the first file to hold a run key wins; files of other tasks are ignored, a file
+    recorded under another protocol is refused (apart from `MERGEABLE_PROTOCOL_KEYS`). Returns how many runs were
     added."""
     if not path.is_file():
         raise SystemExit(f"--import-runs {path}: no such file")
     other = json.loads(path.read_text())
-    if other.get("task") != setup.task:
+    if other.get("task") != setup.name:
         return 0
     if same_protocol(other.get("protocol", {}), setup.protocol(args)):
         raise SystemExit(
@@ -346,12 +364,12 @@ def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespa
         if r.get("status") == "ok" and r["key"] not in known and r["variant"] in setup.variants
     ]
     state["runs"].extend(added)
-    new_sessions = [s for s in other.get("sessions", []) if s not in state["sessions"]]
-    state["sessions"].extend(new_sessions)
+    state["sessions"].extend(s for s in other.get("sessions", []) if s not in state["sessions"])
     return len(added)
 
 
 def save_state(path: Path, state: dict[str, Any], setup) -> None:
+    """Summarise `state` and write it to `path` atomically."""
     state["summary"] = summarize(state, setup)
     finished = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
     planned = state.get("planned", [])
