@@ -60,41 +60,22 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import _common as common
 import numpy as np
 import torch
 import transformers
-from _common import (
-    REPO_ROOT,
-    SHARED,
-    SHARED_BACKBONE,
-    add_training_options,
-    clean,
-    cpu_model,
-    git_state,
-    machine_info,
-    resaved_bytes,
-)
 from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select
 from _variants import MATCHED, SMALL, SMALL_MATCHED, VARIANTS, Variant
 
 import upetu_hf
 from upetu_hf.hub import saved_file_names
-from upetu_hf.train import (
-    DEFAULT_LR,
-    PEFT_METHODS,
-    TASK_METRICS,
-    TrainingArguments,
-    apply_method,
-    get_task,
-    parameter_summary,
-    train,
-)
+from upetu_hf.train import DEFAULT_LR, PEFT_METHODS, TASK_METRICS, TrainingArguments, get_task, train
 from upetu_hf.train.arguments import RUN_CONFIG_FILE
-from upetu_hf.train.methods import DENSE_HEAD_LR, dense_head_lr, is_head_parameter
+from upetu_hf.train.methods import apply_method, dense_head_lr, is_head_parameter, parameter_summary
 
 #: The code whose uncommitted changes a session records.
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py", "scripts/_ledger.py")
-DATA = SHARED / "data"
+DATA = common.SHARED / "data"
 #: Fraction of the backbone that `upetu-small` must stay under.
 SMALL_BUDGET = 0.01
 #: Change detection: fractions of each source folder's pairs for test and validation.
@@ -103,6 +84,7 @@ CLASSIFICATION_VARIANTS = (
     "linear", "full", "lora", "ia3", "upetu", "upetu-1bit", "upetu-2bit", "upetu-32bit", "eqam-only",
     "upetu-conv3", "upetu-norm", "capm-only", "upetu-small", "lora-small",
 )  # fmt: skip
+DENSE_VARIANTS = ("full", "lora", "upetu")
 
 
 @dataclass(frozen=True)
@@ -116,25 +98,15 @@ class Benchmark:
     batch_size: int = 16  # the dense tasks' default of `--dense-batch-size`
 
 
-#: The benchmark's tasks, by the name `--tasks` takes and the results file carries.
+OSCD_FIXED = dict(crops_per_image="auto", dice_weight=1.0)
+#: The benchmark's tasks, by the name `--tasks` takes and the results file carries; one crop per tile (pair
+#: copy) and epoch is the protocol of the recorded dense results.
 BENCHMARKS = {
     "classification": Benchmark("classification", CLASSIFICATION_VARIANTS),
-    # one crop per tile / pair copy and epoch, the protocol of the results
-    "segmentation": Benchmark(
-        "segmentation",
-        ("full", "lora", "upetu"),
-        dict(train_fraction=0.8, validation_fraction=0.25, crops_per_image=1),
-    ),
-    "change-detection": Benchmark("change-detection", ("full", "lora", "upetu"), dict(crops_per_image=1)),
-    "oscd13": Benchmark(
-        "change-detection",
-        ("upetu-13band", "upetu-rgb"),
-        dict(crops_per_image="auto", dice_weight=1.0),
-        40,
-        8,
-    ),
+    "segmentation": Benchmark("segmentation", DENSE_VARIANTS, dict(crops_per_image=1)),
+    "change-detection": Benchmark("change-detection", DENSE_VARIANTS, dict(crops_per_image=1)),
+    "oscd13": Benchmark("change-detection", ("upetu-13band", "upetu-rgb"), OSCD_FIXED, 40, 8),
 }
-DEFAULT_TASKS = "classification,segmentation,change-detection"
 
 
 def log(message: str) -> None:
@@ -147,9 +119,9 @@ def parse_factors(text: str) -> list[float]:
     try:
         values = sorted({float(Fraction(part.strip())) for part in text.split(",") if part.strip()})
     except (ValueError, ZeroDivisionError) as err:
-        raise ValueError(f"invalid learning-rate factors {text!r}: {err}") from err
+        raise argparse.ArgumentTypeError(f"invalid learning-rate factors {text!r}: {err}") from err
     if not values or any(v <= 0 for v in values):
-        raise ValueError(f"learning-rate factors must be positive numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"learning-rate factors must be positive numbers, got {text!r}")
     return values
 
 
@@ -157,7 +129,7 @@ def parse_list(text: str, kind: type = int) -> list:
     """`"0,1,2"` -> `[0, 1, 2]` (order kept, duplicates dropped)."""
     values = [kind(part.strip()) for part in text.split(",") if part.strip()]
     if not values:
-        raise ValueError(f"expected a comma-separated list, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     return list(dict.fromkeys(values))
 
 
@@ -170,12 +142,17 @@ def fmt4(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def now() -> str:
+    """The UTC time, to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def device_name(cpu: bool = False) -> str:
     """What the training API will train on: the CUDA device name, or `cpu (<model>, <threads>)`."""
     if torch.cuda.is_available() and not cpu:
         return f"cuda ({torch.cuda.get_device_name(0)})"
     threads = torch.get_num_threads()
-    return f"cpu ({cpu_model()}, {threads} thread{'' if threads == 1 else 's'})"
+    return f"cpu ({common.cpu_model()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
 def backbone_description(model: str) -> dict[str, Any]:
@@ -183,19 +160,14 @@ def backbone_description(model: str) -> dict[str, Any]:
     out: dict[str, Any] = {"model": model, "name": Path(model).name or model}
     try:
         config = transformers.AutoConfig.from_pretrained(model)
-        out.update(
-            model_type=config.model_type,
-            depths=list(getattr(config, "depths", []) or []),
-            hidden_sizes=list(getattr(config, "hidden_sizes", []) or []),
-            image_size=getattr(config, "image_size", None),
-        )
+        out.update(model_type=config.model_type, image_size=getattr(config, "image_size", None))
+        out.update({k: list(getattr(config, k, []) or []) for k in ("depths", "hidden_sizes")})
     except Exception as err:  # an unreadable config must not stop the benchmark
         out["config_error"] = f"{type(err).__name__}: {err}"
     try:
         pretrain = json.loads((Path(model).expanduser() / "pretrain_log.json").read_text())
-        recipe = pretrain.get("args", {})
+        recipe, last = pretrain.get("args", {}), (pretrain.get("log") or [{}])[-1]
         out["pretraining"] = {k: recipe[k] for k in ("data", "res", "epochs", "lr", "bs") if k in recipe}
-        last = (pretrain.get("log") or [{}])[-1]
         if "val_acc" in last:
             out["pretraining"]["final_heldout_accuracy"] = last["val_acc"]
     except (OSError, ValueError, AttributeError, TypeError):
@@ -222,9 +194,7 @@ class TaskSetup:
     split: dict[str, Any] = field(default_factory=dict)  # the search split's description
     sources: list[str] = field(default_factory=list)  # the data folders given (`data` may come from them)
     split_data: dict[int, list[str]] = field(default_factory=dict)  # data per split seed, where it differs
-    head_lr: float | str | None = (
-        None  # the PEFT methods' decoder rate on a dense task ('lr': each run's rate)
-    )
+    head_lr: float | str | None = None  # the PEFT methods' decoder rate on a dense task ('lr': each run's)
     head_lrs: list[float] | None = None  # `--head-lrs`: the decoder rates searched
 
     def data_for(self, split_seed: int) -> list[str]:
@@ -264,64 +234,52 @@ class TaskSetup:
 
     def protocol(self, args: argparse.Namespace) -> dict[str, Any]:
         """The settings that change results: runs recorded under another protocol are never reused."""
-        return clean(
-            {
-                "schema": SCHEMA_VERSION,
-                "task": self.task,
-                "metric": self.metric,
-                "epochs": self.epochs,
-                "batch_size": self.batch_size,
-                "lr_factors": [round(f, 6) for f in self.lr_factors],
-                # every seed searches the decoder's rate: shards of other seeds merge
-                **({} if self.head_lrs else {"search_seed": self.seeds[0]}),
-                # several search seeds change the choices; one, the protocol of the first files, records nothing
-                **({"search_seeds": self.search_seeds} if len(self.search_seeds) > 1 else {}),
-                **({"head_lrs": self.head_lrs} if self.head_lrs else {}),
-                # the PEFT methods' decoders train at this rate on the dense tasks (default: the training API's)
-                **({"dense_head_lr": self.head_lr} if self.head_lr is not None else {}),
-                "split_seed": self.split_seeds[0],  # the search split
-                "split_seeds": self.split_seeds,
-                "mixed_precision": args.mixed_precision,
-                "weight_decay": TrainingArguments.weight_decay,
-                "warmup_ratio": TrainingArguments.warmup_ratio,
-                "quick": False,  # the retired `--quick` preset
-                # one crop per scene copy is what every recorded run did: not a protocol entry
-                **{k: v for k, v in self.fixed.items() if not (k == "crops_per_image" and v == 1)},
-                "split": self.split,
-            }
-        )
+        protocol = dict(schema=SCHEMA_VERSION, task=self.task, metric=self.metric, epochs=self.epochs)
+        protocol.update(batch_size=self.batch_size, lr_factors=[round(f, 6) for f in self.lr_factors])
+        if self.head_lrs:  # every seed searches the decoder's rate: shards of other seeds merge
+            protocol["head_lrs"] = self.head_lrs
+        else:
+            protocol["search_seed"] = self.seeds[0]
+        if len(self.search_seeds) > 1:  # they change the choices; one, the first files', adds nothing
+            protocol["search_seeds"] = self.search_seeds
+        if self.head_lr is not None:  # the PEFT methods' decoder rate on the dense tasks
+            protocol["dense_head_lr"] = self.head_lr
+        protocol.update(split_seed=self.split_seeds[0], split_seeds=self.split_seeds)  # the first searches
+        protocol.update(mixed_precision=args.mixed_precision, weight_decay=TrainingArguments.weight_decay)
+        protocol.update(warmup_ratio=TrainingArguments.warmup_ratio, quick=False)  # the retired --quick
+        # one crop per scene copy is what every recorded run did: not a protocol entry
+        protocol.update({k: v for k, v in self.fixed.items() if not (k == "crops_per_image" and v == 1)})
+        return common.clean({**protocol, "split": self.split})
 
 
-def link_split(root: Path, parts: dict[str, list[tuple[str, Path]]], repeats: int = 1) -> None:
+def link_split(root: Path, parts: dict[str, list[tuple[str, Path, str]]], repeats: int = 1) -> None:
     """`root/{train,val,test}/{A,B,label}/` of links (copies where links fail) named `name` + the file's suffix to
     each `(name, source folder, stem)` of `parts`; every training pair `repeats` times (`<name>__r<k>`)."""
     shutil.rmtree(root, ignore_errors=True)
     for part, entries in parts.items():
         copies = repeats if part == "train" else 1
-        for name, source, stem in entries:
-            for sub in ("A", "B", "label"):
-                (target_dir := root / {"validation": "val"}.get(part, part) / sub).mkdir(
-                    parents=True, exist_ok=True
-                )
-                matches = [p for p in (source / sub).iterdir() if p.stem == stem]
-                if len(matches) != 1:
-                    raise FileNotFoundError(f"{source / sub}: expected one file named {stem}.*")
-                for k in range(copies):
-                    link = target_dir / f"{name}{f'__r{k}' if copies > 1 else ''}{matches[0].suffix}"
-                    try:
-                        link.symlink_to(matches[0])
-                    except OSError:
-                        shutil.copy2(matches[0], link)
+        for (name, source, stem), sub in ((entry, sub) for entry in entries for sub in ("A", "B", "label")):
+            (folder := root / {"validation": "val"}.get(part, part) / sub).mkdir(parents=True, exist_ok=True)
+            matches = [p for p in (source / sub).iterdir() if p.stem == stem]
+            if len(matches) != 1:
+                raise FileNotFoundError(f"{source / sub}: expected one file named {stem}.*")
+            for k in range(copies):
+                link = folder / f"{name}{f'__r{k}' if copies > 1 else ''}{matches[0].suffix}"
+                try:
+                    link.symlink_to(matches[0])
+                except OSError:
+                    shutil.copy2(matches[0], link)
 
 
-def stems(folder: Path, flag: str, at_least: int) -> list[str]:
-    """The sorted names of `folder/label/`, after checking the `A/ B/ label/` layout."""
+def stems(source: str, flag: str, at_least: int) -> tuple[Path, list[str]]:
+    """The folder and the sorted names of its `label/`, after checking the `A/ B/ label/` layout."""
+    folder = Path(source).expanduser().resolve()
     if not all((folder / sub).is_dir() for sub in ("A", "B", "label")):
         raise FileNotFoundError(f"{flag} {folder}: expected A/, B/ and label/ sub-folders")
     names = sorted(p.stem for p in (folder / "label").iterdir() if p.is_file())
     if len(names) < at_least:
         raise ValueError(f"{flag} {folder}: {len(names)} pairs; the split needs {at_least}")
-    return names
+    return folder, names
 
 
 def cd_split(roots: Sequence[str], seed: int, work_dir: Path, repeats: int) -> tuple[Path, dict[str, Any]]:
@@ -331,20 +289,14 @@ def cd_split(roots: Sequence[str], seed: int, work_dir: Path, repeats: int) -> t
     rng = np.random.default_rng(seed)
     parts: dict[str, list] = {"train": [], "validation": [], "test": []}
     for source in roots:
-        folder = Path(source).expanduser().resolve()
-        names = stems(folder, "--cd", 3)
+        folder, names = stems(source, "--cd", 3)
         order = [names[i] for i in rng.permutation(len(names))]
         n_val = max(1, round(len(names) * CD_VALIDATION_FRACTION))
         n_test = min(max(1, round(len(names) * CD_TEST_FRACTION)), len(names) - n_val - 1)
-        chosen = {
-            "test": order[:n_test],
-            "validation": order[n_test : n_test + n_val],
-            "train": order[n_test + n_val :],
-        }
-        for part, picked in chosen.items():
-            parts[part] += [(f"{folder.name}__{stem}", folder, stem) for stem in sorted(picked)]
-    root = work_dir / f"cd-split-seed{seed}-x{repeats}"
-    link_split(root, parts, repeats)
+        ends = {"test": (0, n_test), "validation": (n_test, n_test + n_val), "train": (n_test + n_val, None)}
+        for part, (start, end) in ends.items():
+            parts[part] += [(f"{folder.name}__{stem}", folder, stem) for stem in sorted(order[start:end])]
+    link_split(root := work_dir / f"cd-split-seed{seed}-x{repeats}", parts, repeats)
     by_pairs = {part: [name for name, *_ in entries] for part, entries in parts.items()}
     return root, {"by_pairs": by_pairs, "seed": seed, "train_repeats": repeats}
 
@@ -352,33 +304,26 @@ def cd_split(roots: Sequence[str], seed: int, work_dir: Path, repeats: int) -> t
 def city_split(source: str, seed: int, counts: Sequence[int], work_dir: Path) -> tuple[Path, dict[str, Any]]:
     """OSCD's split by city: a seeded permutation of the sorted city names gives `counts[0]` training cities,
     `counts[1]` validation cities and the rest for test, as a folder of links (with `bands.json`)."""
-    folder = Path(source).expanduser().resolve()
-    cities = stems(folder, "--oscd", sum(counts) + 1)
+    folder, cities = stems(source, "--oscd", sum(counts) + 1)
     order = [cities[i] for i in np.random.default_rng(seed).permutation(len(cities))]
-    n_train, n_val = counts
-    chosen = {
-        "train": order[:n_train],
-        "validation": order[n_train : n_train + n_val],
-        "test": order[n_train + n_val :],
-    }
+    ends = {"train": (0, counts[0]), "validation": (counts[0], sum(counts)), "test": (sum(counts), None)}
+    chosen = {part: sorted(order[start:end]) for part, (start, end) in ends.items()}
     root = work_dir / f"oscd-split-seed{seed}"
-    link_split(root, {part: [(city, folder, city) for city in sorted(c)] for part, c in chosen.items()})
+    link_split(root, {part: [(city, folder, city) for city in names] for part, names in chosen.items()})
     shutil.copy(folder / "bands.json", root / "bands.json")
-    return root, {"by_cities": {part: sorted(c) for part, c in chosen.items()}, "seed": seed}
+    return root, {"by_cities": chosen, "seed": seed}
 
 
 def task_data(name: str, args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, list[str], dict]:
     """The task's `TrainingArguments` fields of every run, its split description, its data sources and its data
     per split seed (the dense pairs: one folder of links per split seed)."""
-    fixed = dict(BENCHMARKS[name].fixed)
-    split_data: dict[int, list[str]] = {}
+    fixed, split_data = dict(BENCHMARKS[name].fixed), {}
     if name == "classification":
         fixed.update(train_fraction=args.train_fraction, validation_fraction=args.validation_fraction)
-        fixed["image_size"] = args.image_size
-        sources = [args.ucm]
-    elif name == "segmentation":
-        fixed.update(resize=args.seg_resize or args.image_size, image_size=args.seg_crop)
-        fixed["head_hidden_size"] = args.seg_head_hidden or None
+        fixed, sources = dict(fixed, image_size=args.image_size), [args.ucm]
+    elif name == "segmentation":  # a seeded 60 / 20 / 20 split of the tiles
+        fixed.update(train_fraction=0.8, validation_fraction=0.25, resize=args.seg_resize or args.image_size)
+        fixed.update(image_size=args.seg_crop, head_hidden_size=args.seg_head_hidden or None)
         sources = [args.gid]
     else:
         sources = args.cd if name == "change-detection" else [args.oscd]
@@ -389,8 +334,7 @@ def task_data(name: str, args: argparse.Namespace, work_dir: Path) -> tuple[dict
                 folder, split = city_split(args.oscd, split_seed, args.oscd_cities, work_dir)
             split_data[split_seed] = [str(folder)]
         fixed.update(image_size=args.cd_crop or 32 * math.ceil(args.image_size / 32), resize=args.cd_resize)
-        if args.cd_head_hidden:
-            fixed["head_hidden_size"] = args.cd_head_hidden
+        fixed.update({"head_hidden_size": args.cd_head_hidden} if args.cd_head_hidden else {})
     if "train_fraction" in fixed:
         split = {k: fixed[k] for k in ("train_fraction", "validation_fraction")}
     fixed.update(max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples)
@@ -403,72 +347,44 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
     for name in args.tasks:
         bench, dense = BENCHMARKS[name], name != "classification"
         requested = args.methods or (["upetu"] if args.head_lrs else bench.variants)
-        variants = [v for v in requested if v in bench.variants]
-        if not variants:
+        if not (variants := [v for v in requested if v in bench.variants]):
             log(f"{name}: none of the requested methods applies; skipped")
             continue
         fixed, split, sources, split_data = task_data(name, args, work_dir)
         head_lr = None  # the rate `upetu-train` gives the PEFT methods' decoder of this width
         if dense and not args.head_lrs:
             head_lr = args.dense_head_lr or dense_head_lr(bench.task, fixed.get("head_hidden_size"))
-        setups.append(
-            TaskSetup(
-                name=name,
-                task=bench.task,
-                data=split_data.get(args.split_seeds[0], sources),
-                fixed=fixed,
-                epochs=(args.dense_epochs or bench.epochs) if dense else args.epochs,
-                batch_size=(args.dense_batch_size or bench.batch_size) if dense else args.batch_size,
-                lr_factors=[1.0] if args.head_lrs else args.dense_lr_factors if dense else args.lr_factors,
-                seeds=args.seeds,
-                variants=variants,
-                n_search_seeds=args.search_seeds,
-                split_seeds=args.split_seeds,
-                split=split,
-                sources=sources,
-                split_data=split_data,
-                head_lr=head_lr,
-                head_lrs=args.head_lrs,
-            )
-        )
+        sizes = dict(epochs=args.epochs, batch_size=args.batch_size, lr_factors=args.lr_factors)
+        if dense:
+            sizes = dict(epochs=args.dense_epochs or bench.epochs)
+            sizes["batch_size"] = args.dense_batch_size or bench.batch_size
+            sizes["lr_factors"] = [1.0] if args.head_lrs else args.dense_lr_factors or args.lr_factors
+        data = split_data.get(args.split_seeds[0], sources)
+        setup = TaskSetup(name, bench.task, data, fixed, **sizes, seeds=args.seeds, variants=variants)
+        setup.n_search_seeds, setup.split_seeds, setup.split = args.search_seeds, args.split_seeds, split
+        setup.sources, setup.split_data = sources, split_data
+        setup.head_lr, setup.head_lrs = head_lr, args.head_lrs
+        setups.append(setup)
     return setups
 
 
+#: `TrainingArguments` fields every run takes from the options as they are.
+RUNTIME_FIELDS = ("model", "mixed_precision", "num_workers", "cpu")
+
+
 def training_arguments(
-    setup: TaskSetup,
-    args: argparse.Namespace,
-    method: str,
-    options: dict[str, Any],
-    output_dir: Path,
-    lr: float | None = None,
-    seed: int = 0,
-    verify: bool = False,
-    split_seed: int | None = None,
-) -> TrainingArguments:
+    setup: TaskSetup, args: argparse.Namespace, method: str, options: dict[str, Any], output_dir: Path,
+    lr: float | None = None, seed: int = 0, verify: bool = False, split_seed: int | None = None,
+) -> TrainingArguments:  # fmt: skip
     """The `TrainingArguments` of one run (on the search split unless `split_seed` is given)."""
     split_seed = setup.split_seeds[0] if split_seed is None else split_seed
     if setup.head_lr is not None and method in PEFT_METHODS:
         options = {"head_lr": lr if setup.head_lr == "lr" else setup.head_lr, **options}
-    return TrainingArguments(
-        task=setup.task,
-        model=args.model,
-        data=list(setup.data_for(split_seed)),
-        output_dir=str(output_dir),
-        method=method,
-        lr=lr,
-        seed=seed,
-        split_seed=split_seed,
-        epochs=setup.epochs,
-        batch_size=setup.batch_size,
-        mixed_precision=args.mixed_precision,
-        num_workers=args.num_workers,
-        cpu=args.cpu,
-        overwrite=True,
-        checkpointing_steps=None,
-        verify_images=verify,
-        **setup.fixed,
-        **options,
-    )
+    run = dict(task=setup.task, data=setup.data_for(split_seed), output_dir=str(output_dir), method=method)
+    run.update(lr=lr, seed=seed, split_seed=split_seed, epochs=setup.epochs, batch_size=setup.batch_size)
+    run.update({name: getattr(args, name) for name in RUNTIME_FIELDS})
+    run.update(overwrite=True, checkpointing_steps=None, verify_images=verify)
+    return TrainingArguments(**run, **setup.fixed, **options)
 
 
 # ---------------------------------------------------------------------------------------------- parameters
@@ -479,16 +395,10 @@ def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path)
     probe = training_arguments(setup, args, "full", {}, work_dir / "unused", verify=True)
     class_names = spec.load_data(probe).class_names
     whole = parameter_summary(apply_method(spec.build_model(probe, class_names), "full"))
-    head, total = whole["head"], whole["total"]
 
     def adapter(method: str, **options: Any) -> int:
         targs = training_arguments(setup, args, method, options, work_dir / "unused")
         return int(parameter_summary(apply_method(spec.build_model(targs, class_names), targs))["adapter"])
-
-    backbone = total - head
-    upetu_default = adapter("upetu")
-    lora_1, lora_2 = adapter("lora", r=1), adapter("lora", r=2)
-    per_rank = lora_2 - lora_1
 
     def matched_lora_rank(target: int) -> tuple[int, int]:
         """The LoRA rank whose adapter is closest to `target` parameters, and its size."""
@@ -497,37 +407,26 @@ def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path)
         best = min(sizes, key=lambda r: (abs(sizes[r] - target), r))
         return best, sizes[best]
 
+    backbone, upetu_default, lora_1 = whole["total"] - whole["head"], adapter("upetu"), adapter("lora", r=1)
+    per_rank = adapter("lora", r=2) - lora_1
     lora_r, lora_params = matched_lora_rank(upetu_default)
-    default_r = upetu_hf.UPetuConfig().r
-    small_1 = adapter("upetu", r=1)
+    default_r, small_1, budget = upetu_hf.UPetuConfig().r, adapter("upetu", r=1), SMALL_BUDGET * backbone
     slope = adapter("upetu", r=2) - small_1
-    budget = SMALL_BUDGET * backbone
     small_r = int(min(default_r, max(1, math.floor((budget - (small_1 - slope)) / slope - 1e-9))))
-    small = adapter("upetu", r=small_r)
-    while small >= budget and small_r > 1:
+    while (small := adapter("upetu", r=small_r)) >= budget and small_r > 1:
         small_r -= 1
-        small = adapter("upetu", r=small_r)
     while small_r < default_r and (bigger := adapter("upetu", r=small_r + 1)) < budget:
         small_r, small = small_r + 1, bigger
     lora_small_r, lora_small = matched_lora_rank(small)
     return {
-        "num_labels": len(class_names),
-        "class_names": class_names,
-        "total_params": total,
-        "head_params": head,
-        "backbone_params": backbone,
-        "upetu_default_r": default_r,
-        "upetu_default_adapter_params": upetu_default,
-        "lora_adapter_params_per_rank": per_rank,
-        "lora_matched_r": lora_r,
-        "lora_matched_adapter_params": lora_params,
-        "upetu_small_r": small_r,
-        "upetu_small_adapter_params": small,
-        "upetu_small_pct_of_backbone": 100.0 * small / backbone,
-        "upetu_small_budget_met": small < budget,
-        "lora_small_r": lora_small_r,
+        "num_labels": len(class_names), "class_names": class_names, "total_params": whole["total"],
+        "head_params": whole["head"], "backbone_params": backbone, "upetu_default_r": default_r,
+        "upetu_default_adapter_params": upetu_default, "lora_adapter_params_per_rank": per_rank,
+        "lora_matched_r": lora_r, "lora_matched_adapter_params": lora_params, "upetu_small_r": small_r,
+        "upetu_small_adapter_params": small, "upetu_small_pct_of_backbone": 100.0 * small / backbone,
+        "upetu_small_budget_met": small < budget, "lora_small_r": lora_small_r,
         "lora_small_adapter_params": lora_small,
-    }
+    }  # fmt: skip
 
 
 def resolve_options(variant: Variant, counts: dict[str, Any]) -> dict[str, Any]:
@@ -549,53 +448,34 @@ def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
     path = run_dir / name
     size = path.stat().st_size
     if method == "linear":
-        with_head, without_head = resaved_bytes(path, is_head_parameter), 0
+        with_head, without_head = common.resaved_bytes(path, is_head_parameter), 0
     else:
-        with_head, without_head = size, resaved_bytes(path, lambda key: not is_head_parameter(key))
-    return {
-        "checkpoint_file": name,
-        "checkpoint_bytes": size,
-        "weights_bytes_with_head": with_head,
-        "weights_bytes_without_head": without_head,
-    }
+        with_head, without_head = size, common.resaved_bytes(path, lambda key: not is_head_parameter(key))
+    sizes = {"checkpoint_bytes": size, "weights_bytes_with_head": with_head}
+    return {"checkpoint_file": name, **sizes, "weights_bytes_without_head": without_head}
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def finished_run(
-    result: dict[str, Any], metric: str, method: str, counts: dict[str, Any], wall: float
-) -> dict[str, Any]:
+def finished_run(result: dict, metric: str, method: str, counts: dict, wall: float) -> dict[str, Any]:
     """The record of a finished run from what `train` returned: scores at the best epoch, parameter counts and
     shares, times."""
-    params = result["parameters"]
-    head, adapter = params["head"], params["adapter"]  # the linear probe trains its heads only: adapter 0
-    # peft keeps the original heads next to the trained copies
+    params, steps = result["parameters"], result["train"]
+    # peft keeps the original heads next to the trained copies; the linear probe's adapter is 0 (heads only)
     base_total = params["total"] - (params["trainable"] if method in PEFT_METHODS else 0)
-    return dict(
-        metric=metric,
-        best_epoch=result["best_epoch"],
-        selection_split=result["selection_split"],
-        validation_score=clean((result.get("validation") or {}).get(metric)),
-        test_score=clean((result.get("test") or {}).get(metric)),
-        validation=result.get("validation"),
-        test=result.get("test"),
-        history=result.get("history"),
-        parameters=params,
-        trainable_params=params["trainable"],
-        head_params=head,
-        adapter_params=adapter,
-        base_model_params=base_total,
-        trainable_pct=100.0 * params["trainable"] / base_total,
-        adapter_pct_of_backbone=100.0 * adapter / counts["backbone_params"],
-        wall_time_s=wall,
-        train_runtime_s=result["train"]["runtime_s"],
-        samples_per_second=result["train"]["samples_per_second"],
-        steps=result["train"]["steps"],
-    )
+    record = dict(metric=metric, best_epoch=result["best_epoch"], selection_split=result["selection_split"])
+    for part in ("validation", "test"):
+        record[f"{part}_score"] = common.clean((result.get(part) or {}).get(metric))
+    record.update({part: result.get(part) for part in ("validation", "test", "history")}, parameters=params)
+    record.update(trainable_params=params["trainable"], head_params=params["head"])
+    record["adapter_params"] = params["adapter"]
+    record.update(base_model_params=base_total, trainable_pct=100.0 * params["trainable"] / base_total)
+    record["adapter_pct_of_backbone"] = 100.0 * params["adapter"] / counts["backbone_params"]
+    record["wall_time_s"] = wall
+    record.update(train_runtime_s=steps["runtime_s"], samples_per_second=steps["samples_per_second"])
+    return dict(record, steps=steps["steps"])
 
 
-def execute_run(
-    setup: TaskSetup, args: argparse.Namespace, record: dict[str, Any], targs: TrainingArguments, counts: dict
-) -> dict[str, Any]:
+def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments, counts: dict) -> dict:
     """Train `targs` and complete `record` (status `ok`, or `failed` with the error). Images are checked by
     `count_parameters` (once per task), so runs skip the check."""
     record["arguments"] = {k: v for k, v in targs.to_dict().items() if k not in ("output_dir", "data")}
@@ -603,13 +483,9 @@ def execute_run(
     try:
         result = train(targs)
     except Exception as err:  # one failed run must not lose the others
-        record.update(
-            status="failed",
-            error=f"{type(err).__name__}: {err}",
-            traceback=traceback.format_exc(limit=8),
-            wall_time_s=time.perf_counter() - start,
-        )
-        return record
+        error = f"{type(err).__name__}: {err}"
+        return dict(record, status="failed", error=error, traceback=traceback.format_exc(limit=8),
+                    wall_time_s=time.perf_counter() - start)  # fmt: skip
     finally:
         gc.collect()
         if torch.cuda.is_available():
@@ -620,13 +496,11 @@ def execute_run(
     except (OSError, ValueError):
         config = {}
     record["splits"] = config.get("splits")
-    if config.get("bands"):  # multispectral runs: the bands and their statistics
-        record["bands"] = config["bands"]
-    record.update(status="ok", **finished_run(result, setup.metric, targs.method, counts, wall))
+    record.update({"bands": config["bands"]} if config.get("bands") else {})  # multispectral runs
+    record.update(status="ok", **finished_run(result, record["metric"], targs.method, counts, wall))
     record.update(weight_sizes(run_dir, targs.method))
-    if args.delete_weights:
-        for path in run_dir.glob("*.safetensors"):
-            path.unlink()
+    for path in run_dir.glob("*.safetensors") if args.delete_weights else ():
+        path.unlink()
     return record
 
 
@@ -647,64 +521,45 @@ class TaskRunner:
         self.planned: list[str] = list(self.state.get("planned", []))
         self.counts: dict[str, Any] = {}
 
-    def ensure(
-        self,
-        variant: Variant,
-        options: dict[str, Any],
-        rate: float,
-        factor: float,
-        seed: int,
-        phase: str,
-        split_seed: int | None = None,
-    ) -> dict[str, Any] | None:
-        """The record of a run at the searched `rate`, trained now unless a finished one is on file."""
-        setup, state, name = self.setup, self.state, variant.name
-        split_seed = setup.split_seeds[0] if split_seed is None else split_seed
+    def ensure(self, variant: Variant, options: dict, candidate: tuple, seed: int, phase: str, split=None):
+        """The record of a run of a `(factor, searched rate)` candidate, trained unless one is on file."""
+        setup, state, name, (factor, rate) = self.setup, self.state, variant.name, candidate
+        split_seed = setup.split_seeds[0] if split is None else split
         lr, head = (round_lr(DEFAULT_LR[variant.method]), rate) if setup.head_lrs else (rate, None)
         run_options = options if head is None else {**options, "head_lr": head}
         key = run_key(name, run_options, lr, seed, split_seed)
-        if key not in self.planned:
-            self.planned.append(key)
+        self.planned += [] if key in self.planned else [key]
         state["planned"] = self.planned
-        where = f"lr {lr:g}{f', head lr {head:g}' if head else ''}, seed {seed}" + (
-            f", split {split_seed}" if split_seed else ""
-        )
-        if key in self.done:
-            log(f"{setup.name}/{name}: {where} already done, skipped")
-            return self.done[key]
-        if self.args.merge_only:
-            log(f"{setup.name}/{name}: {where} not on file, not trained (--merge-only)")
-            return None
-        folder = f"lr{lr:g}" + (f"-head{head:g}" if head else "") + f"-seed{seed}"
-        run_dir = self.work_dir / setup.key / name / (folder + (f"-split{split_seed}" if split_seed else ""))
-        log(f"{setup.name}/{name}: {phase} run, {where} (x{factor:.3g}), {setup.epochs} epochs")
+        split = f"-split{split_seed}" if split_seed else ""
+        folder = f"lr{lr:g}{f'-head{head:g}' if head else ''}-seed{seed}{split}"
+        where = f"{setup.name}/{name}: {folder}"
+        if key in self.done or self.args.merge_only:
+            log(f"{where}: {'done' if key in self.done else 'not on file (--merge-only)'}")
+            return self.done.get(key)
+        log(f"{where}: {phase} run (x{factor:.3g}), {setup.epochs} epochs")
+        run_dir = self.work_dir / setup.key / name / folder
+        method = variant.method
         targs = training_arguments(
-            setup, self.args, variant.method, run_options, run_dir, lr, seed, False, split_seed
+            setup, self.args, method, run_options, run_dir, lr, seed, split_seed=split_seed
         )
         record = {
             "key": key, "task": setup.task, "variant": name, "label": variant.label, "method": variant.method,
-            "options": options,
-            "lr": lr, "lr_factor": factor, "head_lr": targs.head_lr, "seed": seed, "split_seed": split_seed,
-            "epochs": setup.epochs, "run_dir": str(run_dir), "device": device_name(self.args.cpu),
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "options": options, "lr": lr, "lr_factor": factor, "head_lr": targs.head_lr, "seed": seed,
+            "split_seed": split_seed, "epochs": setup.epochs, "run_dir": str(run_dir),
+            "device": device_name(self.args.cpu), "started": now(), "metric": setup.metric,
         }  # fmt: skip
-        record = execute_run(setup, self.args, record, targs, self.counts)
-        record["phase"] = phase
+        record = dict(execute_run(self.args, record, targs, self.counts), phase=phase)
         state["runs"] = [r for r in state["runs"] if r["key"] != key] + [record]
         if record["status"] == "ok":
             self.done[key] = record
-            log(
-                f"{setup.name}/{name}: validation {setup.metric} {fmt4(record['validation_score'])} "
-                f"(epoch {record['best_epoch']}), test {fmt4(record['test_score'])}, {record['wall_time_s']:.0f} s"
-            )
+            score = f"{fmt4(record['validation_score'])} (epoch {record['best_epoch']})"
+            log(f"{where}: validation {score}, test {fmt4(record['test_score'])}")
         else:
-            log(f"{setup.name}/{name}: FAILED: {record['error']}")
+            log(f"{where}: FAILED: {record['error']}")
         save_state(self.path, state, setup)
         return record
 
-    def choose(
-        self, variant: Variant, options: dict[str, Any], grid: list[tuple[float, float]]
-    ) -> dict[str, Any]:
+    def choose(self, variant: Variant, options: dict[str, Any], grid: list[tuple[float, float]]) -> dict:
         """The search's choice (`_ledger.select`). A tie that other seeds have not settled trains the tied rates on
         the next seed of `seeds` (phase `tie-break`; the winner's run is one of its final runs) and chooses again,
         until the seeds settle it or run out."""
@@ -719,64 +574,41 @@ class TaskRunner:
             if chosen.get("tie", {}).get("decided_by", "seeds") == "seeds":
                 break
             for lr in chosen["tie"]["lrs"]:
-                self.ensure(variant, options, lr, factors[lr], seed, "tie-break")
+                self.ensure(variant, options, (factors[lr], lr), seed, "tie-break")
             chosen = choice()
         return chosen
 
-    def session(self) -> dict[str, Any]:
-        """This session's record: command, date, machine, code, paths."""
-        setup, args = self.setup, self.args
-        return {
-            "command": self.command,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(device_name(args.cpu)),
-            "git": git_state(CODE_PATHS),
-            "paths": {
-                "model": args.model,
-                "data": setup.data,
-                "sources": setup.sources,
-                "work_dir": str(self.work_dir),
-            },
-            "methods": setup.variants,
-            "seeds": setup.seeds,
-        }
-
     def run(self) -> dict[str, Any]:
         """Search, select and seed every variant; returns the task's final state."""
-        setup, args, state = self.setup, self.args, self.state
-        started = time.perf_counter()
+        setup, args, state, started = self.setup, self.args, self.state, time.perf_counter()
         log(f"{setup.name}: counting parameters on {args.model}")
         self.counts = count_parameters(setup, args, self.work_dir)
         state["backbone"] = {**backbone_description(args.model), **self.counts}
         if setup.head_lrs:  # the rate `upetu-train` gives this decoder today
             state["current_default"] = dense_head_lr(setup.task, setup.fixed.get("head_hidden_size"))
-        state["sessions"].append(session := self.session())
-        searched = {(split, seed) for split in setup.search_splits for seed in setup.search_seeds}
+        paths = dict(model=args.model, data=setup.data, sources=setup.sources, work_dir=str(self.work_dir))
+        session = dict(command=self.command, date=now(), machine=common.machine_info(device_name(args.cpu)))
+        session.update(git=common.git_state(CODE_PATHS), paths=paths, methods=setup.variants)
+        session["seeds"] = setup.seeds
+        state["sessions"].append(session)
+        searched = [(split, seed) for split in setup.search_splits for seed in setup.search_seeds]
         for name in setup.variants:
             variant = VARIANTS[name]
             options, grid = resolve_options(variant, self.counts), setup.grid(variant.method)
-            state["variants"][name] = {
-                "label": variant.label,
-                "method": variant.method,
-                "options": options,
-                "lr_grid": grid,
-            }
-            for split_seed, seed in sorted(searched, key=lambda p: (p[0] != setup.split_seeds[0], p)):
-                for f, rate in grid:
-                    self.ensure(variant, options, rate, f, seed, "search", split_seed)
-            choice = self.choose(variant, options, grid)
-            if not choice["complete"]:
+            entry = dict(label=variant.label, method=variant.method, options=options, lr_grid=grid)
+            state["variants"][name] = entry
+            for (split_seed, seed), candidate in ((pair, c) for pair in searched for c in grid):
+                self.ensure(variant, options, candidate, seed, "search", split_seed)
+            if not (choice := self.choose(variant, options, grid))["complete"]:
                 log(f"{setup.name}/{name}: search incomplete (a run failed or is missing); no seed runs")
                 continue
-            rate = choice[setup.searched]
-            edge = "" if choice["interior"] else " -- AT THE EDGE of its grid: widen it"
-            log(
-                f"{setup.name}/{name}: chosen {setup.searched} {rate:g} (validation {fmt4(choice['validation_score'])}){edge}"
-            )
+            rate, edge = choice[setup.searched], "" if choice["interior"] else " -- AT THE EDGE of its grid"
+            score = fmt4(choice["validation_score"])
+            log(f"{setup.name}/{name}: chosen {setup.searched} {rate:g} (validation {score}){edge}")
             for split_seed in setup.split_seeds:
+                phase = "seed" if split_seed == setup.split_seeds[0] else "split"
                 for seed in (s for s in setup.seeds if (split_seed, s) not in searched):
-                    phase = "seed" if split_seed == setup.split_seeds[0] else "split"
-                    self.ensure(variant, options, rate, choice["lr_factor"], seed, phase, split_seed)
+                    self.ensure(variant, options, (choice["lr_factor"], rate), seed, phase, split_seed)
         session["wall_time_s"] = time.perf_counter() - started
         save_state(self.path, state, setup)
         log(f"{setup.name}: wrote {self.path} ({session['wall_time_s']:.0f} s)")
@@ -787,72 +619,68 @@ def print_summary(state: dict[str, Any]) -> None:
     """A short table on stdout."""
     print(f"\n{state['task']} ({state['metric']}, test, mean +- std over seeds):")
     for s in state["summary"].values():
-        if s["test_mean"] is None:
-            print(f"  {s['label']:<32} no test metric")
-            continue
-        print(
-            f"  {s['label']:<32} {100 * s['test_mean']:6.2f} +- {100 * s['test_std']:5.2f}  (n={s['n']}, "
-            f"lr {s['lr']:g}, trainable {s['trainable_pct']:.2f} %, {s['weights_bytes_without_head'] / 1e3:.1f} KB "
-            f"without head, {s['wall_time_s_mean']:.0f} s/run)"
-        )
+        scores = "no test metric"
+        if s["test_mean"] is not None:
+            scores = f"{100 * s['test_mean']:6.2f} +- {100 * s['test_std']:5.2f}  (n={s['n']}, "
+            scores += f"lr {s['lr']:g}, "
+            scores += f"trainable {s['trainable_pct']:.2f} %, {s['weights_bytes_without_head'] / 1e3:.1f} KB "
+            scores += f"without head, {s['wall_time_s_mean']:.0f} s/run)"
+        print(f"  {s['label']:<32} {scores}")
 
 
 def plan(setups: list[TaskSetup]) -> list[str]:
     """Human-readable list of the runs the benchmark would do (search and seeds)."""
     lines = []
     for setup in setups:
-        k = len(setup.search_seeds) * len(setup.search_splits)
+        k, rates = len(setup.search_seeds) * len(setup.search_splits), len(setup.head_lrs or setup.lr_factors)
         more = len(setup.seeds) * len(setup.split_seeds) - k
-        rates = len(setup.head_lrs or setup.lr_factors)
+        searched = f"{rates} {'head ' if setup.head_lrs else ''}learning rates"
+        searched += f" x {k} search seeds" if k > 1 else ""
         n = len(setup.variants) * (rates * k + more)
-        what = "head learning rates" if setup.head_lrs else "learning rates"
-        searched = f"{rates} {what}" + (f" x {k} search seeds" if k > 1 else "")
-        lines.append(
-            f"{setup.name}: {len(setup.variants)} methods x ({searched} + "
-            f"{more} more seed/split runs) = {n} runs of {setup.epochs} epochs"
-        )
+        runs = f"({searched} + {more} more seed/split runs) = {n} runs of {setup.epochs} epochs"
+        lines.append(f"{setup.name}: {len(setup.variants)} methods x {runs}")
         for name in setup.variants:
             rates_text = ", ".join(f"{rate:g}" for _, rate in setup.grid(VARIANTS[name].method))
-            lines.append(
-                f"  {name:<12} {setup.searched} in {{{rates_text}}}, seeds {setup.seeds}, split seeds {setup.split_seeds}"
-            )
+            lines.append(f"  {name:<12} {setup.searched} in {{{rates_text}}}, seeds {setup.seeds}")
+            lines[-1] += f", split seeds {setup.split_seeds}"
     return lines
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-#: Plain options: flag -> (default, help); the protocol's, then the runtime's.
-OPTIONS: dict[str, tuple[Any, str]] = {
-    "--seeds": ("0,1,2", "seeds of the final runs; the first --search-seeds also search (0,1,2)"),
-    "--search-seeds": (1, "choose the rate on the mean validation of the first N seeds of --seeds (1)"),
-    "--epochs": (20, "classification epochs per run (20)"),
-    "--dense-epochs": (None, "dense-task epochs per run (20; oscd13 40)"),
-    "--lr-factors": ("1/3,1,3", "learning rates tried: DEFAULT_LR[method] x each factor (1/3,1,3)"),
-    "--dense-lr-factors": (None, "the same for the dense tasks (default: --lr-factors)"),
-    "--head-lrs": (
-        None,
-        "search these decoder learning rates of the dense tasks instead (head_lr_<task>.json)",
-    ),
-    "--dense-batch-size": (None, "dense-task batch size (16; oscd13 8)"),
-    "--split-seeds": (
-        "0",
-        "seeds of the data splits; the first is the search split, every split trains every seed",
-    ),
-    "--seg-resize": (None, "GID tiles resized to this (default: --image-size)"),
-    "--seg-crop": (None, "GID random training crop (default: none)"),
-    "--seg-head-hidden": (64, "UperNet channels (64; 0: the training API's default decoder)"),
-    "--cd-head-hidden": (None, "change-detection decoder channels (default: the training API's)"),
-    "--cd-crop": (None, "change-detection training crop, a multiple of 32 (default: --image-size up to x32)"),
-    "--cd-resize": (None, "resize change-detection pairs first (default: no)"),
-    "--cd-repeats": (16, "copies of each training pair per epoch (16)"),
-    "--oscd-cities": ("8,2", "oscd13: training and validation cities; the rest test (8,2)"),
-    "--threads": (None, "torch CPU threads (default: torch's); on a CPU shared with other jobs try 1"),
-    "--output-dir": (str(REPO_ROOT / "results"), "where the results files go"),
-    "--work-dir": (None, "run folders (default: a temporary folder, removed at the end)"),
-    "--retrain": (
-        "",
-        "methods whose runs on file (--resume) are set aside under 'superseded' and trained again",
-    ),
-}
+#: flag -> (default, type, help); a string default goes through the type too.
+OPTIONS: dict[str, tuple[Any, Any, str]] = {
+    "--model": (str(common.SHARED_BACKBONE), str, "ConvNeXt checkpoint: Hub id or folder"),
+    "--ucm": (str(DATA / "ucmerced"), str, "UC Merced class-per-folder images"),
+    "--gid": (str(DATA / "gid5_landcover"), str, "GID tiles: images/ + masks/"),
+    "--oscd": (str(DATA / "oscd13_s2"), str, "OSCD cities: A/ B/ label/ and bands.json"),
+    "--tasks": ("classification,segmentation,change-detection", lambda t: parse_list(t, str),
+                f"comma-separated subset of {', '.join(BENCHMARKS)}"),
+    "--methods": (None, lambda t: parse_list(t, str), "comma-separated variants (default: the task's)"),
+    "--seeds": ("0,1,2", parse_list, "seeds of the final runs; the first --search-seeds also search (0,1,2)"),
+    "--search-seeds": (1, int, "choose the rate on the mean validation of the first N seeds of --seeds (1)"),
+    "--epochs": (20, int, "classification epochs per run (20)"),
+    "--dense-epochs": (None, int, "dense-task epochs per run (20; oscd13 40)"),
+    "--lr-factors": ("1/3,1,3", parse_factors, "learning rates tried: DEFAULT_LR[method] x each factor"),
+    "--dense-lr-factors": (None, parse_factors, "the same for the dense tasks (default: --lr-factors)"),
+    "--dense-head-lr": (None, lambda t: t if t == "lr" else float(t),
+                        "the PEFT methods' decoder rate on the dense tasks, or 'lr' for each run's rate (default: "
+                        "the training API's for the decoder's width: `dense_head_lr`)"),
+    "--head-lrs": (None, lambda t: parse_list(t, float), "search these decoder rates instead (head_lr_*.json)"),
+    "--dense-batch-size": (None, int, "dense-task batch size (16; oscd13 8)"),
+    "--split-seeds": ("0", parse_list, "seeds of the data splits; the first is the search's (0)"),
+    "--seg-resize": (None, int, "GID tiles resized to this (default: --image-size)"),
+    "--seg-crop": (None, int, "GID random training crop (default: none)"),
+    "--seg-head-hidden": (64, int, "UperNet channels (64; 0: the training API's default decoder)"),
+    "--cd-head-hidden": (None, int, "change-detection decoder channels (default: the training API's)"),
+    "--cd-crop": (None, int, "change-detection training crop, a multiple of 32 (default: --image-size, x32)"),
+    "--cd-resize": (None, int, "resize change-detection pairs first (default: no)"),
+    "--cd-repeats": (16, int, "copies of each training pair per epoch (16)"),
+    "--oscd-cities": ("8,2", parse_list, "oscd13: training and validation cities; the rest test (8,2)"),
+    "--threads": (None, int, "torch CPU threads (default: torch's); on a CPU shared with other jobs try 1"),
+    "--output-dir": (str(common.REPO_ROOT / "results"), str, "where the results files go"),
+    "--work-dir": (None, str, "run folders (default: a temporary folder, removed at the end)"),
+    "--retrain": ("", lambda t: parse_list(t, str) if t else [], "methods whose runs on file are set aside"),
+}  # fmt: skip
 FLAGS = {
     "--resume": "continue the JSON files, skipping finished runs",
     "--overwrite": "start the JSON files afresh",
@@ -860,8 +688,10 @@ FLAGS = {
     "--merge-only": "train nothing: merge and summarise the runs on file (with --resume / --import-runs)",
     "--dry-run": "print the planned runs and exit",
 }
-INTEGERS = {"--search-seeds", "--epochs", "--dense-epochs", "--dense-batch-size", "--seg-resize", "--seg-crop",
-            "--seg-head-hidden", "--cd-head-hidden", "--cd-crop", "--cd-resize", "--cd-repeats", "--threads"}  # fmt: skip
+#: Forwarded to every run's `TrainingArguments` as `upetu-train classification` offers them (here: the default).
+TRAINING_OPTIONS = dict(image_size=112, batch_size=None, train_fraction=0.5, validation_fraction=0.2)
+TRAINING_OPTIONS.update(mixed_precision=None, max_train_samples=None, max_eval_samples=None)
+TRAINING_OPTIONS.update(num_workers=None, cpu=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -869,37 +699,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", default=str(SHARED_BACKBONE), help="ConvNeXt checkpoint: Hub id or folder")
-    parser.add_argument("--ucm", default=str(DATA / "ucmerced"), help="UC Merced class-per-folder images")
-    parser.add_argument("--gid", default=str(DATA / "gid5_landcover"), help="GID tiles: images/ + masks/")
     cd = [str(DATA / "levir_cd_samples"), str(DATA / "dsifn_cd_samples")]
     parser.add_argument("--cd", nargs="+", default=cd, help="change-detection A/B/label folders")
-    parser.add_argument(
-        "--oscd", default=str(DATA / "oscd13_s2"), help="OSCD cities: A/ B/ label/ bands.json"
-    )
-    parser.add_argument(
-        "--tasks", default=DEFAULT_TASKS, help=f"comma-separated subset of {', '.join(BENCHMARKS)}"
-    )
-    parser.add_argument(
-        "--methods", help="comma-separated variants (default: the task's; with --head-lrs, upetu)"
-    )
-    parser.add_argument(
-        "--dense-head-lr",
-        help="the PEFT methods' decoder rate on the dense tasks, or 'lr' for each run's rate (default: the training "
-        f"API's for the decoder's width: DENSE_HEAD_LR {DENSE_HEAD_LR} at the default widths)",
-    )
-    parser.add_argument(
-        "--import-runs", nargs="+", default=[], metavar="JSON", help="merge these files' runs"
-    )
-    for flag, (default, help_text) in OPTIONS.items():
-        parser.add_argument(flag, default=default, type=int if flag in INTEGERS else str, help=help_text)
+    parser.add_argument("--import-runs", nargs="+", default=[], metavar="JSON", help="merge their runs")
+    for flag, (default, kind, help_text) in OPTIONS.items():
+        parser.add_argument(flag, default=default, type=kind, help=help_text)
     for flag, help_text in FLAGS.items():
         parser.add_argument(flag, action="store_true", help=help_text)
-    # forwarded to every run's TrainingArguments, as `upetu-train classification` offers them
-    names = ("image_size", "batch_size", "train_fraction", "validation_fraction", "mixed_precision")
-    names += ("max_train_samples", "max_eval_samples", "num_workers", "cpu")
-    defaults = dict(image_size=112, train_fraction=0.5, validation_fraction=0.2, num_workers=None)
-    add_training_options(parser, "classification", names, **defaults)
+    defaults = {k: v for k, v in TRAINING_OPTIONS.items() if v is not None or k == "num_workers"}
+    common.add_training_options(parser, "classification", list(TRAINING_OPTIONS), **defaults)
     return parser
 
 
@@ -907,45 +715,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The options with the lists parsed; a bad combination is a usage error."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        args.tasks = parse_list(args.tasks, str)
-        if unknown := [t for t in args.tasks if t not in BENCHMARKS]:
-            raise ValueError(f"unknown task(s) {unknown}: choose from {', '.join(BENCHMARKS)}")
-        args.seeds, args.split_seeds = parse_list(args.seeds), parse_list(args.split_seeds)
-        args.oscd_cities = parse_list(args.oscd_cities)
-        args.lr_factors = parse_factors(args.lr_factors)
-        args.dense_lr_factors = (
-            parse_factors(args.dense_lr_factors) if args.dense_lr_factors else args.lr_factors
-        )
-        args.head_lrs = parse_list(args.head_lrs, float) if args.head_lrs else None
-        if args.dense_head_lr not in (None, "lr"):
-            args.dense_head_lr = float(args.dense_head_lr)
-    except ValueError as err:
-        parser.error(str(err))
     known = {v for bench in BENCHMARKS.values() for v in bench.variants}
-    args.methods = parse_list(args.methods, str) if args.methods else None
-    args.retrain = [m.strip() for m in args.retrain.split(",") if m.strip()]
-    if unknown := [m for m in (args.methods or []) + args.retrain if m not in known]:
-        parser.error(f"unknown method(s) {unknown}: choose from {', '.join(sorted(known))}")
+    n_seeds, methods = len(args.seeds), (args.methods or []) + args.retrain
+    sizes = (
+        args.epochs,
+        args.batch_size,
+        args.cd_repeats,
+        args.dense_epochs or 1,
+        args.dense_batch_size or 1,
+    )
     errors = {
-        "epochs, batch sizes and --cd-repeats must be >= 1": min(
-            args.epochs, args.dense_epochs or 1, args.batch_size, args.dense_batch_size or 1, args.cd_repeats
-        )
-        < 1,
+        f"unknown task(s): choose from {', '.join(BENCHMARKS)}": set(args.tasks) - set(BENCHMARKS),
+        f"unknown method(s): choose from {', '.join(sorted(known))}": set(methods) - known,
+        "epochs, batch sizes and --cd-repeats must be >= 1": min(sizes) < 1,
         "--cd-crop must be a multiple of 32 (the backbone stride)": (args.cd_crop or 0) % 32,
-        "--merge-only, --import-runs and --retrain work on the files of --resume: pass --resume too": (
-            args.merge_only or args.import_runs or args.retrain
-        )
-        and not args.resume,
+        "--merge-only, --import-runs and --retrain work on the files of --resume: pass --resume too":
+            not args.resume and (args.merge_only or args.import_runs or args.retrain),
         "--resume and --overwrite exclude each other": args.resume and args.overwrite,
-        f"--search-seeds must be between 1 and the number of --seeds ({len(args.seeds)})": not 1
-        <= args.search_seeds
-        <= len(args.seeds),
-        "--head-lrs searches the dense decoders: pick dense --tasks": args.head_lrs
-        and "classification" in args.tasks,
+        f"--search-seeds must be between 1 and the number of --seeds ({n_seeds})":
+            not 0 < args.search_seeds <= n_seeds,
+        "--head-lrs searches the dense decoders: pick dense --tasks":
+            args.head_lrs and "classification" in args.tasks,
         "--threads must be >= 1": args.threads is not None and args.threads < 1,
         "--oscd-cities takes two counts (training, validation)": len(args.oscd_cities) != 2,
-    }
+    }  # fmt: skip
     for message, failed in errors.items():
         if failed:
             parser.error(message)
