@@ -9,7 +9,7 @@ import datetime
 import json
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,65 +62,39 @@ def mean_or_none(values: Sequence[float | None]) -> float | None:
     return statistics.fmean(values)
 
 
-def last_epochs_score(run: dict[str, Any], metric: str) -> float | None:
-    """Mean validation `metric` over the run's last `LAST_EPOCHS` epochs (None without a history)."""
-    values = [h.get(f"validation/{metric}") for h in (run.get("history") or [])[-LAST_EPOCHS:]]
-    return mean_or_none(values) if values else None
+def break_tie(by_rate: dict[float, dict], tied: list[float], pairs: list[tuple]) -> tuple[float, str]:
+    """The rate among `tied` (tied on the search's (split seed, seed) `pairs`) that the first decisive rule puts
+    ahead, and that rule's name: `seeds`, the mean validation over every pair all of them ran (when that adds
+    pairs), then `last epochs`, the mean validation of the last `LAST_EPOCHS` epochs of the search runs; a rule that
+    cannot score every tied rate is skipped, and when none decides, the smaller rate wins (`smaller rate`)."""
+    common = sorted(set.intersection(*(set(by_rate[lr]) for lr in tied)))
+    metric = by_rate[tied[0]][pairs[0]].get("metric", "")
 
+    def last(run: dict[str, Any]) -> float | None:
+        values = [h.get(f"validation/{metric}") for h in (run.get("history") or [])[-LAST_EPOCHS:]]
+        return mean_or_none(values) if values else None
 
-def break_tie(
-    tied: list[float], evidence: list[tuple[str, Callable[[float], float | None]]]
-) -> tuple[float, str]:
-    """The learning rate among `tied` that the first decisive rule of `evidence` (name, score of a rate) puts
-    ahead, and that rule's name; a rule that cannot score every tied rate is skipped, and when none decides, the
-    smaller rate wins (`smaller rate`)."""
+    evidence = [("seeds", lambda lr: mean_or_none([by_rate[lr][p]["validation_score"] for p in common]))]
+    evidence = evidence[: set(common) > set(pairs)]  # only when other seeds add evidence
+    evidence.append(("last epochs", lambda lr: mean_or_none([last(by_rate[lr][p]) for p in pairs])))
     for rule, score in evidence:
         scores = {lr: score(lr) for lr in tied}
         if any(v is None for v in scores.values()):
             continue
-        best = max(scores.values())
-        tied = [lr for lr in tied if best - scores[lr] <= TIE_TOLERANCE]
+        tied = [lr for lr in tied if max(scores.values()) - scores[lr] <= TIE_TOLERANCE]
         if len(tied) == 1:
             return tied[0], rule
     return min(tied), "smaller rate"
 
 
-def tie_evidence(
-    by_rate: dict[float, dict[tuple[int, int], dict[str, Any]]],
-    tied: list[float],
-    pairs: list[tuple[int, int]],
-) -> list[tuple[str, Callable[[float], float | None]]]:
-    """The evidence that breaks a tie of the rates `tied` on the search's (split seed, seed) `pairs`: `seeds`, the
-    mean validation over every pair that all of them ran (when that adds pairs), then `last epochs`, the mean
-    validation of the last `LAST_EPOCHS` epochs over the search pairs."""
-    common = sorted(set.intersection(*(set(by_rate[lr]) for lr in tied)))
-    metric = by_rate[tied[0]][pairs[0]].get("metric", "")
-    evidence: list[tuple[str, Callable[[float], float | None]]] = []
-    if set(common) > set(pairs):
-        evidence.append(
-            ("seeds", lambda lr: mean_or_none([by_rate[lr][p]["validation_score"] for p in common]))
-        )
-    evidence.append(
-        ("last epochs", lambda lr: mean_or_none([last_epochs_score(by_rate[lr][p], metric) for p in pairs]))
-    )
-    return evidence
-
-
-def select(
-    runs: list[dict[str, Any]],
-    grid: list[tuple[float, float]],
-    seeds: int | Sequence[int],
-    splits: int | Sequence[int] = 0,
-    key: str = "lr",
-) -> dict[str, Any]:
+def select(runs: list[dict], grid: list[tuple[float, float]], seeds, splits=0, key: str = "lr") -> dict:
     """The rate of the `grid` ((learning-rate factor, rate) pairs) with the best mean validation metric over the
-    search runs of `seeds` on the split seeds `splits`; `key` names the searched rate in the runs (`lr`, or
-    `head_lr` for the decoder's). A tie (within `TIE_TOLERANCE`) is broken by more evidence (`tie_evidence`: other
-    seeds all tied candidates ran, then the last epochs, then the smaller rate) and recorded as `tie`. `complete`
-    is False while a candidate misses a run; `interior` says whether the choice is neither the smallest nor the
-    largest candidate. With several search runs per candidate each also lists its `validation_scores`."""
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    splits = [splits] if isinstance(splits, int) else list(splits)
+    search runs of `seeds` (one or several) on the split seeds `splits`; `key` names the searched rate in the runs
+    (`lr`, or `head_lr` for the decoder's). A tie (within `TIE_TOLERANCE`) is broken by more evidence
+    (`break_tie`) and recorded as `tie`. `complete` is False while a candidate misses a run; `interior` says
+    whether the choice is neither the smallest nor the largest candidate. With several search runs per candidate
+    each also lists its `validation_scores`."""
+    seeds, splits = ([v] if isinstance(v, int) else list(v) for v in (seeds, splits))
     pairs = [(split, seed) for split in splits for seed in seeds]
     by_rate: dict[float, dict[tuple[int, int], dict[str, Any]]] = {}
     for r in runs:
@@ -131,12 +105,9 @@ def select(
         mine = by_rate.get(lr, {})
         scores = [mine[p]["validation_score"] if p in mine else None for p in pairs]
         finished = all(p in mine for p in pairs)
-        candidate = {key: lr, "lr_factor": f, "finished": finished, "validation_score": None}
-        if finished and None not in scores:
-            candidate["validation_score"] = statistics.fmean(scores)
-        if len(pairs) > 1:
-            candidate["validation_scores"] = scores
-        candidates.append(candidate)
+        mean = statistics.fmean(scores) if finished and None not in scores else None
+        candidates.append({key: lr, "lr_factor": f, "finished": finished, "validation_score": mean})
+        candidates[-1].update({"validation_scores": scores} if len(pairs) > 1 else {})
     scored = [c for c in candidates if c["finished"]]
     if not scored:
         return {"candidates": candidates, "complete": False, key: None}
@@ -147,23 +118,12 @@ def select(
 
     top = max(score(c) for c in scored)
     tied = [c[key] for c in scored if top - score(c) <= TIE_TOLERANCE]
-    rate, rule = tied[0], None
-    if len(tied) > 1:
-        rate, rule = break_tie(tied, tie_evidence(by_rate, tied, pairs))
-    best = next(c for c in scored if c[key] == rate)
-    lrs = [lr for _, lr in grid]
-    choice = {
-        "candidates": candidates,
-        "complete": len(scored) == len(candidates),
-        "interior": min(lrs) < rate < max(lrs),
-        key: rate,
-        "lr_factor": best["lr_factor"],
-        "validation_score": best["validation_score"],
-        "best_epoch": by_rate[rate][pairs[0]]["best_epoch"],
-    }
-    if rule:
-        choice["tie"] = {"lrs": tied, "decided_by": rule}
-    return choice
+    rate, rule = break_tie(by_rate, tied, pairs) if len(tied) > 1 else (tied[0], None)
+    best, lrs = next(c for c in scored if c[key] == rate), [lr for _, lr in grid]
+    choice = dict(candidates=candidates, complete=len(scored) == len(candidates))
+    choice.update({"interior": min(lrs) < rate < max(lrs), key: rate, "lr_factor": best["lr_factor"]})
+    choice.update(validation_score=best["validation_score"], best_epoch=by_rate[rate][pairs[0]]["best_epoch"])
+    return dict(choice, tie={"lrs": tied, "decided_by": rule}) if rule else choice
 
 
 def versus_best(runs: list[dict[str, Any]], choice: dict[str, Any], key: str) -> dict[str, Any]:
@@ -186,29 +146,20 @@ _T95 = (
 
 
 def paired_difference(summary: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
-    """`a` minus `b` over the (split seed, seed) pairs both methods ran at their chosen learning rates: mean,
-    sample std, and the 95 % t-interval of the mean difference (`paired_scores`). None when a method is missing.
-
-    Pairing removes what the two runs of a pair share (the split, the head initialisation and data order of the
-    seed), so it detects smaller differences than comparing two means with their own spreads."""
+    """`a` minus `b` over the (split seed, seed) pairs both methods ran at their chosen learning rates
+    (`paired_scores`); None when a method is missing. Pairing removes what the two runs of a pair share (the split,
+    the head initialisation and data order of the seed), so it detects smaller differences than two means do."""
     if a not in summary or b not in summary:
         return None
 
-    def by_pair(name: str) -> dict[tuple[int, int], float]:
-        s = summary[name]
+    def by_pair(s: dict[str, Any]) -> dict[tuple[int, int], float]:
         splits = s.get("split_seeds") or [0] * len(s["seeds"])
-        return {
-            (split, seed): score
-            for split, seed, score in zip(splits, s["seeds"], s["test_scores"])
-            if score is not None
-        }
+        return {(sp, seed): v for sp, seed, v in zip(splits, s["seeds"], s["test_scores"]) if v is not None}
 
-    return paired_scores(by_pair(a), by_pair(b), a, b)
+    return paired_scores(by_pair(summary[a]), by_pair(summary[b]), a, b)
 
 
-def paired_scores(
-    left: dict[tuple[int, int], float], right: dict[tuple[int, int], float], a: str = "a", b: str = "b"
-) -> dict[str, Any] | None:
+def paired_scores(left: dict, right: dict, a: str = "a", b: str = "b") -> dict[str, Any] | None:
     """`left` minus `right`, scores keyed by (split seed, seed), over the keys both have: mean, sample std and the
     95 % t-interval of the mean difference. `decided` is `a` or `b` when the interval excludes 0, else None (no
     difference claimed). None when they share fewer than 2 pairs."""
@@ -219,16 +170,8 @@ def paired_scores(
     mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
     half = (_T95[len(diffs) - 2] if len(diffs) - 1 <= len(_T95) else 1.96) * std / math.sqrt(len(diffs))
     low, high = mean - half, mean + half
-    return {
-        "a": a,
-        "b": b,
-        "n": len(pairs),
-        "pairs": [list(p) for p in pairs],
-        "mean": mean,
-        "std": std,
-        "ci95": [low, high],
-        "decided": a if low > 0 else b if high < 0 else None,
-    }
+    out = dict(a=a, b=b, n=len(pairs), pairs=[list(p) for p in pairs], mean=mean, std=std)
+    return dict(out, ci95=[low, high], decided=a if low > 0 else b if high < 0 else None)
 
 
 def summarize(state: dict[str, Any], setup) -> dict[str, Any]:
@@ -243,17 +186,9 @@ def summarize(state: dict[str, Any], setup) -> dict[str, Any]:
         if key != "lr" and choice[key] is not None:
             choice["best_minus_other_validation"] = versus_best(runs, choice, key)
         state["selection"][name] = choice
-        final = sorted(
-            (
-                r
-                for r in runs
-                if r.get("status") == "ok"
-                and r.get(key) == choice[key]
-                and r["seed"] in setup.seeds
-                and split_of(r) in setup.split_seeds
-            ),
-            key=lambda r: (split_of(r), r["seed"]),
-        )
+        at_choice = [r for r in runs if r.get("status") == "ok" and r.get(key) == choice[key]]
+        final = [r for r in at_choice if r["seed"] in setup.seeds and split_of(r) in setup.split_seeds]
+        final.sort(key=lambda r: (split_of(r), r["seed"]))
         if final:
             summary[name] = run_summary(variant["label"], choice, final, runs)
     return summary
@@ -266,51 +201,28 @@ SIZES = (
 )  # fmt: skip
 
 
-def run_summary(
-    label: str, choice: dict[str, Any], final: list[dict[str, Any]], runs: list[dict[str, Any]]
-) -> dict[str, Any]:
+def run_summary(label: str, choice: dict, final: list[dict], runs: list[dict]) -> dict[str, Any]:
     """One variant's summary: its choice, and the scores, sizes and times of its `final` runs."""
-    first = final[0]
-    test_mean, test_std = mean_std([r["test_score"] for r in final])
+    first, (test_mean, test_std) = final[0], mean_std([r["test_score"] for r in final])
     val_mean, val_std = mean_std([r["validation_score"] for r in final])
-    return {
-        "label": label,
-        "method": first["method"],
-        "options": first["options"],
-        "lr": first["lr"],
-        **({"head_lr": choice["head_lr"]} if "head_lr" in choice else {}),
-        "lr_factor": choice.get("lr_factor"),
-        "selection_complete": choice["complete"],
-        "seeds": [r["seed"] for r in final],
-        "split_seeds": [split_of(r) for r in final],
-        "n": len(final),
-        "test_scores": [r["test_score"] for r in final],
-        "test_mean": test_mean,
-        "test_std": test_std,
-        "validation_mean": val_mean,
-        "validation_std": val_std,
-        "best_epochs": [r["best_epoch"] for r in final],
-        **{k: first[k] for k in SIZES},
-        "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in final),
-        "train_runtime_s_mean": statistics.fmean(r["train_runtime_s"] for r in final),
-        "wall_time_s_all_runs": sum(r["wall_time_s"] for r in runs if r.get("wall_time_s")),
-        "runs_all": len(runs),
-        "devices": sorted({r["device"] for r in final}),
-        "splits": first.get("splits"),
-    }
+    out = {"label": label, "method": first["method"], "options": first["options"], "lr": first["lr"]}
+    out.update({"head_lr": choice["head_lr"]} if "head_lr" in choice else {})
+    out.update(lr_factor=choice.get("lr_factor"), selection_complete=choice["complete"])
+    out.update(seeds=[r["seed"] for r in final], split_seeds=[split_of(r) for r in final], n=len(final))
+    out.update(test_scores=[r["test_score"] for r in final], test_mean=test_mean, test_std=test_std)
+    out.update(validation_mean=val_mean, validation_std=val_std, best_epochs=[r["best_epoch"] for r in final])
+    out.update({k: first[k] for k in SIZES})
+    out["wall_time_s_mean"] = statistics.fmean(r["wall_time_s"] for r in final)
+    out["train_runtime_s_mean"] = statistics.fmean(r["train_runtime_s"] for r in final)
+    out["wall_time_s_all_runs"] = sum(r["wall_time_s"] for r in runs if r.get("wall_time_s"))
+    out.update(runs_all=len(runs), devices=sorted({r["device"] for r in final}), splits=first.get("splits"))
+    return out
 
 
 def new_state(setup, args: argparse.Namespace) -> dict[str, Any]:
     """An empty ledger of `setup`'s task."""
-    keys = ("sessions", "backbone", "variants", "runs", "selection", "summary")
-    empty = {k: [] if k in ("sessions", "runs") else {} for k in keys}
-    return {
-        "schema": SCHEMA_VERSION,
-        "task": setup.name,
-        "metric": setup.metric,
-        "protocol": setup.protocol(args),
-        **empty,
-    }
+    state = dict(schema=SCHEMA_VERSION, task=setup.name, metric=setup.metric, protocol=setup.protocol(args))
+    return dict(state, sessions=[], backbone={}, variants={}, runs=[], selection={}, summary={})
 
 
 def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
@@ -358,11 +270,8 @@ def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespa
             "(the same flags apart from --methods, paths and runtime options) can be merged."
         )
     known = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
-    added = [
-        r
-        for r in other.get("runs", [])
-        if r.get("status") == "ok" and r["key"] not in known and r["variant"] in setup.variants
-    ]
+    fits = lambda r: r.get("status") == "ok" and r["key"] not in known and r["variant"] in setup.variants  # noqa: E731
+    added = [r for r in other.get("runs", []) if fits(r)]
     state["runs"].extend(added)
     state["sessions"].extend(s for s in other.get("sessions", []) if s not in state["sessions"])
     return len(added)
