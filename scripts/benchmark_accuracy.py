@@ -2,17 +2,13 @@
 """Accuracy benchmark of UPetu against full fine-tuning, the linear probe, LoRA and IA3 on real data, through the
 training API (`upetu_hf.train.train`); with `--head-lrs`, the search of the dense decoders' learning rate.
 
-Tasks (`BENCHMARKS`; every path is a flag, the defaults point at `../shared`):
-
-- classification, UCM-55 (`--ucm`): 50 % of each class trains (stratified, one split per split seed), images at
-  `--image-size`; the variants of `CLASSIFICATION_VARIANTS` (`_variants.VARIANTS`).
-- segmentation, GID tiles (`--gid`): a seeded 60 / 20 / 20 split, tiles resized to `--image-size`, a UperNet of
-  `--seg-head-hidden` channels (0: the training API's); mIoU. Full fine-tuning, LoRA (matched rank), UPetu.
-- change-detection, LEVIR + DSIFN pairs (`--cd`): a seeded split by pairs, stratified by source folder (40 % test,
-  20 % validation), random `--cd-crop` training crops, every training pair `--cd-repeats` times per epoch; change F1.
-- oscd13, the OSCD cities as 13-band Sentinel-2 pairs (`--oscd`): a seeded split by city (`--oscd-cities`), UPetu
-  on all 13 bands (an inflated stem) against UPetu on the RGB bands, 40 epochs of 'auto' 128-px crops per city,
-  batch 8, soft-Dice weight 1; change F1. `--dense-head-lr lr` trains the decoder at each run's rate.
+Tasks (`BENCHMARKS`; the data flags default to `../shared`): classification on UCM-55 (`--ucm`; 50 % of each class
+trains, stratified per split seed; `CLASSIFICATION_VARIANTS`), segmentation on GID tiles (`--gid`; a seeded
+60 / 20 / 20 split, a UperNet of `--seg-head-hidden` channels; mIoU), change-detection on LEVIR + DSIFN pairs
+(`--cd`; a seeded split by pairs per source folder, 40 % test, 20 % validation, `--cd-crop` training crops, each
+training pair `--cd-repeats` times per epoch; change F1), and oscd13 on the OSCD cities' 13-band Sentinel-2 pairs
+(`--oscd`; a seeded split by city, `--oscd-cities`; UPetu on all 13 bands against UPetu on RGB, 40 epochs of 'auto'
+crops per city, batch 8, soft-Dice weight 1). The dense tasks compare full fine-tuning, LoRA and UPetu.
 
 Protocol, the same for every variant of a task:
 
@@ -20,20 +16,16 @@ Protocol, the same for every variant of a task:
    the first `--search-seeds` seeds of `--seeds` on the first split seed; each run keeps its best validation epoch;
    the best mean validation metric wins (`_ledger.select`: a tie trains the tied rates on the next seeds, then
    looks at the last epochs, then takes the smaller rate; a choice at the grid's edge is flagged). The test split
-   never chooses anything.
+   never chooses anything. `--head-lrs` searches the dense decoder's rate instead, each method at its default
+   rate, every seed and split seed a search run (`head_lr_<task>.json`, with the best rate minus each other one).
 2. Final runs: the chosen rate trains every seed of `--seeds` on every split of `--split-seeds` (search runs count);
    each reports its test metric once, at its best validation epoch; `make_report.py` gives mean +- std and paired
    differences with 95 % t-intervals (`_ledger.paired_difference`).
 
-`--head-lrs` searches the dense decoder's rate instead, each method at its default rate, every seed and split seed
-a search run (the mean validation over all of them chooses; `head_lr_<task>.json`, with the best rate minus each
-other one paired run by run).
-
-Every run is written to `<output-dir>/accuracy_<task>.json` as it finishes (atomically), so `--resume` continues an
-interrupted benchmark; shards run in parallel processes (`--methods`, each its own `--output-dir`) merge with
-`--resume --import-runs`; `--merge-only` trains nothing. Runs train where Accelerate puts them (a CUDA GPU if
-there is one); on a CPU shared with other jobs `--threads 1` is often fastest, and on a GPU a pre-resized UCM copy
-(`scripts/resize_image_folder.py`) keeps data loading up.
+Every run is written to `<output-dir>/accuracy_<task>.json` as it finishes (atomically): `--resume` continues it,
+shards run in parallel (`--methods`, each its own `--output-dir`) merge with `--resume --import-runs`, and
+`--merge-only` trains nothing. Runs train where Accelerate puts them; on a CPU shared with other jobs `--threads 1`
+is often fastest, on a GPU a pre-resized UCM copy (`scripts/resize_image_folder.py`) keeps data loading up.
 
     python scripts/benchmark_accuracy.py --tasks classification --methods upetu,full --resume
     python scripts/benchmark_accuracy.py --dry-run           # print the planned runs and exit
@@ -619,13 +611,9 @@ def print_summary(state: dict[str, Any]) -> None:
     """A short table on stdout."""
     print(f"\n{state['task']} ({state['metric']}, test, mean +- std over seeds):")
     for s in state["summary"].values():
-        scores = "no test metric"
-        if s["test_mean"] is not None:
-            scores = f"{100 * s['test_mean']:6.2f} +- {100 * s['test_std']:5.2f}  (n={s['n']}, "
-            scores += f"lr {s['lr']:g}, "
-            scores += f"trainable {s['trainable_pct']:.2f} %, {s['weights_bytes_without_head'] / 1e3:.1f} KB "
-            scores += f"without head, {s['wall_time_s_mean']:.0f} s/run)"
-        print(f"  {s['label']:<32} {scores}")
+        mean, std = s["test_mean"], s["test_std"]
+        scores = "n/a" if mean is None else f"{100 * mean:6.2f} +- {100 * std:5.2f}"
+        print(f"  {s['label']:<32} {scores}  (n={s['n']}, lr {s['lr']:g})")
 
 
 def plan(setups: list[TaskSetup]) -> list[str]:
