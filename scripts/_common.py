@@ -32,9 +32,7 @@ SHARED_BACKBONE = SHARED / "models" / "rs-convnext-atto-aid"
 #: ConvNeXt sizes the scripts build from scratch (`ConvNextConfig` keywords).
 CONVNEXT = {
     "convnext-t": dict(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
-    "convnext-b": dict(
-        depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024]
-    ),  # facebook/convnext-base-224-22k
+    "convnext-b": dict(depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024]),  # convnext-base-224-22k
     "convnext-atto": dict(depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320]),  # the reference backbone's
 }
 

@@ -530,10 +530,8 @@ class TaskRunner:
             return self.done.get(key)
         log(f"{where}: {phase} run (x{factor:.3g}), {setup.epochs} epochs")
         run_dir = self.work_dir / setup.key / name / folder
-        method = variant.method
-        targs = training_arguments(
-            setup, self.args, method, run_options, run_dir, lr, seed, split_seed=split_seed
-        )
+        args = (setup, self.args, variant.method, run_options, run_dir, lr, seed, False, split_seed)
+        targs = training_arguments(*args)
         record = {
             "key": key, "task": setup.task, "variant": name, "label": variant.label, "method": variant.method,
             "options": options, "lr": lr, "lr_factor": factor, "head_lr": targs.head_lr, "seed": seed,
@@ -705,13 +703,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     known = {v for bench in BENCHMARKS.values() for v in bench.variants}
     n_seeds, methods = len(args.seeds), (args.methods or []) + args.retrain
-    sizes = (
-        args.epochs,
-        args.batch_size,
-        args.cd_repeats,
-        args.dense_epochs or 1,
-        args.dense_batch_size or 1,
-    )
+    dense = (args.dense_epochs or 1, args.dense_batch_size or 1)
+    sizes = (args.epochs, args.batch_size, args.cd_repeats, *dense)
     errors = {
         f"unknown task(s): choose from {', '.join(BENCHMARKS)}": set(args.tasks) - set(BENCHMARKS),
         f"unknown method(s): choose from {', '.join(sorted(known))}": set(methods) - known,
