@@ -270,8 +270,8 @@ def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespa
             "(the same flags apart from --methods, paths and runtime options) can be merged."
         )
     known = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
-    fits = lambda r: r.get("status") == "ok" and r["key"] not in known and r["variant"] in setup.variants  # noqa: E731
-    added = [r for r in other.get("runs", []) if fits(r)]
+    added = [r for r in other.get("runs", []) if r.get("status") == "ok" and r["key"] not in known]
+    added = [r for r in added if r["variant"] in setup.variants]
     state["runs"].extend(added)
     state["sessions"].extend(s for s in other.get("sessions", []) if s not in state["sessions"])
     return len(added)

@@ -49,8 +49,8 @@ def candidate_runs(folder: Path, name: str) -> dict[str, Any] | None:
 
 def differences(a: dict, b: dict, name_a: str, name_b: str) -> dict[str, Any]:
     """Paired validation and test differences `a - b` over their shared pairs."""
-    part = lambda c, i: {k: v[i] for k, v in c["runs"].items()}  # noqa: E731
-    return {split: paired_scores(part(a, i), part(b, i), name_a, name_b) for i, split in enumerate(PARTS)}
+    scores = [[{k: v[i] for k, v in c["runs"].items()} for c in (a, b)] for i in range(len(PARTS))]
+    return {split: paired_scores(*scores[i], name_a, name_b) for i, split in enumerate(PARTS)}
 
 
 def decide(report: dict[str, Any]) -> dict[str, Any]:
