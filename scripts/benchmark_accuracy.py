@@ -2,34 +2,28 @@
 """Accuracy benchmark of UPetu against full fine-tuning, the linear probe, LoRA and IA3 on real data, through the
 training API (`upetu_hf.train.train`); with `--head-lrs`, the search of the dense decoders' learning rate.
 
-Tasks (`BENCHMARKS`; the data flags default to `../shared`): classification on UCM-55 (`--ucm`; 50 % of each class
-trains, stratified per split seed; `CLASSIFICATION_VARIANTS`), segmentation on GID tiles (`--gid`; a seeded
-60 / 20 / 20 split, a UperNet of `--seg-head-hidden` channels; mIoU), change-detection on LEVIR + DSIFN pairs
-(`--cd`; a seeded split by pairs per source folder, 40 % test, 20 % validation, `--cd-crop` training crops, each
-training pair `--cd-repeats` times per epoch; change F1), and oscd13 on the OSCD cities' 13-band Sentinel-2 pairs
-(`--oscd`; a seeded split by city, `--oscd-cities`; UPetu on all 13 bands against UPetu on RGB, 40 epochs of 'auto'
-crops per city, batch 8, soft-Dice weight 1). The dense tasks compare full fine-tuning, LoRA and UPetu.
+Tasks (`BENCHMARKS`; data flags default to `../shared`): classification on UCM-55 (`--ucm`, 50 % of each class
+trains), segmentation on GID tiles (`--gid`, 60 / 20 / 20, a UperNet of `--seg-head-hidden` channels), change
+detection on LEVIR + DSIFN pairs (`--cd`, split by pairs per source folder: 40 % test, 20 % validation; training
+on `--cd-crop` crops, each pair `--cd-repeats` times per epoch) and oscd13, OSCD's 13-band Sentinel-2 cities
+(`--oscd`, split by city: `--oscd-cities`; UPetu on 13 bands against RGB, 40 epochs, batch 8, soft-Dice weight 1).
 
-Protocol, the same for every variant of a task:
-
-1. Search: one run per learning rate `DEFAULT_LR[method] x f`, `f` in `--lr-factors` (`--dense-lr-factors`), with
-   the first `--search-seeds` seeds of `--seeds` on the first split seed; each run keeps its best validation epoch;
-   the best mean validation metric wins (`_ledger.select`: a tie trains the tied rates on the next seeds, then
-   looks at the last epochs, then takes the smaller rate; a choice at the grid's edge is flagged). The test split
-   never chooses anything. `--head-lrs` searches the dense decoder's rate instead, each method at its default
-   rate, every seed and split seed a search run (`head_lr_<task>.json`, with the best rate minus each other one).
-2. Final runs: the chosen rate trains every seed of `--seeds` on every split of `--split-seeds` (search runs count);
-   each reports its test metric once, at its best validation epoch; `make_report.py` gives mean +- std and paired
-   differences with 95 % t-intervals (`_ledger.paired_difference`).
+Protocol, the same for every variant of a task: (1) search: one run per learning rate `DEFAULT_LR[method] x f`,
+`f` in `--lr-factors` (`--dense-lr-factors`), on the first `--search-seeds` seeds of `--seeds` and the first split
+seed; each run keeps its best validation epoch, and the best mean validation metric wins (`_ledger.select`: a tie
+trains the tied rates on the next seeds, then looks at the last epochs, then takes the smaller rate; a choice at
+the grid's edge is flagged); the test split never chooses. (2) final runs: the chosen rate trains every seed on
+every split seed of `--split-seeds`, each reporting its test metric at its best validation epoch; `make_report.py`
+gives mean +- std and paired differences with 95 % t-intervals. `--head-lrs` searches the dense decoder's rate
+instead, at each method's default rate, every seed and split seed a search run (`head_lr_<task>.json`).
 
 Every run is written to `<output-dir>/accuracy_<task>.json` as it finishes (atomically): `--resume` continues it,
 shards run in parallel (`--methods`, each its own `--output-dir`) merge with `--resume --import-runs`, and
-`--merge-only` trains nothing. Runs train where Accelerate puts them; on a CPU shared with other jobs `--threads 1`
-is often fastest, on a GPU a pre-resized UCM copy (`scripts/resize_image_folder.py`) keeps data loading up.
+`--merge-only` trains nothing. On a CPU shared with other jobs `--threads 1` is often fastest; on a GPU a
+pre-resized UCM copy (`scripts/resize_image_folder.py`) keeps data loading up.
 
     python scripts/benchmark_accuracy.py --tasks classification --methods upetu,full --resume
     python scripts/benchmark_accuracy.py --dry-run           # print the planned runs and exit
-    python scripts/make_report.py                            # tables, plot and README section from the JSON
 """
 
 from __future__ import annotations
@@ -633,7 +627,7 @@ def plan(setups: list[TaskSetup]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-#: flag -> (default, type, help); a string default goes through the type too.
+#: flag -> (default, type, help); a string default goes through the type too, a False one makes a switch.
 OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "--model": (str(common.SHARED_BACKBONE), str, "ConvNeXt checkpoint: Hub id or folder"),
     "--ucm": (str(DATA / "ucmerced"), str, "UC Merced class-per-folder images"),
@@ -666,14 +660,12 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "--output-dir": (str(common.REPO_ROOT / "results"), str, "where the results files go"),
     "--work-dir": (None, str, "run folders (default: a temporary folder, removed at the end)"),
     "--retrain": ("", lambda t: parse_list(t, str) if t else [], "methods whose runs on file are set aside"),
+    "--resume": (False, None, "continue the JSON files, skipping finished runs"),
+    "--overwrite": (False, None, "start the JSON files afresh"),
+    "--delete-weights": (False, None, "delete each run's weights once measured"),
+    "--merge-only": (False, None, "train nothing: merge and summarise the runs on file (--resume, --import-runs)"),
+    "--dry-run": (False, None, "print the planned runs and exit"),
 }  # fmt: skip
-FLAGS = {
-    "--resume": "continue the JSON files, skipping finished runs",
-    "--overwrite": "start the JSON files afresh",
-    "--delete-weights": "delete each run's weights once measured",
-    "--merge-only": "train nothing: merge and summarise the runs on file (with --resume / --import-runs)",
-    "--dry-run": "print the planned runs and exit",
-}
 #: Forwarded to every run's `TrainingArguments` as `upetu-train classification` offers them (here: the default).
 TRAINING_OPTIONS = dict(image_size=112, batch_size=None, train_fraction=0.5, validation_fraction=0.2)
 TRAINING_OPTIONS.update(mixed_precision=None, max_train_samples=None, max_eval_samples=None)
@@ -689,9 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cd", nargs="+", default=cd, help="change-detection A/B/label folders")
     parser.add_argument("--import-runs", nargs="+", default=[], metavar="JSON", help="merge their runs")
     for flag, (default, kind, help_text) in OPTIONS.items():
-        parser.add_argument(flag, default=default, type=kind, help=help_text)
-    for flag, help_text in FLAGS.items():
-        parser.add_argument(flag, action="store_true", help=help_text)
+        flag_kind = dict(action="store_true") if default is False else dict(default=default, type=kind)
+        parser.add_argument(flag, help=help_text, **flag_kind)
     defaults = {k: v for k, v in TRAINING_OPTIONS.items() if v is not None or k == "num_workers"}
     common.add_training_options(parser, "classification", list(TRAINING_OPTIONS), **defaults)
     return parser
