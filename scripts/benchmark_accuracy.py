@@ -615,7 +615,7 @@ def plan(setups: list[TaskSetup]) -> list[str]:
         k, rates = len(setup.search_seeds) * len(setup.search_splits), len(setup.head_lrs or setup.lr_factors)
         more = len(setup.seeds) * len(setup.split_seeds) - k
         searched = f"{rates} {'head ' if setup.head_lrs else ''}learning rates"
-        searched += f" x {k} search seeds" if k > 1 else ""
+        searched += "" if k == 1 else f" x {k} search {'seeds' if len(setup.search_splits) == 1 else 'runs'}"
         n = len(setup.variants) * (rates * k + more)
         runs = f"({searched} + {more} more seed/split runs) = {n} runs of {setup.epochs} epochs"
         lines.append(f"{setup.name}: {len(setup.variants)} methods x {runs}")
