@@ -32,9 +32,7 @@ SHARED_BACKBONE = SHARED / "models" / "rs-convnext-atto-aid"
 #: ConvNeXt sizes the scripts build from scratch (`ConvNextConfig` keywords).
 CONVNEXT = {
     "convnext-t": dict(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
-    "convnext-b": dict(
-        depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024]
-    ),  # facebook/convnext-base-224-22k
+    "convnext-b": dict(depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024]),  # convnext-base-224-22k
     "convnext-atto": dict(depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320]),  # the reference backbone's
 }
 
@@ -97,27 +95,16 @@ def cpu_model() -> str:
 
 def machine_info(device: str) -> dict[str, Any]:
     """CPU, GPUs, thread settings, load and library versions of this process; `device` says where it runs."""
-    info: dict[str, Any] = {
-        "hostname": platform.node(),
-        "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "accelerate": accelerate.__version__,
-        "upetu_hf": upetu_hf.__version__,
-        "cuda_available": torch.cuda.is_available(),
-        "device": device,
-    }
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = dict(hostname=platform.node(), cpu_model=cpu_model(), cpu_count=os.cpu_count())
+    info["cpus_available"] = cpus
+    info.update(torch_num_threads=torch.get_num_threads())
+    info["torch_num_interop_threads"] = torch.get_num_interop_threads()
+    info.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), platform=platform.platform())
+    info.update(loadavg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
+    info.update(python=platform.python_version())
+    info.update({m.__name__: m.__version__ for m in (torch, transformers, peft, accelerate, upetu_hf)})
+    info.update(cuda_available=torch.cuda.is_available(), device=device)
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info["cuda"] = torch.version.cuda
@@ -129,9 +116,9 @@ def git_state(paths: Sequence[str]) -> dict[str, Any]:
 
     def git(*cmd: str) -> str:
         try:
-            return subprocess.run(
-                ["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True
-            ).stdout.strip()
+            done = subprocess.run(["git", *cmd], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+            done.check_returncode()
+            return done.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -147,17 +134,11 @@ def count_top_level_ops(fn: Callable[[], Any]) -> int:
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    return sum(
-        1
-        for event in prof.events()
-        if event.name.startswith("aten::")
-        and (event.cpu_parent is None or not event.cpu_parent.name.startswith("aten::"))
-    )
+    top = [e for e in prof.events() if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")]
+    return sum(1 for event in top if event.name.startswith("aten::"))
 
 
-def add_training_options(
-    group: argparse._ActionsContainer, task: str, names: Sequence[str], **defaults: Any
-) -> None:
+def add_training_options(group: argparse._ActionsContainer, task: str, names: Sequence[str], **defaults):
     """The options of `upetu-train <task>` for the `TrainingArguments` fields `names`, built from the fields'
     metadata as the CLI builds them (`upetu_hf.train.cli.add_options`: flag, type, choices, help); `defaults`
     replace a field's default where a benchmark's protocol has its own. The script forwards them to the field of

@@ -9,7 +9,7 @@ import datetime
 import json
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 #: Protocol entries that do not change any run's result, so files that differ only there can be merged: the
 #: learning-rate grid (runs are keyed by their learning rate), the list of split seeds (runs are keyed by theirs)
 #: and the search seeds (runs are keyed by their seed; the choice is made again from the runs on file).
-MERGEABLE_PROTOCOL_KEYS = ("lr_factors", "split_seeds", "search_seeds")
+MERGEABLE_PROTOCOL_KEYS = ("lr_factors", "split_seeds", "search_seeds", "head_lrs")
 
 
 def run_key(variant: str, options: dict[str, Any], lr: float, seed: int, split_seed: int = 0) -> str:
@@ -62,108 +62,80 @@ def mean_or_none(values: Sequence[float | None]) -> float | None:
     return statistics.fmean(values)
 
 
-def last_epochs_score(run: dict[str, Any], metric: str) -> float | None:
-    """Mean validation `metric` over the run's last `LAST_EPOCHS` epochs (None without a history)."""
-    values = [h.get(f"validation/{metric}") for h in (run.get("history") or [])[-LAST_EPOCHS:]]
-    return mean_or_none(values) if values else None
+def break_tie(by_rate: dict[float, dict], tied: list[float], pairs: list[tuple]) -> tuple[float, str]:
+    """The rate among `tied` (tied on the search's (split seed, seed) `pairs`) that the first decisive rule puts
+    ahead, and that rule's name: `seeds`, the mean validation over every pair all of them ran (when that adds
+    pairs), then `last epochs`, the mean validation of the last `LAST_EPOCHS` epochs of the search runs; a rule that
+    cannot score every tied rate is skipped, and when none decides, the smaller rate wins (`smaller rate`)."""
+    common = sorted(set.intersection(*(set(by_rate[lr]) for lr in tied)))
+    metric = by_rate[tied[0]][pairs[0]].get("metric", "")
 
+    def last(run: dict[str, Any]) -> float | None:
+        values = [h.get(f"validation/{metric}") for h in (run.get("history") or [])[-LAST_EPOCHS:]]
+        return mean_or_none(values) if values else None
 
-def break_tie(
-    tied: list[float], evidence: list[tuple[str, Callable[[float], float | None]]]
-) -> tuple[float, str]:
-    """The learning rate among `tied` that the first decisive rule of `evidence` (name, score of a rate) puts
-    ahead, and that rule's name; a rule that cannot score every tied rate is skipped, and when none decides, the
-    smaller rate wins (`smaller rate`)."""
+    evidence = [("seeds", lambda lr: mean_or_none([by_rate[lr][p]["validation_score"] for p in common]))]
+    evidence = evidence[: set(common) > set(pairs)]  # only when other seeds add evidence
+    evidence.append(("last epochs", lambda lr: mean_or_none([last(by_rate[lr][p]) for p in pairs])))
     for rule, score in evidence:
         scores = {lr: score(lr) for lr in tied}
         if any(v is None for v in scores.values()):
             continue
-        best = max(scores.values())
-        tied = [lr for lr in tied if best - scores[lr] <= TIE_TOLERANCE]
+        tied = [lr for lr in tied if max(scores.values()) - scores[lr] <= TIE_TOLERANCE]
         if len(tied) == 1:
             return tied[0], rule
     return min(tied), "smaller rate"
 
 
-def tie_evidence(
-    by_lr: dict[float, dict[int, dict[str, Any]]], tied: list[float], seeds: list[int], metric: str
-) -> list[tuple[str, Callable[[float], float | None]]]:
-    """The evidence that breaks a tie of the rates `tied` on the search seeds' validation: `seeds`, the mean
-    validation over every seed of the search split that all of them ran (when that adds seeds), then `last
-    epochs`, the mean validation of the last `LAST_EPOCHS` epochs over the search seeds."""
-    common = sorted(set.intersection(*(set(by_lr[lr]) for lr in tied)))
-    evidence: list[tuple[str, Callable[[float], float | None]]] = []
-    if set(common) > set(seeds):
-        evidence.append(
-            ("seeds", lambda lr: mean_or_none([by_lr[lr][s]["validation_score"] for s in common]))
-        )
-    evidence.append(
-        ("last epochs", lambda lr: mean_or_none([last_epochs_score(by_lr[lr][s], metric) for s in seeds]))
-    )
-    return evidence
-
-
-def select(
-    runs: list[dict[str, Any]],
-    grid: list[tuple[float, float]],
-    seeds: int | Sequence[int],
-    split_seed: int = 0,
-    metric: str | None = None,
-) -> dict[str, Any]:
-    """The learning rate with the best validation metric among the search runs of `seeds` (one seed, or the
-    mean over several) on split `split_seed`. A tie (within `TIE_TOLERANCE`) is broken by more evidence
-    (`tie_evidence`: other seeds all tied candidates ran, then the last epochs, then the smaller rate) and recorded as
-    `tie` (the tied rates and the rule that decided). `complete` is False while a candidate's run is missing or
-    failed for one of the seeds; `interior` says whether the choice is neither the smallest nor the largest
-    candidate. With several seeds each candidate also lists its `validation_scores`. `metric` names the history's
-    validation entry (default: the runs' own `metric`)."""
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    by_lr: dict[float, dict[int, dict[str, Any]]] = {}
+def select(runs: list[dict], grid: list[tuple[float, float]], seeds, splits=0, key: str = "lr") -> dict:
+    """The rate of the `grid` ((learning-rate factor, rate) pairs) with the best mean validation metric over the
+    search runs of `seeds` (one or several) on the split seeds `splits`; `key` names the searched rate in the runs
+    (`lr`, or `head_lr` for the decoder's). A tie (within `TIE_TOLERANCE`) is broken by more evidence
+    (`break_tie`) and recorded as `tie`. `complete` is False while a candidate misses a run; `interior` says
+    whether the choice is neither the smallest nor the largest candidate. With several search runs per candidate
+    each also lists its `validation_scores`."""
+    seeds, splits = ([v] if isinstance(v, int) else list(v) for v in (seeds, splits))
+    pairs = [(split, seed) for split in splits for seed in seeds]
+    by_rate: dict[float, dict[tuple[int, int], dict[str, Any]]] = {}
     for r in runs:
-        if split_of(r) == split_seed and r.get("status") == "ok":
-            by_lr.setdefault(r["lr"], {})[r["seed"]] = r
+        if r.get("status") == "ok" and split_of(r) in splits:
+            by_rate.setdefault(r.get(key), {})[split_of(r), r["seed"]] = r
     candidates = []
     for f, lr in grid:
-        finished = all(seed in by_lr.get(lr, {}) for seed in seeds)
-        scores = [
-            by_lr[lr][seed]["validation_score"] if seed in by_lr.get(lr, {}) else None for seed in seeds
-        ]
-        candidate = {"lr": lr, "lr_factor": f, "finished": finished, "validation_score": None}
-        if finished:
-            candidate["validation_score"] = None if None in scores else statistics.fmean(scores)
-        if len(seeds) > 1:
-            candidate["validation_scores"] = scores
-        candidates.append(candidate)
+        mine = by_rate.get(lr, {})
+        scores = [mine[p]["validation_score"] if p in mine else None for p in pairs]
+        finished = all(p in mine for p in pairs)
+        mean = statistics.fmean(scores) if finished and None not in scores else None
+        candidates.append({key: lr, "lr_factor": f, "finished": finished, "validation_score": mean})
+        candidates[-1].update({"validation_scores": scores} if len(pairs) > 1 else {})
     scored = [c for c in candidates if c["finished"]]
     if not scored:
-        return {"candidates": candidates, "complete": False, "lr": None}
+        return {"candidates": candidates, "complete": False, key: None}
 
     def score(c: dict[str, Any]) -> float:  # an undefined score ranks last
         value = c["validation_score"]
         return -math.inf if value is None or math.isnan(value) else value
 
     top = max(score(c) for c in scored)
-    tied = [c for c in scored if top - score(c) <= TIE_TOLERANCE]
-    best, rule = tied[0], None
-    if len(tied) > 1:
-        metric = metric or by_lr[tied[0]["lr"]][seeds[0]].get("metric", "")
-        lr, rule = break_tie(
-            [c["lr"] for c in tied], tie_evidence(by_lr, [c["lr"] for c in tied], seeds, metric)
-        )
-        best = next(c for c in tied if c["lr"] == lr)
-    lrs = [lr for _, lr in grid]
-    choice = {
-        "candidates": candidates,
-        "complete": len(scored) == len(candidates),
-        "interior": min(lrs) < best["lr"] < max(lrs),
-        "lr": best["lr"],
-        "lr_factor": best["lr_factor"],
-        "validation_score": best["validation_score"],
-        "best_epoch": by_lr[best["lr"]][seeds[0]]["best_epoch"],
-    }
-    if rule:
-        choice["tie"] = {"lrs": [c["lr"] for c in tied], "decided_by": rule}
-    return choice
+    tied = [c[key] for c in scored if top - score(c) <= TIE_TOLERANCE]
+    rate, rule = break_tie(by_rate, tied, pairs) if len(tied) > 1 else (tied[0], None)
+    best, lrs = next(c for c in scored if c[key] == rate), [lr for _, lr in grid]
+    choice = dict(candidates=candidates, complete=len(scored) == len(candidates))
+    choice.update({"interior": min(lrs) < rate < max(lrs), key: rate, "lr_factor": best["lr_factor"]})
+    choice.update(validation_score=best["validation_score"], best_epoch=by_rate[rate][pairs[0]]["best_epoch"])
+    return dict(choice, tie={"lrs": tied, "decided_by": rule}) if rule else choice
+
+
+def versus_best(runs: list[dict[str, Any]], choice: dict[str, Any], key: str) -> dict[str, Any]:
+    """The chosen rate's validation minus each other candidate's, paired over the (split seed, seed) runs both
+    have (`paired_scores`: n, mean, 95 % interval), by the other rate."""
+    by_rate: dict[float, dict[tuple[int, int], float]] = {}
+    for r in runs:
+        if r.get("status") == "ok" and r["validation_score"] is not None:
+            by_rate.setdefault(r.get(key), {})[split_of(r), r["seed"]] = r["validation_score"]
+    best = by_rate.get(choice[key], {})
+    diffs = {f"{lr:g}": paired_scores(best, other) for lr, other in by_rate.items() if lr != choice[key]}
+    return {lr: {k: d[k] for k in ("n", "mean", "ci95")} for lr, d in diffs.items() if d}
 
 
 #: Two-sided 95 % quantiles of Student's t distribution by degrees of freedom (beyond 30: the normal's 1.96).
@@ -174,29 +146,20 @@ _T95 = (
 
 
 def paired_difference(summary: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
-    """`a` minus `b` over the (split seed, seed) pairs both methods ran at their chosen learning rates: mean,
-    sample std, and the 95 % t-interval of the mean difference (`paired_scores`). None when a method is missing.
-
-    Pairing removes what the two runs of a pair share (the split, the head initialisation and data order of the
-    seed), so it detects smaller differences than comparing two means with their own spreads."""
+    """`a` minus `b` over the (split seed, seed) pairs both methods ran at their chosen learning rates
+    (`paired_scores`); None when a method is missing. Pairing removes what the two runs of a pair share (the split,
+    the head initialisation and data order of the seed), so it detects smaller differences than two means do."""
     if a not in summary or b not in summary:
         return None
 
-    def by_pair(name: str) -> dict[tuple[int, int], float]:
-        s = summary[name]
+    def by_pair(s: dict[str, Any]) -> dict[tuple[int, int], float]:
         splits = s.get("split_seeds") or [0] * len(s["seeds"])
-        return {
-            (split, seed): score
-            for split, seed, score in zip(splits, s["seeds"], s["test_scores"])
-            if score is not None
-        }
+        return {(sp, seed): v for sp, seed, v in zip(splits, s["seeds"], s["test_scores"]) if v is not None}
 
-    return paired_scores(by_pair(a), by_pair(b), a, b)
+    return paired_scores(by_pair(summary[a]), by_pair(summary[b]), a, b)
 
 
-def paired_scores(
-    left: dict[tuple[int, int], float], right: dict[tuple[int, int], float], a: str = "a", b: str = "b"
-) -> dict[str, Any] | None:
+def paired_scores(left: dict, right: dict, a: str = "a", b: str = "b") -> dict[str, Any] | None:
     """`left` minus `right`, scores keyed by (split seed, seed), over the keys both have: mean, sample std and the
     95 % t-interval of the mean difference. `decided` is `a` or `b` when the interval excludes 0, else None (no
     difference claimed). None when they share fewer than 2 pairs."""
@@ -207,132 +170,99 @@ def paired_scores(
     mean, std = statistics.fmean(diffs), statistics.stdev(diffs)
     half = (_T95[len(diffs) - 2] if len(diffs) - 1 <= len(_T95) else 1.96) * std / math.sqrt(len(diffs))
     low, high = mean - half, mean + half
-    return {
-        "a": a,
-        "b": b,
-        "n": len(pairs),
-        "pairs": [list(p) for p in pairs],
-        "mean": mean,
-        "std": std,
-        "ci95": [low, high],
-        "decided": a if low > 0 else b if high < 0 else None,
-    }
+    out = dict(a=a, b=b, n=len(pairs), pairs=[list(p) for p in pairs], mean=mean, std=std)
+    return dict(out, ci95=[low, high], decided=a if low > 0 else b if high < 0 else None)
 
 
 def summarize(state: dict[str, Any], setup) -> dict[str, Any]:
-    """Per variant: the chosen learning rate and the mean +- std over seeds of the runs at that rate."""
+    """Per variant: the chosen rate (`select`, stored in `state["selection"]`) and the mean +- std over the final
+    runs at that rate (every seed of `setup.seeds` on every split of `setup.split_seeds`)."""
     summary: dict[str, Any] = {}
-    for name in state["variants"]:
-        options = state["variants"][name]["options"]
-        runs = [r for r in state["runs"] if r["variant"] == name and r["options"] == options]
-        grid = [(f, lr) for f, lr in state["variants"][name]["lr_grid"]]
-        choice = select(runs, grid, setup.search_seeds, setup.split_seeds[0])
+    key = setup.searched
+    for name, variant in state["variants"].items():
+        runs = [r for r in state["runs"] if r["variant"] == name and r["options"] == variant["options"]]
+        grid = [tuple(g) for g in variant["lr_grid"]]
+        choice = select(runs, grid, setup.search_seeds, setup.search_splits, key)
+        if key != "lr" and choice[key] is not None:
+            choice["best_minus_other_validation"] = versus_best(runs, choice, key)
         state["selection"][name] = choice
-        final = sorted(
-            (
-                r
-                for r in runs
-                if r.get("status") == "ok"
-                and r["lr"] == choice["lr"]
-                and r["seed"] in setup.seeds
-                and split_of(r) in setup.split_seeds
-            ),
-            key=lambda r: (split_of(r), r["seed"]),
-        )
-        if not final:
-            continue
-        test_mean, test_std = mean_std([r["test_score"] for r in final])
-        val_mean, val_std = mean_std([r["validation_score"] for r in final])
-        first = final[0]
-        summary[name] = {
-            "label": state["variants"][name]["label"],
-            "method": first["method"],
-            "options": first["options"],
-            "lr": choice["lr"],
-            "lr_factor": choice.get("lr_factor"),
-            "selection_complete": choice["complete"],
-            "seeds": [r["seed"] for r in final],
-            "split_seeds": [split_of(r) for r in final],
-            "n": len(final),
-            "test_scores": [r["test_score"] for r in final],
-            "test_mean": test_mean,
-            "test_std": test_std,
-            "validation_mean": val_mean,
-            "validation_std": val_std,
-            "best_epochs": [r["best_epoch"] for r in final],
-            "trainable_params": first["trainable_params"],
-            "adapter_params": first["adapter_params"],
-            "head_params": first["head_params"],
-            "trainable_pct": first["trainable_pct"],
-            "adapter_pct_of_backbone": first["adapter_pct_of_backbone"],
-            "checkpoint_bytes": first["checkpoint_bytes"],
-            "weights_bytes_with_head": first["weights_bytes_with_head"],
-            "weights_bytes_without_head": first["weights_bytes_without_head"],
-            "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in final),
-            "train_runtime_s_mean": statistics.fmean(r["train_runtime_s"] for r in final),
-            "wall_time_s_all_runs": sum(r["wall_time_s"] for r in runs if r.get("wall_time_s")),
-            "runs_all": len(runs),
-            "devices": sorted({r["device"] for r in final}),
-            "splits": first.get("splits"),
-        }
+        at_choice = [r for r in runs if r.get("status") == "ok" and r.get(key) == choice[key]]
+        final = [r for r in at_choice if r["seed"] in setup.seeds and split_of(r) in setup.split_seeds]
+        final.sort(key=lambda r: (split_of(r), r["seed"]))
+        if final:
+            summary[name] = run_summary(variant["label"], choice, final, runs)
     return summary
 
 
+#: Entries of the first final run that a summary repeats (the same for every run of a variant).
+SIZES = (
+    "trainable_params", "adapter_params", "head_params", "trainable_pct", "adapter_pct_of_backbone",
+    "checkpoint_bytes", "weights_bytes_with_head", "weights_bytes_without_head",
+)  # fmt: skip
+
+
+def run_summary(label: str, choice: dict, final: list[dict], runs: list[dict]) -> dict[str, Any]:
+    """One variant's summary: its choice, and the scores, sizes and times of its `final` runs."""
+    first, (test_mean, test_std) = final[0], mean_std([r["test_score"] for r in final])
+    val_mean, val_std = mean_std([r["validation_score"] for r in final])
+    out = {"label": label, "method": first["method"], "options": first["options"], "lr": first["lr"]}
+    out.update({"head_lr": choice["head_lr"]} if "head_lr" in choice else {})
+    out.update(lr_factor=choice.get("lr_factor"), selection_complete=choice["complete"])
+    out.update(seeds=[r["seed"] for r in final], split_seeds=[split_of(r) for r in final], n=len(final))
+    out.update(test_scores=[r["test_score"] for r in final], test_mean=test_mean, test_std=test_std)
+    out.update(validation_mean=val_mean, validation_std=val_std, best_epochs=[r["best_epoch"] for r in final])
+    out.update({k: first[k] for k in SIZES})
+    out["wall_time_s_mean"] = statistics.fmean(r["wall_time_s"] for r in final)
+    out["train_runtime_s_mean"] = statistics.fmean(r["train_runtime_s"] for r in final)
+    out["wall_time_s_all_runs"] = sum(r["wall_time_s"] for r in runs if r.get("wall_time_s"))
+    out.update(runs_all=len(runs), devices=sorted({r["device"] for r in final}), splits=first.get("splits"))
+    return out
+
+
 def new_state(setup, args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "schema": SCHEMA_VERSION,
-        "task": setup.task,
-        "metric": setup.metric,
-        "protocol": setup.protocol(args),
-        "sessions": [],
-        "backbone": {},
-        "variants": {},
-        "runs": [],
-        "selection": {},
-        "summary": {},
-    }
+    """An empty ledger of `setup`'s task."""
+    state = dict(schema=SCHEMA_VERSION, task=setup.name, metric=setup.metric, protocol=setup.protocol(args))
+    return dict(state, sessions=[], backbone={}, variants={}, runs=[], selection={}, summary={})
 
 
 def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
     """The task's JSON to continue (`--resume`), or a fresh one; refuses to clobber results by accident."""
+    if not path.is_file():
+        return new_state(setup, args)
+    old = json.loads(path.read_text())
+    if args.overwrite or not old.get("runs"):
+        return new_state(setup, args)
+    if not args.resume:
+        raise SystemExit(
+            f"{path} already holds {len(old['runs'])} run(s): pass --resume to continue it, or --overwrite "
+            "to start afresh."
+        )
     protocol = setup.protocol(args)
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if args.overwrite or not old.get("runs"):
-            return new_state(setup, args)
-        if not args.resume:
-            raise SystemExit(
-                f"{path} already holds {len(old['runs'])} run(s): pass --resume to continue it, or --overwrite "
-                "to start afresh."
-            )
-        changed = same_protocol(protocol, old.get("protocol", {}))
-        if changed:
-            raise SystemExit(
-                f"{path} was recorded with other settings ({', '.join(changed)}); its runs cannot be mixed with "
-                "these. Use the same settings, another --output-dir, or --overwrite."
-            )
-        old["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
-        retrain = set(getattr(args, "retrain", None) or ())
-        if retrain:  # a design change: keep the old runs for the record, never reuse them
-            old.setdefault("superseded", []).extend(r for r in old["runs"] if r["variant"] in retrain)
-            old["runs"] = [r for r in old["runs"] if r["variant"] not in retrain]
-        # the grid and split seeds of this session (the runs of other ones are kept either way)
-        old["protocol"] = protocol
-        return old
-    return new_state(setup, args)
+    changed = same_protocol(protocol, old.get("protocol", {}))
+    if changed:
+        raise SystemExit(
+            f"{path} was recorded with other settings ({', '.join(changed)}); its runs cannot be mixed with "
+            "these. Use the same settings, another --output-dir, or --overwrite."
+        )
+    old["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
+    retrain = set(args.retrain or ())
+    if retrain:  # a design change: keep the old runs for the record, never reuse them
+        old.setdefault("superseded", []).extend(r for r in old["runs"] if r["variant"] in retrain)
+        old["runs"] = [r for r in old["runs"] if r["variant"] not in retrain]
+    old["protocol"] = protocol  # this session's grid and split seeds (the other runs are kept either way)
+    return old
 
 
 def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespace) -> int:
-    """Add the finished runs (and sessions) of another JSON of the same task and protocol to `state`: shards of
-    one benchmark run in parallel processes (`--methods`, separate `--output-dir`) merge this way. Only runs of
-    this run's methods (`setup.variants`) are taken, and the first file to hold a run key wins. Files of other
-    tasks are ignored; a file of this task recorded under another protocol is refused (another learning-rate grid
-    or other split seeds are fine: runs are keyed by their learning rate and split). Returns how many runs were
+    """Add the finished runs (and sessions) of another JSON of the same task and protocol to `state`: how shards
+    of one benchmark run in parallel processes (`--methods`, separate `--output-dir`) merge. Only runs of this
+    run's variants are taken, and the first file to hold a run key wins; files of other tasks are ignored, a file
+    recorded under another protocol is refused (apart from `MERGEABLE_PROTOCOL_KEYS`). Returns how many runs were
     added."""
     if not path.is_file():
         raise SystemExit(f"--import-runs {path}: no such file")
     other = json.loads(path.read_text())
-    if other.get("task") != setup.task:
+    if other.get("task") != setup.name:
         return 0
     if same_protocol(other.get("protocol", {}), setup.protocol(args)):
         raise SystemExit(
@@ -340,18 +270,15 @@ def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespa
             "(the same flags apart from --methods, paths and runtime options) can be merged."
         )
     known = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
-    added = [
-        r
-        for r in other.get("runs", [])
-        if r.get("status") == "ok" and r["key"] not in known and r["variant"] in setup.variants
-    ]
+    added = [r for r in other.get("runs", []) if r.get("status") == "ok" and r["key"] not in known]
+    added = [r for r in added if r["variant"] in setup.variants]
     state["runs"].extend(added)
-    new_sessions = [s for s in other.get("sessions", []) if s not in state["sessions"]]
-    state["sessions"].extend(new_sessions)
+    state["sessions"].extend(s for s in other.get("sessions", []) if s not in state["sessions"])
     return len(added)
 
 
 def save_state(path: Path, state: dict[str, Any], setup) -> None:
+    """Summarise `state` and write it to `path` atomically."""
     state["summary"] = summarize(state, setup)
     finished = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
     planned = state.get("planned", [])

@@ -1,70 +1,29 @@
 #!/usr/bin/env python
-"""Accuracy benchmark of UPetu against full fine-tuning, the linear probe, LoRA and IA3, on real data, through the
-training API (`upetu_hf.train.train`).
+"""Accuracy benchmark of UPetu against full fine-tuning, the linear probe, LoRA and IA3 on real data, through the
+training API (`upetu_hf.train.train`); with `--head-lrs`, the search of the dense decoders' learning rate.
 
-Tasks, data and methods (every path is a flag; the defaults point at `../shared`):
+Tasks (`BENCHMARKS`; data flags default to `../shared`): classification on UCM-55 (`--ucm`, 50 % of each class
+trains), segmentation on GID tiles (`--gid`, 60 / 20 / 20, a UperNet of `--seg-head-hidden` channels), change
+detection on LEVIR + DSIFN pairs (`--cd`, split by pairs per source folder: 40 % test, 20 % validation; training
+on `--cd-crop` crops, each pair `--cd-repeats` times per epoch) and oscd13, OSCD's 13-band Sentinel-2 cities
+(`--oscd`, split by city: `--oscd-cities`; UPetu on 13 bands against RGB, 40 epochs, batch 8, soft-Dice weight 1).
 
-- classification, UCM-55 (`--ucm`, a class-per-folder image set): 50 % of each class for training, stratified,
-  one split per `--split-seeds` entry. Methods: linear probe, full fine-tuning, LoRA on `pwconv1`/`pwconv2` with
-  its rank matched to UPetu's trainable adapter parameters, IA3, UPetu at 4 (the default configuration), 1 and 32
-  bits, EQAM only, CAPM only, UPetu with a 3x3 depthwise convolution in EQAM's bottleneck (`upetu-conv3`), UPetu
-  with a trained LayerNorm affine correction (`upetu-norm`), UPetu with the largest `r` that keeps its adapter
-  under 1 % of the backbone (`upetu-small`), and LoRA with its rank matched to that (`lora-small`).
-  Images are resized to `--image-size` (112, the pretraining size of the reference backbone).
-- segmentation, GID tiles (`--gid`): a seeded random 60 / 20 / 20 train / validation / test split of the tiles
-  (`train_fraction` 0.8, `validation_fraction` 0.25 of it), tiles resized to `--image-size`, a UperNet head with
-  `--seg-head-hidden` channels; metric mIoU. Methods: full fine-tuning, LoRA (matched rank), UPetu.
-- change detection, LEVIR + DSIFN pairs (`--cd`, one or several `A/ B/ label/` folders): a seeded split by pairs,
-  stratified by source folder (40 % test, 20 % validation, the rest training); training on random crops of
-  `--cd-crop` pixels (a multiple of 32, the backbone stride: 128 for a 112-px backbone), each training pair
-  repeated `--cd-repeats` times per epoch (so an epoch has enough steps); evaluation on the full pairs; metric
-  change F1. Methods: full fine-tuning, LoRA (matched rank), UPetu.
+Protocol, the same for every variant of a task: (1) search: one run per learning rate `DEFAULT_LR[method] x f`,
+`f` in `--lr-factors` (`--dense-lr-factors`), on the first `--search-seeds` seeds of `--seeds` and the first split
+seed; each run keeps its best validation epoch, and the best mean validation metric wins (`_ledger.select`: a tie
+trains the tied rates on the next seeds, then looks at the last epochs, then takes the smaller rate; a choice at
+the grid's edge is flagged); the test split never chooses. (2) final runs: the chosen rate trains every seed on
+every split seed of `--split-seeds`, each reporting its test metric at its best validation epoch; `make_report.py`
+gives mean +- std and paired differences with 95 % t-intervals. `--head-lrs` searches the dense decoder's rate
+instead, at each method's default rate, every seed and split seed a search run (`head_lr_<task>.json`).
 
-Protocol, the same for every method of a task:
+Every run is written to `<output-dir>/accuracy_<task>.json` as it finishes (atomically): `--resume` continues it,
+shards run in parallel (`--methods`, each its own `--output-dir`) merge with `--resume --import-runs`, and
+`--merge-only` trains nothing. On a CPU shared with other jobs `--threads 1` is often fastest; on a GPU a
+pre-resized UCM copy (`scripts/resize_image_folder.py`) keeps data loading up.
 
-1. Learning-rate search: one run per candidate learning rate, `DEFAULT_LR[method] x f` for every `f` in
-   `--lr-factors` (default 1/3, 1, 3: three candidates for every method), seed `seeds[0]` (or each of the first
-   `--search-seeds` seeds), `--epochs` epochs with AdamW and a cosine schedule. Each run keeps the weights of its
-   best validation epoch (the training API's best-epoch selection), which chooses the number of epochs; the
-   candidate with the best validation metric (mean over the search seeds) wins; a tie is
-   broken by more evidence (`_ledger.select`): the tied rates train on the next seeds of `--seeds` until the mean
-   over the seeds they share decides (the winner's runs count as final runs), then the mean validation of the last
-   3 epochs, then the smaller rate.
-   The test split is never used for any choice.
-   The search runs on the first split seed of `--split-seeds`; a choice at the smallest or largest candidate is
-   flagged (widen `--lr-factors` until every choice is interior).
-2. Seeds and splits: the chosen learning rate is trained with every seed of `--seeds` (default 0, 1, 2: the head
-   initialisation, data order and augmentation) on every split of `--split-seeds` (default 0 only; e.g. 0,1,2 for
-   repeated stratified splits, which add the split-to-split spread). The search runs are reused as the final runs
-   of their (split, seed) pairs. Each run reports its TEST metric once, at its best-validation epoch; the report
-   gives mean +- sample std over all final runs, and paired differences between methods over the (split, seed) pairs
-   they share, with a 95 % t-interval (`_ledger.paired_difference`): a difference is claimed only when the
-   interval excludes 0.
-
-Every run (configuration, per-epoch validation metrics, validation and test metrics at the best epoch, trainable
-parameters, bytes on disk, wall time, device) is written to `<output-dir>/accuracy_<task>.json` after it finishes
-(atomic write), so an interrupted benchmark continues with `--resume`, skipping the finished runs. The training
-itself runs wherever Accelerate puts it: a CUDA GPU when there is one, else the CPU. Each task has its own file,
-so tasks may run in separate processes, sessions or machines (never one task in two processes at once); every run
-records its device. On a GPU, data loading dominates: pass a pre-resized UCM copy (`scripts/resize_image_folder.py`,
-pixel-identical) with `--ucm`.
-
-CPU notes: on a CPU shared with other jobs, torch's default of one thread per core can be many times slower than
-`--threads 1` (its threads wait for each other at every operation while other processes hold the cores); measure
-both. bf16 autocast is slower than float32 on CPUs without native bf16 support, hence `--mixed-precision no` by
-default; on a GPU, `--mixed-precision bf16` is the usual choice (record it: it is part of the protocol).
-
-Usage:
-    python scripts/benchmark_accuracy.py                     # the full benchmark (all tasks, methods, seeds)
-    python scripts/benchmark_accuracy.py --quick             # a fast partial run: few methods, 1 seed, 2 epochs
     python scripts/benchmark_accuracy.py --tasks classification --methods upetu,full --resume
     python scripts/benchmark_accuracy.py --dry-run           # print the planned runs and exit
-    # two shards in parallel processes, then one merge (trains nothing new, writes the combined summary):
-    python scripts/benchmark_accuracy.py --tasks classification --methods upetu,lora --output-dir /tmp/a &
-    python scripts/benchmark_accuracy.py --tasks classification --methods full,linear --output-dir /tmp/b &
-    wait; python scripts/benchmark_accuracy.py --tasks classification --methods upetu,lora,full,linear \
-        --output-dir /tmp/a --resume --import-runs /tmp/b/accuracy_classification.json
-    python scripts/make_report.py                            # tables, plot and README section from the JSON
 """
 
 from __future__ import annotations
@@ -87,95 +46,53 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import _common as common
 import numpy as np
 import torch
 import transformers
-from _common import (
-    REPO_ROOT,
-    SHARED,
-    SHARED_BACKBONE,
-    add_training_options,
-    clean,
-    cpu_model,
-    git_state,
-    machine_info,
-    resaved_bytes,
-)
 from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state, select
 from _variants import MATCHED, SMALL, SMALL_MATCHED, VARIANTS, Variant
 
 import upetu_hf
 from upetu_hf.hub import saved_file_names
-from upetu_hf.train import (
-    DEFAULT_LR,
-    PEFT_METHODS,
-    TASK_METRICS,
-    TASKS,
-    TrainingArguments,
-    apply_method,
-    get_task,
-    parameter_summary,
-    train,
-)
+from upetu_hf.train import DEFAULT_LR, PEFT_METHODS, TASK_METRICS, TrainingArguments, get_task, train
 from upetu_hf.train.arguments import RUN_CONFIG_FILE
-from upetu_hf.train.methods import DENSE_HEAD_LR, dense_head_lr, is_head_parameter
+from upetu_hf.train.methods import apply_method, dense_head_lr, is_head_parameter, parameter_summary
 
 #: The code whose uncommitted changes a session records.
-CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py")
-DEFAULT_PATHS = {
-    "model": SHARED_BACKBONE,
-    "ucm": SHARED / "data" / "ucmerced",
-    "gid": SHARED / "data" / "gid5_landcover",
-    "cd": [SHARED / "data" / "levir_cd_samples", SHARED / "data" / "dsifn_cd_samples"],
-}
+CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py", "scripts/_ledger.py")
+DATA = common.SHARED / "data"
 #: Fraction of the backbone that `upetu-small` must stay under.
 SMALL_BUDGET = 0.01
 #: Change detection: fractions of each source folder's pairs for test and validation.
 CD_TEST_FRACTION, CD_VALIDATION_FRACTION = 0.4, 0.2
-#: Segmentation: `train_fraction` (train + validation vs test) and `validation_fraction` (of the former).
-SEG_TRAIN_FRACTION, SEG_VALIDATION_FRACTION = 0.8, 0.25
-#: The variants this benchmark compares, in the order of its tables (`_variants.VARIANTS`).
-CLASSIFICATION_VARIANTS = [
+CLASSIFICATION_VARIANTS = (
     "linear", "full", "lora", "ia3", "upetu", "upetu-1bit", "upetu-2bit", "upetu-32bit", "eqam-only",
     "upetu-conv3", "upetu-norm", "capm-only", "upetu-small", "lora-small",
-]  # fmt: skip
-TASK_VARIANTS = {
-    "classification": CLASSIFICATION_VARIANTS,
-    "segmentation": ["full", "lora", "upetu"],
-    "change-detection": ["full", "lora", "upetu"],
+)  # fmt: skip
+DENSE_VARIANTS = ("full", "lora", "upetu")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A task on a data set: the training task, the variants compared, and settings no flag changes."""
+
+    task: str
+    variants: tuple[str, ...]
+    fixed: dict[str, Any] = field(default_factory=dict)  # `TrainingArguments` fields of every run
+    epochs: int = 20  # the dense tasks' default of `--dense-epochs`
+    batch_size: int = 16  # the dense tasks' default of `--dense-batch-size`
+
+
+OSCD_FIXED = dict(crops_per_image="auto", dice_weight=1.0)
+#: The benchmark's tasks, by the name `--tasks` takes and the results file carries; one crop per tile (pair
+#: copy) and epoch is the protocol of the recorded dense results.
+BENCHMARKS = {
+    "classification": Benchmark("classification", CLASSIFICATION_VARIANTS),
+    "segmentation": Benchmark("segmentation", DENSE_VARIANTS, dict(crops_per_image=1)),
+    "change-detection": Benchmark("change-detection", DENSE_VARIANTS, dict(crops_per_image=1)),
+    "oscd13": Benchmark("change-detection", ("upetu-13band", "upetu-rgb"), OSCD_FIXED, 40, 8),
 }
-QUICK_VARIANTS = {
-    "classification": ["linear", "upetu"],
-    "segmentation": ["upetu"],
-    "change-detection": ["upetu"],
-}
-#: Settings of the full benchmark and of `--quick`; any flag given explicitly overrides them.
-FULL = dict(
-    epochs=20,
-    dense_epochs=20,
-    seeds="0,1,2",
-    dense_seeds=None,  # = seeds
-    lr_factors="1/3,1,3",
-    dense_lr_factors=None,  # = lr_factors
-    cd_repeats=16,
-    max_train_samples=None,
-    max_eval_samples=None,
-    dense_max_train_samples=None,
-    dense_max_eval_samples=None,
-)
-QUICK = dict(
-    epochs=2,
-    dense_epochs=2,
-    seeds="0",
-    dense_seeds=None,
-    lr_factors="1,3",
-    dense_lr_factors=None,
-    cd_repeats=2,
-    max_train_samples=84,
-    max_eval_samples=63,
-    dense_max_train_samples=48,
-    dense_max_eval_samples=24,
-)
 
 
 def log(message: str) -> None:
@@ -183,23 +100,22 @@ def log(message: str) -> None:
     print(f"[benchmark_accuracy {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------------------------------------- small helpers
 def parse_factors(text: str) -> list[float]:
     """`"1/3,1,3"` -> `[0.333..., 1.0, 3.0]` (fractions allowed), sorted, without duplicates."""
     try:
         values = sorted({float(Fraction(part.strip())) for part in text.split(",") if part.strip()})
     except (ValueError, ZeroDivisionError) as err:
-        raise ValueError(f"invalid learning-rate factors {text!r}: {err}") from err
+        raise argparse.ArgumentTypeError(f"invalid learning-rate factors {text!r}: {err}") from err
     if not values or any(v <= 0 for v in values):
-        raise ValueError(f"learning-rate factors must be positive numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"learning-rate factors must be positive numbers, got {text!r}")
     return values
 
 
-def parse_ints(text: str) -> list[int]:
+def parse_list(text: str, kind: type = int) -> list:
     """`"0,1,2"` -> `[0, 1, 2]` (order kept, duplicates dropped)."""
-    values = [int(part) for part in text.split(",") if part.strip()]
+    values = [kind(part.strip()) for part in text.split(",") if part.strip()]
     if not values:
-        raise ValueError(f"expected a comma-separated list of integers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     return list(dict.fromkeys(values))
 
 
@@ -212,41 +128,36 @@ def fmt4(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-# ---------------------------------------------------------------------------------------------- machine
+def now() -> str:
+    """The UTC time, to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
 def device_name(cpu: bool = False) -> str:
-    """What the training API will train on: the CUDA device name, or `cpu (<model>)`."""
+    """What the training API will train on: the CUDA device name, or `cpu (<model>, <threads>)`."""
     if torch.cuda.is_available() and not cpu:
         return f"cuda ({torch.cuda.get_device_name(0)})"
-    model = cpu_model()
     threads = torch.get_num_threads()
-    return f"cpu ({model}, {threads} thread{'' if threads == 1 else 's'})"
+    return f"cpu ({common.cpu_model()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
 def backbone_description(model: str) -> dict[str, Any]:
-    """What the checkpoint says about itself: architecture from `config.json`, and the recipe from a
-    `pretrain_log.json` next to it if there is one (the reference backbone has one)."""
+    """The checkpoint's architecture (`config.json`) and its recipe (a `pretrain_log.json` beside it, if any)."""
     out: dict[str, Any] = {"model": model, "name": Path(model).name or model}
     try:
         config = transformers.AutoConfig.from_pretrained(model)
-        out.update(
-            model_type=config.model_type,
-            depths=list(getattr(config, "depths", []) or []),
-            hidden_sizes=list(getattr(config, "hidden_sizes", []) or []),
-            image_size=getattr(config, "image_size", None),
-        )
+        out.update(model_type=config.model_type, image_size=getattr(config, "image_size", None))
+        out.update({k: list(getattr(config, k, []) or []) for k in ("depths", "hidden_sizes")})
     except Exception as err:  # an unreadable config must not stop the benchmark
         out["config_error"] = f"{type(err).__name__}: {err}"
-    log_file = Path(model).expanduser() / "pretrain_log.json"
-    if log_file.is_file():
-        try:
-            pretrain = json.loads(log_file.read_text())
-            recipe = pretrain.get("args", {})
-            out["pretraining"] = {k: recipe[k] for k in ("data", "res", "epochs", "lr", "bs") if k in recipe}
-            last = (pretrain.get("log") or [{}])[-1]
-            if "val_acc" in last:
-                out["pretraining"]["final_heldout_accuracy"] = last["val_acc"]
-        except (OSError, ValueError, AttributeError, TypeError):
-            pass
+    try:
+        pretrain = json.loads((Path(model).expanduser() / "pretrain_log.json").read_text())
+        recipe, last = pretrain.get("args", {}), (pretrain.get("log") or [{}])[-1]
+        out["pretraining"] = {k: recipe[k] for k in ("data", "res", "epochs", "lr", "bs") if k in recipe}
+        if "val_acc" in last:
+            out["pretraining"]["final_heldout_accuracy"] = last["val_acc"]
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
     return out
 
 
@@ -255,7 +166,8 @@ def backbone_description(model: str) -> dict[str, Any]:
 class TaskSetup:
     """Everything that is the same for all runs of one task."""
 
-    task: str
+    name: str  # the `BENCHMARKS` key, the results file's task
+    task: str  # the training task
     data: list[str]
     fixed: dict[str, Any]  # TrainingArguments fields shared by every run
     epochs: int
@@ -268,7 +180,8 @@ class TaskSetup:
     split: dict[str, Any] = field(default_factory=dict)  # the search split's description
     sources: list[str] = field(default_factory=list)  # the data folders given (`data` may come from them)
     split_data: dict[int, list[str]] = field(default_factory=dict)  # data per split seed, where it differs
-    head_lr: float | None = None  # the PEFT methods' head rate on a dense task (None: classification)
+    head_lr: float | str | None = None  # the PEFT methods' decoder rate on a dense task ('lr': each run's)
+    head_lrs: list[float] | None = None  # `--head-lrs`: the decoder rates searched
 
     def data_for(self, split_seed: int) -> list[str]:
         """The data paths of a run on split `split_seed` (change detection: one folder of links per split)."""
@@ -276,185 +189,188 @@ class TaskSetup:
 
     @property
     def key(self) -> str:
-        return self.task.replace("-", "_")
+        return self.name.replace("-", "_")
+
+    @property
+    def path_name(self) -> str:
+        return f"{'head_lr' if self.head_lrs else 'accuracy'}_{self.key}.json"
+
+    @property
+    def searched(self) -> str:
+        """The run entry the search varies: the adapter's learning rate, or the decoder's."""
+        return "head_lr" if self.head_lrs else "lr"
 
     @property
     def search_seeds(self) -> list[int]:
-        """The seeds of the learning-rate search, on the search split."""
-        return self.seeds[: self.n_search_seeds]
+        return self.seeds if self.head_lrs else self.seeds[: self.n_search_seeds]
+
+    @property
+    def search_splits(self) -> list[int]:
+        return self.split_seeds if self.head_lrs else self.split_seeds[:1]
 
     @property
     def metric(self) -> str:
         return TASK_METRICS[self.task][0]  # the training API's default selection metric
 
+    def grid(self, method: str) -> list[tuple[float, float]]:
+        """(learning-rate factor, searched rate) of every candidate."""
+        if self.head_lrs:
+            return [(1.0, h) for h in self.head_lrs]
+        return [(f, round_lr(DEFAULT_LR[method] * f)) for f in self.lr_factors]
+
     def protocol(self, args: argparse.Namespace) -> dict[str, Any]:
         """The settings that change results: runs recorded under another protocol are never reused."""
-        return clean(
-            {
-                "schema": SCHEMA_VERSION,
-                "task": self.task,
-                "metric": self.metric,
-                "epochs": self.epochs,
-                "batch_size": self.batch_size,
-                "lr_factors": [round(f, 6) for f in self.lr_factors],
-                "search_seed": self.seeds[0],
-                # several search seeds change the choices; one, the protocol of the first files, records nothing
-                **({"search_seeds": self.search_seeds} if self.n_search_seeds > 1 else {}),
-                # the PEFT methods' decoders train at this rate on the dense tasks (default: the training API's)
-                **({"dense_head_lr": self.head_lr} if self.head_lr is not None else {}),
-                "split_seed": self.split_seeds[0],  # the search split
-                "split_seeds": self.split_seeds,
-                "mixed_precision": args.mixed_precision,
-                "weight_decay": TrainingArguments.weight_decay,
-                "warmup_ratio": TrainingArguments.warmup_ratio,
-                "quick": bool(args.quick),
-                # crops_per_image=1 is what every recorded run did (one crop per scene copy): not a protocol change
-                **{k: v for k, v in self.fixed.items() if k not in ("verify_images", "crops_per_image")},
-                "split": self.split,
-            }
-        )
+        protocol = dict(schema=SCHEMA_VERSION, task=self.task, metric=self.metric, epochs=self.epochs)
+        protocol.update(batch_size=self.batch_size, lr_factors=[round(f, 6) for f in self.lr_factors])
+        if self.head_lrs:  # every seed searches the decoder's rate: shards of other seeds merge
+            protocol["head_lrs"] = self.head_lrs
+        else:
+            protocol["search_seed"] = self.seeds[0]
+        if len(self.search_seeds) > 1:  # they change the choices; one, the first files', adds nothing
+            protocol["search_seeds"] = self.search_seeds
+        if self.head_lr is not None:  # the PEFT methods' decoder rate on the dense tasks
+            protocol["dense_head_lr"] = self.head_lr
+        protocol.update(split_seed=self.split_seeds[0], split_seeds=self.split_seeds)  # the first searches
+        protocol.update(mixed_precision=args.mixed_precision, weight_decay=TrainingArguments.weight_decay)
+        protocol.update(warmup_ratio=TrainingArguments.warmup_ratio, quick=False)  # the retired --quick
+        # one crop per scene copy is what every recorded run did: not a protocol entry
+        protocol.update({k: v for k, v in self.fixed.items() if not (k == "crops_per_image" and v == 1)})
+        return common.clean({**protocol, "split": self.split})
+
+
+def link_split(root: Path, parts: dict[str, list[tuple[str, Path, str]]], repeats: int = 1) -> None:
+    """`root/{train,val,test}/{A,B,label}/` of links (copies where links fail) named `name` + the file's suffix to
+    each `(name, source folder, stem)` of `parts`; every training pair `repeats` times (`<name>__r<k>`)."""
+    shutil.rmtree(root, ignore_errors=True)
+    for part, entries in parts.items():
+        copies = repeats if part == "train" else 1
+        for (name, source, stem), sub in ((entry, sub) for entry in entries for sub in ("A", "B", "label")):
+            (folder := root / {"validation": "val"}.get(part, part) / sub).mkdir(parents=True, exist_ok=True)
+            matches = [p for p in (source / sub).iterdir() if p.stem == stem]
+            if len(matches) != 1:
+                raise FileNotFoundError(f"{source / sub}: expected one file named {stem}.*")
+            for k in range(copies):
+                link = folder / f"{name}{f'__r{k}' if copies > 1 else ''}{matches[0].suffix}"
+                try:
+                    link.symlink_to(matches[0])
+                except OSError:
+                    shutil.copy2(matches[0], link)
+
+
+def stems(source: str, flag: str, at_least: int) -> tuple[Path, list[str]]:
+    """The folder and the sorted names of its `label/`, after checking the `A/ B/ label/` layout."""
+    folder = Path(source).expanduser().resolve()
+    if not all((folder / sub).is_dir() for sub in ("A", "B", "label")):
+        raise FileNotFoundError(f"{flag} {folder}: expected A/, B/ and label/ sub-folders")
+    names = sorted(p.stem for p in (folder / "label").iterdir() if p.is_file())
+    if len(names) < at_least:
+        raise ValueError(f"{flag} {folder}: {len(names)} pairs; the split needs {at_least}")
+    return folder, names
 
 
 def cd_split(roots: Sequence[str], seed: int, work_dir: Path, repeats: int) -> tuple[Path, dict[str, Any]]:
-    """A `train/ val/ test/` folder of symlinks to the change-detection pairs, split by pairs and stratified by
-    source folder; every training pair appears `repeats` times (`<name>__r<k>`) so one epoch holds enough
-    random crops. Returns the folder and the split (pair names per part)."""
+    """A split by pairs, stratified by source folder (`CD_TEST_FRACTION` test, `CD_VALIDATION_FRACTION`
+    validation, the rest training, each training pair `repeats` times), as a folder of links (`link_split`);
+    returns the folder and the pair names per part."""
     rng = np.random.default_rng(seed)
-    root = work_dir / f"cd-split-seed{seed}-x{repeats}"
-    shutil.rmtree(root, ignore_errors=True)
-    split: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    parts: dict[str, list] = {"train": [], "validation": [], "test": []}
     for source in roots:
-        source_dir = Path(source).expanduser().resolve()
-        if not all((source_dir / sub).is_dir() for sub in ("A", "B", "label")):
-            raise FileNotFoundError(f"--cd {source}: expected A/, B/ and label/ sub-folders")
-        stems = sorted(p.stem for p in (source_dir / "label").iterdir() if p.is_file())
-        if len(stems) < 3:
-            raise ValueError(f"--cd {source}: {len(stems)} pairs; a train/validation/test split needs 3")
-        order = [stems[i] for i in rng.permutation(len(stems))]
-        n_test = max(1, round(len(stems) * CD_TEST_FRACTION))
-        n_val = max(1, round(len(stems) * CD_VALIDATION_FRACTION))
-        n_test = min(n_test, len(stems) - n_val - 1)
-        parts = {
-            "test": order[:n_test],
-            "validation": order[n_test : n_test + n_val],
-            "train": order[n_test + n_val :],
-        }
-        for part, chosen in parts.items():
-            folder = {"validation": "val"}.get(part, part)
-            copies = repeats if part == "train" else 1
-            for stem in sorted(chosen):
-                name = f"{source_dir.name}__{stem}"
-                split[part].append(name)
-                for sub in ("A", "B", "label"):
-                    (target_dir := root / folder / sub).mkdir(parents=True, exist_ok=True)
-                    matches = [p for p in (source_dir / sub).iterdir() if p.stem == stem]
-                    if len(matches) != 1:
-                        raise FileNotFoundError(f"{source_dir / sub}: expected one file named {stem}.*")
-                    for k in range(copies):
-                        suffix = f"__r{k}" if copies > 1 else ""
-                        link = target_dir / f"{name}{suffix}{matches[0].suffix}"
-                        try:
-                            link.symlink_to(matches[0])
-                        except OSError:
-                            shutil.copy2(matches[0], link)
-    return root, {"by_pairs": split, "seed": seed, "train_repeats": repeats}
+        folder, names = stems(source, "--cd", 3)
+        order = [names[i] for i in rng.permutation(len(names))]
+        n_val = max(1, round(len(names) * CD_VALIDATION_FRACTION))
+        n_test = min(max(1, round(len(names) * CD_TEST_FRACTION)), len(names) - n_val - 1)
+        ends = {"test": (0, n_test), "validation": (n_test, n_test + n_val), "train": (n_test + n_val, None)}
+        for part, (start, end) in ends.items():
+            parts[part] += [(f"{folder.name}__{stem}", folder, stem) for stem in sorted(order[start:end])]
+    link_split(root := work_dir / f"cd-split-seed{seed}-x{repeats}", parts, repeats)
+    by_pairs = {part: [name for name, *_ in entries] for part, entries in parts.items()}
+    return root, {"by_pairs": by_pairs, "seed": seed, "train_repeats": repeats}
+
+
+def city_split(source: str, seed: int, counts: Sequence[int], work_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """OSCD's split by city: a seeded permutation of the sorted city names gives `counts[0]` training cities,
+    `counts[1]` validation cities and the rest for test, as a folder of links (with `bands.json`)."""
+    folder, cities = stems(source, "--oscd", sum(counts) + 1)
+    order = [cities[i] for i in np.random.default_rng(seed).permutation(len(cities))]
+    ends = {"train": (0, counts[0]), "validation": (counts[0], sum(counts)), "test": (sum(counts), None)}
+    chosen = {part: sorted(order[start:end]) for part, (start, end) in ends.items()}
+    root = work_dir / f"oscd-split-seed{seed}"
+    link_split(root, {part: [(city, folder, city) for city in names] for part, names in chosen.items()})
+    shutil.copy(folder / "bands.json", root / "bands.json")
+    return root, {"by_cities": chosen, "seed": seed}
+
+
+def task_data(name: str, args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, list[str], dict]:
+    """The task's `TrainingArguments` fields of every run, its split description, its data sources and its data
+    per split seed (the dense pairs: one folder of links per split seed)."""
+    fixed, split_data = dict(BENCHMARKS[name].fixed), {}
+    if name == "classification":
+        fixed.update(train_fraction=args.train_fraction, validation_fraction=args.validation_fraction)
+        fixed, sources = dict(fixed, image_size=args.image_size), [args.ucm]
+    elif name == "segmentation":  # a seeded 60 / 20 / 20 split of the tiles
+        fixed.update(train_fraction=0.8, validation_fraction=0.25, resize=args.seg_resize or args.image_size)
+        fixed.update(image_size=args.seg_crop, head_hidden_size=args.seg_head_hidden or None)
+        sources = [args.gid]
+    else:
+        sources = args.cd if name == "change-detection" else [args.oscd]
+        for split_seed in reversed(args.split_seeds):  # ends with the search split's description
+            if name == "change-detection":
+                folder, split = cd_split(args.cd, split_seed, work_dir, args.cd_repeats)
+            else:
+                folder, split = city_split(args.oscd, split_seed, args.oscd_cities, work_dir)
+            split_data[split_seed] = [str(folder)]
+        fixed.update(image_size=args.cd_crop or 32 * math.ceil(args.image_size / 32), resize=args.cd_resize)
+        fixed.update({"head_hidden_size": args.cd_head_hidden} if args.cd_head_hidden else {})
+    if "train_fraction" in fixed:
+        split = {k: fixed[k] for k in ("train_fraction", "validation_fraction")}
+    fixed.update(max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples)
+    return fixed, split, [str(s) for s in sources], split_data
 
 
 def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
     """One `TaskSetup` per requested task, with the flags resolved."""
     setups = []
-    for task in args.tasks:
-        dense = task != "classification"
-        requested = args.methods or (QUICK_VARIANTS if args.quick else TASK_VARIANTS)[task]
-        variants = [v for v in requested if v in TASK_VARIANTS[task]]
-        if not variants:
-            log(f"{task}: none of the requested methods applies; skipped")
+    for name in args.tasks:
+        bench, dense = BENCHMARKS[name], name != "classification"
+        requested = args.methods or (["upetu"] if args.head_lrs else bench.variants)
+        if not (variants := [v for v in requested if v in bench.variants]):
+            log(f"{name}: none of the requested methods applies; skipped")
             continue
-        limits = dict(
-            max_train_samples=args.dense_max_train_samples if dense else args.max_train_samples,
-            max_eval_samples=args.dense_max_eval_samples if dense else args.max_eval_samples,
-        )
-        split_data: dict[int, list[str]] = {}
-        if task == "change-detection":
-            for split_seed in reversed(args.split_seeds):  # ends with the search split's description
-                folder, split = cd_split(args.cd, split_seed, work_dir, args.cd_repeats)
-                split_data[split_seed] = [str(folder)]
-            data = split_data[args.split_seeds[0]]
-            crop = args.cd_crop or 32 * math.ceil(args.image_size / 32)
-            # the training pairs are repeated by cd_split; one crop per copy keeps the protocol of the results
-            fixed = dict(image_size=crop, resize=args.cd_resize, crops_per_image=1, **limits)
-        else:
-            seg = task == "segmentation"
-            data = [args.gid if seg else args.ucm]
-            split = {
-                "train_fraction": SEG_TRAIN_FRACTION if seg else args.train_fraction,
-                "validation_fraction": SEG_VALIDATION_FRACTION if seg else args.validation_fraction,
-            }
-            sizes = dict(image_size=args.image_size)
-            if seg:
-                sizes = dict(resize=args.seg_resize or args.image_size, image_size=args.seg_crop)
-                sizes["head_hidden_size"] = args.seg_head_hidden
-                sizes["crops_per_image"] = 1  # one crop per tile and epoch, the protocol of the results
-            fixed = dict(**split, **sizes, **limits)
-        setups.append(
-            TaskSetup(
-                task=task,
-                data=[str(d) for d in data],
-                fixed=fixed,
-                epochs=args.dense_epochs if dense else args.epochs,
-                batch_size=args.dense_batch_size if dense else args.batch_size,
-                lr_factors=args.dense_lr_factors if dense else args.lr_factors,
-                seeds=args.dense_seeds if dense else args.seeds,
-                variants=variants,
-                n_search_seeds=args.search_seeds,
-                split_seeds=args.split_seeds,
-                split=split,
-                sources=[str(d) for d in (args.cd if task == "change-detection" else data)],
-                split_data=split_data,
-                # the rate `upetu-train` gives the PEFT methods' decoder of this width (fixed["head_hidden_size"])
-                head_lr=(args.dense_head_lr or dense_head_lr(task, fixed.get("head_hidden_size")))
-                if dense
-                else None,
-            )
-        )
+        fixed, split, sources, split_data = task_data(name, args, work_dir)
+        head_lr = None  # the rate `upetu-train` gives the PEFT methods' decoder of this width
+        if dense and not args.head_lrs:
+            head_lr = args.dense_head_lr or dense_head_lr(bench.task, fixed.get("head_hidden_size"))
+        sizes = dict(epochs=args.epochs, batch_size=args.batch_size, lr_factors=args.lr_factors)
+        if dense:
+            sizes = dict(epochs=args.dense_epochs or bench.epochs)
+            sizes["batch_size"] = args.dense_batch_size or bench.batch_size
+            sizes["lr_factors"] = [1.0] if args.head_lrs else args.dense_lr_factors or args.lr_factors
+        data = split_data.get(args.split_seeds[0], sources)
+        setup = TaskSetup(name, bench.task, data, fixed, **sizes, seeds=args.seeds, variants=variants)
+        setup.n_search_seeds, setup.split_seeds, setup.split = args.search_seeds, args.split_seeds, split
+        setup.sources, setup.split_data = sources, split_data
+        setup.head_lr, setup.head_lrs = head_lr, args.head_lrs
+        setups.append(setup)
     return setups
 
 
+#: `TrainingArguments` fields every run takes from the options as they are.
+RUNTIME_FIELDS = ("model", "mixed_precision", "num_workers", "cpu")
+
+
 def training_arguments(
-    setup: TaskSetup,
-    args: argparse.Namespace,
-    method: str,
-    options: dict[str, Any],
-    output_dir: Path,
-    lr: float | None = None,
-    seed: int = 0,
-    verify: bool = False,
-    split_seed: int | None = None,
-) -> TrainingArguments:
+    setup: TaskSetup, args: argparse.Namespace, method: str, options: dict[str, Any], output_dir: Path,
+    lr: float | None = None, seed: int = 0, verify: bool = False, split_seed: int | None = None,
+) -> TrainingArguments:  # fmt: skip
     """The `TrainingArguments` of one run (on the search split unless `split_seed` is given)."""
     split_seed = setup.split_seeds[0] if split_seed is None else split_seed
     if setup.head_lr is not None and method in PEFT_METHODS:
-        options = {"head_lr": setup.head_lr, **options}
-    return TrainingArguments(
-        task=setup.task,
-        model=args.model,
-        data=list(setup.data_for(split_seed)),
-        output_dir=str(output_dir),
-        method=method,
-        lr=lr,
-        seed=seed,
-        split_seed=split_seed,
-        epochs=setup.epochs,
-        batch_size=setup.batch_size,
-        mixed_precision=args.mixed_precision,
-        num_workers=args.num_workers,
-        cpu=args.cpu,
-        overwrite=True,
-        checkpointing_steps=None,
-        verify_images=verify,
-        **setup.fixed,
-        **options,
-    )
+        options = {"head_lr": lr if setup.head_lr == "lr" else setup.head_lr, **options}
+    run = dict(task=setup.task, data=setup.data_for(split_seed), output_dir=str(output_dir), method=method)
+    run.update(lr=lr, seed=seed, split_seed=split_seed, epochs=setup.epochs, batch_size=setup.batch_size)
+    run.update({name: getattr(args, name) for name in RUNTIME_FIELDS})
+    run.update(overwrite=True, checkpointing_steps=None, verify_images=verify)
+    return TrainingArguments(**run, **setup.fixed, **options)
 
 
 # ---------------------------------------------------------------------------------------------- parameters
@@ -465,16 +381,10 @@ def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path)
     probe = training_arguments(setup, args, "full", {}, work_dir / "unused", verify=True)
     class_names = spec.load_data(probe).class_names
     whole = parameter_summary(apply_method(spec.build_model(probe, class_names), "full"))
-    head, total = whole["head"], whole["total"]
 
     def adapter(method: str, **options: Any) -> int:
         targs = training_arguments(setup, args, method, options, work_dir / "unused")
         return int(parameter_summary(apply_method(spec.build_model(targs, class_names), targs))["adapter"])
-
-    backbone = total - head
-    upetu_default = adapter("upetu")
-    lora_1, lora_2 = adapter("lora", r=1), adapter("lora", r=2)
-    per_rank = lora_2 - lora_1
 
     def matched_lora_rank(target: int) -> tuple[int, int]:
         """The LoRA rank whose adapter is closest to `target` parameters, and its size."""
@@ -483,49 +393,34 @@ def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path)
         best = min(sizes, key=lambda r: (abs(sizes[r] - target), r))
         return best, sizes[best]
 
+    backbone, upetu_default, lora_1 = whole["total"] - whole["head"], adapter("upetu"), adapter("lora", r=1)
+    per_rank = adapter("lora", r=2) - lora_1
     lora_r, lora_params = matched_lora_rank(upetu_default)
-
-    default_r = upetu_hf.UPetuConfig().r
-    small_1, small_2 = adapter("upetu", r=1), adapter("upetu", r=2)
-    slope = small_2 - small_1
-    budget = SMALL_BUDGET * backbone
+    default_r, small_1, budget = upetu_hf.UPetuConfig().r, adapter("upetu", r=1), SMALL_BUDGET * backbone
+    slope = adapter("upetu", r=2) - small_1
     small_r = int(min(default_r, max(1, math.floor((budget - (small_1 - slope)) / slope - 1e-9))))
-    small = adapter("upetu", r=small_r)
-    while small >= budget and small_r > 1:
+    while (small := adapter("upetu", r=small_r)) >= budget and small_r > 1:
         small_r -= 1
-        small = adapter("upetu", r=small_r)
     while small_r < default_r and (bigger := adapter("upetu", r=small_r + 1)) < budget:
         small_r, small = small_r + 1, bigger
     lora_small_r, lora_small = matched_lora_rank(small)
     return {
-        "num_labels": len(class_names),
-        "class_names": class_names,
-        "total_params": total,
-        "head_params": head,
-        "backbone_params": backbone,
-        "upetu_default_r": default_r,
-        "upetu_default_adapter_params": upetu_default,
-        "lora_adapter_params_per_rank": per_rank,
-        "lora_matched_r": lora_r,
-        "lora_matched_adapter_params": lora_params,
-        "upetu_small_r": small_r,
-        "upetu_small_adapter_params": small,
-        "upetu_small_pct_of_backbone": 100.0 * small / backbone,
-        "upetu_small_budget_met": small < budget,
-        "lora_small_r": lora_small_r,
+        "num_labels": len(class_names), "class_names": class_names, "total_params": whole["total"],
+        "head_params": whole["head"], "backbone_params": backbone, "upetu_default_r": default_r,
+        "upetu_default_adapter_params": upetu_default, "lora_adapter_params_per_rank": per_rank,
+        "lora_matched_r": lora_r, "lora_matched_adapter_params": lora_params, "upetu_small_r": small_r,
+        "upetu_small_adapter_params": small, "upetu_small_pct_of_backbone": 100.0 * small / backbone,
+        "upetu_small_budget_met": small < budget, "lora_small_r": lora_small_r,
         "lora_small_adapter_params": lora_small,
-    }
+    }  # fmt: skip
 
 
 def resolve_options(variant: Variant, counts: dict[str, Any]) -> dict[str, Any]:
     """The variant's options with the `r` placeholders replaced by the computed ranks."""
+    ranks = {MATCHED: "lora_matched_r", SMALL: "upetu_small_r", SMALL_MATCHED: "lora_small_r"}
     options = dict(variant.options)
-    if options.get("r") == MATCHED:
-        options["r"] = counts["lora_matched_r"]
-    elif options.get("r") == SMALL:
-        options["r"] = counts["upetu_small_r"]
-    elif options.get("r") == SMALL_MATCHED:
-        options["r"] = counts["lora_small_r"]
+    if options.get("r") in ranks:
+        options["r"] = counts[ranks[options["r"]]]
     return options
 
 
@@ -539,108 +434,59 @@ def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
     path = run_dir / name
     size = path.stat().st_size
     if method == "linear":
-        with_head, without_head = resaved_bytes(path, is_head_parameter), 0
+        with_head, without_head = common.resaved_bytes(path, is_head_parameter), 0
     else:
-        with_head, without_head = size, resaved_bytes(path, lambda key: not is_head_parameter(key))
-    return {
-        "checkpoint_file": name,
-        "checkpoint_bytes": size,
-        "weights_bytes_with_head": with_head,
-        "weights_bytes_without_head": without_head,
-    }
+        with_head, without_head = size, common.resaved_bytes(path, lambda key: not is_head_parameter(key))
+    sizes = {"checkpoint_bytes": size, "weights_bytes_with_head": with_head}
+    return {"checkpoint_file": name, **sizes, "weights_bytes_without_head": without_head}
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def finished_run(
-    result: dict[str, Any], metric: str, method: str, counts: dict[str, Any], wall: float
-) -> dict[str, Any]:
+def finished_run(result: dict, metric: str, method: str, counts: dict, wall: float) -> dict[str, Any]:
     """The record of a finished run from what `train` returned: scores at the best epoch, parameter counts and
     shares, times."""
-    params = result["parameters"]
-    head, adapter = params["head"], params["adapter"]  # the linear probe trains its heads only: adapter 0
-    # peft keeps the original heads next to the trained copies
+    params, steps = result["parameters"], result["train"]
+    # peft keeps the original heads next to the trained copies; the linear probe's adapter is 0 (heads only)
     base_total = params["total"] - (params["trainable"] if method in PEFT_METHODS else 0)
-    return dict(
-        metric=metric,
-        best_epoch=result["best_epoch"],
-        selection_split=result["selection_split"],
-        validation_score=clean((result.get("validation") or {}).get(metric)),
-        test_score=clean((result.get("test") or {}).get(metric)),
-        validation=result.get("validation"),
-        test=result.get("test"),
-        history=result.get("history"),
-        parameters=params,
-        trainable_params=params["trainable"],
-        head_params=head,
-        adapter_params=adapter,
-        base_model_params=base_total,
-        trainable_pct=100.0 * params["trainable"] / base_total,
-        adapter_pct_of_backbone=100.0 * adapter / counts["backbone_params"],
-        wall_time_s=wall,
-        train_runtime_s=result["train"]["runtime_s"],
-        samples_per_second=result["train"]["samples_per_second"],
-        steps=result["train"]["steps"],
-    )
+    record = dict(metric=metric, best_epoch=result["best_epoch"], selection_split=result["selection_split"])
+    for part in ("validation", "test"):
+        record[f"{part}_score"] = common.clean((result.get(part) or {}).get(metric))
+    record.update({part: result.get(part) for part in ("validation", "test", "history")}, parameters=params)
+    record.update(trainable_params=params["trainable"], head_params=params["head"])
+    record["adapter_params"] = params["adapter"]
+    record.update(base_model_params=base_total, trainable_pct=100.0 * params["trainable"] / base_total)
+    record["adapter_pct_of_backbone"] = 100.0 * params["adapter"] / counts["backbone_params"]
+    record["wall_time_s"] = wall
+    record.update(train_runtime_s=steps["runtime_s"], samples_per_second=steps["samples_per_second"])
+    return dict(record, steps=steps["steps"])
 
 
-def execute_run(
-    setup: TaskSetup,
-    args: argparse.Namespace,
-    variant: Variant,
-    options: dict[str, Any],
-    lr: float,
-    factor: float,
-    seed: int,
-    run_dir: Path,
-    counts: dict[str, Any],
-    verify: bool = False,
-    split_seed: int = 0,
-) -> dict[str, Any]:
-    """Train one configuration and return its record (status `ok`, or `failed` with the error). Images are
-    checked by `count_parameters` (once per task), so runs skip the check unless `verify`."""
-    record: dict[str, Any] = {
-        "key": run_key(variant.name, options, lr, seed, split_seed),
-        "task": setup.task,
-        "variant": variant.name,
-        "label": variant.label,
-        "method": variant.method,
-        "options": options,
-        "lr": lr,
-        "lr_factor": factor,
-        "seed": seed,
-        "split_seed": split_seed,
-        "epochs": setup.epochs,
-        "run_dir": str(run_dir),
-        "device": device_name(args.cpu),
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    targs = training_arguments(setup, args, variant.method, options, run_dir, lr, seed, verify, split_seed)
+def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments, counts: dict) -> dict:
+    """Train `targs` and complete `record` (status `ok`, or `failed` with the error). Images are checked by
+    `count_parameters` (once per task), so runs skip the check."""
     record["arguments"] = {k: v for k, v in targs.to_dict().items() if k not in ("output_dir", "data")}
-    start = time.perf_counter()
+    run_dir, start = Path(targs.output_dir), time.perf_counter()
     try:
         result = train(targs)
     except Exception as err:  # one failed run must not lose the others
-        record.update(
-            status="failed",
-            error=f"{type(err).__name__}: {err}",
-            traceback=traceback.format_exc(limit=8),
-            wall_time_s=time.perf_counter() - start,
-        )
-        return record
+        error = f"{type(err).__name__}: {err}"
+        return dict(record, status="failed", error=error, traceback=traceback.format_exc(limit=8),
+                    wall_time_s=time.perf_counter() - start)  # fmt: skip
     finally:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     wall = time.perf_counter() - start
     try:
-        record["splits"] = json.loads((run_dir / RUN_CONFIG_FILE).read_text()).get("splits")
+        config = json.loads((run_dir / RUN_CONFIG_FILE).read_text())
     except (OSError, ValueError):
-        record["splits"] = None
-    record.update(status="ok", **finished_run(result, setup.metric, variant.method, counts, wall))
-    record.update(weight_sizes(run_dir, variant.method))
-    if args.delete_weights:
-        for path in run_dir.glob("*.safetensors"):
-            path.unlink()
+        config = {}
+    record["splits"] = config.get("splits")
+    record.update({"bands": config["bands"]} if config.get("bands") else {})  # multispectral runs
+    record.update(status="ok", **finished_run(result, record["metric"], targs.method, counts, wall))
+    record.update(weight_sizes(run_dir, targs.method))
+    for path in run_dir.glob("*.safetensors") if args.delete_weights else ():
+        path.unlink()
     return record
 
 
@@ -649,69 +495,55 @@ class TaskRunner:
     """Runs the search and seed runs of one task, skipping finished ones, saving after each run."""
 
     def __init__(self, setup: TaskSetup, args: argparse.Namespace, work_dir: Path, command: str) -> None:
-        self.setup, self.args, self.work_dir = setup, args, work_dir
-        self.path = Path(args.output_dir) / f"accuracy_{setup.key}.json"
+        self.setup, self.args, self.work_dir, self.command = setup, args, work_dir, command
+        self.path = Path(args.output_dir) / setup.path_name
         self.state = load_state(self.path, setup, args)
         for other in args.import_runs:
             added = import_runs(self.state, Path(other), setup, args)
-            log(f"{setup.task}: imported {added} finished run(s) from {other}")
+            log(f"{setup.name}: imported {added} finished run(s) from {other}")
         if args.resume and self.state["runs"]:
-            log(f"{setup.task}: resuming {self.path} ({len(self.state['runs'])} finished run(s) kept)")
+            log(f"{setup.name}: resuming {self.path} ({len(self.state['runs'])} finished run(s) kept)")
         self.done = {r["key"]: r for r in self.state["runs"] if r.get("status") == "ok"}
         self.planned: list[str] = list(self.state.get("planned", []))
-        self.command = command
         self.counts: dict[str, Any] = {}
 
-    def ensure(
-        self,
-        variant: Variant,
-        options: dict[str, Any],
-        lr: float,
-        factor: float,
-        seed: int,
-        phase: str,
-        split_seed: int | None = None,
-    ):
-        """The record of a run, trained now unless a finished one is on file."""
-        setup, state, name = self.setup, self.state, variant.name
-        split_seed = setup.split_seeds[0] if split_seed is None else split_seed
-        key = run_key(name, options, lr, seed, split_seed)
-        if key not in self.planned:
-            self.planned.append(key)
+    def ensure(self, variant: Variant, options: dict, candidate: tuple, seed: int, phase: str, split=None):
+        """The record of a run of a `(factor, searched rate)` candidate, trained unless one is on file."""
+        setup, state, name, (factor, rate) = self.setup, self.state, variant.name, candidate
+        split_seed = setup.split_seeds[0] if split is None else split
+        lr, head = (round_lr(DEFAULT_LR[variant.method]), rate) if setup.head_lrs else (rate, None)
+        run_options = options if head is None else {**options, "head_lr": head}
+        key = run_key(name, run_options, lr, seed, split_seed)
+        self.planned += [] if key in self.planned else [key]
         state["planned"] = self.planned
-        where = f"seed {seed}" + (f", split {split_seed}" if split_seed else "")
-        if key in self.done:
-            log(f"{setup.task}/{name}: lr {lr:g} {where} already done, skipped")
-            return self.done[key]
-        if self.args.merge_only:
-            log(f"{setup.task}/{name}: lr {lr:g} {where} not on file, not trained (--merge-only)")
-            return None
-        run_dir = (
-            self.work_dir
-            / setup.key
-            / name
-            / (f"lr{lr:g}-seed{seed}" + (f"-split{split_seed}" if split_seed else ""))
-        )
-        log(f"{setup.task}/{name}: {phase} run, lr {lr:g} (x{factor:.3g}), {where}, {setup.epochs} epochs")
-        record = execute_run(
-            setup, self.args, variant, options, lr, factor, seed, run_dir, self.counts, False, split_seed
-        )
-        record["phase"] = phase
+        split = f"-split{split_seed}" if split_seed else ""
+        folder = f"lr{lr:g}{f'-head{head:g}' if head else ''}-seed{seed}{split}"
+        where = f"{setup.name}/{name}: {folder}"
+        if key in self.done or self.args.merge_only:
+            log(f"{where}: {'done' if key in self.done else 'not on file (--merge-only)'}")
+            return self.done.get(key)
+        log(f"{where}: {phase} run (x{factor:.3g}), {setup.epochs} epochs")
+        run_dir = self.work_dir / setup.key / name / folder
+        args = (setup, self.args, variant.method, run_options, run_dir, lr, seed, False, split_seed)
+        targs = training_arguments(*args)
+        record = {
+            "key": key, "task": setup.task, "variant": name, "label": variant.label, "method": variant.method,
+            "options": options, "lr": lr, "lr_factor": factor, "head_lr": targs.head_lr, "seed": seed,
+            "split_seed": split_seed, "epochs": setup.epochs, "run_dir": str(run_dir),
+            "device": device_name(self.args.cpu), "started": now(), "metric": setup.metric,
+        }  # fmt: skip
+        record = dict(execute_run(self.args, record, targs, self.counts), phase=phase)
         state["runs"] = [r for r in state["runs"] if r["key"] != key] + [record]
         if record["status"] == "ok":
             self.done[key] = record
-            log(
-                f"{setup.task}/{name}: validation {setup.metric} {fmt4(record['validation_score'])} "
-                f"(epoch {record['best_epoch']}), test {fmt4(record['test_score'])}, {record['wall_time_s']:.0f} s"
-            )
+            score = f"{fmt4(record['validation_score'])} (epoch {record['best_epoch']})"
+            log(f"{where}: validation {score}, test {fmt4(record['test_score'])}")
         else:
-            log(f"{setup.task}/{name}: FAILED: {record['error']}")
+            log(f"{where}: FAILED: {record['error']}")
         save_state(self.path, state, setup)
         return record
 
-    def choose(
-        self, variant: Variant, options: dict[str, Any], grid: list[tuple[float, float]]
-    ) -> dict[str, Any]:
+    def choose(self, variant: Variant, options: dict[str, Any], grid: list[tuple[float, float]]) -> dict:
         """The search's choice (`_ledger.select`). A tie that other seeds have not settled trains the tied rates on
         the next seed of `seeds` (phase `tie-break`; the winner's run is one of its final runs) and chooses again,
         until the seeds settle it or run out."""
@@ -719,282 +551,169 @@ class TaskRunner:
 
         def choice() -> dict[str, Any]:
             ran = [r for r in self.done.values() if r["variant"] == variant.name and r["options"] == options]
-            return select(ran, grid, setup.search_seeds, setup.split_seeds[0])
+            return select(ran, grid, setup.search_seeds, setup.search_splits, setup.searched)
 
         chosen = choice()
-        for seed in setup.seeds[setup.n_search_seeds :]:
+        for seed in setup.seeds[len(setup.search_seeds) :]:
             if chosen.get("tie", {}).get("decided_by", "seeds") == "seeds":
                 break
             for lr in chosen["tie"]["lrs"]:
-                self.ensure(variant, options, lr, factors[lr], seed, "tie-break")
+                self.ensure(variant, options, (factors[lr], lr), seed, "tie-break")
             chosen = choice()
         return chosen
 
     def run(self) -> dict[str, Any]:
         """Search, select and seed every variant; returns the task's final state."""
-        setup, args, state = self.setup, self.args, self.state
-        started = time.perf_counter()
-        log(f"{setup.task}: counting parameters on {args.model}")
+        setup, args, state, started = self.setup, self.args, self.state, time.perf_counter()
+        log(f"{setup.name}: counting parameters on {args.model}")
         self.counts = count_parameters(setup, args, self.work_dir)
         state["backbone"] = {**backbone_description(args.model), **self.counts}
-        session = {
-            "command": self.command,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine_info(device_name(args.cpu)),
-            "git": git_state(CODE_PATHS),
-            "paths": {
-                "model": args.model,
-                "data": setup.data,
-                "sources": setup.sources,
-                "work_dir": str(self.work_dir),
-            },
-            "methods": setup.variants,
-            "seeds": setup.seeds,
-        }
+        if setup.head_lrs:  # the rate `upetu-train` gives this decoder today
+            state["current_default"] = dense_head_lr(setup.task, setup.fixed.get("head_hidden_size"))
+        paths = dict(model=args.model, data=setup.data, sources=setup.sources, work_dir=str(self.work_dir))
+        session = dict(command=self.command, date=now(), machine=common.machine_info(device_name(args.cpu)))
+        session.update(git=common.git_state(CODE_PATHS), paths=paths, methods=setup.variants)
+        session["seeds"] = setup.seeds
         state["sessions"].append(session)
+        searched = [(split, seed) for split in setup.search_splits for seed in setup.search_seeds]
         for name in setup.variants:
             variant = VARIANTS[name]
-            options = resolve_options(variant, self.counts)
-            grid = [(f, round_lr(DEFAULT_LR[variant.method] * f)) for f in setup.lr_factors]
-            state["variants"][name] = {
-                "label": variant.label,
-                "method": variant.method,
-                "options": options,
-                "lr_grid": grid,
-            }
-            for seed in setup.search_seeds:
-                for f, lr in grid:
-                    self.ensure(variant, options, lr, f, seed, "search")
-            choice = self.choose(variant, options, grid)
-            if not choice["complete"]:
-                log(f"{setup.task}/{name}: learning-rate search incomplete (a run failed); no seed runs")
+            options, grid = resolve_options(variant, self.counts), setup.grid(variant.method)
+            entry = dict(label=variant.label, method=variant.method, options=options, lr_grid=grid)
+            state["variants"][name] = entry
+            for (split_seed, seed), candidate in ((pair, c) for pair in searched for c in grid):
+                self.ensure(variant, options, candidate, seed, "search", split_seed)
+            if not (choice := self.choose(variant, options, grid))["complete"]:
+                log(f"{setup.name}/{name}: search incomplete (a run failed or is missing); no seed runs")
                 continue
-            edge = "" if choice["interior"] else " -- AT THE EDGE of its grid: widen --lr-factors"
-            log(
-                f"{setup.task}/{name}: chosen lr {choice['lr']:g} (validation {fmt4(choice['validation_score'])})"
-                + edge
-            )
+            rate, edge = choice[setup.searched], "" if choice["interior"] else " -- AT THE EDGE of its grid"
+            score = fmt4(choice["validation_score"])
+            log(f"{setup.name}/{name}: chosen {setup.searched} {rate:g} (validation {score}){edge}")
             for split_seed in setup.split_seeds:
-                for seed in setup.seeds:
-                    if split_seed != setup.split_seeds[0] or seed not in setup.search_seeds:
-                        phase = "seed" if split_seed == setup.split_seeds[0] else "split"
-                        self.ensure(
-                            variant, options, choice["lr"], choice["lr_factor"], seed, phase, split_seed
-                        )
+                phase = "seed" if split_seed == setup.split_seeds[0] else "split"
+                for seed in (s for s in setup.seeds if (split_seed, s) not in searched):
+                    self.ensure(variant, options, (choice["lr_factor"], rate), seed, phase, split_seed)
         session["wall_time_s"] = time.perf_counter() - started
         save_state(self.path, state, setup)
-        log(f"{setup.task}: wrote {self.path} ({session['wall_time_s']:.0f} s)")
+        log(f"{setup.name}: wrote {self.path} ({session['wall_time_s']:.0f} s)")
         return state
 
 
 def print_summary(state: dict[str, Any]) -> None:
     """A short table on stdout."""
-    metric = state["metric"]
-    print(f"\n{state['task']} ({metric}, test, mean +- std over seeds):")
+    print(f"\n{state['task']} ({state['metric']}, test, mean +- std over seeds):")
     for s in state["summary"].values():
-        if s["test_mean"] is None:
-            print(f"  {s['label']:<32} no test metric")
-            continue
-        print(
-            f"  {s['label']:<32} {100 * s['test_mean']:6.2f} +- {100 * s['test_std']:5.2f}  (n={s['n']}, "
-            f"lr {s['lr']:g}, trainable {s['trainable_pct']:.2f} %, {s['weights_bytes_without_head'] / 1e3:.1f} KB "
-            f"without head, {s['wall_time_s_mean']:.0f} s/run)"
-        )
+        mean, std = s["test_mean"], s["test_std"]
+        scores = "n/a" if mean is None else f"{100 * mean:6.2f} +- {100 * std:5.2f}"
+        print(f"  {s['label']:<32} {scores}  (n={s['n']}, lr {s['lr']:g})")
 
 
 def plan(setups: list[TaskSetup]) -> list[str]:
     """Human-readable list of the runs the benchmark would do (search and seeds)."""
     lines = []
     for setup in setups:
-        k = setup.n_search_seeds
+        k, rates = len(setup.search_seeds) * len(setup.search_splits), len(setup.head_lrs or setup.lr_factors)
         more = len(setup.seeds) * len(setup.split_seeds) - k
-        n = len(setup.variants) * (len(setup.lr_factors) * k + more)
-        searched = f"{len(setup.lr_factors)} learning rates" + (f" x {k} search seeds" if k > 1 else "")
-        lines.append(
-            f"{setup.task}: {len(setup.variants)} methods x ({searched} + "
-            f"{more} more seed/split runs) = {n} runs of {setup.epochs} epochs"
-        )
+        searched = f"{rates} {'head ' if setup.head_lrs else ''}learning rates"
+        searched += "" if k == 1 else f" x {k} search {'seeds' if len(setup.search_splits) == 1 else 'runs'}"
+        n = len(setup.variants) * (rates * k + more)
+        runs = f"({searched} + {more} more seed/split runs) = {n} runs of {setup.epochs} epochs"
+        lines.append(f"{setup.name}: {len(setup.variants)} methods x {runs}")
         for name in setup.variants:
-            lrs = ", ".join(f"{round_lr(DEFAULT_LR[VARIANTS[name].method] * f):g}" for f in setup.lr_factors)
-            lines.append(
-                f"  {name:<12} lr in {{{lrs}}}, seeds {setup.seeds}, split seeds {setup.split_seeds}"
-            )
+            rates_text = ", ".join(f"{rate:g}" for _, rate in setup.grid(VARIANTS[name].method))
+            lines.append(f"  {name:<12} {setup.searched} in {{{rates_text}}}, seeds {setup.seeds}")
+            lines[-1] += f", split seeds {setup.split_seeds}"
     return lines
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def add_protocol_options(parser: argparse.ArgumentParser) -> None:
-    """The protocol's options (left at None: `FULL` or `QUICK`'s values)."""
-    proto = parser.add_argument_group("protocol (defaults: the full benchmark, or --quick's)")
-    proto.add_argument("--seeds", help="seeds of the final runs; the first one also does the search (0,1,2)")
-    proto.add_argument(
-        "--search-seeds",
-        type=int,
-        default=1,
-        help="search the learning rate with the first N seeds of --seeds (and of --dense-seeds) and choose on their "
-        "mean validation metric: a firmer choice where one seed's validation part is small, at N times the search's "
-        "cost (1)",
-    )
-    proto.add_argument("--dense-seeds", help="seeds for segmentation and change detection (default: --seeds)")
-    proto.add_argument("--epochs", type=int, help="classification epochs per run (20)")
-    proto.add_argument("--dense-epochs", type=int, help="segmentation / change-detection epochs per run (20)")
-    proto.add_argument(
-        "--lr-factors", help="learning rates tried: DEFAULT_LR[method] x each factor (1/3,1,3)"
-    )
-    proto.add_argument("--dense-lr-factors", help="the same for the dense tasks (default: --lr-factors)")
-    proto.add_argument(
-        "--dense-head-lr",
-        type=float,
-        help="learning rate of the PEFT methods' decoders on the dense tasks (default: the training API's for the "
-        f"decoder's width, `dense_head_lr`: DENSE_HEAD_LR {DENSE_HEAD_LR} at the default widths, "
-        f"{dense_head_lr('segmentation', 64):g} for the 64-channel UperNet)",
-    )
-    # forwarded to every run's TrainingArguments, as `upetu-train classification` offers them
-    names = ("image_size", "batch_size", "train_fraction", "validation_fraction", "mixed_precision")
-    defaults = dict(image_size=112, train_fraction=0.5, validation_fraction=0.2)
-    add_training_options(proto, "classification", names, **defaults)
-    proto.add_argument("--dense-batch-size", type=int, default=16, help="dense-task batch size (16)")
-    proto.add_argument(
-        "--split-seeds",
-        default="0",
-        help="seeds of the data splits; the first one is the search split, every split trains every seed (0)",
-    )
-    proto.add_argument("--seg-resize", type=int, help="GID tiles resized to this (default: --image-size)")
-    proto.add_argument("--seg-crop", type=int, help="GID random training crop (default: none)")
-    proto.add_argument("--seg-head-hidden", type=int, default=64, help="UperNet channels (64)")
-    proto.add_argument(
-        "--cd-crop", type=int, help="change-detection training crop (default: --image-size up to x32)"
-    )
-    proto.add_argument("--cd-resize", type=int, help="resize change-detection pairs first (default: no)")
-    proto.add_argument("--cd-repeats", type=int, help="copies of each training pair per epoch (16; quick 2)")
-    proto.add_argument("--max-train-samples", type=int, help="subsample classification training images")
-    proto.add_argument("--max-eval-samples", type=int, help="subsample classification validation/test images")
-    proto.add_argument("--dense-max-train-samples", type=int, help="subsample dense training examples")
-    proto.add_argument("--dense-max-eval-samples", type=int, help="subsample dense validation/test examples")
-
-
-def add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    """Where and how the runs execute and are recorded."""
-    runtime = parser.add_argument_group("runtime")
-    add_training_options(runtime, "classification", ("num_workers", "cpu"), num_workers=None)
-    runtime.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (default: torch's). On a CPU shared with other jobs use 1: see the notes above",
-    )
-    runtime.add_argument("--output-dir", default=str(REPO_ROOT / "results"), help="where accuracy_*.json go")
-    runtime.add_argument("--work-dir", help="run folders (default: a temporary folder, removed at the end)")
-    runtime.add_argument(
-        "--resume", action="store_true", help="continue the JSON files, skipping finished runs"
-    )
-    runtime.add_argument("--overwrite", action="store_true", help="start the JSON files afresh")
-    runtime.add_argument(
-        "--retrain",
-        metavar="METHODS",
-        help="comma-separated methods whose runs on file (--resume) are set aside under 'superseded' and not "
-        "reused: after a change to their design, their runs are trained (or imported) again",
-    )
-    runtime.add_argument(
-        "--import-runs",
-        nargs="+",
-        default=[],
-        metavar="JSON",
-        help="merge the finished runs of these accuracy_<task>.json files (shards run with --methods in parallel "
-        "processes, each with its own --output-dir) into this run's files; their runs are not trained again",
-    )
-    runtime.add_argument(
-        "--delete-weights", action="store_true", help="delete each run's weights once measured"
-    )
-    runtime.add_argument(
-        "--merge-only",
-        action="store_true",
-        help="train nothing: merge and summarise the runs on file (with --resume / --import-runs); the missing "
-        "ones are listed, and a method shows the runs it has",
-    )
+#: flag -> (default, type, help); a string default goes through the type too, a False one makes a switch.
+OPTIONS: dict[str, tuple[Any, Any, str]] = {
+    "--model": (str(common.SHARED_BACKBONE), str, "ConvNeXt checkpoint: Hub id or folder"),
+    "--ucm": (str(DATA / "ucmerced"), str, "UC Merced class-per-folder images"),
+    "--gid": (str(DATA / "gid5_landcover"), str, "GID tiles: images/ + masks/"),
+    "--oscd": (str(DATA / "oscd13_s2"), str, "OSCD cities: A/ B/ label/ and bands.json"),
+    "--tasks": ("classification,segmentation,change-detection", lambda t: parse_list(t, str),
+                f"comma-separated subset of {', '.join(BENCHMARKS)}"),
+    "--methods": (None, lambda t: parse_list(t, str), "comma-separated variants (default: the task's)"),
+    "--seeds": ("0,1,2", parse_list, "seeds of the final runs; the first --search-seeds also search (0,1,2)"),
+    "--search-seeds": (1, int, "choose the rate on the mean validation of the first N seeds of --seeds (1)"),
+    "--epochs": (20, int, "classification epochs per run (20)"),
+    "--dense-epochs": (None, int, "dense-task epochs per run (20; oscd13 40)"),
+    "--lr-factors": ("1/3,1,3", parse_factors, "learning rates tried: DEFAULT_LR[method] x each factor"),
+    "--dense-lr-factors": (None, parse_factors, "the same for the dense tasks (default: --lr-factors)"),
+    "--dense-head-lr": (None, lambda t: t if t == "lr" else float(t),
+                        "the PEFT methods' decoder rate on the dense tasks, or 'lr' for each run's rate (default: "
+                        "the training API's for the decoder's width: `dense_head_lr`)"),
+    "--head-lrs": (None, lambda t: parse_list(t, float), "search these decoder rates instead (head_lr_*.json)"),
+    "--dense-batch-size": (None, int, "dense-task batch size (16; oscd13 8)"),
+    "--split-seeds": ("0", parse_list, "seeds of the data splits; the first is the search's (0)"),
+    "--seg-resize": (None, int, "GID tiles resized to this (default: --image-size)"),
+    "--seg-crop": (None, int, "GID random training crop (default: none)"),
+    "--seg-head-hidden": (64, int, "UperNet channels (64; 0: the training API's default decoder)"),
+    "--cd-head-hidden": (None, int, "change-detection decoder channels (default: the training API's)"),
+    "--cd-crop": (None, int, "change-detection training crop, a multiple of 32 (default: --image-size, x32)"),
+    "--cd-resize": (None, int, "resize change-detection pairs first (default: no)"),
+    "--cd-repeats": (16, int, "copies of each training pair per epoch (16)"),
+    "--oscd-cities": ("8,2", parse_list, "oscd13: training and validation cities; the rest test (8,2)"),
+    "--threads": (None, int, "torch CPU threads (default: torch's); on a CPU shared with other jobs try 1"),
+    "--output-dir": (str(common.REPO_ROOT / "results"), str, "where the results files go"),
+    "--work-dir": (None, str, "run folders (default: a temporary folder, removed at the end)"),
+    "--retrain": ("", lambda t: parse_list(t, str) if t else [], "methods whose runs on file are set aside"),
+    "--resume": (False, None, "continue the JSON files, skipping finished runs"),
+    "--overwrite": (False, None, "start the JSON files afresh"),
+    "--delete-weights": (False, None, "delete each run's weights once measured"),
+    "--merge-only": (False, None, "train nothing: merge and summarise the runs on file (--resume, --import-runs)"),
+    "--dry-run": (False, None, "print the planned runs and exit"),
+}  # fmt: skip
+#: Forwarded to every run's `TrainingArguments` as `upetu-train classification` offers them (here: the default).
+TRAINING_OPTIONS = dict(image_size=112, batch_size=None, train_fraction=0.5, validation_fraction=0.2)
+TRAINING_OPTIONS.update(mixed_precision=None, max_train_samples=None, max_eval_samples=None)
+TRAINING_OPTIONS.update(num_workers=None, cpu=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The benchmark's options; the protocol ones left at None take `FULL` or `QUICK`'s values."""
+    """The benchmark's options: data, what to run, the protocol (some as `upetu-train` offers them), runtime."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    paths = parser.add_argument_group("data and backbone")
-    paths.add_argument(
-        "--model", default=str(DEFAULT_PATHS["model"]), help="ConvNeXt checkpoint: Hub id or folder"
-    )
-    paths.add_argument("--ucm", default=str(DEFAULT_PATHS["ucm"]), help="UC Merced class-per-folder images")
-    paths.add_argument("--gid", default=str(DEFAULT_PATHS["gid"]), help="GID tiles: images/ + masks/")
-    paths.add_argument(
-        "--cd",
-        nargs="+",
-        default=[str(p) for p in DEFAULT_PATHS["cd"]],
-        help="change-detection A/B/label folders",
-    )
-    what = parser.add_argument_group("what to run")
-    what.add_argument(
-        "--tasks", default=",".join(TASKS), help=f"comma-separated subset of {', '.join(TASKS)}"
-    )
-    what.add_argument(
-        "--methods",
-        help=f"comma-separated subset of {', '.join(CLASSIFICATION_VARIANTS)} (default: the task's)",
-    )
-    what.add_argument(
-        "--quick", action="store_true", help="fast partial run: few methods, 1 seed, 2 epochs, subsets"
-    )
-    what.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
-    add_protocol_options(parser)
-    add_runtime_options(parser)
+    cd = [str(DATA / "levir_cd_samples"), str(DATA / "dsifn_cd_samples")]
+    parser.add_argument("--cd", nargs="+", default=cd, help="change-detection A/B/label folders")
+    parser.add_argument("--import-runs", nargs="+", default=[], metavar="JSON", help="merge their runs")
+    for flag, (default, kind, help_text) in OPTIONS.items():
+        flag_kind = dict(action="store_true") if default is False else dict(default=default, type=kind)
+        parser.add_argument(flag, help=help_text, **flag_kind)
+    defaults = {k: v for k, v in TRAINING_OPTIONS.items() if v is not None or k == "num_workers"}
+    common.add_training_options(parser, "classification", list(TRAINING_OPTIONS), **defaults)
     return parser
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The options with the preset filled in and the lists parsed; a bad combination is a usage error."""
+    """The options with the lists parsed; a bad combination is a usage error."""
     parser = build_parser()
     args = parser.parse_args(argv)
-
-    preset = QUICK if args.quick else FULL
-    for key, value in preset.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    try:
-        args.tasks = [get_task(t).name for t in args.tasks.split(",") if t.strip()]
-        args.seeds = parse_ints(args.seeds)
-        args.split_seeds = parse_ints(args.split_seeds)
-        args.dense_seeds = parse_ints(args.dense_seeds) if args.dense_seeds else args.seeds
-        args.lr_factors = parse_factors(args.lr_factors)
-        args.dense_lr_factors = (
-            parse_factors(args.dense_lr_factors) if args.dense_lr_factors else args.lr_factors
-        )
-    except (ValueError, KeyError) as err:
-        parser.error(str(err))
-    if args.methods:
-        args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in args.methods if m not in CLASSIFICATION_VARIANTS]
-        if unknown:
-            parser.error(f"unknown method(s) {unknown}: choose from {', '.join(CLASSIFICATION_VARIANTS)}")
-    for name in ("epochs", "dense_epochs", "batch_size", "dense_batch_size", "cd_repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.cd_crop is not None and args.cd_crop % 32:
-        parser.error("--cd-crop must be a multiple of 32 (the backbone stride)")
-    if args.merge_only and not args.resume:
-        parser.error("--merge-only summarises the files of --resume: pass --resume too")
-    if args.import_runs and not args.resume:
-        parser.error("--import-runs merges into the files of --resume: pass --resume too")
-    args.retrain = [m.strip() for m in (args.retrain or "").split(",") if m.strip()]
-    if [m for m in args.retrain if m not in CLASSIFICATION_VARIANTS]:
-        parser.error(f"unknown --retrain method(s): choose from {', '.join(CLASSIFICATION_VARIANTS)}")
-    if args.retrain and not args.resume:
-        parser.error("--retrain sets aside runs of the files of --resume: pass --resume too")
-    if args.resume and args.overwrite:
-        parser.error("--resume and --overwrite exclude each other")
-    if not 1 <= args.search_seeds <= min(len(args.seeds), len(args.dense_seeds)):
-        parser.error(
-            f"--search-seeds {args.search_seeds} must be between 1 and the number of --seeds "
-            f"({len(args.seeds)}) and --dense-seeds ({len(args.dense_seeds)})"
-        )
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be >= 1")
+    known = {v for bench in BENCHMARKS.values() for v in bench.variants}
+    n_seeds, methods = len(args.seeds), (args.methods or []) + args.retrain
+    dense = (args.dense_epochs or 1, args.dense_batch_size or 1)
+    sizes = (args.epochs, args.batch_size, args.cd_repeats, *dense)
+    errors = {
+        f"unknown task(s): choose from {', '.join(BENCHMARKS)}": set(args.tasks) - set(BENCHMARKS),
+        f"unknown method(s): choose from {', '.join(sorted(known))}": set(methods) - known,
+        "epochs, batch sizes and --cd-repeats must be >= 1": min(sizes) < 1,
+        "--cd-crop must be a multiple of 32 (the backbone stride)": (args.cd_crop or 0) % 32,
+        "--merge-only, --import-runs and --retrain work on the files of --resume: pass --resume too":
+            not args.resume and (args.merge_only or args.import_runs or args.retrain),
+        "--resume and --overwrite exclude each other": args.resume and args.overwrite,
+        f"--search-seeds must be between 1 and the number of --seeds ({n_seeds})":
+            not 0 < args.search_seeds <= n_seeds,
+        "--head-lrs searches the dense decoders: pick dense --tasks":
+            args.head_lrs and "classification" in args.tasks,
+        "--threads must be >= 1": args.threads is not None and args.threads < 1,
+        "--oscd-cities takes two counts (training, validation)": len(args.oscd_cities) != 2,
+    }  # fmt: skip
+    for message, failed in errors.items():
+        if failed:
+            parser.error(message)
     if args.num_workers is None:
         args.num_workers = 0 if args.cpu or not torch.cuda.is_available() else min(8, os.cpu_count() or 1)
     return args
@@ -1003,8 +722,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """Run the benchmark; returns `{task: state}` as written to `accuracy_<task>.json`."""
     args = parse_args(argv)
-    argv_list = list(sys.argv[1:] if argv is None else argv)
-    command = " ".join(["python scripts/benchmark_accuracy.py", *argv_list])
+    command = " ".join(["python scripts/benchmark_accuracy.py", *(sys.argv[1:] if argv is None else argv)])
     transformers.utils.logging.disable_progress_bar()
     threads_before = torch.get_num_threads()
     if args.threads:
@@ -1021,8 +739,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
             return {}
         log(f"device: {device_name(args.cpu)}; run folders under {work_dir}")
         for setup in setups:
-            states[setup.task] = TaskRunner(setup, args, work_dir, command).run()
-            print_summary(states[setup.task])
+            states[setup.name] = TaskRunner(setup, args, work_dir, command).run()
+            print_summary(states[setup.name])
     finally:
         torch.set_num_threads(threads_before)
         if temporary:

@@ -1,12 +1,11 @@
 #!/usr/bin/env python
 """Report of issue 27's comparison of Q-Linear formats (plan: results/format_comparison/PLAN.md).
 
-Reads each candidate's accuracy ledger (written by `benchmark_accuracy.py`, or by the retired
-`ablate_qlinear.py` at commit a423d7e, which `run.sh` runs), takes its
-runs at the learning rate its own search chose, pairs the candidates over their shared (split seed, seed) pairs,
-and prints the paired validation and test differences against today's default (format4-4bit) and against 32-bit,
-with 95 % t-intervals (`_ledger.paired_scores`). It then applies the plan's decision rule on validation only.
-Writes `report.json` and `report.md` beside the ledgers.
+Reads each candidate's accuracy ledger (written by `benchmark_accuracy.py`, or by the retired `ablate_qlinear.py`
+at commit a423d7e, which `run.sh` runs), takes its runs at the learning rate its own search chose, pairs the
+candidates over their shared (split seed, seed) pairs, and prints the paired validation and test differences
+against today's default (format4-4bit) and against 32-bit, with 95 % t-intervals (`_ledger.paired_scores`). It
+then applies the plan's decision rule on validation only. Writes `report.json` and `report.md` beside the ledgers.
 
     python scripts/format_comparison.py results/format_comparison
 """
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import write_json_atomic, write_text_atomic
-from _ledger import paired_scores
+from _ledger import paired_scores, split_of
 
 #: candidate -> (its ledger file in the folder, its variant name in that ledger)
 CANDIDATES = {
@@ -32,38 +31,26 @@ CANDIDATES = {
 DEFAULT, REFERENCE = "format4-4bit", "32bit"
 SMALLER_FIRST = ["format5-1bit", "derived-4bit", "format4-4bit"]  # stored bytes, for exact ties
 MIN_PAIRS = 24
+PARTS = ("validation", "test")
 
 
 def candidate_runs(folder: Path, name: str) -> dict[str, Any] | None:
     """The candidate's chosen learning rate and its runs there: {(split, seed): (validation, test)}."""
     file, variant = CANDIDATES[name]
-    path = folder / file
-    if not path.exists():
+    if not (folder / file).exists():
         return None
-    ledger = json.loads(path.read_text())
-    selection = ledger.get("selection", {}).get(variant, {})
-    lr = selection.get("lr")
-    runs = {
-        (r.get("split_seed", 0), r["seed"]): (r["validation_score"], r["test_score"])
-        for r in ledger["runs"]
-        if r["variant"] == variant and r["lr"] == lr and r.get("status") == "ok"
-    }
-    return {
-        "lr": lr,
-        "lr_factor": selection.get("lr_factor"),
-        "interior": selection.get("interior"),
-        "runs": runs,
-    }
+    ledger = json.loads((folder / file).read_text())
+    choice = {k: ledger.get("selection", {}).get(variant, {}).get(k) for k in ("lr", "lr_factor", "interior")}
+    wanted = (variant, choice["lr"], "ok")
+    mine = [r for r in ledger["runs"] if (r["variant"], r["lr"], r.get("status")) == wanted]
+    runs = {(split_of(r), r["seed"]): (r["validation_score"], r["test_score"]) for r in mine}
+    return {**choice, "runs": runs}
 
 
 def differences(a: dict, b: dict, name_a: str, name_b: str) -> dict[str, Any]:
     """Paired validation and test differences `a - b` over their shared pairs."""
-    return {
-        split: paired_scores(
-            {k: v[i] for k, v in a["runs"].items()}, {k: v[i] for k, v in b["runs"].items()}, name_a, name_b
-        )
-        for i, split in enumerate(("validation", "test"))
-    }
+    scores = [[{k: v[i] for k, v in c["runs"].items()} for c in (a, b)] for i in range(len(PARTS))]
+    return {split: paired_scores(*scores[i], name_a, name_b) for i, split in enumerate(PARTS)}
 
 
 def decide(report: dict[str, Any]) -> dict[str, Any]:
@@ -84,18 +71,16 @@ def decide(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def build(folder: Path) -> dict[str, Any]:
+    """Every candidate's choice and means, the paired differences against both anchors, and the decision."""
     found = {n: candidate_runs(folder, n) for n in CANDIDATES}
     report: dict[str, Any] = {"candidates": {}, "versus": {DEFAULT: {}, REFERENCE: {}}}
     for name, c in found.items():
-        runs = (c or {}).get("runs", {})
-        report["candidates"][name] = {
-            "lr": (c or {}).get("lr"),
-            "lr_factor": (c or {}).get("lr_factor"),
-            "interior": (c or {}).get("interior"),
-            "n": len(runs),
-            "validation_mean": statistics.fmean(v for v, _ in runs.values()) if runs else None,
-            "test_mean": statistics.fmean(t for _, t in runs.values()) if runs else None,
-        }
+        c = c or {}
+        runs = c.get("runs", {})
+        entry = {**{k: c.get(k) for k in ("lr", "lr_factor", "interior")}, "n": len(runs)}
+        for i, part in enumerate(PARTS):
+            entry[f"{part}_mean"] = statistics.fmean(v[i] for v in runs.values()) if runs else None
+        report["candidates"][name] = entry
     for anchor in (DEFAULT, REFERENCE):
         for name, c in found.items():
             if name != anchor and c and found[anchor]:
@@ -115,14 +100,10 @@ def interval(d: dict[str, Any] | None) -> str:
 
 
 def markdown(report: dict[str, Any], command: str) -> str:
-    lines = [
-        "# Q-Linear format comparison (issue 27)",
-        "",
-        f"Generated by `{command}` from the ledgers in this folder; plan: PLAN.md.",
-        "",
-        "| candidate | lr (factor, interior) | pairs | validation | test |",
-        "|---|---|---:|---:|---:|",
-    ]
+    """The report as markdown: the candidates, the paired differences, the decision."""
+    lines = ["# Q-Linear format comparison (issue 27)", ""]
+    lines += [f"Generated by `{command}` from the ledgers in this folder; plan: PLAN.md.", ""]
+    lines += ["| candidate | lr (factor, interior) | pairs | validation | test |", "|---|---|---:|---:|---:|"]
     for name, c in report["candidates"].items():
         lines.append(
             f"| {name} | {c['lr']} (x{c['lr_factor'] or 0:.3g}, {c['interior']}) | {c['n']} | "
@@ -133,24 +114,18 @@ def markdown(report: dict[str, Any], command: str) -> str:
         lines += ["| candidate | validation | test |", "|---|---:|---:|"]
         lines += [f"| {n} | {interval(d['validation'])} | {interval(d['test'])} |" for n, d in rows.items()]
     decision = report["decision"]
-    lines += [
-        "",
-        f"Decision rule (PLAN.md): {decision.get('default', 'not decided yet')} — {decision['why']}.",
-    ]
+    default = decision.get("default", "not decided yet")
+    lines += ["", f"Decision rule (PLAN.md): {default} — {decision['why']}."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "folder", type=Path, help="the folder with the four ledgers (results/format_comparison)"
-    )
+    parser.add_argument("folder", type=Path, help="the four ledgers' folder (results/format_comparison)")
     args = parser.parse_args(argv)
-    report = build(args.folder)
-    command = f"python scripts/format_comparison.py {args.folder}"
+    report, command = build(args.folder), f"python scripts/format_comparison.py {args.folder}"
     write_json_atomic(args.folder / "report.json", report)
-    text = markdown(report, command)
-    write_text_atomic(args.folder / "report.md", text)
+    write_text_atomic(args.folder / "report.md", text := markdown(report, command))
     print(text, end="")
     return report
 
