@@ -65,7 +65,7 @@ VARIANTS: dict[str, Variant] = {
         Variant("upetu_1bit", "upetu", "UPetu 1-bit", options={"bits": 1}),
         Variant("upetu_4bit", "upetu", "UPetu 4-bit", options={"bits": 4}),
         Variant("upetu_32bit", "upetu", "UPetu 32-bit", options={"bits": 32}),
-        # OSCD-13 change detection (`scripts/benchmark_oscd.py`): every band, or Sentinel-2's RGB ones
+        # OSCD-13 change detection (`scripts/benchmark_accuracy.py --tasks oscd13`): every band, or Sentinel-2's RGB ones
         Variant("upetu-13band", "upetu", "UPetu, 13 bands", options={"bands": None}),
         Variant("upetu-rgb", "upetu", "UPetu, RGB bands", options={"bands": list(S2_RGB_BANDS)}),
     )

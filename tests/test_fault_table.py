@@ -77,7 +77,6 @@ def test_a_fresh_run_gives_the_committed_rows(fresh):
     assert fresh == [by_name[name] for name in FRESH]
 
 
-@pytest.mark.xfail(strict=True, reason="upetu_hf._files.write_atomic drops the file name of a failed write")
 def test_a_full_disk_names_the_checkpoint_and_the_fix():
     message = {row["name"]: row for row in committed()}["full_disk"]["message"]
     assert "o-disk/checkpoints" in message and "free some space" in message

@@ -32,7 +32,7 @@ from upetu_hf.data.band_statistics import compute_band_statistics
 from upetu_hf.hub import save_adapter
 from upetu_hf.train.accelerator import make_accelerator
 from upetu_hf.train.checkpoint import list_checkpoints
-from upetu_hf.train.cli import main
+from upetu_hf.train.cli import is_user_error, main, user_error_message
 from upetu_hf.train.output_dir import OutputLock
 
 
@@ -413,3 +413,25 @@ def test_multiband_images_of_mixed_pixel_types_are_refused_at_training(assets, t
     write_tif(data / "images" / "tile_3.tif", np.full((4, 64, 64), 1000.0, np.float32))
     code, err = train_cli(seg_argv(assets["checkpoint"], data, tmp_path / "out"), capsys)
     assert one_line(code, err, "different pixel types", "tile_3.tif holds float32"), err
+
+
+def test_a_failed_write_names_the_file_being_written(tmp_path, monkeypatch):
+    """A real full disk fails in `write` or `fsync`, whose OSError names no file; the one line must name it."""
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    target = tmp_path / "run" / "adapter_model.safetensors"
+    with pytest.raises(OSError) as caught:
+        write_json_atomic(target, {"a": 1})
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert list(target.parent.iterdir()) == []  # the temporary file is gone
+    assert str(target) in user_error_message(caught.value)
+
+
+def test_a_file_size_limit_is_one_line_naming_the_file_and_the_fix():
+    err = OSError(errno.EFBIG, "File too large", "/runs/a/checkpoints/.tmp-step_1/model.safetensors")
+    assert is_user_error(err)
+    message = user_error_message(err)
+    assert "\n" not in message and err.filename in message and "ulimit -f" in message

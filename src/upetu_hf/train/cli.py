@@ -31,7 +31,7 @@ USER_ERRORS = (
 
 
 #: OS errors that the user's machine causes and the user can fix (read-only, full or forbidden places).
-USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 #: Exit code of a run stopped by Ctrl-C (128 + SIGINT, as a shell reports it).
 INTERRUPTED = 130
 
@@ -49,6 +49,12 @@ def user_error_message(err: BaseException) -> str:
             return (
                 f"{why}: no space left for {where}; free some space (or choose another --output-dir) and run "
                 "again, with --resume-from-checkpoint latest if the run saved checkpoints."
+            )
+        if err.errno == errno.EFBIG:
+            return (
+                f"{why}: {where} is larger than this file system or the process's file-size limit (ulimit -f) "
+                "allows; raise the limit (or choose another --output-dir) and run again, with "
+                "--resume-from-checkpoint latest if the run saved checkpoints."
             )
         if err.errno == errno.EROFS:
             return f"{where} is on a read-only file system ({why}): choose a writable --output-dir."
