@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import requires_shared, tiny_config
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from test_benchmark_accuracy import load_script
 from test_reliability import eval_cli, run_args, snapshot, train_cli
@@ -345,6 +345,24 @@ def test_gradient_accumulation_equals_one_larger_batch(assets, tmp_path):
     assert lrs[0]["_last_lr"] == lrs[1]["_last_lr"]
     for key, value in final[1].items():
         torch.testing.assert_close(final[0][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_every_training_step_starts_from_zero_gradients(assets, tmp_path):
+    """Each optimizer step must see only its own batch's gradients: every training forward of the model begins
+    with no gradient left over from the step before (a loop that never zeroes them trains on running sums)."""
+    clean: list[bool] = []
+
+    def check(module, args):
+        if isinstance(module, PeftModel) and module.training and torch.is_grad_enabled():
+            grads = [p.grad for p in module.parameters() if p.requires_grad]
+            clean.append(all(g is None or not g.any() for g in grads))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(check)
+    try:
+        assert main([*run_args(assets, tmp_path / "run"), "--epochs", "2"]) == 0
+    finally:
+        handle.remove()
+    assert len(clean) >= 3 and all(clean), clean
 
 
 def test_band_statistics_of_images_larger_than_a_chunk_match_numpy(tmp_path):
