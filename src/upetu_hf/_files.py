@@ -44,14 +44,11 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
             os.fsync(handle.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if err.filename is None and err.errno is not None:
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
             # a failed write or fsync (a full disk) names no file: name the one being written, for the message
             raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
