@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import _facts
 from conftest import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
@@ -101,3 +102,38 @@ def test_results_markers_appear_once_in_readme_and_benchmarks():
         start, end = text.count("<!-- results:start -->"), text.count("<!-- results:end -->")
         assert (start, end) == (1, 1), path.name
         assert text.index("<!-- results:start -->") < text.index("<!-- results:end -->")
+
+
+#: what reads as a measured number in prose: a decimal, a percentage or a ± (integers are counts and settings)
+MEASURED = re.compile(r"\d+\.\d+|(?<![\d.])(?!95 ?%)\d+ ?%|±")  # a 95 % interval is a setting
+GENERATED = re.compile(r"<!-- results:start -->.*?<!-- results:end -->", re.S)
+
+
+def uncited_numbers(markdown: str) -> list[str]:
+    """Each line of `markdown`'s prose that holds a measured number outside a cited number (`_facts`), a region
+    `make_report` writes, code, a link target or an HTML comment."""
+    text = _facts.FACT.sub("", GENERATED.sub("", markdown))
+    text = re.sub(r"<!--.*?-->", "", prose(text), flags=re.S)
+    text = re.sub(r"\]\([^)\s]*\)", "]", text)
+    return [line.strip() for line in text.splitlines() if MEASURED.search(line)]
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
+def test_every_measured_number_is_cited_from_a_results_file(path):
+    assert uncited_numbers(path.read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize("path", [README, *DOCS], ids=lambda p: p.relative_to(REPO_ROOT).as_posix())
+def test_cited_numbers_match_their_results_files(path):
+    text = path.read_text(encoding="utf-8")
+    assert _facts.render(text, path.name) == text, "stale: run `python scripts/make_report.py`"
+
+
+def test_the_citation_checks_catch_what_they_look_for():
+    cited = "<!-- n accuracy_classification.json summary/upetu/lr lr -->0.01<!-- /n -->"
+    assert uncited_numbers(f"LoRA scores 76.2 here.\n{cited} and `0.05`\n[x](a1.5.md)\n") == [
+        "LoRA scores 76.2 here."
+    ]
+    assert _facts.render(cited.replace("0.01<", "0.02<")) == cited
+    with pytest.raises(ValueError, match="not a file"):
+        _facts.render("<!-- n nowhere.json a/b f1 -->1.0<!-- /n -->")
