@@ -10,14 +10,18 @@ replaces every `TEXT` with what they give, so a rerun benchmark updates the pros
 tests/test_docs.py requires every number of the prose to be cited (or inside a generated region, or code).
 
 QUERY is one of:
-- `a/b/c`: the value at that path (dict keys or list indices);
+- `a/b/c`: the value at that path (dict keys, `%20` for a space in a key, or list indices); a `{mean, ci95}`
+  object there prints as `mean [low, high]`, a `{mean, std}` object as `mean ± std`;
+- `minus(P,Q)`: the value at path P minus the value at path Q;
 - `paired(A,B)` or `paired(A,B,validation)`: A minus B over the (split seed, seed) pairs both ran at their chosen
   learning rates, a benchmark ledger's test (or validation) scores, as `mean [low, high]` (95 % t-interval);
-- `pm(A)` or `pm(A,validation)`: mean ± std of variant A's final runs in a benchmark ledger.
+- `pm(A[,SCORE[,LR]])`: mean ± std of variant A's final runs in a benchmark ledger, `mean(A[,SCORE[,LR]])` the
+  mean alone; SCORE is `test` (the default), `validation` or `loss` (the last epoch's training loss), LR the runs
+  at that learning rate on the same (split seed, seed) pairs instead of those at the chosen one.
 
 FORMAT is `pt1` / `pt2` (a fraction in points, 1 or 2 decimals), `spt1` / `spt2` (the same with a sign), `f1` /
-`f2` / `f3` (decimals), `int` (thousands separated), `kb` (bytes in KB), `mb` (bytes in MB), `lr` (3 significant
-digits); `paired` and `pm` use the points formats.
+`f2` / `f3` (decimals), `sf1` / `sf2` (the same with a sign), `int` (thousands separated), `M` (millions), `kb`
+(bytes in KB), `mb` (bytes in MB), `lr` (3 significant digits); a paired difference is printed with a sign.
 
 Usage: `python scripts/_facts.py README.md docs/*.md` (rewrites them; `--check` only reports what would change).
 """
@@ -32,6 +36,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from _common import REPO_ROOT, write_text_atomic
 from _ledger import mean_std, paired_scores, split_of
@@ -48,7 +53,10 @@ FORMATS: dict[str, Callable[[float], str]] = {
     "f1": lambda x: f"{x:.1f}",
     "f2": lambda x: f"{x:.2f}",
     "f3": lambda x: f"{x:.3f}",
+    "sf1": lambda x: f"{x:+.1f}",
+    "sf2": lambda x: f"{x:+.2f}",
     "int": lambda x: f"{round(x):,}",
+    "M": lambda x: f"{x / 1e6:.1f} M",
     "kb": lambda x: f"{x / 1e3:.0f} KB",
     "mb": lambda x: f"{x / 1e6:.1f} MB",
     "lr": lambda x: f"{x:.3g}",
@@ -64,37 +72,70 @@ def load(name: str) -> Any:
     return json.loads(path.read_text())
 
 
-def final_scores(state: dict[str, Any], variant: str, split: str) -> dict[tuple[int, int], float]:
-    """Variant's final-run scores keyed by (split seed, seed): the summary's test scores, or the validation scores
-    of the ledger's runs at the chosen rate on the same pairs."""
+#: What a run scores: its test or validation metric, or its training loss over the last epoch.
+SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
+    "test": lambda run: run["test_score"],
+    "validation": lambda run: run["validation_score"],
+    "loss": lambda run: run["history"][-1]["train_loss"],
+}
+
+
+def final_scores(
+    state: dict[str, Any], variant: str, score: str = "test", lr: str | None = None
+) -> dict[tuple[int, int], float]:
+    """Variant's final-run scores keyed by (split seed, seed): the summary's test scores, or `SCORES[score]` of the
+    ledger's runs on the same pairs at the chosen rate (or at `lr`)."""
     s = state["summary"][variant]
     pairs = list(zip(s.get("split_seeds") or [0] * len(s["seeds"]), s["seeds"]))
-    if split == "test":
+    if score == "test" and lr is None:
         return {p: v for p, v in zip(pairs, s["test_scores"]) if v is not None}
-    runs = [r for r in state["runs"] if r["variant"] == variant and r.get("status") == "ok" and r["lr"] == s["lr"]]
-    by_pair = {(split_of(r), r["seed"]): r["validation_score"] for r in runs if r["options"] == s["options"]}
+    rate = s["lr"] if lr is None else float(lr)
+    runs = [
+        r for r in state["runs"] if r["variant"] == variant and r.get("status") == "ok" and r["lr"] == rate
+    ]
+    by_pair = {(split_of(r), r["seed"]): SCORES[score](r) for r in runs if r["options"] == s["options"]}
     return {p: by_pair[p] for p in pairs if p in by_pair}
+
+
+def at(data: Any, path: str) -> Any:
+    """The value at `path` (module docstring)."""
+    value = data
+    for part in path.split("/"):
+        value = value[int(part)] if isinstance(value, list) else value[unquote(part)]
+    return value
+
+
+def show(value: Any, fmt: str) -> str:
+    """A number, a `{mean, ci95}` difference (with a sign) or a `{mean, std}` spread, printed in `fmt`."""
+    if isinstance(value, dict) and "ci95" in value:
+        sign = FORMATS[fmt if fmt.startswith("s") else "s" + fmt]
+        low, high = value["ci95"]
+        return f"{sign(value['mean'])} [{sign(low)}, {sign(high)}]"
+    if isinstance(value, dict):
+        return f"{FORMATS[fmt](value['mean'])} ± {FORMATS[fmt.lstrip('s')](value['std'])}"
+    return FORMATS[fmt](value)
 
 
 def evaluate(data: Any, query: str, fmt: str) -> str:
     """The text of one cited number (module docstring)."""
     call = CALL.fullmatch(query)
     if call is None:
-        value = data
-        for part in query.split("/"):
-            value = value[int(part)] if isinstance(value, list) else value[part]
-        return FORMATS[fmt](value)
+        return show(at(data, query), fmt)
     kind, args = call.group(1), call.group(2).split(",")
-    split = args[2] if kind == "paired" and len(args) > 2 else args[1] if kind == "pm" and len(args) > 1 else "test"
-    if kind == "pm":
-        mean, std = mean_std(list(final_scores(data, args[0], split).values()))
-        return f"{FORMATS[fmt](mean)} ± {FORMATS[fmt.lstrip('s')](std)}"
+    if kind == "minus":
+        return FORMATS[fmt](at(data, args[0]) - at(data, args[1]))
     if kind == "paired":
-        d = paired_scores(final_scores(data, args[0], split), final_scores(data, args[1], split))
-        low, high = d["ci95"]
-        sign = fmt if fmt.startswith("s") else "s" + fmt
-        return f"{FORMATS[sign](d['mean'])} [{FORMATS[sign](low)}, {FORMATS[sign](high)}]"
-    raise ValueError(f"unknown query {query!r}: use a path, paired(A,B[,validation]) or pm(A[,validation])")
+        score = args[2] if len(args) > 2 else "test"
+        return show(
+            paired_scores(final_scores(data, args[0], score), final_scores(data, args[1], score)), fmt
+        )
+    if kind in ("pm", "mean"):
+        mean, std = mean_std(list(final_scores(data, *args[:3]).values()))
+        return show({"mean": mean, "std": std} if kind == "pm" else mean, fmt)
+    raise ValueError(
+        f"unknown query {query!r}: use a path, minus(P,Q), paired(A,B[,validation]), pm(A[,SCORE[,LR]]) or "
+        "mean(A[,SCORE[,LR]])"
+    )
 
 
 def render(text: str, where: str = "") -> str:

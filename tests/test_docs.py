@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 import _facts
+import pytest
 from conftest import REPO_ROOT
 
 README = REPO_ROOT / "README.md"
@@ -137,3 +137,27 @@ def test_the_citation_checks_catch_what_they_look_for():
     assert _facts.render(cited.replace("0.01<", "0.02<")) == cited
     with pytest.raises(ValueError, match="not a file"):
         _facts.render("<!-- n nowhere.json a/b f1 -->1.0<!-- /n -->")
+
+
+def test_facts_queries_and_formats():
+    run = {"variant": "v", "status": "ok", "options": {}, "split_seed": 0, "validation_score": 0.6}
+    summary = {"lr": 0.01, "options": {}, "seeds": [0, 1], "test_scores": [0.5, 0.7]}  # split seed 0
+    ledger = {
+        "summary": {"v": summary},
+        "runs": [
+            dict(run, lr=0.01, seed=0, test_score=0.5, history=[{"train_loss": 0.4}]),
+            dict(run, lr=0.01, seed=1, test_score=0.7, history=[{"train_loss": 0.2}]),
+            dict(run, lr=0.03, seed=0, test_score=0.3, history=[{"train_loss": 0.9}]),
+            dict(run, lr=0.03, seed=2, test_score=0.9, history=[{"train_loss": 0.1}]),  # not a final pair
+        ],
+    }
+    assert _facts.evaluate(ledger, "pm(v)", "pt1") == "60.0 ± 14.1"
+    assert _facts.evaluate(ledger, "mean(v,loss)", "f2") == "0.30"
+    assert _facts.evaluate(ledger, "mean(v,test,0.03)", "pt1") == "30.0"
+    data = {"a b": {"mean": 1.0, "ci95": [-0.25, 2.5]}, "c": {"mean": 2.0, "std": 0.5}, "n": [3374520, 1000]}
+    assert _facts.evaluate(data, "a%20b", "f1") == "+1.0 [-0.2, +2.5]"
+    assert _facts.evaluate(data, "c", "f2") == "2.00 ± 0.50"
+    assert _facts.evaluate(data, "n/0", "M") == "3.4 M"
+    assert _facts.evaluate(data, "minus(n/1,c/mean)", "sf1") == "+998.0"
+    with pytest.raises(ValueError, match="unknown query"):
+        _facts.evaluate(data, "median(v)", "f1")
