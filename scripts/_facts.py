@@ -12,7 +12,7 @@ tests/test_docs.py requires every number of the prose to be cited (or inside a g
 QUERY is one of:
 - `a/b/c`: the value at that path (dict keys, `%20` for a space in a key, or list indices); a `{mean, ci95}`
   object there prints as `mean [low, high]`, a `{mean, std}` object as `mean ± std`;
-- `minus(P,Q)`: the value at path P minus the value at path Q;
+- `minus(P,Q)`: the value at path P minus the value at path Q; `spread(P)`: mean ± std of the numbers at path P;
 - `paired(A,B)` or `paired(A,B,validation)`: A minus B over the (split seed, seed) pairs both ran at their chosen
   learning rates, a benchmark ledger's test (or validation) scores, as `mean [low, high]` (95 % t-interval);
 - `pm(A[,SCORE[,LR]])`: mean ± std of variant A's final runs in a benchmark ledger, `mean(A[,SCORE[,LR]])` the
@@ -124,6 +124,9 @@ def evaluate(data: Any, query: str, fmt: str) -> str:
     kind, args = call.group(1), call.group(2).split(",")
     if kind == "minus":
         return FORMATS[fmt](at(data, args[0]) - at(data, args[1]))
+    if kind == "spread":
+        mean, std = mean_std(at(data, args[0]))
+        return show({"mean": mean, "std": std}, fmt)
     if kind == "paired":
         score = args[2] if len(args) > 2 else "test"
         return show(
@@ -133,7 +136,7 @@ def evaluate(data: Any, query: str, fmt: str) -> str:
         mean, std = mean_std(list(final_scores(data, *args[:3]).values()))
         return show({"mean": mean, "std": std} if kind == "pm" else mean, fmt)
     raise ValueError(
-        f"unknown query {query!r}: use a path, minus(P,Q), paired(A,B[,validation]), pm(A[,SCORE[,LR]]) or "
+        f"unknown query {query!r}: use a path, minus(P,Q), spread(P), paired(A,B[,SCORE]), pm(A[,SCORE[,LR]]) or "
         "mean(A[,SCORE[,LR]])"
     )
 

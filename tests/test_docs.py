@@ -159,5 +159,6 @@ def test_facts_queries_and_formats():
     assert _facts.evaluate(data, "c", "f2") == "2.00 ± 0.50"
     assert _facts.evaluate(data, "n/0", "M") == "3.4 M"
     assert _facts.evaluate(data, "minus(n/1,c/mean)", "sf1") == "+998.0"
+    assert _facts.evaluate(data, "spread(n)", "M") == "1.7 M ± 2.4 M"
     with pytest.raises(ValueError, match="unknown query"):
         _facts.evaluate(data, "median(v)", "f1")
