@@ -13,8 +13,8 @@ QUERY is one of:
 - `a/b/c`: the value at that path (dict keys, `%20` for a space in a key, or list indices); a `{mean, ci95}`
   object there prints as `mean [low, high]`, a `{mean, std}` object as `mean ± std`;
 - `minus(P,Q)`: the value at path P minus the value at path Q; `spread(P)`: mean ± std of the numbers at path P;
-- `paired(A,B)` or `paired(A,B,validation)`: A minus B over the (split seed, seed) pairs both ran at their chosen
-  learning rates, a benchmark ledger's test (or validation) scores, as `mean [low, high]` (95 % t-interval);
+- `paired(A,B[,SCORE])`: A minus B over the (split seed, seed) pairs both ran at their chosen learning rates, a
+  benchmark ledger's scores (SCORE below), as `mean [low, high]` (95 % t-interval);
 - `pm(A[,SCORE[,LR]])`: mean ± std of variant A's final runs in a benchmark ledger, `mean(A[,SCORE[,LR]])` the
   mean alone; SCORE is `test` (the default), `validation` or `loss` (the last epoch's training loss), LR the runs
   at that learning rate on the same (split seed, seed) pairs instead of those at the chosen one.
