@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import collections
+import datetime
 import json
 import math
 import os
 import platform
+import re
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +24,13 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save
+from transformers import ConvNextConfig, ConvNextForImageClassification
 
 import upetu_hf
 from upetu_hf._files import write_atomic
 from upetu_hf.train import TrainingArguments
 from upetu_hf.train.cli import add_options
+from upetu_hf.train.methods import is_head_parameter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The shared data and models (`../shared`), and the benchmarks' reference backbone in it.
@@ -34,7 +41,44 @@ CONVNEXT = {
     "convnext-t": dict(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
     "convnext-b": dict(depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024]),  # convnext-base-224-22k
     "convnext-atto": dict(depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320]),  # the reference backbone's
+    "tiny": dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64]),  # for quick checks
 }
+TEMPLATE_FILE = REPO_ROOT / "scripts" / "templates" / "report.md"
+_BLOCKS = re.split(r"^<!-- ([\w-]+) -->\n", TEMPLATE_FILE.read_text(), flags=re.M)
+#: The prose blocks of `templates/report.md` by name.
+TEMPLATES = {name: text.rstrip("\n") for name, text in zip(_BLOCKS[1::2], _BLOCKS[2::2])}
+
+
+def fill(block: str, /, **values: Any) -> str:
+    """The block `block` of `templates/report.md` with `values` filled in (a missing value reads None)."""
+    return TEMPLATES[block].format_map(collections.defaultdict(lambda: None, values))
+
+
+def row(*cells: Any) -> str:
+    """A row of a markdown table."""
+    return f"| {' | '.join(map(str, cells))} |"
+
+
+def table(header: str, align: str, rows: list[str]) -> list[str]:
+    """A markdown table: `header` cells and `align` (one `-`, `:`-suffixed for right, per column) joined by `|`."""
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
+    return [row(*(c.strip() for c in header.split("|"))), rule, *rows]
+
+
+def random_convnext(name: str, num_labels: int, seed: int = 0) -> ConvNextForImageClassification:
+    """A `CONVNEXT[name]` classifier with `num_labels` classes and random weights drawn after `manual_seed(seed)`."""
+    torch.manual_seed(seed)
+    return ConvNextForImageClassification(ConvNextConfig(**CONVNEXT[name], num_labels=num_labels))
+
+
+def log(message: str, who: str = "") -> None:
+    """Progress to stderr, with the time (after `who`, when given)."""
+    print(f"[{f'{who} ' if who else ''}{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def now() -> str:
+    """The UTC time, to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def clean(value: Any) -> Any:
@@ -80,6 +124,14 @@ def resaved_bytes(path: Path, keep: Callable[[str], bool]) -> int:
         metadata = handle.metadata()
         tensors = {k: handle.get_tensor(k) for k in handle.keys() if keep(k)}
     return len(save(tensors, metadata=metadata)) if tensors else 0
+
+
+def head_bytes(path: Path, heads_only: bool = False) -> tuple[int, int]:
+    """Bytes of the weights file `path` with and without its head tensors; `heads_only` (a linear probe's file,
+    whose trained part is its heads): the heads re-saved alone, and 0."""
+    if heads_only:
+        return resaved_bytes(path, is_head_parameter), 0
+    return path.stat().st_size, resaved_bytes(path, lambda key: not is_head_parameter(key))
 
 
 def cpu_model() -> str:
@@ -149,6 +201,6 @@ def add_training_options(group: argparse._ActionsContainer, task: str, names: Se
     for name in names:
         action = actions[name]
         if name in defaults:
-            action.default = defaults[name]
+            action.default, action.required = defaults[name], False
             action.help = f"{action.help or ''} (here: {defaults[name]})".strip()
         group._add_action(action)

@@ -174,6 +174,12 @@ def paired_scores(left: dict, right: dict, a: str = "a", b: str = "b") -> dict[s
     return dict(out, ci95=[low, high], decided=a if low > 0 else b if high < 0 else None)
 
 
+def fmt_interval(d: dict[str, Any], sep: str = " ") -> str:
+    """A paired difference (`paired_scores`) in points: `+1.23 [+0.45, +2.01]`, mean and interval joined by `sep`."""
+    low, high = d["ci95"]
+    return f"{100 * d['mean']:+.2f}{sep}[{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
 def summarize(state: dict[str, Any], setup) -> dict[str, Any]:
     """Per variant: the chosen rate (`select`, stored in `state["selection"]`) and the mean +- std over the final
     runs at that rate (every seed of `setup.seeds` on every split of `setup.split_seeds`)."""
