@@ -145,11 +145,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpus_available() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def machine_info(device: str) -> dict[str, Any]:
     """CPU, GPUs, thread settings, load and library versions of this process; `device` says where it runs."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = dict(hostname=platform.node(), cpu_model=cpu_model(), cpu_count=os.cpu_count())
-    info["cpus_available"] = cpus
+    info["cpus_available"] = cpus_available()
     info.update(torch_num_threads=torch.get_num_threads())
     info["torch_num_interop_threads"] = torch.get_num_interop_threads()
     info.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), platform=platform.platform())
