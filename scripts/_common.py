@@ -206,5 +206,6 @@ def add_training_options(group: argparse._ActionsContainer, task: str, names: Se
         action = actions[name]
         if name in defaults:
             action.default, action.required = defaults[name], False
-            action.help = f"{action.help or ''} (here: {defaults[name]})".strip()
+            if defaults[name] is not None:
+                action.help = f"{action.help or ''} (here: {defaults[name]})".strip()
         group._add_action(action)

@@ -29,7 +29,6 @@ pre-resized UCM copy (`scripts/resize_image_folder.py`) keeps data loading up.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import math
@@ -43,6 +42,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,7 @@ import upetu_hf
 from upetu_hf.hub import saved_file_names
 from upetu_hf.train import DEFAULT_LR, PEFT_METHODS, TASK_METRICS, TrainingArguments, get_task, train
 from upetu_hf.train.arguments import RUN_CONFIG_FILE
-from upetu_hf.train.methods import apply_method, dense_head_lr, is_head_parameter, parameter_summary
+from upetu_hf.train.methods import apply_method, dense_head_lr, parameter_summary
 
 #: The code whose uncommitted changes a session records.
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py", "scripts/_ledger.py")
@@ -95,9 +95,7 @@ BENCHMARKS = {
 }
 
 
-def log(message: str) -> None:
-    """Progress to stderr, with the time."""
-    print(f"[benchmark_accuracy {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = partial(common.log, who="benchmark_accuracy")  # progress to stderr, with the time
 
 
 def parse_factors(text: str) -> list[float]:
@@ -126,11 +124,6 @@ def round_lr(value: float) -> float:
 
 def fmt4(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-def now() -> str:
-    """The UTC time, to the second."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def device_name(cpu: bool = False) -> str:
@@ -346,11 +339,11 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
             sizes["batch_size"] = args.dense_batch_size or bench.batch_size
             sizes["lr_factors"] = [1.0] if args.head_lrs else args.dense_lr_factors or args.lr_factors
         data = split_data.get(args.split_seeds[0], sources)
-        setup = TaskSetup(name, bench.task, data, fixed, **sizes, seeds=args.seeds, variants=variants)
-        setup.n_search_seeds, setup.split_seeds, setup.split = args.search_seeds, args.split_seeds, split
-        setup.sources, setup.split_data = sources, split_data
-        setup.head_lr, setup.head_lrs = head_lr, args.head_lrs
-        setups.append(setup)
+        sizes |= dict(
+            seeds=args.seeds, n_search_seeds=args.search_seeds, split_seeds=args.split_seeds, split=split
+        )
+        sizes |= dict(sources=sources, split_data=split_data, head_lr=head_lr, head_lrs=args.head_lrs)
+        setups.append(TaskSetup(name, bench.task, data, fixed, **sizes, variants=variants))
     return setups
 
 
@@ -431,13 +424,8 @@ def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
     probe saves the whole model too, but only its heads are trained: its checkpoint is the heads alone.
     """
     name = saved_file_names(method in PEFT_METHODS)[1]
-    path = run_dir / name
-    size = path.stat().st_size
-    if method == "linear":
-        with_head, without_head = common.resaved_bytes(path, is_head_parameter), 0
-    else:
-        with_head, without_head = size, common.resaved_bytes(path, lambda key: not is_head_parameter(key))
-    sizes = {"checkpoint_bytes": size, "weights_bytes_with_head": with_head}
+    with_head, without_head = common.head_bytes(run_dir / name, heads_only=method == "linear")
+    sizes = {"checkpoint_bytes": (run_dir / name).stat().st_size, "weights_bytes_with_head": with_head}
     return {"checkpoint_file": name, **sizes, "weights_bytes_without_head": without_head}
 
 
@@ -530,7 +518,7 @@ class TaskRunner:
             "key": key, "task": setup.task, "variant": name, "label": variant.label, "method": variant.method,
             "options": options, "lr": lr, "lr_factor": factor, "head_lr": targs.head_lr, "seed": seed,
             "split_seed": split_seed, "epochs": setup.epochs, "run_dir": str(run_dir),
-            "device": device_name(self.args.cpu), "started": now(), "metric": setup.metric,
+            "device": device_name(self.args.cpu), "started": common.now(), "metric": setup.metric,
         }  # fmt: skip
         record = dict(execute_run(self.args, record, targs, self.counts), phase=phase)
         state["runs"] = [r for r in state["runs"] if r["key"] != key] + [record]
@@ -571,7 +559,9 @@ class TaskRunner:
         if setup.head_lrs:  # the rate `upetu-train` gives this decoder today
             state["current_default"] = dense_head_lr(setup.task, setup.fixed.get("head_hidden_size"))
         paths = dict(model=args.model, data=setup.data, sources=setup.sources, work_dir=str(self.work_dir))
-        session = dict(command=self.command, date=now(), machine=common.machine_info(device_name(args.cpu)))
+        session = dict(
+            command=self.command, date=common.now(), machine=common.machine_info(device_name(args.cpu))
+        )
         session.update(git=common.git_state(CODE_PATHS), paths=paths, methods=setup.variants)
         session["seeds"] = setup.seeds
         state["sessions"].append(session)
@@ -629,7 +619,6 @@ def plan(setups: list[TaskSetup]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- CLI
 #: flag -> (default, type, help); a string default goes through the type too, a False one makes a switch.
 OPTIONS: dict[str, tuple[Any, Any, str]] = {
-    "--model": (str(common.SHARED_BACKBONE), str, "ConvNeXt checkpoint: Hub id or folder"),
     "--ucm": (str(DATA / "ucmerced"), str, "UC Merced class-per-folder images"),
     "--gid": (str(DATA / "gid5_landcover"), str, "GID tiles: images/ + masks/"),
     "--oscd": (str(DATA / "oscd13_s2"), str, "OSCD cities: A/ B/ label/ and bands.json"),
@@ -638,7 +627,6 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "--methods": (None, lambda t: parse_list(t, str), "comma-separated variants (default: the task's)"),
     "--seeds": ("0,1,2", parse_list, "seeds of the final runs; the first --search-seeds also search (0,1,2)"),
     "--search-seeds": (1, int, "choose the rate on the mean validation of the first N seeds of --seeds (1)"),
-    "--epochs": (20, int, "classification epochs per run (20)"),
     "--dense-epochs": (None, int, "dense-task epochs per run (20; oscd13 40)"),
     "--lr-factors": ("1/3,1,3", parse_factors, "learning rates tried: DEFAULT_LR[method] x each factor"),
     "--dense-lr-factors": (None, parse_factors, "the same for the dense tasks (default: --lr-factors)"),
@@ -666,10 +654,14 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "--merge-only": (False, None, "train nothing: merge and summarise the runs on file (--resume, --import-runs)"),
     "--dry-run": (False, None, "print the planned runs and exit"),
 }  # fmt: skip
-#: Forwarded to every run's `TrainingArguments` as `upetu-train classification` offers them (here: the default).
-TRAINING_OPTIONS = dict(image_size=112, batch_size=None, train_fraction=0.5, validation_fraction=0.2)
-TRAINING_OPTIONS.update(mixed_precision=None, max_train_samples=None, max_eval_samples=None)
-TRAINING_OPTIONS.update(num_workers=None, cpu=None)
+#: Forwarded to every run's `TrainingArguments` as `upetu-train classification` offers them, some with the
+#: benchmark's own default (`num_workers`: 0 on a CPU, else up to 8).
+TRAINING_OPTIONS = (
+    "model epochs batch_size image_size train_fraction validation_fraction mixed_precision".split()
+)
+TRAINING_OPTIONS += ["max_train_samples", "max_eval_samples", "num_workers", "cpu"]
+TRAINING_DEFAULTS = dict(model=str(common.SHARED_BACKBONE), epochs=20, image_size=112, train_fraction=0.5)
+TRAINING_DEFAULTS.update(validation_fraction=0.2, num_workers=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -683,8 +675,7 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (default, kind, help_text) in OPTIONS.items():
         flag_kind = dict(action="store_true") if default is False else dict(default=default, type=kind)
         parser.add_argument(flag, help=help_text, **flag_kind)
-    defaults = {k: v for k, v in TRAINING_OPTIONS.items() if v is not None or k == "num_workers"}
-    common.add_training_options(parser, "classification", list(TRAINING_OPTIONS), **defaults)
+    common.add_training_options(parser, "classification", TRAINING_OPTIONS, **TRAINING_DEFAULTS)
     return parser
 
 

@@ -110,7 +110,7 @@ def patch_suite(folder: Path) -> None:
     for old, new in HOOKS.items():
         if old not in text:
             raise SystemExit(
-                f"peft's test_custom_models.py has no {old.strip()!r}: this peft version is not supported."
+                f"peft's test_custom_models.py has no {old.strip()!r}: this peft is not supported."
             )
         text = text.replace(old, new)
     path.write_text(text)
@@ -142,13 +142,9 @@ def run_suite(tests: Path, k: str) -> list[dict]:
         try:  # testing_common imports diffusers for tests UPetu never reaches
             import diffusers  # noqa: F401
         except ImportError:
-            (root / "stubs" / "diffusers").mkdir(parents=True)
-            (root / "stubs" / "diffusers" / "__init__.py").write_text(
-                "class StableDiffusionPipeline:\n    pass\n"
-            )
-        env = dict(
-            os.environ, PYTHONPATH=os.pathsep.join([str(root / "stubs"), str(root), str(REPO_ROOT / "src")])
-        )
+            (stub := root / "stubs" / "diffusers").mkdir(parents=True)
+            (stub / "__init__.py").write_text("class StableDiffusionPipeline:\n    pass\n")
+        paths = os.pathsep.join([str(root / "stubs"), str(root), str(REPO_ROOT / "src")])
         command = [
             sys.executable,
             "-m",
@@ -158,18 +154,18 @@ def run_suite(tests: Path, k: str) -> list[dict]:
             "no:cacheprovider",
             "tests/test_custom_models.py",
         ]
-        subprocess.run(
-            [*command, "-k", k, f"--junitxml={root / 'report.xml'}"], cwd=root, env=env, check=False
-        )
+        command += ["-k", k, f"--junitxml={root / 'report.xml'}"]
+        subprocess.run(command, cwd=root, env=dict(os.environ, PYTHONPATH=paths), check=False)
         return classify(root / "report.xml")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the suite, write the outcomes, print their counts and any unexpected failure."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--peft", type=Path, required=True, help="a peft source checkout (its tests/ folder is used)"
+        "--peft", type=Path, required=True, help="a peft source checkout (its tests/ are used)"
     )
     parser.add_argument("--output", type=Path, default=Path("peft_suite.json"), help="JSON file of outcomes")
     parser.add_argument("-k", default="UPetu", help="pytest -k expression (default: every UPetu case)")
@@ -180,13 +176,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = run_suite(tests, args.k)
     counts = Counter(r["outcome"] if r["cause"] is None else f"failed: {r['cause']}" for r in rows)
     git = subprocess.run(["git", "-C", str(args.peft), "rev-parse", "HEAD"], capture_output=True, text=True)
-    result = {
-        "peft_tests_from": str(args.peft),
-        "peft_commit": (git.stdout.strip() or None) if git.returncode == 0 else None,
-        "peft_installed": version("peft"),
-        "counts": dict(counts),
-        "tests": rows,
-    }
+    commit = git.stdout.strip() if git.returncode == 0 else ""
+    result = dict(peft_tests_from=str(args.peft), peft_commit=commit or None, peft_installed=version("peft"))
+    result |= dict(counts=dict(counts), tests=rows)
     write_json_atomic(args.output, result)
     for outcome, n in counts.most_common():
         print(f"{n:4d}  {outcome}")
