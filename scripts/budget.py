@@ -24,14 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import CONVNEXT, REPO_ROOT, write_json_atomic
+from _common import CONVNEXT, REPO_ROOT, random_convnext, write_json_atomic
 from peft import get_peft_model
-from transformers import (
-    ConvNextConfig,
-    ConvNextForImageClassification,
-    UperNetConfig,
-    UperNetForSemanticSegmentation,
-)
+from transformers import ConvNextConfig, UperNetConfig, UperNetForSemanticSegmentation
 
 from upetu_hf import UPetuConfig
 from upetu_hf.tuner.config import ADAPTER_WEIGHTS_NAME
@@ -50,29 +45,24 @@ DEFAULT_CONFIGS = (
 def measure(options: dict[str, Any], bits: int) -> dict[str, Any]:
     """Adapter share of the backbone and adapter file size of one configuration on ConvNeXt-B."""
     with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = ConvNextForImageClassification(ConvNextConfig(**CONVNEXT["convnext-b"], num_labels=10))
+        model = random_convnext("convnext-b", 10)
     peft_model = get_peft_model(model, UPetuConfig(bits=bits, modules_to_save=[], **options))
     counts = peft_model.base_model.parameter_counts()
     with tempfile.TemporaryDirectory() as folder:
         peft_model.save_pretrained(folder)
         size = (Path(folder) / ADAPTER_WEIGHTS_NAME).stat().st_size
-    return {
-        "options": options,
-        "bits": bits,
-        "adapter_params": counts["adapter"],
-        "backbone_params": counts["backbone"],
-        "adapter_pct_of_backbone": 100.0 * counts["adapter"] / counts["backbone"],
-        "adapter_bytes": size,
-    }
+    out = dict(
+        options=options, bits=bits, adapter_params=counts["adapter"], backbone_params=counts["backbone"]
+    )
+    return out | dict(
+        adapter_pct_of_backbone=100.0 * counts["adapter"] / counts["backbone"], adapter_bytes=size
+    )
 
 
 def decoder_size(backbone: dict[str, Any], decoder: dict[str, int]) -> dict[str, Any]:
     """Parameters (and float32 bytes) of a UperNet's decode and auxiliary heads, built on the meta device."""
-    stages = ["stage1", "stage2", "stage3", "stage4"]
-    config = UperNetConfig(
-        backbone_config=ConvNextConfig(**backbone, out_features=stages), num_labels=5, **decoder
-    )
+    stages = ConvNextConfig(**backbone, out_features=["stage1", "stage2", "stage3", "stage4"])
+    config = UperNetConfig(backbone_config=stages, num_labels=5, **decoder)
     with torch.device("meta"):
         model = UperNetForSemanticSegmentation(config)
     params = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("backbone."))
@@ -80,6 +70,7 @@ def decoder_size(backbone: dict[str, Any], decoder: dict[str, int]) -> dict[str,
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Measure every configuration at every bit width and the decoders; write and print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--configs", nargs="+", default=list(DEFAULT_CONFIGS), help="UPetuConfig options as JSON"
@@ -103,9 +94,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"| {json.dumps(r['options'])} | {r['bits']} | {pct:.3f} % | {size:.1f} KB |")
     print("\n| backbone | UperNet decoder | parameters | float32 |\n|---|---|---:|---:|")
     for d in decoders:
-        print(
-            f"| {d['backbone']} | {d['decoder']} | {d['params'] / 1e6:.2f} M | {d['float32_bytes'] / 1e6:.0f} MB |"
-        )
+        params, size = d["params"] / 1e6, d["float32_bytes"] / 1e6
+        print(f"| {d['backbone']} | {d['decoder']} | {params:.2f} M | {size:.0f} MB |")
     return result
 
 

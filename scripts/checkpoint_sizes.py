@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import CONVNEXT, REPO_ROOT, SHARED_BACKBONE, write_json_atomic
-from transformers import ConvNextConfig, ConvNextForImageClassification
+from _common import REPO_ROOT, SHARED_BACKBONE, random_convnext, write_json_atomic
+from transformers import ConvNextForImageClassification
 
 from upetu_hf.train.accelerator import make_accelerator
 from upetu_hf.train.arguments import TrainingArguments
@@ -36,13 +36,10 @@ NUM_LABELS = 21
 def build_model(name: str) -> tuple[torch.nn.Module, str]:
     """A ConvNeXt classifier with a `NUM_LABELS`-class head and the source `--model` would name."""
     if name == "convnext-base":
-        return ConvNextForImageClassification(
-            ConvNextConfig(num_labels=NUM_LABELS, **CONVNEXT["convnext-b"])
-        ), name
-    model = ConvNextForImageClassification.from_pretrained(
-        SHARED_BACKBONE, num_labels=NUM_LABELS, ignore_mismatched_sizes=True
-    )
-    return model, str(SHARED_BACKBONE)
+        return random_convnext("convnext-b", NUM_LABELS), name
+    torch.manual_seed(0)
+    head = dict(num_labels=NUM_LABELS, ignore_mismatched_sizes=True)
+    return ConvNextForImageClassification.from_pretrained(SHARED_BACKBONE, **head), str(SHARED_BACKBONE)
 
 
 def checkpoint_bytes(model: torch.nn.Module, source: str, method: str, folder: Path) -> dict[str, int]:
@@ -66,10 +63,10 @@ def checkpoint_bytes(model: torch.nn.Module, source: str, method: str, folder: P
 
 
 def measure(models: Sequence[str], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per model and method: the checkpoint's bytes, per file, and its share of full fine-tuning's."""
     rows = []
     for name in models:
         for method in methods:
-            torch.manual_seed(0)
             model, source = build_model(name)
             with tempfile.TemporaryDirectory() as tmp:
                 sizes = checkpoint_bytes(model, source, method, Path(tmp))
@@ -82,6 +79,7 @@ def measure(models: Sequence[str], methods: Sequence[str]) -> list[dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Measure, write `--output` and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     models = ["convnext-base"] + (["atto"] if SHARED_BACKBONE.is_dir() else [])
     parser.add_argument("--models", nargs="+", default=models, choices=["convnext-base", "atto"])
