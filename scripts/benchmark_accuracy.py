@@ -339,11 +339,9 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
             sizes["batch_size"] = args.dense_batch_size or bench.batch_size
             sizes["lr_factors"] = [1.0] if args.head_lrs else args.dense_lr_factors or args.lr_factors
         data = split_data.get(args.split_seeds[0], sources)
-        sizes |= dict(
-            seeds=args.seeds, n_search_seeds=args.search_seeds, split_seeds=args.split_seeds, split=split
-        )
-        sizes |= dict(sources=sources, split_data=split_data, head_lr=head_lr, head_lrs=args.head_lrs)
-        setups.append(TaskSetup(name, bench.task, data, fixed, **sizes, variants=variants))
+        sizes |= dict(seeds=args.seeds, n_search_seeds=args.search_seeds, split_seeds=args.split_seeds)
+        sizes |= dict(split=split, sources=sources, split_data=split_data, head_lr=head_lr, variants=variants)
+        setups.append(TaskSetup(name, bench.task, data, fixed, **sizes, head_lrs=args.head_lrs))
     return setups
 
 
@@ -418,11 +416,8 @@ def resolve_options(variant: Variant, counts: dict[str, Any]) -> dict[str, Any]:
 
 
 def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
-    """Bytes of the weights file the run wrote, and of that file re-saved with / without the head tensors.
-
-    PEFT methods: `adapter_model.safetensors` (adapter + heads). Full fine-tuning: `model.safetensors`. The linear
-    probe saves the whole model too, but only its heads are trained: its checkpoint is the heads alone.
-    """
+    """Bytes of the weights file the run wrote (`adapter_model.safetensors` or `model.safetensors`), and of that file
+    re-saved with / without the head tensors (the linear probe's checkpoint: its trained heads alone)."""
     name = saved_file_names(method in PEFT_METHODS)[1]
     with_head, without_head = common.head_bytes(run_dir / name, heads_only=method == "linear")
     sizes = {"checkpoint_bytes": (run_dir / name).stat().st_size, "weights_bytes_with_head": with_head}
@@ -444,8 +439,8 @@ def finished_run(result: dict, metric: str, method: str, counts: dict, wall: flo
     record["adapter_params"] = params["adapter"]
     record.update(base_model_params=base_total, trainable_pct=100.0 * params["trainable"] / base_total)
     record["adapter_pct_of_backbone"] = 100.0 * params["adapter"] / counts["backbone_params"]
-    record["wall_time_s"] = wall
-    record.update(train_runtime_s=steps["runtime_s"], samples_per_second=steps["samples_per_second"])
+    record.update(wall_time_s=wall, train_runtime_s=steps["runtime_s"])
+    record["samples_per_second"] = steps["samples_per_second"]
     return dict(record, steps=steps["steps"])
 
 
@@ -512,8 +507,9 @@ class TaskRunner:
             return self.done.get(key)
         log(f"{where}: {phase} run (x{factor:.3g}), {setup.epochs} epochs")
         run_dir = self.work_dir / setup.key / name / folder
-        args = (setup, self.args, variant.method, run_options, run_dir, lr, seed, False, split_seed)
-        targs = training_arguments(*args)
+        targs = training_arguments(
+            setup, self.args, variant.method, run_options, run_dir, lr, seed, False, split_seed
+        )
         record = {
             "key": key, "task": setup.task, "variant": name, "label": variant.label, "method": variant.method,
             "options": options, "lr": lr, "lr_factor": factor, "head_lr": targs.head_lr, "seed": seed,
@@ -559,11 +555,11 @@ class TaskRunner:
         if setup.head_lrs:  # the rate `upetu-train` gives this decoder today
             state["current_default"] = dense_head_lr(setup.task, setup.fixed.get("head_hidden_size"))
         paths = dict(model=args.model, data=setup.data, sources=setup.sources, work_dir=str(self.work_dir))
+        machine = common.machine_info(device_name(args.cpu))
         session = dict(
-            command=self.command, date=common.now(), machine=common.machine_info(device_name(args.cpu))
+            command=self.command, date=common.now(), machine=machine, git=common.git_state(CODE_PATHS)
         )
-        session.update(git=common.git_state(CODE_PATHS), paths=paths, methods=setup.variants)
-        session["seeds"] = setup.seeds
+        session.update(paths=paths, methods=setup.variants, seeds=setup.seeds)
         state["sessions"].append(session)
         searched = [(split, seed) for split in setup.search_splits for seed in setup.search_seeds]
         for name in setup.variants:
@@ -656,19 +652,15 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
 }  # fmt: skip
 #: Forwarded to every run's `TrainingArguments` as `upetu-train classification` offers them, some with the
 #: benchmark's own default (`num_workers`: 0 on a CPU, else up to 8).
-TRAINING_OPTIONS = (
-    "model epochs batch_size image_size train_fraction validation_fraction mixed_precision".split()
-)
-TRAINING_OPTIONS += ["max_train_samples", "max_eval_samples", "num_workers", "cpu"]
+TRAINING_OPTIONS = "model epochs batch_size image_size train_fraction validation_fraction".split()
+TRAINING_OPTIONS += ["mixed_precision", "max_train_samples", "max_eval_samples", "num_workers", "cpu"]
 TRAINING_DEFAULTS = dict(model=str(common.SHARED_BACKBONE), epochs=20, image_size=112, train_fraction=0.5)
 TRAINING_DEFAULTS.update(validation_fraction=0.2, num_workers=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's options: data, what to run, the protocol (some as `upetu-train` offers them), runtime."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cd = [str(DATA / "levir_cd_samples"), str(DATA / "dsifn_cd_samples")]
     parser.add_argument("--cd", nargs="+", default=cd, help="change-detection A/B/label folders")
     parser.add_argument("--import-runs", nargs="+", default=[], metavar="JSON", help="merge their runs")
