@@ -507,9 +507,8 @@ class TaskRunner:
             return self.done.get(key)
         log(f"{where}: {phase} run (x{factor:.3g}), {setup.epochs} epochs")
         run_dir = self.work_dir / setup.key / name / folder
-        targs = training_arguments(
-            setup, self.args, variant.method, run_options, run_dir, lr, seed, False, split_seed
-        )
+        run = (variant.method, run_options, run_dir, lr, seed, False, split_seed)
+        targs = training_arguments(setup, self.args, *run)
         record = {
             "key": key, "task": setup.task, "variant": name, "label": variant.label, "method": variant.method,
             "options": options, "lr": lr, "lr_factor": factor, "head_lr": targs.head_lr, "seed": seed,
@@ -556,9 +555,8 @@ class TaskRunner:
             state["current_default"] = dense_head_lr(setup.task, setup.fixed.get("head_hidden_size"))
         paths = dict(model=args.model, data=setup.data, sources=setup.sources, work_dir=str(self.work_dir))
         machine = common.machine_info(device_name(args.cpu))
-        session = dict(
-            command=self.command, date=common.now(), machine=machine, git=common.git_state(CODE_PATHS)
-        )
+        session = dict(command=self.command, date=common.now(), machine=machine)
+        session["git"] = common.git_state(CODE_PATHS)
         session.update(paths=paths, methods=setup.variants, seeds=setup.seeds)
         state["sessions"].append(session)
         searched = [(split, seed) for split in setup.search_splits for seed in setup.search_seeds]

@@ -182,18 +182,14 @@ def inference_call(model: nn.Module, pixels: torch.Tensor, mixed_precision="no",
     return call
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for the queued work of a CUDA device (nothing on a CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn: Callable[[], object], device: torch.device) -> float:
     """Wall-clock seconds of `fn()`, queued device work included."""
-    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     fn()
-    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
@@ -205,11 +201,11 @@ def step_memory(method: Method, pixels: torch.Tensor, labels: torch.Tensor, mixe
     tensors += [v for state in method.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
     static = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
     if (device := pixels.device).type == "cuda":
-        synchronize(device)
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         train_step(method, pixels, labels, mixed_precision)
-        synchronize(device)
+        torch.cuda.synchronize(device)
         increase, how = torch.cuda.max_memory_allocated(device) - before, "torch.cuda.max_memory_allocated"
     else:
         cpu = [torch.profiler.ProfilerActivity.CPU]
@@ -224,31 +220,20 @@ def step_memory(method: Method, pixels: torch.Tensor, labels: torch.Tensor, mixe
     return dict(static_bytes=static, step_peak_increase_bytes=increase, peak_bytes=static + increase, how=how)
 
 
-def quartiles(samples: Sequence[float]) -> list[float]:
-    """The quartiles of at least two samples (inclusive method)."""
-    return statistics.quantiles(samples, n=4, method="inclusive")
-
-
 def summarize(samples: Sequence[float]) -> dict[str, float]:
     """Median, quartiles, min, max and relative inter-quartile range of timing samples."""
     ordered = sorted(samples)
-    q1, _, q3 = quartiles(ordered) if len(ordered) >= 2 else ordered[:1] * 3
+    q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive") if ordered[1:] else ordered * 3
     median = statistics.median(ordered)
     iqr = (q3 - q1) / median if median else 0.0
     return dict(median=median, q1=q1, q3=q3, min=ordered[0], max=ordered[-1], rel_iqr=iqr, n=len(ordered))
 
 
-def rotated(names: list[str], index: int) -> list[str]:
-    """`names` rotated left by `index` (modulo their number): the order of round `index`."""
-    shift = index % len(names)
-    return names[shift:] + names[:shift]
-
-
 def interleaved(calls: dict[str, Callable], rounds: int, device: torch.device, what: str) -> dict[str, list]:
     """Seconds of every call in each of `rounds` rounds, the order rotated by one each round."""
-    samples: dict[str, list[float]] = {name: [] for name in calls}
+    names, samples = list(calls), {name: [] for name in calls}
     for index in range(rounds):
-        for name in rotated(list(calls), index):
+        for name in names[index % len(names) :] + names[: index % len(names)]:  # rotated by one each round
             samples[name].append(timed(calls[name], device))
         log(f"{what} round {index + 1}/{rounds}")
     return samples
@@ -260,11 +245,12 @@ def bracketed_latency(base_call: Callable, calls: dict[str, Callable], rounds: i
     taken against the mean of those two. Returns the method times, their ratios, and every base run."""
     seconds: dict[str, list[float]] = {name: [] for name in calls}
     ratios: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
     for call in (base_call, *calls.values()):
         call()
     base_runs = [timed(base_call, device)]
     for index in range(rounds):
-        for name in rotated(list(calls), index):
+        for name in names[index % len(names) :] + names[: index % len(names)]:  # rotated by one each round
             seconds[name].append(timed(calls[name], device))
             base_runs.append(timed(base_call, device))
             ratios[name].append(seconds[name][-1] / statistics.fmean(base_runs[-2:]))
@@ -406,7 +392,7 @@ def compare(results: dict[str, dict[str, Any]], name: str) -> dict[str, float | 
     for ref in (r for r in ("full", "lora_r8") if r in results):
         per_round = [a / b for a, b in zip(entry["train_step_s"], results[ref]["train_step_s"])]
         out[f"train_step_vs_{ref}"] = statistics.median(per_round)
-        q1, _, q3 = quartiles(per_round) if len(per_round) >= 2 else (None,) * 3
+        q1, _, q3 = statistics.quantiles(per_round, n=4, method="inclusive") if per_round[1:] else [None] * 3
         out[f"train_step_vs_{ref}_q1"], out[f"train_step_vs_{ref}_q3"] = q1, q3
         out[f"peak_memory_vs_{ref}"] = entry["memory"]["peak_bytes"] / results[ref]["memory"]["peak_bytes"]
         disk = results[ref]["disk_bytes_without_head"]

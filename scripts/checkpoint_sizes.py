@@ -45,9 +45,8 @@ def build_model(name: str) -> tuple[torch.nn.Module, str]:
 def checkpoint_bytes(model: torch.nn.Module, source: str, method: str, folder: Path) -> dict[str, int]:
     """Make `model` trainable by `method`, take one AdamW step, save a checkpoint into `folder`; its bytes per
     file and in total."""
-    args = TrainingArguments(
-        task="classification", model=source, data="-", output_dir=str(folder), method=method
-    )
+    fields = dict(task="classification", model=source, data="-", output_dir=str(folder))
+    args = TrainingArguments(**fields, method=method)
     model = apply_method(model, args)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay, {}), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -55,9 +54,8 @@ def checkpoint_bytes(model: torch.nn.Module, source: str, method: str, folder: P
     optimizer.step()
     accelerator = make_accelerator(True, "no")
     trainables = Trainables(model, optimizer, scheduler, FrozenBackbone.of(model, source))
-    saved = save_checkpoint(
-        accelerator, folder, 1, {"global_step": 1}, {"arguments": {}}, None, 1, trainables
-    )
+    state = ({"global_step": 1}, {"arguments": {}}, None, 1)
+    saved = save_checkpoint(accelerator, folder, 1, *state, trainables)
     files = {p.name: p.stat().st_size for p in sorted(saved.iterdir())}
     return {"total": sum(files.values()), **files}
 

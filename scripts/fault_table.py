@@ -248,9 +248,8 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         message, left = r["message"].replace("|", "/"), ", ".join(r["left_behind"]) or "nothing"
         lines.append(row(r["case"], r["exit_code"], f"`{message}`", left))
-    return "\n".join(
-        [fill("fault_table"), "", *table("case | exit code | message | left behind", "llll", lines), ""]
-    )
+    lines = table("case | exit code | message | left behind", "llll", lines)
+    return "\n".join([fill("fault_table"), "", *lines, ""])
 
 
 def main_script(argv: Sequence[str] | None = None) -> int:

@@ -438,12 +438,8 @@ def data_sentence(task: str, p: dict[str, Any]) -> str:
     values = {f"{k}_pairs": len(pairs.get(k, [])) for k in ("train", "validation", "test")}
     values |= dict(train_pct=100 * tf, validation_pct=100 * vf, tile_train=100 * tf * (1 - vf))
     values |= dict(tile_validation=100 * tf * vf, tile_test=100 * (1 - tf), train_repeats=repeats)
-    return fill(f"data_{task}", **{**p, **values, "split_seeds": split_seeds(p)})
-
-
-def split_seeds(protocol: dict[str, Any]) -> list[int]:
-    """The split seeds of a protocol (one, `split_seed`, in the first files)."""
-    return protocol.get("split_seeds", [protocol.get("split_seed", 0)])
+    values["split_seeds"] = p.get("split_seeds", [p.get("split_seed", 0)])  # the first files: one
+    return fill(f"data_{task}", **{**p, **values})
 
 
 def protocol_lines(states: dict[str, dict[str, Any]]) -> list[str]:
@@ -456,7 +452,7 @@ def protocol_lines(states: dict[str, dict[str, Any]]) -> list[str]:
             search = f"seeds {', '.join(map(str, p['search_seeds']))} (their mean validation {metric})"
         else:
             search = f"seed {p['search_seed']}"
-        values = dict(data=data_sentence(task, p), split=split_seeds(p)[0], search=search, metric=metric)
+        values = dict(data=data_sentence(task, p), split=p.get("split_seed", 0), search=search, metric=metric)
         values["limits"] = "; subsampled: " + ", ".join(limits) if limits else ""
         values["epochs"] = f"{p['epochs']} epoch" + ("" if p["epochs"] == 1 else "s")
         values["factors"] = ", ".join(f"{f:.3g}" for f in p["lr_factors"])
@@ -573,16 +569,12 @@ def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
         ax.margins(x=0.15, y=0.12)
     if not panels:
         axes[0][0].text(0.5, 0.5, "no results", ha="center", va="center")
-    reference = [v for v in (1e4, 1e5, 1e6, 1e7, 1e8) if min(sizes, default=0) <= v * 3 and v <= biggest * 3][
-        :4
-    ]
-    legend = [
-        plt.scatter([], [], s=area(v), color="white", edgecolor="k", label=fmt_bytes(v)) for v in reference
-    ]
+    reference = [v for v in (1e4, 1e5, 1e6, 1e7, 1e8) if min(sizes, default=0) <= v * 3 and v <= biggest * 3]
+    key = dict(color="white", edgecolor="k")
+    legend = [plt.scatter([], [], s=area(v), label=fmt_bytes(v), **key) for v in reference[:4]]
     if legend:
-        fig.legend(
-            handles=legend, title="checkpoint size", loc="lower center", ncol=len(legend), frameon=False
-        )
+        key = dict(title="checkpoint size", loc="lower center", ncol=len(legend), frameon=False)
+        fig.legend(handles=legend, **key)
     fig.tight_layout(rect=(0, 0.1 if legend else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

@@ -87,11 +87,8 @@ LATENTS_NOT_SAVED = (
     "raw state dict differs across a save (expected at 1-8 bits: the file keeps no fp32 latents)"
 )
 #: peft's tests that compare raw state dicts before saving and after loading (README, "What is exact").
-STATE_DICT_TESTS = (
-    "test_save_pretrained",
-    "test_save_pretrained_pickle",
-    "test_parameters_after_loading_model",
-)
+STATE_DICT_TESTS = ("test_save_pretrained", "test_save_pretrained_pickle")
+STATE_DICT_TESTS += ("test_parameters_after_loading_model",)
 
 
 def failure_cause(name: str, text: str) -> str:
@@ -109,9 +106,7 @@ def patch_suite(folder: Path) -> None:
     text = path.read_text()
     for old, new in HOOKS.items():
         if old not in text:
-            raise SystemExit(
-                f"peft's test_custom_models.py has no {old.strip()!r}: this peft is not supported."
-            )
+            raise SystemExit(f"peft's test_custom_models.py lacks {old.strip()!r}: an unsupported peft.")
         text = text.replace(old, new)
     path.write_text(text)
     (folder / "upetu_cases.py").write_text(CASES)
@@ -145,28 +140,17 @@ def run_suite(tests: Path, k: str) -> list[dict]:
             (stub := root / "stubs" / "diffusers").mkdir(parents=True)
             (stub / "__init__.py").write_text("class StableDiffusionPipeline:\n    pass\n")
         paths = os.pathsep.join([str(root / "stubs"), str(root), str(REPO_ROOT / "src")])
-        command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/test_custom_models.py",
-        ]
-        command += ["-k", k, f"--junitxml={root / 'report.xml'}"]
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        command += ["tests/test_custom_models.py", "-k", k, f"--junitxml={root / 'report.xml'}"]
         subprocess.run(command, cwd=root, env=dict(os.environ, PYTHONPATH=paths), check=False)
         return classify(root / "report.xml")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the suite, write the outcomes, print their counts and any unexpected failure."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--peft", type=Path, required=True, help="a peft source checkout (its tests/ are used)"
-    )
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--peft", type=Path, required=True, help="a peft source checkout (its tests/)")
     parser.add_argument("--output", type=Path, default=Path("peft_suite.json"), help="JSON file of outcomes")
     parser.add_argument("-k", default="UPetu", help="pytest -k expression (default: every UPetu case)")
     args = parser.parse_args(argv)
