@@ -131,20 +131,16 @@ def results_table(state: dict[str, Any]) -> list[str]:
     for s in state["summary"].values():
         factor = f" (x{s['lr_factor']:.3g})" if s.get("lr_factor") is not None else ""
         flag = "" if s.get("selection_complete", True) else " (search incomplete)"
+        splits, seeds = len(set(s.get("split_seeds") or [0])), len(set(s["seeds"]))
+        runs = str(s["n"]) if splits == 1 else f"{s['n']} ({splits} splits x {seeds} seeds)"
         rows.append(
-            f"| {s['label']}{flag} | {mean_pm(s)} | {runs_label(s)} "
+            f"| {s['label']}{flag} | {mean_pm(s)} | {runs} "
             f"| {fmt_count(s['trainable_params'])} | {s['trainable_pct']:.2f} % "
             f"| {s['adapter_pct_of_backbone']:.2f} % | {fmt_bytes(s['weights_bytes_without_head'])} "
             f"| {fmt_bytes(s['weights_bytes_with_head'])} | {fmt_lr(s['lr'])}{factor} "
             f"| {', '.join(str(e) for e in s['best_epochs'])} | {fmt_seconds(s['wall_time_s_mean'])} |"
         )
     return table(fill("results_header", metric=metric_name(state)), "lrrrrrrrrlr", rows)
-
-
-def runs_label(s: dict[str, Any]) -> str:
-    """`n`, or `n (k splits x m seeds)` when the runs cover several splits."""
-    splits, seeds = len(set(s.get("split_seeds") or [0])), len(set(s["seeds"]))
-    return str(s["n"]) if splits == 1 else f"{s['n']} ({splits} splits x {seeds} seeds)"
 
 
 def paired_table(state: dict[str, Any]) -> list[str]:
@@ -264,15 +260,6 @@ def dense_aims(s: dict[str, Any]) -> list[dict[str, Any]]:
         d, met = (None, None) if paired is None else (100 * paired["mean"], paired["decided"] != other)
         found.append({"aim": aim, "difference_points": d, "met": met})
     return found
-
-
-def aims_table(state: dict[str, Any]) -> list[str]:
-    """The aims as a markdown table; [] when the task has none measured."""
-    rows = []
-    for c in aims(state):
-        d = "-" if c["difference_points"] is None else f"{c['difference_points']:+.2f}"
-        rows.append(f"| {c['aim']} | {d} | {MET[c['met']]} |")
-    return rows and table("aim | difference (points) | met", "lrl", rows)
 
 
 # ---------------------------------------------------------------------------------------------- efficiency
@@ -411,12 +398,6 @@ def backbone_sentence(states: dict[str, dict[str, Any]]) -> str:
     return text + "."
 
 
-def machine_text(m: dict[str, Any]) -> str:
-    """A session's machine: its GPUs, CPU, CPUs available, torch version and threads."""
-    text = fill("machine", **m)
-    return f"{', '.join(m['gpus'])} + {text}" if m.get("gpus") else text
-
-
 def hardware_lines(states: dict[str, dict[str, Any]]) -> list[str]:
     """Per task: the devices the runs used, and the machines of the sessions."""
     lines = []
@@ -425,7 +406,8 @@ def hardware_lines(states: dict[str, dict[str, Any]]) -> list[str]:
         machines = [session["machine"] for session in state.get("sessions", [])]
         loads = ", ".join(f"{m['loadavg'][0]:.1f}" for m in machines if m.get("loadavg"))
         loads = f"; load average at start {loads}" if loads else ""
-        machines = "; ".join(dict.fromkeys(machine_text(m) for m in machines))
+        gpus = [", ".join(m["gpus"]) + " + " if m.get("gpus") else "" for m in machines]
+        machines = "; ".join(dict.fromkeys(g + fill("machine", **m) for g, m in zip(gpus, machines)))
         lines.append(f"- {task}: runs on {devices}; machine(s): {machines}{loads}.")
     return lines
 
@@ -490,12 +472,16 @@ def caveats(states: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def task_tables(state: dict[str, Any]) -> str:
-    """A task's part of the section: its results table, paired differences and aims."""
+    """A task's part of the section: its results table, paired differences and aims (those measured)."""
     lines = ["", "", f"#### {title(state)}", "", *results_table(state)]
     if paired := paired_table(state):
         lines += ["", fill("paired"), "", *paired]
-    if aims_lines := aims_table(state):
-        lines += ["", "Aims of the benchmark issue:", "", *aims_lines]
+    rows = []
+    for c in aims(state):
+        d = "-" if c["difference_points"] is None else f"{c['difference_points']:+.2f}"
+        rows.append(f"| {c['aim']} | {d} | {MET[c['met']]} |")
+    if rows:
+        lines += ["", fill("aims"), "", *table("aim | difference (points) | met", "lrl", rows)]
     return "\n".join(lines)
 
 
@@ -506,33 +492,23 @@ def section(states: dict[str, dict], eff: dict | None, plot_path: str, summary_p
     quick = ", ".join(t for t, s in states.items() if s["protocol"].get("quick"))
     link = summary_path and fill("summary_link", name=Path(summary_path).name, path=summary_path)
     commands = [s["command"] for state in states.values() for s in state.get("sessions", [])]
-    text = fill(
-        "section",
-        with_efficiency=" and `results/efficiency.json`" if eff else "",
-        summary_link=link or "",
-        quick=fill("quick", tasks=quick) + "\n\n" if quick else "",
-        backbone=backbone_sentence(states),
-        hardware="\n".join(hardware_lines(states)),
-        commands="\n".join([*dict.fromkeys(commands), "python scripts/make_report.py"]),
-        protocol="\n".join(protocol_lines(states)),
-        tasks="".join(task_tables(state) for state in states.values()),
-        plot=plot_path,
-        efficiency="\n".join(efficiency_lines(eff)),
-        caveats="\n".join(caveats(states)),
-    )
-    return text + "\n"
+    values = dict(with_efficiency=" and `results/efficiency.json`" if eff else "", summary_link=link or "")
+    values |= dict(quick=quick and fill("quick", tasks=quick) + "\n\n", backbone=backbone_sentence(states))
+    values |= dict(hardware="\n".join(hardware_lines(states)), protocol="\n".join(protocol_lines(states)))
+    values["commands"] = "\n".join([*dict.fromkeys(commands), "python scripts/make_report.py"])
+    values |= dict(plot=plot_path, tasks="".join(map(task_tables, states.values())))
+    values |= dict(efficiency="\n".join(efficiency_lines(eff)), caveats="\n".join(caveats(states)))
+    return fill("section", **values) + "\n"
 
 
 def summary_markdown(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, plot_path: str) -> str:
     """`results/accuracy_summary.md`: the README section plus the search, the fit and every run."""
     lines = ["# UPetu accuracy benchmark", "", section(states, eff, plot_path, None)]
+    tables = {"learning-rate search": search_table, "fit to the training data": fit_table}
+    tables["every run"] = runs_table
     for state in states.values():
-        for heading, rows in (
-            ("learning-rate search", search_table(state)),
-            ("fit to the training data", fit_table(state)),
-            ("every run", runs_table(state)),
-        ):
-            lines += [f"## {title(state)}: {heading}", "", *rows, ""]
+        for heading, rows in tables.items():
+            lines += [f"## {title(state)}: {heading}", "", *rows(state), ""]
     return "\n".join(lines)
 
 
