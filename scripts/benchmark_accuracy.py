@@ -2,25 +2,17 @@
 """Accuracy benchmark of UPetu against full fine-tuning, the linear probe, LoRA and IA3 on real data, through the
 training API (`upetu_hf.train.train`); with `--head-lrs`, the search of the dense decoders' learning rate.
 
-Tasks (`BENCHMARKS`; data flags default to `../shared`): classification on UCM-55 (`--ucm`, 50 % of each class
-trains), segmentation on GID tiles (`--gid`, 60 / 20 / 20, a UperNet of `--seg-head-hidden` channels), change
-detection on LEVIR + DSIFN pairs (`--cd`, split by pairs per source folder: 40 % test, 20 % validation; training
-on `--cd-crop` crops, each pair `--cd-repeats` times per epoch) and oscd13, OSCD's 13-band Sentinel-2 cities
-(`--oscd`, split by city: `--oscd-cities`; UPetu on 13 bands against RGB, 40 epochs, batch 8, soft-Dice weight 1).
+Tasks (`BENCHMARKS`; data under `../shared`): classification on UCM-55 (`--ucm`), segmentation on GID tiles
+(`--gid`), change detection on LEVIR + DSIFN pairs (`--cd`, split by pairs per source folder) and oscd13, OSCD's
+13-band Sentinel-2 cities (`--oscd`, split by city; UPetu on 13 bands against RGB).
 
-Protocol, the same for every variant of a task: (1) search: one run per learning rate `DEFAULT_LR[method] x f`,
-`f` in `--lr-factors` (`--dense-lr-factors`), on the first `--search-seeds` seeds of `--seeds` and the first split
-seed; each run keeps its best validation epoch, and the best mean validation metric wins (`_ledger.select`: a tie
-trains the tied rates on the next seeds, then looks at the last epochs, then takes the smaller rate; a choice at
-the grid's edge is flagged); the test split never chooses. (2) final runs: the chosen rate trains every seed on
-every split seed of `--split-seeds`, each reporting its test metric at its best validation epoch; `make_report.py`
-gives mean +- std and paired differences with 95 % t-intervals. `--head-lrs` searches the dense decoder's rate
-instead, at each method's default rate, every seed and split seed a search run (`head_lr_<task>.json`).
-
-Every run is written to `<output-dir>/accuracy_<task>.json` as it finishes (atomically): `--resume` continues it,
-shards run in parallel (`--methods`, each its own `--output-dir`) merge with `--resume --import-runs`, and
-`--merge-only` trains nothing. On a CPU shared with other jobs `--threads 1` is often fastest; on a GPU a
-pre-resized UCM copy (`scripts/resize_image_folder.py`) keeps data loading up.
+Protocol, the same for every variant of a task: the learning rate `DEFAULT_LR[method] x f` (`f` in `--lr-factors`)
+is chosen on the mean validation metric of the first `--search-seeds` seeds on the first split seed
+(`_ledger.select`; a tie trains the tied rates on the next seeds); the test split never chooses. The chosen rate
+then trains every seed on every split seed of `--split-seeds`, each reporting its test metric at its best
+validation epoch. Every run is written to `<output-dir>/accuracy_<task>.json` as it finishes: `--resume` continues
+it, shards (`--methods`, each its own `--output-dir`) merge with `--resume --import-runs`, `--merge-only` trains
+nothing. On a CPU shared with other jobs `--threads 1` is often fastest.
 
     python scripts/benchmark_accuracy.py --tasks classification --methods upetu,full --resume
     python scripts/benchmark_accuracy.py --dry-run           # print the planned runs and exit

@@ -2,28 +2,16 @@
 """Efficiency benchmark of UPetu against full fine-tuning, linear probing, LoRA and IA3 on ConvNeXt-T/B.
 
 Every method starts from the same randomly initialised `ConvNextForImageClassification` (nothing is downloaded)
-and is measured in one process, interleaved (one run of every method per round, the order rotated each round), so
-that slow phases of a noisy, shared machine hit every method alike:
-
-- trainable parameters (all, and without the classifier head) as a percentage of the backbone;
-- bytes on disk of what `save_pretrained` writes (the classifier with safetensors for the linear probe), with and
-  without the head;
-- training-step time (forward + backward + AdamW step + zero_grad);
-- peak memory of a training step: live tensor bytes at its start (parameters, buffers, AdamW state) plus the peak
-  increase of allocated tensor bytes during the step (`torch.profiler` allocator events on CPU,
-  `torch.cuda.max_memory_allocated` on CUDA);
-- inference latency relative to the base model of the same round (eval mode, `torch.no_grad`);
-- the launch-bound regime (`--launch-bound`, on by default), where a GPU step costs one kernel launch per op: the
-  top-level ATen ops of a training step (AdamW with `foreach=True`) and of one inference of the method's model
-  saved and loaded back as a user would (`PeftModel.from_pretrained`), batch 2 at 32 px, with their ratio to LoRA
-  r=8; and batch-1 latency at 32 px on one thread, each loaded model's run bracketed by two runs of the base model.
-
-Writes `--output` (JSON) and its report (`make_report.efficiency_markdown`, `--markdown`).
+and is measured in one process, interleaved (the order rotated each round) so that slow phases of a shared machine
+hit every method alike: trainable parameters and bytes on disk, with and without the head; training-step time;
+peak memory of a step; inference latency relative to the base model; and the launch-bound regime
+(`--launch-bound`, where a GPU step costs one kernel launch per op): top-level ATen ops of a training step and of
+an inference of the model saved and loaded back, and batch-1 latency at 32 px on one thread. Writes `--output`
+(JSON) and its report (`make_report.efficiency_markdown`, `--markdown`), whose notes say how each is measured.
 
 Usage:
     python scripts/benchmark_efficiency.py                 # full run: ConvNeXt-T and -B, every method
     python scripts/benchmark_efficiency.py --quick         # ConvNeXt-T only, 5 steps, batch 4, 128 px
-    python scripts/benchmark_efficiency.py --models convnext-t --methods full,lora_r8,upetu_1bit
     python scripts/benchmark_efficiency.py --models tiny --quick --launch-rounds 3 --output /tmp/e/efficiency.json
 """
 

@@ -1,15 +1,13 @@
 #!/usr/bin/env python
-"""Every generated report of the benchmarks, from `results/accuracy_*.json` (written by
-`scripts/benchmark_accuracy.py`) and, when present, `results/efficiency.json` (`scripts/benchmark_efficiency.py`).
+"""Every generated report of the benchmarks, from `results/accuracy_*.json` (`scripts/benchmark_accuracy.py`) and,
+when present, `results/efficiency.json` (`scripts/benchmark_efficiency.py`): every number from the JSON files, the
+prose from `templates/report.md`.
 
-Writes `results/accuracy_summary.md` (every table, the learning-rate search and every run) and
-`results/accuracy_vs_params.png` (test metric against trainable parameters, log x, marker area showing the size of
-the checkpoint a task needs). For `results/` itself it also rewrites, between `<!-- results:start -->` and
-`<!-- results:end -->` and nowhere else, README.md (a headline table of at most 25 lines: current numbers and their
-verdicts) and docs/benchmarks.md (the full tables, protocol and caveats), and writes `results/README.md` in full:
-every file under `results/`, current or superseded, with its command (`templates/results_files.md`). For another
-folder (a side protocol such as `results/search2`) only `--readme` gets the full section. A file without markers is
-left alone and its section printed. Every number comes from the JSON files; the prose is in `templates/report.md`.
+Writes `accuracy_summary.md` (every table, search and run) and `accuracy_vs_params.png` into the results folder.
+For `results/` itself it also rewrites the region between `<!-- results:start -->` and `<!-- results:end -->` of
+README.md (a headline of at most 25 lines) and of docs/benchmarks.md (full tables, protocol, caveats), and writes
+`results/README.md`, the index of every file under `results/` (`templates/results_files.md`); for another folder
+only `--readme` gets the full section. A file without markers is left alone and its section printed.
 `efficiency_markdown` renders the efficiency benchmark's own report (`results/efficiency.md`).
 
 Usage:

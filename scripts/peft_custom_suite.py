@@ -1,15 +1,12 @@
 #!/usr/bin/env python
 """Run peft's own custom-model test suite (`tests/test_custom_models.py` upstream) against UPetu.
 
-peft's suite builds toy models (an MLP, a few convolutions) that UPetu cannot adapt, so this script copies the suite
-from a peft checkout into a temporary folder and changes three things there, nothing else: `TEST_CASES` becomes the
-UPetu cases of `CASES` (V1 and V2 ConvNeXt; 1, 4 and 32 bits; `modules_to_save`);
-`MockTransformerWrapper.from_pretrained("ConvNeXt" | "ConvNeXtV2")` returns a tiny random ConvNeXt classifier behind
-the suite's `model(X=...) -> tensor` interface; `prepare_inputs_for_testing` returns 4 random 32 x 32 images.
-
-Every outcome is written to `--output` (JSON) with its reason; failures are grouped by cause, so that the expected
-ones (UPetu refuses to merge; raw state dicts across a save differ at 1-8 bits, README "What is exact") stand apart
-from anything new. Nothing from peft is copied into this repository.
+The suite's toy models (an MLP, a few convolutions) are nothing UPetu adapts, so the suite is copied from a peft
+checkout into a temporary folder and changed there in three places (`HOOKS`): `TEST_CASES` becomes the UPetu cases
+of `CASES`, `MockTransformerWrapper.from_pretrained("ConvNeXt" | "ConvNeXtV2")` a tiny random ConvNeXt behind the
+suite's `model(X=...) -> tensor` interface, and `prepare_inputs_for_testing` 4 random 32 x 32 images. Every outcome
+goes to `--output` (JSON), failures grouped by cause, so that the expected ones (UPetu refuses to merge; raw state
+dicts across a save differ at 1-8 bits, README "What is exact") stand apart. Nothing from peft is copied here.
 
 Usage:
     python scripts/peft_custom_suite.py --peft /path/to/peft/checkout --output /tmp/peft_suite.json
