@@ -108,30 +108,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def fmt_count(n: float | None) -> str:
     """Parameter counts in K / M (`-` for None)."""
-    if n is None:
-        return "-"
-    if n >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f}K"
-    return str(int(n))
-
-
-def resaved_bytes(path: Path, keep: Callable[[str], bool]) -> int:
-    """Bytes of the safetensors file `path` saved again (same format and metadata) with only the tensors whose
-    names `keep` accepts; 0 when it accepts none. How the benchmarks size a weights file without its task head."""
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {k: handle.get_tensor(k) for k in handle.keys() if keep(k)}
-    return len(save(tensors, metadata=metadata)) if tensors else 0
+    if n is None or n < 1e3:
+        return "-" if n is None else str(int(n))
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
 def head_bytes(path: Path, heads_only: bool = False) -> tuple[int, int]:
-    """Bytes of the weights file `path` with and without its head tensors; `heads_only` (a linear probe's file,
-    whose trained part is its heads): the heads re-saved alone, and 0."""
-    if heads_only:
-        return resaved_bytes(path, is_head_parameter), 0
-    return path.stat().st_size, resaved_bytes(path, lambda key: not is_head_parameter(key))
+    """Bytes of the safetensors file `path` with and without its task heads, that part re-saved alone (same
+    format and metadata); `heads_only` (a linear probe's file, trained heads only): the heads alone, and 0."""
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys() if is_head_parameter(k) == heads_only}
+    resaved = len(save(tensors, metadata=metadata)) if tensors else 0
+    return (resaved, 0) if heads_only else (path.stat().st_size, resaved)
 
 
 def cpu_model() -> str:
@@ -153,8 +142,7 @@ def cpus_available() -> int:
 def machine_info(device: str) -> dict[str, Any]:
     """CPU, GPUs, thread settings, load and library versions of this process; `device` says where it runs."""
     info = dict(hostname=platform.node(), cpu_model=cpu_model(), cpu_count=os.cpu_count())
-    info["cpus_available"] = cpus_available()
-    info.update(torch_num_threads=torch.get_num_threads())
+    info.update(cpus_available=cpus_available(), torch_num_threads=torch.get_num_threads())
     info["torch_num_interop_threads"] = torch.get_num_interop_threads()
     info.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), platform=platform.platform())
     info.update(loadavg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
@@ -195,10 +183,8 @@ def count_top_level_ops(fn: Callable[[], Any]) -> int:
 
 
 def add_training_options(group: argparse._ActionsContainer, task: str, names: Sequence[str], **defaults):
-    """The options of `upetu-train <task>` for the `TrainingArguments` fields `names`, built from the fields'
-    metadata as the CLI builds them (`upetu_hf.train.cli.add_options`: flag, type, choices, help); `defaults`
-    replace a field's default where a benchmark's protocol has its own. The script forwards them to the field of
-    the same name."""
+    """The options of `upetu-train <task>` for the `TrainingArguments` fields `names`, as its CLI builds them
+    (`upetu_hf.train.cli.add_options`), with `defaults` where a benchmark's protocol has its own."""
     source = argparse.ArgumentParser(add_help=False)
     add_options(source, TrainingArguments, task)
     actions = {action.dest: action for action in source._actions}

@@ -118,9 +118,8 @@ def save_method(name: str, model: nn.Module, folder: Path) -> Path:
 
 
 def load_method(name: str, base: nn.Module, folder: Path) -> nn.Module:
-    """Method `name`'s model loaded back from what `save_method` wrote into `folder`, as a user loads it, in eval
-    mode: `PeftModel.from_pretrained` on a fresh copy of `base`, `from_pretrained` for full fine-tuning, the saved
-    classifier loaded into a copy of `base` for the linear probe."""
+    """Method `name`'s model loaded back, in eval mode, from what `save_method` wrote into `folder`, as a user
+    loads it: `from_pretrained` (on a fresh copy of `base` for PEFT), the classifier alone for the linear probe."""
     if name == "full":
         return ConvNextForImageClassification.from_pretrained(str(folder)).eval()
     model = copy.deepcopy(base)
@@ -231,9 +230,7 @@ def bracketed_latency(base_call: Callable, calls: dict[str, Callable], rounds: i
     """Interleaved latency: after one warm-up call of each, every round runs base, m1, base, m2, ..., base (the
     methods' order rotated each round), so that every method's run is bracketed by two base runs; its ratio is
     taken against the mean of those two. Returns the method times, their ratios, and every base run."""
-    seconds: dict[str, list[float]] = {name: [] for name in calls}
-    ratios: dict[str, list[float]] = {name: [] for name in calls}
-    names = list(calls)
+    names, seconds, ratios = list(calls), {name: [] for name in calls}, {name: [] for name in calls}
     for call in (base_call, *calls.values()):
         call()
     base_runs = [timed(base_call, device)]
@@ -273,10 +270,9 @@ def random_batch(args: argparse.Namespace, size: int, batch: int) -> tuple[torch
 
 def launch_bound(base: nn.Module, built: list[Method], args: argparse.Namespace, model_name: str):
     """The launch-bound regime (`LAUNCH`) on one thread: top-level ATen ops of a training step (a fresh
-    `AdamW(foreach=True)`, the optimizer a GPU run gets by default, after a few warm-up steps) and of one inference
-    of each method's model saved and loaded back, and batch-1 latency of the loaded models relative to the base
-    model (`bracketed_latency`). Returns each method's `launch_bound` entry and the model's, every op count with its
-    ratio to the reference's (LoRA r=8; None when it was not run)."""
+    `AdamW(foreach=True)`, a GPU run's default) and of an inference of each method's model saved and loaded back,
+    and batch-1 latency relative to the base model (`bracketed_latency`). Returns each method's `launch_bound`
+    entry and the model's; op counts with their ratio to the reference's (None when it was not run)."""
     device, mp, reference = torch.device(args.device), args.mixed_precision, LAUNCH["reference"]
     pixels, labels = random_batch(args, LAUNCH["image_size"], LAUNCH["ops_batch_size"])
     single, methods = pixels[: LAUNCH["latency_batch_size"]], {}
@@ -311,9 +307,8 @@ def launch_bound(base: nn.Module, built: list[Method], args: argparse.Namespace,
 
 
 def measure(base: nn.Module, built: list[Method], args: argparse.Namespace, model_name: str) -> dict:
-    """Warm-up rounds, one memory-measured step per method (also a warm-up), timed training rounds, then timed
-    inference rounds of the base model and every method (each method's ratio taken against the base run of the
-    same round, after one warm-up forward of each); each method's measurements, and the base model's under ""."""
+    """Warm-up rounds, a memory-measured step per method, timed training rounds, then timed inference rounds of
+    the base model and every method (ratios to the base run of the same round); the base model's under ""."""
     device, mp = torch.device(args.device), args.mixed_precision
     pixels, labels = random_batch(args, args.image_size, args.batch_size)
     for _ in range(args.warmup):
