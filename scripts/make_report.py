@@ -171,23 +171,17 @@ def search_table(state: dict[str, Any]) -> list[str]:
     return table(fill("search_header", metric=metric_name(state), mean=mean), "llr", rows)
 
 
-def final_runs(state: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    """The runs behind a method's summary row: its chosen learning rate, its (split, seed) pairs."""
-    s = state["summary"][name]
-    pairs = set(zip(s.get("split_seeds") or [0] * len(s["seeds"]), s["seeds"]))
-    same = (name, "ok", s["lr"], s["options"])
-    runs = [r for r in state["runs"] if (r["variant"], r.get("status"), r["lr"], r["options"]) == same]
-    return [r for r in runs if (split_of(r), r["seed"]) in pairs]
-
-
 def fit_table(state: dict[str, Any]) -> list[str]:
-    """How closely each method fits its training data: the training loss of the last epoch (mean over the epoch's
-    batches, augmentation and drop path on, as trained) next to the validation and test metric, over the summary's
-    runs. A method whose training loss stays higher than another's at its own tuned learning rate underfits
-    relative to it: its gap is one of capacity or optimisation, not of overfitting."""
+    """How closely each method fits its training data: the last epoch's training loss (as trained: augmentation
+    and drop path on) next to the validation and test metric, over the summary's runs (its rate, split and seed
+    pairs). A loss higher than another method's at its own tuned rate means underfitting, not overfitting."""
     rows = []
     for variant, s in state["summary"].items():
-        if losses := [r["history"][-1]["train_loss"] for r in final_runs(state, variant) if r.get("history")]:
+        pairs = set(zip(s.get("split_seeds") or [0] * len(s["seeds"]), s["seeds"]))
+        same = (variant, "ok", s["lr"], s["options"])
+        runs = [r for r in state["runs"] if (r["variant"], r.get("status"), r["lr"], r["options"]) == same]
+        runs = [r for r in runs if (split_of(r), r["seed"]) in pairs]
+        if losses := [r["history"][-1]["train_loss"] for r in runs if r.get("history")]:
             loss = "{:.3f} ± {:.3f}".format(*mean_std(losses))
             rows.append(row(s["label"], len(losses), loss, mean_pm(s, "validation"), mean_pm(s)))
     return table(fill("fit_header", metric=metric_name(state)), "lrrrr", rows)
