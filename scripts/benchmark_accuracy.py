@@ -149,53 +149,37 @@ def backbone_description(model: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- tasks
 @dataclass
 class TaskSetup:
-    """Everything that is the same for all runs of one task."""
+    """Everything that is the same for all runs of one task. With `head_lrs` the search varies the decoder's rate
+    (`searched`) on every seed and split seed; otherwise the learning rate, on the first split seed and the first
+    `n_search_seeds` seeds."""
 
     name: str  # the `BENCHMARKS` key, the results file's task
     task: str  # the training task
-    data: list[str]
     fixed: dict[str, Any]  # TrainingArguments fields shared by every run
     epochs: int
     batch_size: int
     lr_factors: list[float]
     seeds: list[int]
     variants: list[str]
-    n_search_seeds: int = 1  # the learning rate is chosen on the mean validation over seeds[:n_search_seeds]
-    split_seeds: list[int] = field(default_factory=lambda: [0])
-    split: dict[str, Any] = field(default_factory=dict)  # the search split's description
-    sources: list[str] = field(default_factory=list)  # the data folders given (`data` may come from them)
-    split_data: dict[int, list[str]] = field(default_factory=dict)  # data per split seed, where it differs
-    head_lr: float | str | None = None  # the PEFT methods' decoder rate on a dense task ('lr': each run's)
-    head_lrs: list[float] | None = None  # `--head-lrs`: the decoder rates searched
+    n_search_seeds: int
+    split_seeds: list[int]
+    split: dict[str, Any]  # the search split's description
+    sources: list[str]  # the data folders given
+    split_data: dict[int, list[str]]  # data per split seed, where not `sources` (the dense pairs' links)
+    head_lr: float | str | None  # the PEFT methods' decoder rate on a dense task ('lr': each run's)
+    head_lrs: list[float] | None  # `--head-lrs`: the decoder rates searched
+
+    def __post_init__(self) -> None:
+        self.key, self.metric = self.name.replace("-", "_"), TASK_METRICS[self.task][0]  # the API's default
+        self.path_name = f"{'head_lr' if self.head_lrs else 'accuracy'}_{self.key}.json"
+        self.searched = "head_lr" if self.head_lrs else "lr"
+        self.search_seeds = self.seeds if self.head_lrs else self.seeds[: self.n_search_seeds]
+        self.search_splits = self.split_seeds if self.head_lrs else self.split_seeds[:1]
+        self.data = self.data_for(self.split_seeds[0])
 
     def data_for(self, split_seed: int) -> list[str]:
-        """The data paths of a run on split `split_seed` (change detection: one folder of links per split)."""
-        return self.split_data.get(split_seed, self.data)
-
-    @property
-    def key(self) -> str:
-        return self.name.replace("-", "_")
-
-    @property
-    def path_name(self) -> str:
-        return f"{'head_lr' if self.head_lrs else 'accuracy'}_{self.key}.json"
-
-    @property
-    def searched(self) -> str:
-        """The run entry the search varies: the adapter's learning rate, or the decoder's."""
-        return "head_lr" if self.head_lrs else "lr"
-
-    @property
-    def search_seeds(self) -> list[int]:
-        return self.seeds if self.head_lrs else self.seeds[: self.n_search_seeds]
-
-    @property
-    def search_splits(self) -> list[int]:
-        return self.split_seeds if self.head_lrs else self.split_seeds[:1]
-
-    @property
-    def metric(self) -> str:
-        return TASK_METRICS[self.task][0]  # the training API's default selection metric
+        """The data paths of a run on split `split_seed`."""
+        return self.split_data.get(split_seed, self.sources)
 
     def grid(self, method: str) -> list[tuple[float, float]]:
         """(learning-rate factor, searched rate) of every candidate."""
@@ -330,10 +314,9 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
             sizes = dict(epochs=args.dense_epochs or bench.epochs)
             sizes["batch_size"] = args.dense_batch_size or bench.batch_size
             sizes["lr_factors"] = [1.0] if args.head_lrs else args.dense_lr_factors or args.lr_factors
-        data = split_data.get(args.split_seeds[0], sources)
         sizes |= dict(seeds=args.seeds, n_search_seeds=args.search_seeds, split_seeds=args.split_seeds)
         sizes |= dict(split=split, sources=sources, split_data=split_data, head_lr=head_lr, variants=variants)
-        setups.append(TaskSetup(name, bench.task, data, fixed, **sizes, head_lrs=args.head_lrs))
+        setups.append(TaskSetup(name, bench.task, fixed, **sizes, head_lrs=args.head_lrs))
     return setups
 
 
@@ -407,40 +390,17 @@ def resolve_options(variant: Variant, counts: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
-    """Bytes of the weights file the run wrote (`adapter_model.safetensors` or `model.safetensors`), and of that file
-    re-saved with / without the head tensors (the linear probe's checkpoint: its trained heads alone)."""
-    name = saved_file_names(method in PEFT_METHODS)[1]
-    with_head, without_head = common.head_bytes(run_dir / name, heads_only=method == "linear")
-    sizes = {"checkpoint_bytes": (run_dir / name).stat().st_size, "weights_bytes_with_head": with_head}
-    return {"checkpoint_file": name, **sizes, "weights_bytes_without_head": without_head}
-
-
-# ---------------------------------------------------------------------------------------------- runs
-def finished_run(result: dict, metric: str, method: str, counts: dict, wall: float) -> dict[str, Any]:
-    """The record of a finished run from what `train` returned: scores at the best epoch, parameter counts and
-    shares, times."""
-    params, steps = result["parameters"], result["train"]
-    # peft keeps the original heads next to the trained copies; the linear probe's adapter is 0 (heads only)
-    base_total = params["total"] - (params["trainable"] if method in PEFT_METHODS else 0)
-    record = dict(metric=metric, best_epoch=result["best_epoch"], selection_split=result["selection_split"])
-    for part in ("validation", "test"):
-        record[f"{part}_score"] = common.clean((result.get(part) or {}).get(metric))
-    record.update({part: result.get(part) for part in ("validation", "test", "history")}, parameters=params)
-    record.update(trainable_params=params["trainable"], head_params=params["head"])
-    record["adapter_params"] = params["adapter"]
-    record.update(base_model_params=base_total, trainable_pct=100.0 * params["trainable"] / base_total)
-    record["adapter_pct_of_backbone"] = 100.0 * params["adapter"] / counts["backbone_params"]
-    record.update(wall_time_s=wall, train_runtime_s=steps["runtime_s"])
-    record["samples_per_second"] = steps["samples_per_second"]
-    return dict(record, steps=steps["steps"])
-
-
 def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments, counts: dict) -> dict:
-    """Train `targs` and complete `record` (status `ok`, or `failed` with the error). Images are checked by
-    `count_parameters` (once per task), so runs skip the check."""
+    """Train `targs` and complete `record`: status `ok` with the scores at the best epoch, parameter counts and
+    shares, times and weight sizes, or `failed` with the error. Images are checked by `count_parameters` (once per
+    task), so runs skip the check."""
     record["arguments"] = {k: v for k, v in targs.to_dict().items() if k not in ("output_dir", "data")}
-    run_dir, start = Path(targs.output_dir), time.perf_counter()
+    run_dir, start, method, metric = (
+        Path(targs.output_dir),
+        time.perf_counter(),
+        targs.method,
+        record["metric"],
+    )
     try:
         result = train(targs)
     except Exception as err:  # one failed run must not lose the others
@@ -458,8 +418,25 @@ def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments
         config = {}
     record["splits"] = config.get("splits")
     record.update({"bands": config["bands"]} if config.get("bands") else {})  # multispectral runs
-    record.update(status="ok", **finished_run(result, record["metric"], targs.method, counts, wall))
-    record.update(weight_sizes(run_dir, targs.method))
+    record.update(status="ok", best_epoch=result["best_epoch"], selection_split=result["selection_split"])
+    for part in ("validation", "test"):
+        record[f"{part}_score"] = common.clean((result.get(part) or {}).get(metric))
+    params, steps = result["parameters"], result["train"]
+    record.update({part: result.get(part) for part in ("validation", "test", "history")}, parameters=params)
+    record.update(trainable_params=params["trainable"], head_params=params["head"])
+    # peft keeps the original heads next to the trained copies; the linear probe's adapter is 0 (heads only)
+    base_total = params["total"] - (params["trainable"] if method in PEFT_METHODS else 0)
+    record.update(adapter_params=params["adapter"], base_model_params=base_total)
+    record["trainable_pct"] = 100.0 * params["trainable"] / base_total
+    record["adapter_pct_of_backbone"] = 100.0 * params["adapter"] / counts["backbone_params"]
+    record.update(wall_time_s=wall, train_runtime_s=steps["runtime_s"])
+    record.update(samples_per_second=steps["samples_per_second"], steps=steps["steps"])
+    # the weights file (`adapter_model.safetensors` or `model.safetensors`) re-saved with / without the heads;
+    # the linear probe's checkpoint is its trained heads alone
+    name = saved_file_names(method in PEFT_METHODS)[1]
+    with_head, without_head = common.head_bytes(run_dir / name, heads_only=method == "linear")
+    record.update(checkpoint_file=name, checkpoint_bytes=(run_dir / name).stat().st_size)
+    record.update(weights_bytes_with_head=with_head, weights_bytes_without_head=without_head)
     for path in run_dir.glob("*.safetensors") if args.delete_weights else ():
         path.unlink()
     return record
