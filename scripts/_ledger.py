@@ -88,12 +88,10 @@ def break_tie(by_rate: dict[float, dict], tied: list[float], pairs: list[tuple])
 
 
 def select(runs: list[dict], grid: list[tuple[float, float]], seeds, splits=0, key: str = "lr") -> dict:
-    """The rate of the `grid` ((learning-rate factor, rate) pairs) with the best mean validation metric over the
-    search runs of `seeds` (one or several) on the split seeds `splits`; `key` names the searched rate in the runs
-    (`lr`, or `head_lr` for the decoder's). A tie (within `TIE_TOLERANCE`) is broken by more evidence
-    (`break_tie`) and recorded as `tie`. `complete` is False while a candidate misses a run; `interior` says
-    whether the choice is neither the smallest nor the largest candidate. With several search runs per candidate
-    each also lists its `validation_scores`."""
+    """The rate of the `grid` ((factor, rate) pairs) with the best mean validation over the search runs of `seeds`
+    on the split seeds `splits`; `key` names the searched rate (`lr`, or the decoder's `head_lr`). A tie is broken
+    by more evidence (`break_tie`) and recorded as `tie`; `complete` is False while a candidate misses a run;
+    `interior`: neither the smallest nor the largest candidate."""
     seeds, splits = ([v] if isinstance(v, int) else list(v) for v in (seeds, splits))
     pairs = [(split, seed) for split in splits for seed in seeds]
     by_rate: dict[float, dict[tuple[int, int], dict[str, Any]]] = {}
@@ -160,9 +158,8 @@ def paired_difference(summary: dict[str, Any], a: str, b: str) -> dict[str, Any]
 
 
 def paired_scores(left: dict, right: dict, a: str = "a", b: str = "b") -> dict[str, Any] | None:
-    """`left` minus `right`, scores keyed by (split seed, seed), over the keys both have: mean, sample std and the
-    95 % t-interval of the mean difference. `decided` is `a` or `b` when the interval excludes 0, else None (no
-    difference claimed). None when they share fewer than 2 pairs."""
+    """`left` minus `right` (scores by (split seed, seed)) over the keys both have (None under 2): mean, std,
+    the 95 % t-interval of the mean, and `decided`: `a` or `b` when the interval excludes 0, else None."""
     pairs = sorted(set(left) & set(right))
     if len(pairs) < 2:
         return None
@@ -260,11 +257,9 @@ def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespace) -> int:
-    """Add the finished runs (and sessions) of another JSON of the same task and protocol to `state`: how shards
-    of one benchmark run in parallel processes (`--methods`, separate `--output-dir`) merge. Only runs of this
-    run's variants are taken, and the first file to hold a run key wins; files of other tasks are ignored, a file
-    recorded under another protocol is refused (apart from `MERGEABLE_PROTOCOL_KEYS`). Returns how many runs were
-    added."""
+    """Add the finished runs of this run's variants (and the sessions) of another JSON of the same task and
+    protocol to `state` where no run has their key: how parallel shards merge. Another task's file is ignored,
+    another protocol's refused (apart from `MERGEABLE_PROTOCOL_KEYS`). Returns how many runs were added."""
     if not path.is_file():
         raise SystemExit(f"--import-runs {path}: no such file")
     other = json.loads(path.read_text())

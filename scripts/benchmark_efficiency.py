@@ -227,9 +227,8 @@ def interleaved(calls: dict[str, Callable], rounds: int, device: torch.device, w
 
 
 def bracketed_latency(base_call: Callable, calls: dict[str, Callable], rounds: int, device, model_name: str):
-    """Interleaved latency: after one warm-up call of each, every round runs base, m1, base, m2, ..., base (the
-    methods' order rotated each round), so that every method's run is bracketed by two base runs; its ratio is
-    taken against the mean of those two. Returns the method times, their ratios, and every base run."""
+    """After a warm-up call of each, rounds of base, m1, base, m2, ..., base (methods rotated each round): a run's
+    ratio is to the mean of the two base runs around it. Returns the methods' times and ratios, the base runs."""
     names, seconds, ratios = list(calls), {name: [] for name in calls}, {name: [] for name in calls}
     for call in (base_call, *calls.values()):
         call()

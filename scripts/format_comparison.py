@@ -54,9 +54,8 @@ def differences(a: dict, b: dict, name_a: str, name_b: str) -> dict[str, Any]:
 
 
 def decide(report: dict[str, Any]) -> dict[str, Any]:
-    """The plan's rule: the quantized candidate with the best mean validation becomes the default unless its
-    paired 95 % interval against today's default includes 0; then today's default stays (or the smaller file
-    where they tie)."""
+    """The plan's rule: the quantized candidate with the best mean validation becomes the default unless its paired
+    95 % interval against today's default includes 0 (an exact tie: the smaller file)."""
     quantized = {n: c for n, c in report["candidates"].items() if n != REFERENCE and c["n"]}
     if any(c["n"] < MIN_PAIRS for c in quantized.values()):
         return {"decided": False, "why": f"fewer than {MIN_PAIRS} pairs for some candidate"}

@@ -243,9 +243,8 @@ def aims(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def dense_aims(s: dict[str, Any]) -> list[dict[str, Any]]:
-    """Segmentation and change detection: UPetu's default is at least level with full fine-tuning and LoRA. With
-    a handful of runs "level" cannot mean equal means, so the aim counts as met when the paired comparison does not
-    put the other method ahead (the 95 % interval of UPetu minus it reaches 0 or above)."""
+    """The dense tasks' aims: UPetu at least level with full fine-tuning and LoRA, met unless the paired comparison
+    puts the other ahead (with a handful of runs, "level" cannot mean equal means)."""
     found = []
     for other in (o for o in ("full", "lora") if o in s and "upetu" in s):
         aim, paired = fill("aim_dense", label=s[other]["label"]), paired_difference(s, "upetu", other)
@@ -256,9 +255,8 @@ def dense_aims(s: dict[str, Any]) -> list[dict[str, Any]]:
 
 # ---------------------------------------------------------------------------------------------- efficiency
 def launch_bound_lines(data: dict[str, Any]) -> list[str]:
-    """One model's table "Launch-bound regime (batch 1 / op counts)" of the efficiency benchmark (its `launch_bound`
-    record: op counts with their ratio to LoRA r=8, batch-1 latency relative to the base model); none when the run
-    did not measure it (`--no-launch-bound`)."""
+    """One model's table "Launch-bound regime (batch 1 / op counts)" from its `launch_bound` record (op counts and
+    their ratio to LoRA r=8, batch-1 latency against the base model); none under `--no-launch-bound`."""
     if not (launch := data.get("launch_bound")):
         return []
     ref = launch["reference"]
@@ -560,9 +558,8 @@ def verdict(summary: dict[str, Any], a: str, b: str) -> str | None:
 
 
 def headline(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, links: dict[str, str]) -> str:
-    """The README's results table (at most 25 lines): one row per task with the test metric of the `HEADLINE`
-    variants and the `VERDICTS`, and the efficiency of the benchmark's largest model; `links` maps `docs` and
-    `index` to paths relative to the README."""
+    """The README's results (at most 25 lines): per task the `HEADLINE` variants' test metric and the `VERDICTS`,
+    and the efficiency of the largest model; `links` maps `docs` and `index` to paths relative to the README."""
     if not states:
         return fill("no_results") + "\n"
     b = next(iter(states.values()))["backbone"]
