@@ -238,9 +238,8 @@ def stems(source: str, flag: str, at_least: int) -> tuple[Path, list[str]]:
 
 
 def cd_split(roots: Sequence[str], seed: int, work_dir: Path, repeats: int) -> tuple[Path, dict[str, Any]]:
-    """A split by pairs, stratified by source folder (`CD_TEST_FRACTION` test, `CD_VALIDATION_FRACTION`
-    validation, the rest training, each training pair `repeats` times), as a folder of links (`link_split`);
-    returns the folder and the pair names per part."""
+    """A split by pairs, stratified by source folder (`CD_TEST_FRACTION` test, `CD_VALIDATION_FRACTION` validation,
+    the rest training, `repeats` times), as a folder of links (`link_split`): the folder and the pairs per part."""
     rng = np.random.default_rng(seed)
     parts: dict[str, list] = {"train": [], "validation": [], "test": []}
     for source in roots:
@@ -391,9 +390,8 @@ def resolve_options(variant: Variant, counts: dict[str, Any]) -> dict[str, Any]:
 
 
 def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments, counts: dict) -> dict:
-    """Train `targs` and complete `record`: status `ok` with the scores at the best epoch, parameter counts and
-    shares, times and weight sizes, or `failed` with the error. Images are checked by `count_parameters` (once per
-    task), so runs skip the check."""
+    """Train `targs` (images unchecked: `count_parameters` checks them) and complete `record`: status `ok` with the
+    scores at the best epoch, parameter counts, times and weight sizes, or `failed` with the error."""
     record["arguments"] = {k: v for k, v in targs.to_dict().items() if k not in ("output_dir", "data")}
     run_dir, start, method, metric = (
         Path(targs.output_dir),
@@ -496,9 +494,8 @@ class TaskRunner:
         return record
 
     def choose(self, variant: Variant, options: dict[str, Any], grid: list[tuple[float, float]]) -> dict:
-        """The search's choice (`_ledger.select`). A tie that other seeds have not settled trains the tied rates on
-        the next seed of `seeds` (phase `tie-break`; the winner's run is one of its final runs) and chooses again,
-        until the seeds settle it or run out."""
+        """The search's choice (`_ledger.select`); an unsettled tie trains the tied rates on the next seed
+        (phase `tie-break`; the winner's run is a final run) and chooses again until seeds settle it or run out."""
         setup, factors = self.setup, {lr: f for f, lr in grid}
 
         def choice() -> dict[str, Any]:
