@@ -6,7 +6,7 @@ Adding a baseline method: implement it in `upetu_hf.train.methods`, add its vari
 benchmark that compares them (`benchmark_accuracy.BENCHMARKS`, `benchmark_efficiency`'s `--methods` default).
 
 An option value `MATCHED`, `SMALL` or `SMALL_MATCHED` for `r` is a placeholder the accuracy benchmark resolves per
-backbone (`benchmark_accuracy.resolve_options`): LoRA's rank matched to UPetu's default adapter, the largest UPetu
+backbone (`benchmark_accuracy.RANKS`): LoRA's rank matched to UPetu's default adapter, the largest UPetu
 `r` under 1 % of the backbone, and LoRA's rank matched to that.
 """
 

@@ -54,6 +54,8 @@ from upetu_hf.train.methods import apply_method, dense_head_lr, parameter_summar
 #: The code whose uncommitted changes a session records.
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py", "scripts/_ledger.py")
 DATA = common.SHARED / "data"
+#: The `count_parameters` entries that resolve the `_variants` placeholders of `r`.
+RANKS = {MATCHED: "lora_matched_r", SMALL: "upetu_small_r", SMALL_MATCHED: "lora_small_r"}
 #: Fraction of the backbone that `upetu-small` must stay under.
 SMALL_BUDGET = 0.01
 #: Change detection: fractions of each source folder's pairs for test and validation.
@@ -146,7 +148,6 @@ def backbone_description(model: str) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------- tasks
 @dataclass
 class TaskSetup:
     """Everything that is the same for all runs of one task. With `head_lrs` the search varies the decoder's rate
@@ -170,12 +171,16 @@ class TaskSetup:
     head_lrs: list[float] | None  # `--head-lrs`: the decoder rates searched
 
     def __post_init__(self) -> None:
-        self.key, self.metric = self.name.replace("-", "_"), TASK_METRICS[self.task][0]  # the API's default
+        self.key = self.name.replace("-", "_")
         self.path_name = f"{'head_lr' if self.head_lrs else 'accuracy'}_{self.key}.json"
         self.searched = "head_lr" if self.head_lrs else "lr"
         self.search_seeds = self.seeds if self.head_lrs else self.seeds[: self.n_search_seeds]
         self.search_splits = self.split_seeds if self.head_lrs else self.split_seeds[:1]
         self.data = self.data_for(self.split_seeds[0])
+
+    @property
+    def metric(self) -> str:
+        return TASK_METRICS[self.task][0]  # the training API's default selection metric
 
     def data_for(self, split_seed: int) -> list[str]:
         """The data paths of a run on split `split_seed`."""
@@ -338,7 +343,6 @@ def training_arguments(
     return TrainingArguments(**run, **setup.fixed, **options)
 
 
-# ---------------------------------------------------------------------------------------------- parameters
 def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     """Parameter counts of the task model on this backbone, the LoRA rank whose adapter is closest to UPetu's
     default adapter, and the largest UPetu `r` whose adapter stays under `SMALL_BUDGET` of the backbone."""
@@ -380,15 +384,6 @@ def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path)
     }  # fmt: skip
 
 
-def resolve_options(variant: Variant, counts: dict[str, Any]) -> dict[str, Any]:
-    """The variant's options with the `r` placeholders replaced by the computed ranks."""
-    ranks = {MATCHED: "lora_matched_r", SMALL: "upetu_small_r", SMALL_MATCHED: "lora_small_r"}
-    options = dict(variant.options)
-    if options.get("r") in ranks:
-        options["r"] = counts[ranks[options["r"]]]
-    return options
-
-
 def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments, counts: dict) -> dict:
     """Train `targs` (images unchecked: `count_parameters` checks them) and complete `record`: status `ok` with the
     scores at the best epoch, parameter counts, times and weight sizes, or `failed` with the error."""
@@ -425,7 +420,7 @@ def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments
     # peft keeps the original heads next to the trained copies; the linear probe's adapter is 0 (heads only)
     base_total = params["total"] - (params["trainable"] if method in PEFT_METHODS else 0)
     record.update(adapter_params=params["adapter"], base_model_params=base_total)
-    record["trainable_pct"] = 100.0 * params["trainable"] / base_total
+    record.update(trainable_pct=100.0 * params["trainable"] / base_total)
     record["adapter_pct_of_backbone"] = 100.0 * params["adapter"] / counts["backbone_params"]
     record.update(wall_time_s=wall, train_runtime_s=steps["runtime_s"])
     record.update(samples_per_second=steps["samples_per_second"], steps=steps["steps"])
@@ -440,7 +435,6 @@ def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments
     return record
 
 
-# ---------------------------------------------------------------------------------------------- main loop
 class TaskRunner:
     """Runs the search and seed runs of one task, skipping finished ones, saving after each run."""
 
@@ -528,7 +522,9 @@ class TaskRunner:
         searched = [(split, seed) for split in setup.search_splits for seed in setup.search_seeds]
         for name in setup.variants:
             variant = VARIANTS[name]
-            options, grid = resolve_options(variant, self.counts), setup.grid(variant.method)
+            options, grid = dict(variant.options), setup.grid(variant.method)
+            if options.get("r") in RANKS:  # a placeholder: the rank computed on this backbone
+                options["r"] = self.counts[RANKS[options["r"]]]
             entry = dict(label=variant.label, method=variant.method, options=options, lr_grid=grid)
             state["variants"][name] = entry
             for (split_seed, seed), candidate in ((pair, c) for pair in searched for c in grid):
@@ -576,7 +572,6 @@ def plan(setups: list[TaskSetup]) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------------------------------------- CLI
 #: flag -> (default, type, help); a string default goes through the type too, a False one makes a switch.
 OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "--ucm": (str(DATA / "ucmerced"), str, "UC Merced class-per-folder images"),

@@ -69,8 +69,8 @@ LAUNCH |= dict(optimizer="AdamW(foreach=True)", reference="lora_r8")
 #: The code whose uncommitted changes a run records.
 CODE_PATHS = ("src/upetu_hf/tuner", "src/upetu_hf/train/methods.py", "scripts/benchmark_efficiency.py")
 CODE_PATHS += ("scripts/_common.py",)
-#: The benchmark issue's targets, checked on every UPetu variant (values: `target_values`): (target, limit,
-#: whether higher is better).
+#: The benchmark issue's targets, checked on every UPetu variant (`check_targets`): (target, limit, whether
+#: higher is better).
 TARGETS = (
     ("adapter on disk without head (bytes) <= 200 KB", 2e5, False),
     ("LoRA r=8 / UPetu size on disk (no heads) >= 25x", 25, True),
@@ -382,22 +382,17 @@ def compare(results: dict[str, dict[str, Any]], name: str) -> dict[str, float | 
     return out
 
 
-def target_values(entry: dict[str, Any], ratios: dict[str, Any], methods: dict[str, Any]) -> list:
-    """The values `TARGETS` check, in their order, for one UPetu variant; None where a method it needs did not run."""
-    disk = entry["disk_bytes_without_head"]
-    lora = methods["lora_r8"]["disk_bytes_without_head"] / disk if "lora_r8" in methods else None
-    keys = ("train_step_vs_lora_r8", "train_step_vs_full", "peak_memory_vs_full")
-    steps = [ratios.get(key) for key in keys]
-    return [disk, lora, *steps, entry["inference_ratio"]["median"]]
-
-
 def check_targets(models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's `TARGETS`, evaluated for every UPetu variant of every model measured."""
+    """The issue's `TARGETS`, evaluated for every UPetu variant of every model measured (skipped where a method a
+    target compares with did not run)."""
     checks = []
     for model_name, data in models.items():
-        for name in (n for n in data["methods"] if n.startswith("upetu_")):
-            primary = model_name == TARGET_MODEL and name == TARGET_METHOD
-            values = target_values(data["methods"][name], data["ratios"][name], data["methods"])
+        for name, entry in ((n, e) for n, e in data["methods"].items() if n.startswith("upetu_")):
+            primary, ratios = model_name == TARGET_MODEL and name == TARGET_METHOD, data["ratios"][name]
+            disk, lora = entry["disk_bytes_without_head"], data["methods"].get("lora_r8")
+            values = [disk, lora and lora["disk_bytes_without_head"] / disk]  # in the order of `TARGETS`
+            values += [ratios.get(k) for k in ("train_step_vs_lora_r8", "train_step_vs_full")]
+            values += [ratios.get("peak_memory_vs_full"), entry["inference_ratio"]["median"]]
             for (target, limit, higher), value in zip(TARGETS, values):
                 if value is not None:
                     met = value >= limit if higher else value <= limit

@@ -58,7 +58,6 @@ class Case(NamedTuple):
     interrupt: bool = False  #: send SIGINT once `output` holds a checkpoint
 
 
-# ---------------------------------------------------------------------------------------------- tiny data
 def tiny_model(folder: Path, seed: int = 0) -> Path:
     """A tiny random 3-class ConvNeXt checkpoint with a 32-px image processor."""
     random_convnext("tiny", 3, seed).save_pretrained(folder)
@@ -95,7 +94,6 @@ def band_tiles(root: Path, dtype=np.uint16, nan: bool = False) -> Path:
     return root
 
 
-# ---------------------------------------------------------------------------------------------- the cases
 class Cases:
     """Each method `case_<name>` sets a fault up in `self.root` and returns its `Case`."""
 

@@ -66,7 +66,6 @@ def load_accuracy(results_dir: Path) -> dict[str, dict[str, Any]]:
     return dict(sorted(states.items(), key=lambda item: order.get(item[0], len(order))))
 
 
-# ---------------------------------------------------------------------------------------------- formatting
 def fmt_bytes(n: float | None) -> str:
     """Bytes as KB / MB (powers of 1000)."""
     return "-" if n is None else f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
@@ -122,7 +121,6 @@ def title(state: dict[str, Any]) -> str:
     return f"{base} ({data}, {metric_name(state)})" if data else f"{base} ({metric_name(state)})"
 
 
-# ---------------------------------------------------------------------------------------------- accuracy tables
 def results_table(state: dict[str, Any]) -> list[str]:
     """One row per method: test metric mean +- std, parameters, sizes, learning rate and wall time."""
     rows = []
@@ -253,7 +251,6 @@ def dense_aims(s: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-# ---------------------------------------------------------------------------------------------- efficiency
 def launch_bound_lines(data: dict[str, Any]) -> list[str]:
     """One model's table "Launch-bound regime (batch 1 / op counts)" from its `launch_bound` record (op counts and
     their ratio to LoRA r=8, batch-1 latency against the base model); none under `--no-launch-bound`."""
@@ -372,7 +369,6 @@ def efficiency_markdown(results: dict[str, Any], target: tuple[str, str]) -> str
     return "\n".join([*lines, "", fill("efficiency_notes"), ""])
 
 
-# ---------------------------------------------------------------------------------------------- prose
 def backbone_sentence(states: dict[str, dict[str, Any]]) -> str:
     """The backbone as the JSON records it (architecture, size, pretraining)."""
     b = next(iter(states.values()))["backbone"]
@@ -502,7 +498,6 @@ def summary_markdown(states: dict[str, dict[str, Any]], eff: dict[str, Any] | No
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------- plot
 def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
     """Test metric (mean ± std over seeds) against trainable parameters (log x), one panel per task; marker area
     grows with the size of the checkpoint the task needs (adapter or model, with the head)."""
@@ -547,7 +542,6 @@ def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-# ---------------------------------------------------------------------------------------------- headline
 def verdict(summary: dict[str, Any], a: str, b: str) -> str | None:
     """`a − b +d [low, high]` in points from the paired comparison, and who is ahead when the interval excludes 0;
     None without pairs."""
@@ -581,7 +575,6 @@ def headline(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, link
     return "\n".join(lines) + "\n"
 
 
-# ---------------------------------------------------------------------------------------------- results index
 def results_files() -> list[tuple[str, str, str, str]]:
     """(pattern, status, what, command) of every row of `templates/results_files.md`, in order of precedence."""
     lines = TEMPLATE_FILE.with_name("results_files.md").read_text().splitlines()
@@ -611,7 +604,6 @@ def results_index(results_dir: Path) -> str:
     return "\n".join([fill("results_index"), *rows]) + "\n"
 
 
-# ---------------------------------------------------------------------------------------------- files
 def relative(path: Path, folder: Path) -> str:
     """`path` relative to `folder` for a markdown link (`..` allowed), or absolute on another drive."""
     try:
