@@ -1,13 +1,9 @@
 """The one registry of benchmark variants: a tuning method of `upetu_hf.train.apply_method` with fixed options, its
-label in tables and its colour in plots. The accuracy, efficiency and OSCD benchmarks and the report all read it;
-a variant's name is its key in the results files, so names never change.
-
-Adding a baseline method: implement it in `upetu_hf.train.methods`, add its variants here, and list them in the
-benchmark that compares them (`benchmark_accuracy.BENCHMARKS`, `benchmark_efficiency`'s `--methods` default).
-
-An option value `MATCHED`, `SMALL` or `SMALL_MATCHED` for `r` is a placeholder the accuracy benchmark resolves per
-backbone (`benchmark_accuracy.RANKS`): LoRA's rank matched to UPetu's default adapter, the largest UPetu
-`r` under 1 % of the backbone, and LoRA's rank matched to that.
+label in tables and its colour in plots. A variant's name is its key in the results files, so names never change.
+A new baseline: implement it in `upetu_hf.train.methods`, add its variants here and list them in the benchmark that
+compares them. `MATCHED`, `SMALL` and `SMALL_MATCHED` for `r` are placeholders the accuracy benchmark resolves per
+backbone (`benchmark_accuracy.RANKS`): LoRA's rank matched to UPetu's default adapter, the largest UPetu `r` under
+1 % of the backbone, and LoRA's rank matched to that.
 """
 
 from __future__ import annotations

@@ -1,18 +1,15 @@
 #!/usr/bin/env python
 """Accuracy benchmark of UPetu against full fine-tuning, the linear probe, LoRA and IA3 on real data, through the
-training API (`upetu_hf.train.train`); with `--head-lrs`, the search of the dense decoders' learning rate.
+training API (`upetu_hf.train.train`); with `--head-lrs`, the search of the dense decoders' learning rate. Tasks
+(`BENCHMARKS`, data under `../shared`): classification on UCM-55, segmentation on GID tiles, change detection on
+LEVIR + DSIFN pairs, and oscd13 (OSCD's 13-band Sentinel-2 cities: UPetu on 13 bands against RGB).
 
-Tasks (`BENCHMARKS`; data under `../shared`): classification on UCM-55 (`--ucm`), segmentation on GID tiles
-(`--gid`), change detection on LEVIR + DSIFN pairs (`--cd`, split by pairs per source folder) and oscd13, OSCD's
-13-band Sentinel-2 cities (`--oscd`, split by city; UPetu on 13 bands against RGB).
-
-Protocol, the same for every variant of a task: the learning rate `DEFAULT_LR[method] x f` (`f` in `--lr-factors`)
-is chosen on the mean validation metric of the first `--search-seeds` seeds on the first split seed
-(`_ledger.select`; a tie trains the tied rates on the next seeds); the test split never chooses. The chosen rate
-then trains every seed on every split seed of `--split-seeds`, each reporting its test metric at its best
-validation epoch. Every run is written to `<output-dir>/accuracy_<task>.json` as it finishes: `--resume` continues
-it, shards (`--methods`, each its own `--output-dir`) merge with `--resume --import-runs`, `--merge-only` trains
-nothing. On a CPU shared with other jobs `--threads 1` is often fastest.
+Every variant of a task gets the same protocol: the learning rate `DEFAULT_LR[method] x f` (`--lr-factors`) is
+chosen on the mean validation metric of the first `--search-seeds` seeds on the first split seed
+(`_ledger.select`), never on test; the chosen rate then trains every seed on every split seed, each reporting its
+test metric at its best validation epoch. Each run is written to `<output-dir>/accuracy_<task>.json` as it
+finishes: `--resume` continues it, shards (`--methods`, each its own `--output-dir`) merge with `--resume
+--import-runs`.
 
     python scripts/benchmark_accuracy.py --tasks classification --methods upetu,full --resume
     python scripts/benchmark_accuracy.py --dry-run           # print the planned runs and exit

@@ -1,17 +1,14 @@
 #!/usr/bin/env python
 """Efficiency benchmark of UPetu against full fine-tuning, linear probing, LoRA and IA3 on ConvNeXt-T/B.
 
-Every method starts from the same randomly initialised `ConvNextForImageClassification` (nothing is downloaded)
-and is measured in one process, interleaved (the order rotated each round) so that slow phases of a shared machine
-hit every method alike: trainable parameters and bytes on disk, with and without the head; training-step time;
-peak memory of a step; inference latency relative to the base model; and the launch-bound regime
-(`--launch-bound`, where a GPU step costs one kernel launch per op): top-level ATen ops of a training step and of
-an inference of the model saved and loaded back, and batch-1 latency at 32 px on one thread. Writes `--output`
-(JSON) and its report (`make_report.efficiency_markdown`, `--markdown`), whose notes say how each is measured.
+Every method starts from the same randomly initialised `ConvNextForImageClassification` and is measured in one
+process, interleaved (the order rotated each round) so that slow phases of a shared machine hit every method alike:
+parameters and bytes on disk, with and without the head; training-step time; peak memory of a step; inference
+latency against the base model; and the launch-bound regime (`--launch-bound`): op counts of a training step and of
+a saved-and-loaded model's inference, and batch-1 latency. Writes `--output` (JSON) and its report
+(`make_report.efficiency_markdown`, `--markdown`), whose notes say how each is measured.
 
-Usage:
     python scripts/benchmark_efficiency.py                 # full run: ConvNeXt-T and -B, every method
-    python scripts/benchmark_efficiency.py --quick         # ConvNeXt-T only, 5 steps, batch 4, 128 px
     python scripts/benchmark_efficiency.py --models tiny --quick --launch-rounds 3 --output /tmp/e/efficiency.json
 """
 

@@ -1,13 +1,9 @@
 #!/usr/bin/env python
-"""Parameter budget and adapter size of UPetu configurations on ConvNeXt-B (the paper's backbone, built from its
-config with random weights: nothing is downloaded): adapter parameters as a % of the backbone (the paper's 0.73 %;
-the default must stay within 0.65-0.80 %) and the bytes of `adapter_model.safetensors` at each bit width (a 1-bit
-default adapter at most 200 KB); and the size of the UperNet decoder `upetu-train segmentation` trains and saves
-with the adapter (transformers' default, and `--head-hidden-size 64`) on ConvNeXt-B and atto. Writes `--output`
-(default results/budget.json) and prints the tables.
+"""Parameter budget and adapter size of UPetu configurations on ConvNeXt-B (built from its config with random
+weights: nothing is downloaded): adapter parameters as a % of the backbone (the paper's 0.73 %; the default must
+stay within 0.65-0.80 %), the bytes of `adapter_model.safetensors` per bit width (1-bit default: at most 200 KB),
+and the UperNet decoder `upetu-train segmentation` saves with the adapter (default, `--head-hidden-size 64`).
 
-Usage:
-    python scripts/budget.py
     python scripts/budget.py --configs '{}' '{"conv_kernel": 3}' --bits 1,4 --output /tmp/budget.json
 """
 

@@ -1,13 +1,9 @@
 #!/usr/bin/env python
-"""Bytes of a resumable `upetu-train` checkpoint, per method, on ConvNeXt-B (built from its config with random
-weights: nothing is downloaded) and on the shared atto backbone (`../shared`, when present). Each model gets a
-21-class head, is made trainable as `upetu-train` does (`apply_method`), takes one AdamW step (so the optimizer
-holds its moments) and is saved by the training code's `save_checkpoint`: PEFT methods leave the frozen backbone
-out (`frozen.json` references it). Writes `--output` (default results/checkpoint_sizes.json) and prints a table;
-the share is a checkpoint's bytes over full fine-tuning's of the same model.
+"""Bytes of a resumable `upetu-train` checkpoint per method, on ConvNeXt-B (random weights, nothing downloaded)
+and the shared atto backbone: each model gets a 21-class head, is made trainable by `apply_method`, takes one
+AdamW step and is saved by the training code's `save_checkpoint` (PEFT methods leave the frozen backbone out).
+The share is a checkpoint's bytes over full fine-tuning's of the same model.
 
-Usage:
-    python scripts/checkpoint_sizes.py
     python scripts/checkpoint_sizes.py --models atto --methods upetu full --output /tmp/sizes.json
 """
 

@@ -1,12 +1,10 @@
 #!/usr/bin/env python
-"""The fault table of the README's reliability section: each fault case run as a real `upetu-train` /
-`upetu-eval` process on tiny generated data, with its exit code, the last `upetu-...` line it printed on stderr
-and the temporary files (`TEMPORARY`) it left in its output folder. The operating-system faults are real: Ctrl-C is
-a SIGINT sent once the first checkpoint exists; a full disk a 128 KiB tmpfs and a read-only folder a read-only
-tmpfs, mounted on the `--output-dir` in a private mount namespace (`unshare -rm`: Linux user namespaces). Writes
-`--output` (default results/fault_table.md) and its JSON twin, with scratch paths relative to the scratch folder.
+"""The fault table of the README's reliability section: each fault case run as a real `upetu-train` / `upetu-eval`
+process on tiny generated data, with its exit code, the last `upetu-...` line on stderr and the temporary files
+(`TEMPORARY`) left in its output folder. The operating-system faults are real: Ctrl-C is a SIGINT once the first
+checkpoint exists; a full disk and a read-only folder are tmpfs mounts on `--output-dir` in a private mount
+namespace (`unshare -rm`). Writes `--output` (default results/fault_table.md) and its JSON twin.
 
-Usage:
     python scripts/fault_table.py [--cases interrupt full_disk ...]
 """
 

@@ -1,11 +1,8 @@
 #!/usr/bin/env python
-"""Report of issue 27's comparison of Q-Linear formats (plan: results/format_comparison/PLAN.md).
-
-Reads each candidate's accuracy ledger (written by `benchmark_accuracy.py`, or by the retired `ablate_qlinear.py`
-at commit a423d7e, which `run.sh` runs), takes its runs at the learning rate its own search chose, pairs the
-candidates over their shared (split seed, seed) pairs, and prints the paired validation and test differences
-against today's default (format4-4bit) and against 32-bit, with 95 % t-intervals (`_ledger.paired_scores`). It
-then applies the plan's decision rule on validation only. Writes `report.json` and `report.md` beside the ledgers.
+"""Report of issue 27's comparison of Q-Linear formats (plan: results/format_comparison/PLAN.md): each candidate's
+runs at the learning rate its own search chose, paired over their shared (split seed, seed) pairs against today's
+default (format4-4bit) and 32-bit (`_ledger.paired_scores`), and the plan's decision rule on validation only.
+Writes `report.json` and `report.md` beside the ledgers.
 
     python scripts/format_comparison.py results/format_comparison
 """

@@ -1,16 +1,13 @@
 #!/usr/bin/env python
-"""Every generated report of the benchmarks, from `results/accuracy_*.json` (`scripts/benchmark_accuracy.py`) and,
-when present, `results/efficiency.json` (`scripts/benchmark_efficiency.py`): every number from the JSON files, the
-prose from `templates/report.md`.
+"""Every generated report of the benchmarks, from `results/accuracy_*.json` (`scripts/benchmark_accuracy.py`) and
+`results/efficiency.json` (`scripts/benchmark_efficiency.py`): numbers from the JSON files, prose from
+`templates/report.md`. Writes `accuracy_summary.md` and `accuracy_vs_params.png` into the results folder; for
+`results/` itself also the region between `<!-- results:start -->` and `<!-- results:end -->` of README.md (a
+headline of at most 25 lines) and of docs/benchmarks.md (full tables, protocol, caveats), and `results/README.md`,
+the index of every file under `results/` (`templates/results_files.md`). Another folder's full section goes to
+`--readme`; a file without markers is left alone and the section printed. `efficiency_markdown` renders
+`results/efficiency.md`.
 
-Writes `accuracy_summary.md` (every table, search and run) and `accuracy_vs_params.png` into the results folder.
-For `results/` itself it also rewrites the region between `<!-- results:start -->` and `<!-- results:end -->` of
-README.md (a headline of at most 25 lines) and of docs/benchmarks.md (full tables, protocol, caveats), and writes
-`results/README.md`, the index of every file under `results/` (`templates/results_files.md`); for another folder
-only `--readme` gets the full section. A file without markers is left alone and its section printed.
-`efficiency_markdown` renders the efficiency benchmark's own report (`results/efficiency.md`).
-
-Usage:
     python scripts/make_report.py
     python scripts/make_report.py --results-dir results/search2 --efficiency results/efficiency.json --readme /dev/null
 """

@@ -1,14 +1,10 @@
 #!/usr/bin/env python
-"""Run peft's own custom-model test suite (`tests/test_custom_models.py` upstream) against UPetu.
+"""Run peft's own custom-model test suite (`tests/test_custom_models.py` upstream) against UPetu: the suite is
+copied from a peft checkout into a temporary folder and changed there in three places (`HOOKS`) so that its cases
+are UPetu's (`templates/peft_upetu_cases.py`: tiny ConvNeXt models behind the suite's interface). Every outcome
+goes to `--output`, failures grouped by cause, so that the expected ones (UPetu refuses to merge; raw state dicts
+differ across a save at 1-8 bits, README "What is exact") stand apart. Nothing from peft is copied here.
 
-The suite's toy models (an MLP, a few convolutions) are nothing UPetu adapts, so the suite is copied from a peft
-checkout into a temporary folder and changed there in three places (`HOOKS`): `TEST_CASES` becomes the UPetu cases
-of `CASES`, `MockTransformerWrapper.from_pretrained("ConvNeXt" | "ConvNeXtV2")` a tiny random ConvNeXt behind the
-suite's `model(X=...) -> tensor` interface, and `prepare_inputs_for_testing` 4 random 32 x 32 images. Every outcome
-goes to `--output` (JSON), failures grouped by cause, so that the expected ones (UPetu refuses to merge; raw state
-dicts across a save differ at 1-8 bits, README "What is exact") stand apart. Nothing from peft is copied here.
-
-Usage:
     python scripts/peft_custom_suite.py --peft /path/to/peft/checkout --output /tmp/peft_suite.json
 """
 
