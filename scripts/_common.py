@@ -171,9 +171,8 @@ def git_state(paths: Sequence[str]) -> dict[str, Any]:
 
 
 def count_top_level_ops(fn: Callable[[], Any]) -> int:
-    """How many ATen ops one call of `fn` dispatches from Python: `aten::` profiler events (CPU activity) whose
-    parent event is not an `aten::` op. On a GPU each is at least one kernel launch and one trip through the
-    dispatcher, so this count is the launch-bound cost of a step, independent of the machine's speed."""
+    """The ATen ops one call of `fn` dispatches from Python (`aten::` events whose parent is not one): on a GPU
+    each is a kernel launch, so the count is a step's launch-bound cost, independent of the machine's speed."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:

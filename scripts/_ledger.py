@@ -125,8 +125,7 @@ def select(runs: list[dict], grid: list[tuple[float, float]], seeds, splits=0, k
 
 
 def versus_best(runs: list[dict[str, Any]], choice: dict[str, Any], key: str) -> dict[str, Any]:
-    """The chosen rate's validation minus each other candidate's, paired over the (split seed, seed) runs both
-    have (`paired_scores`: n, mean, 95 % interval), by the other rate."""
+    """The chosen rate's validation minus each other rate's, paired over shared runs (`paired_scores`)."""
     by_rate: dict[float, dict[tuple[int, int], float]] = {}
     for r in runs:
         if r.get("status") == "ok" and r["validation_score"] is not None:
@@ -144,9 +143,8 @@ _T95 = (
 
 
 def paired_difference(summary: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
-    """`a` minus `b` over the (split seed, seed) pairs both methods ran at their chosen learning rates
-    (`paired_scores`); None when a method is missing. Pairing removes what the two runs of a pair share (the split,
-    the head initialisation and data order of the seed), so it detects smaller differences than two means do."""
+    """`a` minus `b` over the (split seed, seed) pairs both ran at their chosen rates (`paired_scores`); pairing
+    removes what a pair shares (split, seed), so it detects smaller differences than two means do."""
     if a not in summary or b not in summary:
         return None
 
@@ -178,8 +176,7 @@ def fmt_interval(d: dict[str, Any], sep: str = " ") -> str:
 
 
 def summarize(state: dict[str, Any], setup) -> dict[str, Any]:
-    """Per variant: the chosen rate (`select`, stored in `state["selection"]`) and the mean +- std over the final
-    runs at that rate (every seed of `setup.seeds` on every split of `setup.split_seeds`)."""
+    """Per variant: the chosen rate (`select`, into `state["selection"]`) and the mean +- std of its final runs."""
     summary: dict[str, Any] = {}
     key = setup.searched
     for name, variant in state["variants"].items():
@@ -257,9 +254,8 @@ def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespace) -> int:
-    """Add the finished runs of this run's variants (and the sessions) of another JSON of the same task and
-    protocol to `state` where no run has their key: how parallel shards merge. Another task's file is ignored,
-    another protocol's refused (apart from `MERGEABLE_PROTOCOL_KEYS`). Returns how many runs were added."""
+    """Add the finished runs of this run's variants (and sessions) of another JSON of the same task and protocol:
+    how parallel shards merge. Another task's file is ignored, another protocol's refused. Returns the count."""
     if not path.is_file():
         raise SystemExit(f"--import-runs {path}: no such file")
     other = json.loads(path.read_text())

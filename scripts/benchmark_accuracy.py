@@ -148,8 +148,7 @@ def backbone_description(model: str) -> dict[str, Any]:
 @dataclass
 class TaskSetup:
     """Everything that is the same for all runs of one task. With `head_lrs` the search varies the decoder's rate
-    (`searched`) on every seed and split seed; otherwise the learning rate, on the first split seed and the first
-    `n_search_seeds` seeds."""
+    on every seed and split seed, else the learning rate on the first split and `n_search_seeds` seeds."""
 
     name: str  # the `BENCHMARKS` key, the results file's task
     task: str  # the training task
@@ -258,8 +257,7 @@ def cd_split(roots: Sequence[str], seed: int, work_dir: Path, repeats: int) -> t
 
 
 def city_split(source: str, seed: int, counts: Sequence[int], work_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """OSCD's split by city: a seeded permutation of the sorted city names gives `counts[0]` training cities,
-    `counts[1]` validation cities and the rest for test, as a folder of links (with `bands.json`)."""
+    """OSCD's split by city (`counts`: training, validation; the rest test), as links with `bands.json`."""
     folder, cities = stems(source, "--oscd", sum(counts) + 1)
     order = [cities[i] for i in np.random.default_rng(seed).permutation(len(cities))]
     ends = {"train": (0, counts[0]), "validation": (counts[0], sum(counts)), "test": (sum(counts), None)}
@@ -271,8 +269,7 @@ def city_split(source: str, seed: int, counts: Sequence[int], work_dir: Path) ->
 
 
 def task_data(name: str, args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, list[str], dict]:
-    """The task's `TrainingArguments` fields of every run, its split description, its data sources and its data
-    per split seed (the dense pairs: one folder of links per split seed)."""
+    """The task's fixed `TrainingArguments` fields, split description, data sources and data per split seed."""
     fixed, split_data = dict(BENCHMARKS[name].fixed), {}
     if name == "classification":
         fixed.update(train_fraction=args.train_fraction, validation_fraction=args.validation_fraction)

@@ -101,8 +101,7 @@ def wrap_method(name: str, base: nn.Module) -> nn.Module:
 
 
 def save_method(name: str, model: nn.Module, folder: Path) -> Path:
-    """Save method `name`'s trained weights into `folder` as a user would and return the weights file:
-    `save_pretrained` (the adapter, or the whole model for full fine-tuning), the classifier for the linear probe."""
+    """Save method `name`'s weights into `folder` as a user would (the linear probe: its classifier); the file."""
     folder.mkdir(parents=True, exist_ok=True)
     if name == "linear_probe":
         head = {k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}
@@ -127,8 +126,7 @@ def load_method(name: str, base: nn.Module, folder: Path) -> nn.Module:
 
 
 def describe(name: str, model: nn.Module, backbone: int, workdir: Path) -> dict[str, Any]:
-    """A method's label, trainable parameters (all, without the head, and as a % of `backbone`) and the bytes of
-    the weights file it saves, with and without the head."""
+    """A method's label, trainable parameters (all, without the head, % of `backbone`) and weights file bytes."""
     counts, path = parameter_summary(model), save_method(name, model, workdir / name)
     entry = dict(label=VARIANTS[name].label, trainable_params=counts["trainable"])
     entry |= dict(trainable_params_without_head=counts["adapter"])
@@ -142,8 +140,7 @@ def describe(name: str, model: nn.Module, backbone: int, workdir: Path) -> dict[
 
 
 def autocast(device: torch.device, mixed_precision: str) -> torch.autocast:
-    """bf16 autocast for `--mixed-precision bf16` (parameters, gradients and AdamW state stay float32, as with
-    Accelerate's `mixed_precision="bf16"`), disabled for "no"."""
+    """bf16 autocast for `--mixed-precision bf16` (weights and AdamW state stay float32, as Accelerate's)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
@@ -265,10 +262,9 @@ def random_batch(args: argparse.Namespace, size: int, batch: int) -> tuple[torch
 
 
 def launch_bound(base: nn.Module, built: list[Method], args: argparse.Namespace, model_name: str):
-    """The launch-bound regime (`LAUNCH`) on one thread: top-level ATen ops of a training step (a fresh
-    `AdamW(foreach=True)`, a GPU run's default) and of an inference of each method's model saved and loaded back,
-    and batch-1 latency relative to the base model (`bracketed_latency`). Returns each method's `launch_bound`
-    entry and the model's; op counts with their ratio to the reference's (None when it was not run)."""
+    """The launch-bound regime (`LAUNCH`), one thread: top-level ATen ops of a step (`AdamW(foreach=True)`)
+    and of an inference of each model saved and loaded back, and batch-1 latency against the base model
+    (`bracketed_latency`); each method's `launch_bound` entry and the model's, op counts also as ratios."""
     device, mp, reference = torch.device(args.device), args.mixed_precision, LAUNCH["reference"]
     pixels, labels = random_batch(args, LAUNCH["image_size"], LAUNCH["ops_batch_size"])
     single, methods = pixels[: LAUNCH["latency_batch_size"]], {}
@@ -364,8 +360,7 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
 
 
 def compare(results: dict[str, dict[str, Any]], name: str) -> dict[str, float | None]:
-    """Ratios of method `name` to full fine-tuning and LoRA r=8: step time (median of per-round ratios, the
-    rounds being interleaved), peak memory and disk size without the head."""
+    """Ratios of `name` to full fine-tuning and LoRA r=8: step time (median of per-round ratios), memory, disk."""
     out: dict[str, float | None] = {}
     entry = results[name]
     for ref in (r for r in ("full", "lora_r8") if r in results):
@@ -380,8 +375,7 @@ def compare(results: dict[str, dict[str, Any]], name: str) -> dict[str, float | 
 
 
 def check_targets(models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's `TARGETS`, evaluated for every UPetu variant of every model measured (skipped where a method a
-    target compares with did not run)."""
+    """The issue's `TARGETS` for every UPetu variant of every model (skipped where the reference did not run)."""
     checks = []
     for model_name, data in models.items():
         for name, entry in ((n, e) for n, e in data["methods"].items() if n.startswith("upetu_")):

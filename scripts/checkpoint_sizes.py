@@ -37,8 +37,7 @@ def build_model(name: str) -> tuple[torch.nn.Module, str]:
 
 
 def checkpoint_bytes(model: torch.nn.Module, source: str, method: str, folder: Path) -> dict[str, int]:
-    """Make `model` trainable by `method`, take one AdamW step, save a checkpoint into `folder`; its bytes per
-    file and in total."""
+    """`model` made trainable by `method`, one AdamW step, saved to `folder`: bytes per file and in total."""
     fields = dict(task="classification", model=source, data="-", output_dir=str(folder))
     args = TrainingArguments(**fields, method=method)
     model = apply_method(model, args)

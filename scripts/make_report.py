@@ -55,8 +55,7 @@ LIMITS = ("max_train_samples", "max_eval_samples")
 
 
 def load_accuracy(results_dir: Path) -> dict[str, dict[str, Any]]:
-    """`{task: state}` from every `accuracy_*.json` in `results_dir` that `benchmark_accuracy.py` wrote, in task
-    order (another benchmark's file, without `task` and `summary`, is skipped)."""
+    """`{task: state}` of every `accuracy_*.json` of `benchmark_accuracy.py` in `results_dir`, in task order."""
     states = [json.loads(path.read_text()) for path in sorted(results_dir.glob("accuracy_*.json"))]
     order = {t: i for i, t in enumerate(TASK_ORDER)}
     states = {s["task"]: s for s in states if "task" in s and "summary" in s}
@@ -137,8 +136,7 @@ def results_table(state: dict[str, Any]) -> list[str]:
 
 
 def paired_table(state: dict[str, Any]) -> list[str]:
-    """Paired differences (test metric, points) between methods over the (split, seed) pairs they share, with the
-    95 % t-interval; a difference is claimed only when the interval excludes 0."""
+    """Paired test differences (points, 95 % t-interval) between methods; one is ahead where it excludes 0."""
     labels = {name: s["label"] for name, s in state["summary"].items()}
     rows = []
     for d in (d for a, b in PAIRED if (d := paired_difference(state["summary"], a, b))):
@@ -149,8 +147,7 @@ def paired_table(state: dict[str, Any]) -> list[str]:
 
 
 def search_table(state: dict[str, Any]) -> list[str]:
-    """Validation metric of every learning-rate candidate (search seed, or the mean over the search seeds), the
-    chosen one in bold; a choice at an edge of its grid is flagged."""
+    """Validation metric of every learning-rate candidate, the choice in bold, an edge of the grid flagged."""
     seeds = state.get("protocol", {}).get("search_seeds")
     mean = f" (mean over seeds {', '.join(map(str, seeds))})" if seeds else ""
     rows = []
@@ -167,9 +164,8 @@ def search_table(state: dict[str, Any]) -> list[str]:
 
 
 def fit_table(state: dict[str, Any]) -> list[str]:
-    """How closely each method fits its training data: the last epoch's training loss (as trained: augmentation
-    and drop path on) next to the validation and test metric, over the summary's runs (its rate, split and seed
-    pairs). A loss higher than another method's at its own tuned rate means underfitting, not overfitting."""
+    """How closely each method fits its training data: the last epoch's training loss (augmentation and drop path
+    on) over the summary's runs; higher than another method's at its own tuned rate means underfitting."""
     rows = []
     for variant, s in state["summary"].items():
         pairs = set(zip(s.get("split_seeds") or [0] * len(s["seeds"]), s["seeds"]))
@@ -201,8 +197,7 @@ def runs_table(state: dict[str, Any]) -> list[str]:
 
 
 def aims(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """The benchmark issue's aims for the task, checked on the summary (None: not measured). Classification: the
-    differences of means against thresholds; the dense tasks: `dense_aims`."""
+    """The benchmark issue's aims for the task, checked on the summary (`met` None: not measured)."""
     s = state["summary"]
     if state.get("task") != "classification":
         return dense_aims(s)
@@ -238,8 +233,7 @@ def aims(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def dense_aims(s: dict[str, Any]) -> list[dict[str, Any]]:
-    """The dense tasks' aims: UPetu at least level with full fine-tuning and LoRA, met unless the paired comparison
-    puts the other ahead (with a handful of runs, "level" cannot mean equal means)."""
+    """The dense tasks' aims: UPetu level with full fine-tuning and LoRA, unless paired comparisons say behind."""
     found = []
     for other in (o for o in ("full", "lora") if o in s and "upetu" in s):
         aim, paired = fill("aim_dense", label=s[other]["label"]), paired_difference(s, "upetu", other)
@@ -312,8 +306,7 @@ def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
 
 
 def efficiency_model(name: str, data: dict[str, Any], meta: dict[str, Any]) -> list[str]:
-    """One model's part of `efficiency_markdown`: its table, the contention warning when the CPU was shared, the
-    noise line and the launch-bound table."""
+    """One model's part of `efficiency_markdown`: table, contention warning, noise and launch-bound table."""
     shape = {k: "-".join(map(str, data[k])) for k in ("depths", "widths")}
     lines = ["", fill("efficiency_model", name=name, backbone=fmt_count(data["backbone_params"]), **shape)]
     for method, entry in data["methods"].items():
@@ -352,8 +345,7 @@ def efficiency_targets(targets: list[dict[str, Any]], model: str, method: str) -
 
 
 def efficiency_markdown(results: dict[str, Any], target: tuple[str, str]) -> str:
-    """The efficiency benchmark's report (`results/efficiency.md`): settings, one table per model, the targets
-    (the issue's own for `target`, a (model, method) pair) and notes on the methods."""
+    """`results/efficiency.md`: settings, a table per model, the targets (`target`: the issue's own) and notes."""
     meta, machine = results["meta"], results["meta"]["machine"]
     num_labels = next(iter(results["models"].values()))["num_labels"]
     quick = "\n- **Quick run** (`--quick`): a partial, smaller benchmark; not the reference numbers."
@@ -496,8 +488,7 @@ def summary_markdown(states: dict[str, dict[str, Any]], eff: dict[str, Any] | No
 
 
 def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
-    """Test metric (mean ± std over seeds) against trainable parameters (log x), one panel per task; marker area
-    grows with the size of the checkpoint the task needs (adapter or model, with the head)."""
+    """Test metric against trainable parameters (log x), a panel per task, marker area the checkpoint's size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -540,8 +531,7 @@ def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def verdict(summary: dict[str, Any], a: str, b: str) -> str | None:
-    """`a − b +d [low, high]` in points from the paired comparison, and who is ahead when the interval excludes 0;
-    None without pairs."""
+    """`a − b +d [low, high]` (points) of the paired comparison and who is ahead; None without pairs."""
     if (d := paired_difference(summary, a, b)) is None:
         return None
     ahead = "" if d["decided"] is None else f", {SHORT[d['decided']]} ahead"
@@ -610,8 +600,7 @@ def relative(path: Path, folder: Path) -> str:
 
 
 def write_section(path: Path, text: str, what: str) -> None:
-    """`text` between the markers of `path`, leaving the rest alone; printed when the file or its markers are
-    missing."""
+    """`text` between the markers of `path`, the rest left alone; printed when the file or markers are missing."""
     content = path.read_text() if path.is_file() else ""
     start, end = content.find(START), content.find(END)
     if 0 <= start < end:
@@ -644,8 +633,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    """Write the summary, the plot, the README's headline, the docs' full tables and the index of results/ (each
-    where asked); returns the full section."""
+    """Write the summary, plot, headline, full tables and results index (each where asked); return the section."""
     args = parse_args(argv)
     results = Path(args.results_dir)
     eff_file = Path(args.efficiency) if args.efficiency else results / "efficiency.json"
