@@ -382,12 +382,8 @@ def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments
     """Train `targs` (images unchecked: `count_parameters` checks them) and complete `record`: status `ok` with the
     scores at the best epoch, parameter counts, times and weight sizes, or `failed` with the error."""
     record["arguments"] = {k: v for k, v in targs.to_dict().items() if k not in ("output_dir", "data")}
-    run_dir, start, method, metric = (
-        Path(targs.output_dir),
-        time.perf_counter(),
-        targs.method,
-        record["metric"],
-    )
+    run_dir, method, metric = Path(targs.output_dir), targs.method, record["metric"]
+    start = time.perf_counter()
     try:
         result = train(targs)
     except Exception as err:  # one failed run must not lose the others

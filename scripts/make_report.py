@@ -362,10 +362,8 @@ def backbone_sentence(states: dict[str, dict[str, Any]]) -> str:
     """The backbone as the JSON records it (architecture, size, pretraining)."""
     b = next(iter(states.values()))["backbone"]
     depths, widths = ("-".join(map(str, b.get(k, []))) for k in ("depths", "hidden_sizes"))
-    text = (
-        f"`{b.get('name', b.get('model'))}`: {architecture(b)}, depths {depths}, widths {widths}, "
-        f"{b['backbone_params'] / 1e6:.2f} M backbone parameters"
-    )
+    text = f"`{b.get('name', b.get('model'))}`: {architecture(b)}, depths {depths}, widths {widths}, "
+    text += f"{b['backbone_params'] / 1e6:.2f} M backbone parameters"
     if pre := b.get("pretraining"):
         text += f"; pretrained on {pre.get('data', '?')} at {pre.get('res', '?')} px for {pre.get('epochs', '?')} epochs"
         if "final_heldout_accuracy" in pre:
