@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import collections
+import datetime
 import json
 import math
 import os
 import platform
+import re
 import subprocess
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +24,13 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save
+from transformers import ConvNextConfig, ConvNextForImageClassification
 
 import upetu_hf
 from upetu_hf._files import write_atomic
 from upetu_hf.train import TrainingArguments
 from upetu_hf.train.cli import add_options
+from upetu_hf.train.methods import is_head_parameter
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The shared data and models (`../shared`), and the benchmarks' reference backbone in it.
@@ -34,7 +41,44 @@ CONVNEXT = {
     "convnext-t": dict(depths=[3, 3, 9, 3], hidden_sizes=[96, 192, 384, 768]),
     "convnext-b": dict(depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024]),  # convnext-base-224-22k
     "convnext-atto": dict(depths=[2, 2, 6, 2], hidden_sizes=[40, 80, 160, 320]),  # the reference backbone's
+    "tiny": dict(depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 32, 64]),  # for quick checks
 }
+TEMPLATE_FILE = REPO_ROOT / "scripts" / "templates" / "report.md"
+_BLOCKS = re.split(r"^<!-- ([\w-]+) -->\n", TEMPLATE_FILE.read_text(), flags=re.M)
+#: The prose blocks of `templates/report.md` by name.
+TEMPLATES = {name: text.rstrip("\n") for name, text in zip(_BLOCKS[1::2], _BLOCKS[2::2])}
+
+
+def fill(block: str, /, **values: Any) -> str:
+    """The block `block` of `templates/report.md` with `values` filled in (a missing value reads None)."""
+    return TEMPLATES[block].format_map(collections.defaultdict(lambda: None, values))
+
+
+def row(*cells: Any) -> str:
+    """A row of a markdown table."""
+    return f"| {' | '.join(map(str, cells))} |"
+
+
+def table(header: str, align: str, rows: list[str]) -> list[str]:
+    """A markdown table: `header` cells and `align` (one `-`, `:`-suffixed for right, per column) joined by `|`."""
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
+    return [row(*(c.strip() for c in header.split("|"))), rule, *rows]
+
+
+def random_convnext(name: str, num_labels: int, seed: int = 0) -> ConvNextForImageClassification:
+    """A `CONVNEXT[name]` classifier with `num_labels` classes and random weights drawn after `manual_seed(seed)`."""
+    torch.manual_seed(seed)
+    return ConvNextForImageClassification(ConvNextConfig(**CONVNEXT[name], num_labels=num_labels))
+
+
+def log(message: str, who: str = "") -> None:
+    """Progress to stderr, with the time (after `who`, when given)."""
+    print(f"[{f'{who} ' if who else ''}{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def now() -> str:
+    """The UTC time, to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def clean(value: Any) -> Any:
@@ -64,22 +108,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def fmt_count(n: float | None) -> str:
     """Parameter counts in K / M (`-` for None)."""
-    if n is None:
-        return "-"
-    if n >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    if n >= 1e3:
-        return f"{n / 1e3:.1f}K"
-    return str(int(n))
+    if n is None or n < 1e3:
+        return "-" if n is None else str(int(n))
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
 
 
-def resaved_bytes(path: Path, keep: Callable[[str], bool]) -> int:
-    """Bytes of the safetensors file `path` saved again (same format and metadata) with only the tensors whose
-    names `keep` accepts; 0 when it accepts none. How the benchmarks size a weights file without its task head."""
+def head_bytes(path: Path, heads_only: bool = False) -> tuple[int, int]:
+    """Bytes of the safetensors file `path` with and without its task heads, that part re-saved alone (same
+    format and metadata); `heads_only` (a linear probe's file, trained heads only): the heads alone, and 0."""
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
-        tensors = {k: handle.get_tensor(k) for k in handle.keys() if keep(k)}
-    return len(save(tensors, metadata=metadata)) if tensors else 0
+        tensors = {k: handle.get_tensor(k) for k in handle.keys() if is_head_parameter(k) == heads_only}
+    resaved = len(save(tensors, metadata=metadata)) if tensors else 0
+    return (resaved, 0) if heads_only else (path.stat().st_size, resaved)
 
 
 def cpu_model() -> str:
@@ -93,12 +134,15 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpus_available() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def machine_info(device: str) -> dict[str, Any]:
     """CPU, GPUs, thread settings, load and library versions of this process; `device` says where it runs."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = dict(hostname=platform.node(), cpu_model=cpu_model(), cpu_count=os.cpu_count())
-    info["cpus_available"] = cpus
-    info.update(torch_num_threads=torch.get_num_threads())
+    info.update(cpus_available=cpus_available(), torch_num_threads=torch.get_num_threads())
     info["torch_num_interop_threads"] = torch.get_num_interop_threads()
     info.update(cpu_capability=torch.backends.cpu.get_cpu_capability(), platform=platform.platform())
     info.update(loadavg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
@@ -127,9 +171,8 @@ def git_state(paths: Sequence[str]) -> dict[str, Any]:
 
 
 def count_top_level_ops(fn: Callable[[], Any]) -> int:
-    """How many ATen ops one call of `fn` dispatches from Python: `aten::` profiler events (CPU activity) whose
-    parent event is not an `aten::` op. On a GPU each is at least one kernel launch and one trip through the
-    dispatcher, so this count is the launch-bound cost of a step, independent of the machine's speed."""
+    """The ATen ops one call of `fn` dispatches from Python (`aten::` events whose parent is not one): on a GPU
+    each is a kernel launch, so the count is a step's launch-bound cost, independent of the machine's speed."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -139,16 +182,15 @@ def count_top_level_ops(fn: Callable[[], Any]) -> int:
 
 
 def add_training_options(group: argparse._ActionsContainer, task: str, names: Sequence[str], **defaults):
-    """The options of `upetu-train <task>` for the `TrainingArguments` fields `names`, built from the fields'
-    metadata as the CLI builds them (`upetu_hf.train.cli.add_options`: flag, type, choices, help); `defaults`
-    replace a field's default where a benchmark's protocol has its own. The script forwards them to the field of
-    the same name."""
+    """The options of `upetu-train <task>` for the `TrainingArguments` fields `names`, as its CLI builds them
+    (`upetu_hf.train.cli.add_options`), with `defaults` where a benchmark's protocol has its own."""
     source = argparse.ArgumentParser(add_help=False)
     add_options(source, TrainingArguments, task)
     actions = {action.dest: action for action in source._actions}
     for name in names:
         action = actions[name]
         if name in defaults:
-            action.default = defaults[name]
-            action.help = f"{action.help or ''} (here: {defaults[name]})".strip()
+            action.default, action.required = defaults[name], False
+            if defaults[name] is not None:
+                action.help = f"{action.help or ''} (here: {defaults[name]})".strip()
         group._add_action(action)

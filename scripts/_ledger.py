@@ -88,12 +88,10 @@ def break_tie(by_rate: dict[float, dict], tied: list[float], pairs: list[tuple])
 
 
 def select(runs: list[dict], grid: list[tuple[float, float]], seeds, splits=0, key: str = "lr") -> dict:
-    """The rate of the `grid` ((learning-rate factor, rate) pairs) with the best mean validation metric over the
-    search runs of `seeds` (one or several) on the split seeds `splits`; `key` names the searched rate in the runs
-    (`lr`, or `head_lr` for the decoder's). A tie (within `TIE_TOLERANCE`) is broken by more evidence
-    (`break_tie`) and recorded as `tie`. `complete` is False while a candidate misses a run; `interior` says
-    whether the choice is neither the smallest nor the largest candidate. With several search runs per candidate
-    each also lists its `validation_scores`."""
+    """The rate of the `grid` ((factor, rate) pairs) with the best mean validation over the search runs of `seeds`
+    on the split seeds `splits`; `key` names the searched rate (`lr`, or the decoder's `head_lr`). A tie is broken
+    by more evidence (`break_tie`) and recorded as `tie`; `complete` is False while a candidate misses a run;
+    `interior`: neither the smallest nor the largest candidate."""
     seeds, splits = ([v] if isinstance(v, int) else list(v) for v in (seeds, splits))
     pairs = [(split, seed) for split in splits for seed in seeds]
     by_rate: dict[float, dict[tuple[int, int], dict[str, Any]]] = {}
@@ -127,8 +125,7 @@ def select(runs: list[dict], grid: list[tuple[float, float]], seeds, splits=0, k
 
 
 def versus_best(runs: list[dict[str, Any]], choice: dict[str, Any], key: str) -> dict[str, Any]:
-    """The chosen rate's validation minus each other candidate's, paired over the (split seed, seed) runs both
-    have (`paired_scores`: n, mean, 95 % interval), by the other rate."""
+    """The chosen rate's validation minus each other rate's, paired over shared runs (`paired_scores`)."""
     by_rate: dict[float, dict[tuple[int, int], float]] = {}
     for r in runs:
         if r.get("status") == "ok" and r["validation_score"] is not None:
@@ -146,9 +143,8 @@ _T95 = (
 
 
 def paired_difference(summary: dict[str, Any], a: str, b: str) -> dict[str, Any] | None:
-    """`a` minus `b` over the (split seed, seed) pairs both methods ran at their chosen learning rates
-    (`paired_scores`); None when a method is missing. Pairing removes what the two runs of a pair share (the split,
-    the head initialisation and data order of the seed), so it detects smaller differences than two means do."""
+    """`a` minus `b` over the (split seed, seed) pairs both ran at their chosen rates (`paired_scores`); pairing
+    removes what a pair shares (split, seed), so it detects smaller differences than two means do."""
     if a not in summary or b not in summary:
         return None
 
@@ -160,9 +156,8 @@ def paired_difference(summary: dict[str, Any], a: str, b: str) -> dict[str, Any]
 
 
 def paired_scores(left: dict, right: dict, a: str = "a", b: str = "b") -> dict[str, Any] | None:
-    """`left` minus `right`, scores keyed by (split seed, seed), over the keys both have: mean, sample std and the
-    95 % t-interval of the mean difference. `decided` is `a` or `b` when the interval excludes 0, else None (no
-    difference claimed). None when they share fewer than 2 pairs."""
+    """`left` minus `right` (scores by (split seed, seed)) over the keys both have (None under 2): mean, std,
+    the 95 % t-interval of the mean, and `decided`: `a` or `b` when the interval excludes 0, else None."""
     pairs = sorted(set(left) & set(right))
     if len(pairs) < 2:
         return None
@@ -174,9 +169,14 @@ def paired_scores(left: dict, right: dict, a: str = "a", b: str = "b") -> dict[s
     return dict(out, ci95=[low, high], decided=a if low > 0 else b if high < 0 else None)
 
 
+def fmt_interval(d: dict[str, Any], sep: str = " ") -> str:
+    """A paired difference (`paired_scores`) in points: `+1.23 [+0.45, +2.01]`, mean and interval joined by `sep`."""
+    low, high = d["ci95"]
+    return f"{100 * d['mean']:+.2f}{sep}[{100 * low:+.2f}, {100 * high:+.2f}]"
+
+
 def summarize(state: dict[str, Any], setup) -> dict[str, Any]:
-    """Per variant: the chosen rate (`select`, stored in `state["selection"]`) and the mean +- std over the final
-    runs at that rate (every seed of `setup.seeds` on every split of `setup.split_seeds`)."""
+    """Per variant: the chosen rate (`select`, into `state["selection"]`) and the mean +- std of its final runs."""
     summary: dict[str, Any] = {}
     key = setup.searched
     for name, variant in state["variants"].items():
@@ -254,11 +254,8 @@ def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def import_runs(state: dict[str, Any], path: Path, setup, args: argparse.Namespace) -> int:
-    """Add the finished runs (and sessions) of another JSON of the same task and protocol to `state`: how shards
-    of one benchmark run in parallel processes (`--methods`, separate `--output-dir`) merge. Only runs of this
-    run's variants are taken, and the first file to hold a run key wins; files of other tasks are ignored, a file
-    recorded under another protocol is refused (apart from `MERGEABLE_PROTOCOL_KEYS`). Returns how many runs were
-    added."""
+    """Add the finished runs of this run's variants (and sessions) of another JSON of the same task and protocol:
+    how parallel shards merge. Another task's file is ignored, another protocol's refused. Returns the count."""
     if not path.is_file():
         raise SystemExit(f"--import-runs {path}: no such file")
     other = json.loads(path.read_text())

@@ -1,13 +1,9 @@
 """The one registry of benchmark variants: a tuning method of `upetu_hf.train.apply_method` with fixed options, its
-label in tables and its colour in plots. The accuracy, efficiency and OSCD benchmarks and the report all read it;
-a variant's name is its key in the results files, so names never change.
-
-Adding a baseline method: implement it in `upetu_hf.train.methods`, add its variants here, and list them in the
-benchmark that compares them (`benchmark_accuracy.TASK_VARIANTS`, `benchmark_efficiency`'s `--methods` default).
-
-An option value `MATCHED`, `SMALL` or `SMALL_MATCHED` for `r` is a placeholder the accuracy benchmark resolves per
-backbone (`benchmark_accuracy.resolve_options`): LoRA's rank matched to UPetu's default adapter, the largest UPetu
-`r` under 1 % of the backbone, and LoRA's rank matched to that.
+label in tables and its colour in plots. A variant's name is its key in the results files, so names never change.
+A new baseline: implement it in `upetu_hf.train.methods`, add its variants here and list them in the benchmark that
+compares them. `MATCHED`, `SMALL` and `SMALL_MATCHED` for `r` are placeholders the accuracy benchmark resolves per
+backbone (`benchmark_accuracy.RANKS`): LoRA's rank matched to UPetu's default adapter, the largest UPetu `r` under
+1 % of the backbone, and LoRA's rank matched to that.
 """
 
 from __future__ import annotations
@@ -29,44 +25,37 @@ class Variant:
     name: str
     method: str
     label: str
-    colour: str = DEFAULT_COLOUR
     options: dict[str, Any] = field(default_factory=dict)
+    colour: str = DEFAULT_COLOUR
 
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         # the accuracy benchmark (`scripts/benchmark_accuracy.py`)
-        Variant("linear", "linear", "Linear probe", "#7f7f7f"),
-        Variant("full", "full", "Full fine-tuning", "#000000"),
-        Variant("lora", "lora", "LoRA (rank matched to UPetu)", "#1f77b4", {"r": MATCHED}),
-        Variant("ia3", "ia3", "IA3", "#9467bd"),
-        Variant("upetu", "upetu", "UPetu (default, 4-bit)", "#d62728"),
-        Variant("upetu-1bit", "upetu", "UPetu 1-bit", "#ff7f0e", {"bits": 1}),
-        Variant("upetu-2bit", "upetu", "UPetu 2-bit", options={"bits": 2}),
-        Variant("upetu-32bit", "upetu", "UPetu 32-bit", "#8c564b", {"bits": 32}),
-        Variant("eqam-only", "upetu", "EQAM only (4-bit)", "#2ca02c", {"use_capm": False}),
-        Variant(
-            "upetu-conv3", "upetu", "UPetu + 3x3 depthwise conv in EQAM (4-bit)", options={"conv_kernel": 3}
-        ),
-        Variant(
-            "upetu-norm",
-            "upetu",
-            "UPetu + LayerNorm affine correction (4-bit)",
-            options={"norm_affine": True},
-        ),
-        Variant("capm-only", "upetu", "CAPM only", "#17becf", {"use_eqam": False}),
-        Variant("upetu-small", "upetu", "UPetu < 1 % (4-bit)", "#e377c2", {"r": SMALL}),
-        Variant("lora-small", "lora", "LoRA (rank matched to UPetu < 1 %)", "#aec7e8", {"r": SMALL_MATCHED}),
+        Variant("linear", "linear", "Linear probe", colour="#7f7f7f"),
+        Variant("full", "full", "Full fine-tuning", colour="#000000"),
+        Variant("lora", "lora", "LoRA (rank matched to UPetu)", {"r": MATCHED}, "#1f77b4"),
+        Variant("ia3", "ia3", "IA3", colour="#9467bd"),
+        Variant("upetu", "upetu", "UPetu (default, 4-bit)", colour="#d62728"),
+        Variant("upetu-1bit", "upetu", "UPetu 1-bit", {"bits": 1}, "#ff7f0e"),
+        Variant("upetu-2bit", "upetu", "UPetu 2-bit", {"bits": 2}),
+        Variant("upetu-32bit", "upetu", "UPetu 32-bit", {"bits": 32}, "#8c564b"),
+        Variant("eqam-only", "upetu", "EQAM only (4-bit)", {"use_capm": False}, "#2ca02c"),
+        Variant("upetu-conv3", "upetu", "UPetu + 3x3 depthwise conv in EQAM (4-bit)", {"conv_kernel": 3}),
+        Variant("upetu-norm", "upetu", "UPetu + LayerNorm affine correction (4-bit)", {"norm_affine": True}),
+        Variant("capm-only", "upetu", "CAPM only", {"use_eqam": False}, "#17becf"),
+        Variant("upetu-small", "upetu", "UPetu < 1 % (4-bit)", {"r": SMALL}, "#e377c2"),
+        Variant("lora-small", "lora", "LoRA (rank matched to UPetu < 1 %)", {"r": SMALL_MATCHED}, "#aec7e8"),
         # the efficiency benchmark (`scripts/benchmark_efficiency.py`)
         Variant("linear_probe", "linear", "Linear probe"),
-        Variant("lora_r8", "lora", "LoRA r=8", options={"r": 8}),
-        Variant("lora_r16", "lora", "LoRA r=16", options={"r": 16}),
-        Variant("upetu_1bit", "upetu", "UPetu 1-bit", options={"bits": 1}),
-        Variant("upetu_4bit", "upetu", "UPetu 4-bit", options={"bits": 4}),
-        Variant("upetu_32bit", "upetu", "UPetu 32-bit", options={"bits": 32}),
+        Variant("lora_r8", "lora", "LoRA r=8", {"r": 8}),
+        Variant("lora_r16", "lora", "LoRA r=16", {"r": 16}),
+        Variant("upetu_1bit", "upetu", "UPetu 1-bit", {"bits": 1}),
+        Variant("upetu_4bit", "upetu", "UPetu 4-bit", {"bits": 4}),
+        Variant("upetu_32bit", "upetu", "UPetu 32-bit", {"bits": 32}),
         # OSCD-13 change detection (`scripts/benchmark_accuracy.py --tasks oscd13`): every band, or Sentinel-2's RGB ones
-        Variant("upetu-13band", "upetu", "UPetu, 13 bands", options={"bands": None}),
-        Variant("upetu-rgb", "upetu", "UPetu, RGB bands", options={"bands": list(S2_RGB_BANDS)}),
+        Variant("upetu-13band", "upetu", "UPetu, 13 bands", {"bands": None}),
+        Variant("upetu-rgb", "upetu", "UPetu, RGB bands", {"bands": list(S2_RGB_BANDS)}),
     )
 }

@@ -1,26 +1,15 @@
 #!/usr/bin/env python
 """Accuracy benchmark of UPetu against full fine-tuning, the linear probe, LoRA and IA3 on real data, through the
-training API (`upetu_hf.train.train`); with `--head-lrs`, the search of the dense decoders' learning rate.
+training API (`upetu_hf.train.train`); with `--head-lrs`, the search of the dense decoders' learning rate. Tasks
+(`BENCHMARKS`, data under `../shared`): classification on UCM-55, segmentation on GID tiles, change detection on
+LEVIR + DSIFN pairs, and oscd13 (OSCD's 13-band Sentinel-2 cities: UPetu on 13 bands against RGB).
 
-Tasks (`BENCHMARKS`; data flags default to `../shared`): classification on UCM-55 (`--ucm`, 50 % of each class
-trains), segmentation on GID tiles (`--gid`, 60 / 20 / 20, a UperNet of `--seg-head-hidden` channels), change
-detection on LEVIR + DSIFN pairs (`--cd`, split by pairs per source folder: 40 % test, 20 % validation; training
-on `--cd-crop` crops, each pair `--cd-repeats` times per epoch) and oscd13, OSCD's 13-band Sentinel-2 cities
-(`--oscd`, split by city: `--oscd-cities`; UPetu on 13 bands against RGB, 40 epochs, batch 8, soft-Dice weight 1).
-
-Protocol, the same for every variant of a task: (1) search: one run per learning rate `DEFAULT_LR[method] x f`,
-`f` in `--lr-factors` (`--dense-lr-factors`), on the first `--search-seeds` seeds of `--seeds` and the first split
-seed; each run keeps its best validation epoch, and the best mean validation metric wins (`_ledger.select`: a tie
-trains the tied rates on the next seeds, then looks at the last epochs, then takes the smaller rate; a choice at
-the grid's edge is flagged); the test split never chooses. (2) final runs: the chosen rate trains every seed on
-every split seed of `--split-seeds`, each reporting its test metric at its best validation epoch; `make_report.py`
-gives mean +- std and paired differences with 95 % t-intervals. `--head-lrs` searches the dense decoder's rate
-instead, at each method's default rate, every seed and split seed a search run (`head_lr_<task>.json`).
-
-Every run is written to `<output-dir>/accuracy_<task>.json` as it finishes (atomically): `--resume` continues it,
-shards run in parallel (`--methods`, each its own `--output-dir`) merge with `--resume --import-runs`, and
-`--merge-only` trains nothing. On a CPU shared with other jobs `--threads 1` is often fastest; on a GPU a
-pre-resized UCM copy (`scripts/resize_image_folder.py`) keeps data loading up.
+Every variant of a task gets the same protocol: the learning rate `DEFAULT_LR[method] x f` (`--lr-factors`) is
+chosen on the mean validation metric of the first `--search-seeds` seeds on the first split seed
+(`_ledger.select`), never on test; the chosen rate then trains every seed on every split seed, each reporting its
+test metric at its best validation epoch. Each run is written to `<output-dir>/accuracy_<task>.json` as it
+finishes: `--resume` continues it, shards (`--methods`, each its own `--output-dir`) merge with `--resume
+--import-runs`.
 
     python scripts/benchmark_accuracy.py --tasks classification --methods upetu,full --resume
     python scripts/benchmark_accuracy.py --dry-run           # print the planned runs and exit
@@ -29,7 +18,6 @@ pre-resized UCM copy (`scripts/resize_image_folder.py`) keeps data loading up.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import math
@@ -43,6 +31,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +46,13 @@ import upetu_hf
 from upetu_hf.hub import saved_file_names
 from upetu_hf.train import DEFAULT_LR, PEFT_METHODS, TASK_METRICS, TrainingArguments, get_task, train
 from upetu_hf.train.arguments import RUN_CONFIG_FILE
-from upetu_hf.train.methods import apply_method, dense_head_lr, is_head_parameter, parameter_summary
+from upetu_hf.train.methods import apply_method, dense_head_lr, parameter_summary
 
 #: The code whose uncommitted changes a session records.
 CODE_PATHS = ("src/upetu_hf", "scripts/benchmark_accuracy.py", "scripts/_common.py", "scripts/_ledger.py")
 DATA = common.SHARED / "data"
+#: The `count_parameters` entries that resolve the `_variants` placeholders of `r`.
+RANKS = {MATCHED: "lora_matched_r", SMALL: "upetu_small_r", SMALL_MATCHED: "lora_small_r"}
 #: Fraction of the backbone that `upetu-small` must stay under.
 SMALL_BUDGET = 0.01
 #: Change detection: fractions of each source folder's pairs for test and validation.
@@ -95,9 +86,7 @@ BENCHMARKS = {
 }
 
 
-def log(message: str) -> None:
-    """Progress to stderr, with the time."""
-    print(f"[benchmark_accuracy {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+log = partial(common.log, who="benchmark_accuracy")  # progress to stderr, with the time
 
 
 def parse_factors(text: str) -> list[float]:
@@ -128,11 +117,6 @@ def fmt4(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def now() -> str:
-    """The UTC time, to the second."""
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
 def device_name(cpu: bool = False) -> str:
     """What the training API will train on: the CUDA device name, or `cpu (<model>, <threads>)`."""
     if torch.cuda.is_available() and not cpu:
@@ -161,56 +145,42 @@ def backbone_description(model: str) -> dict[str, Any]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------- tasks
 @dataclass
 class TaskSetup:
-    """Everything that is the same for all runs of one task."""
+    """Everything that is the same for all runs of one task. With `head_lrs` the search varies the decoder's rate
+    on every seed and split seed, else the learning rate on the first split and `n_search_seeds` seeds."""
 
     name: str  # the `BENCHMARKS` key, the results file's task
     task: str  # the training task
-    data: list[str]
     fixed: dict[str, Any]  # TrainingArguments fields shared by every run
     epochs: int
     batch_size: int
     lr_factors: list[float]
     seeds: list[int]
     variants: list[str]
-    n_search_seeds: int = 1  # the learning rate is chosen on the mean validation over seeds[:n_search_seeds]
-    split_seeds: list[int] = field(default_factory=lambda: [0])
-    split: dict[str, Any] = field(default_factory=dict)  # the search split's description
-    sources: list[str] = field(default_factory=list)  # the data folders given (`data` may come from them)
-    split_data: dict[int, list[str]] = field(default_factory=dict)  # data per split seed, where it differs
-    head_lr: float | str | None = None  # the PEFT methods' decoder rate on a dense task ('lr': each run's)
-    head_lrs: list[float] | None = None  # `--head-lrs`: the decoder rates searched
+    n_search_seeds: int
+    split_seeds: list[int]
+    split: dict[str, Any]  # the search split's description
+    sources: list[str]  # the data folders given
+    split_data: dict[int, list[str]]  # data per split seed, where not `sources` (the dense pairs' links)
+    head_lr: float | str | None  # the PEFT methods' decoder rate on a dense task ('lr': each run's)
+    head_lrs: list[float] | None  # `--head-lrs`: the decoder rates searched
 
-    def data_for(self, split_seed: int) -> list[str]:
-        """The data paths of a run on split `split_seed` (change detection: one folder of links per split)."""
-        return self.split_data.get(split_seed, self.data)
-
-    @property
-    def key(self) -> str:
-        return self.name.replace("-", "_")
-
-    @property
-    def path_name(self) -> str:
-        return f"{'head_lr' if self.head_lrs else 'accuracy'}_{self.key}.json"
-
-    @property
-    def searched(self) -> str:
-        """The run entry the search varies: the adapter's learning rate, or the decoder's."""
-        return "head_lr" if self.head_lrs else "lr"
-
-    @property
-    def search_seeds(self) -> list[int]:
-        return self.seeds if self.head_lrs else self.seeds[: self.n_search_seeds]
-
-    @property
-    def search_splits(self) -> list[int]:
-        return self.split_seeds if self.head_lrs else self.split_seeds[:1]
+    def __post_init__(self) -> None:
+        self.key = self.name.replace("-", "_")
+        self.path_name = f"{'head_lr' if self.head_lrs else 'accuracy'}_{self.key}.json"
+        self.searched = "head_lr" if self.head_lrs else "lr"
+        self.search_seeds = self.seeds if self.head_lrs else self.seeds[: self.n_search_seeds]
+        self.search_splits = self.split_seeds if self.head_lrs else self.split_seeds[:1]
+        self.data = self.data_for(self.split_seeds[0])
 
     @property
     def metric(self) -> str:
         return TASK_METRICS[self.task][0]  # the training API's default selection metric
+
+    def data_for(self, split_seed: int) -> list[str]:
+        """The data paths of a run on split `split_seed`."""
+        return self.split_data.get(split_seed, self.sources)
 
     def grid(self, method: str) -> list[tuple[float, float]]:
         """(learning-rate factor, searched rate) of every candidate."""
@@ -269,9 +239,8 @@ def stems(source: str, flag: str, at_least: int) -> tuple[Path, list[str]]:
 
 
 def cd_split(roots: Sequence[str], seed: int, work_dir: Path, repeats: int) -> tuple[Path, dict[str, Any]]:
-    """A split by pairs, stratified by source folder (`CD_TEST_FRACTION` test, `CD_VALIDATION_FRACTION`
-    validation, the rest training, each training pair `repeats` times), as a folder of links (`link_split`);
-    returns the folder and the pair names per part."""
+    """A split by pairs, stratified by source folder (`CD_TEST_FRACTION` test, `CD_VALIDATION_FRACTION` validation,
+    the rest training, `repeats` times), as a folder of links (`link_split`): the folder and the pairs per part."""
     rng = np.random.default_rng(seed)
     parts: dict[str, list] = {"train": [], "validation": [], "test": []}
     for source in roots:
@@ -288,8 +257,7 @@ def cd_split(roots: Sequence[str], seed: int, work_dir: Path, repeats: int) -> t
 
 
 def city_split(source: str, seed: int, counts: Sequence[int], work_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """OSCD's split by city: a seeded permutation of the sorted city names gives `counts[0]` training cities,
-    `counts[1]` validation cities and the rest for test, as a folder of links (with `bands.json`)."""
+    """OSCD's split by city (`counts`: training, validation; the rest test), as links with `bands.json`."""
     folder, cities = stems(source, "--oscd", sum(counts) + 1)
     order = [cities[i] for i in np.random.default_rng(seed).permutation(len(cities))]
     ends = {"train": (0, counts[0]), "validation": (counts[0], sum(counts)), "test": (sum(counts), None)}
@@ -301,8 +269,7 @@ def city_split(source: str, seed: int, counts: Sequence[int], work_dir: Path) ->
 
 
 def task_data(name: str, args: argparse.Namespace, work_dir: Path) -> tuple[dict, dict, list[str], dict]:
-    """The task's `TrainingArguments` fields of every run, its split description, its data sources and its data
-    per split seed (the dense pairs: one folder of links per split seed)."""
+    """The task's fixed `TrainingArguments` fields, split description, data sources and data per split seed."""
     fixed, split_data = dict(BENCHMARKS[name].fixed), {}
     if name == "classification":
         fixed.update(train_fraction=args.train_fraction, validation_fraction=args.validation_fraction)
@@ -345,12 +312,9 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
             sizes = dict(epochs=args.dense_epochs or bench.epochs)
             sizes["batch_size"] = args.dense_batch_size or bench.batch_size
             sizes["lr_factors"] = [1.0] if args.head_lrs else args.dense_lr_factors or args.lr_factors
-        data = split_data.get(args.split_seeds[0], sources)
-        setup = TaskSetup(name, bench.task, data, fixed, **sizes, seeds=args.seeds, variants=variants)
-        setup.n_search_seeds, setup.split_seeds, setup.split = args.search_seeds, args.split_seeds, split
-        setup.sources, setup.split_data = sources, split_data
-        setup.head_lr, setup.head_lrs = head_lr, args.head_lrs
-        setups.append(setup)
+        sizes |= dict(seeds=args.seeds, n_search_seeds=args.search_seeds, split_seeds=args.split_seeds)
+        sizes |= dict(split=split, sources=sources, split_data=split_data, head_lr=head_lr, variants=variants)
+        setups.append(TaskSetup(name, bench.task, fixed, **sizes, head_lrs=args.head_lrs))
     return setups
 
 
@@ -373,7 +337,6 @@ def training_arguments(
     return TrainingArguments(**run, **setup.fixed, **options)
 
 
-# ---------------------------------------------------------------------------------------------- parameters
 def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path) -> dict[str, Any]:
     """Parameter counts of the task model on this backbone, the LoRA rank whose adapter is closest to UPetu's
     default adapter, and the largest UPetu `r` whose adapter stays under `SMALL_BUDGET` of the backbone."""
@@ -415,57 +378,12 @@ def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path)
     }  # fmt: skip
 
 
-def resolve_options(variant: Variant, counts: dict[str, Any]) -> dict[str, Any]:
-    """The variant's options with the `r` placeholders replaced by the computed ranks."""
-    ranks = {MATCHED: "lora_matched_r", SMALL: "upetu_small_r", SMALL_MATCHED: "lora_small_r"}
-    options = dict(variant.options)
-    if options.get("r") in ranks:
-        options["r"] = counts[ranks[options["r"]]]
-    return options
-
-
-def weight_sizes(run_dir: Path, method: str) -> dict[str, Any]:
-    """Bytes of the weights file the run wrote, and of that file re-saved with / without the head tensors.
-
-    PEFT methods: `adapter_model.safetensors` (adapter + heads). Full fine-tuning: `model.safetensors`. The linear
-    probe saves the whole model too, but only its heads are trained: its checkpoint is the heads alone.
-    """
-    name = saved_file_names(method in PEFT_METHODS)[1]
-    path = run_dir / name
-    size = path.stat().st_size
-    if method == "linear":
-        with_head, without_head = common.resaved_bytes(path, is_head_parameter), 0
-    else:
-        with_head, without_head = size, common.resaved_bytes(path, lambda key: not is_head_parameter(key))
-    sizes = {"checkpoint_bytes": size, "weights_bytes_with_head": with_head}
-    return {"checkpoint_file": name, **sizes, "weights_bytes_without_head": without_head}
-
-
-# ---------------------------------------------------------------------------------------------- runs
-def finished_run(result: dict, metric: str, method: str, counts: dict, wall: float) -> dict[str, Any]:
-    """The record of a finished run from what `train` returned: scores at the best epoch, parameter counts and
-    shares, times."""
-    params, steps = result["parameters"], result["train"]
-    # peft keeps the original heads next to the trained copies; the linear probe's adapter is 0 (heads only)
-    base_total = params["total"] - (params["trainable"] if method in PEFT_METHODS else 0)
-    record = dict(metric=metric, best_epoch=result["best_epoch"], selection_split=result["selection_split"])
-    for part in ("validation", "test"):
-        record[f"{part}_score"] = common.clean((result.get(part) or {}).get(metric))
-    record.update({part: result.get(part) for part in ("validation", "test", "history")}, parameters=params)
-    record.update(trainable_params=params["trainable"], head_params=params["head"])
-    record["adapter_params"] = params["adapter"]
-    record.update(base_model_params=base_total, trainable_pct=100.0 * params["trainable"] / base_total)
-    record["adapter_pct_of_backbone"] = 100.0 * params["adapter"] / counts["backbone_params"]
-    record["wall_time_s"] = wall
-    record.update(train_runtime_s=steps["runtime_s"], samples_per_second=steps["samples_per_second"])
-    return dict(record, steps=steps["steps"])
-
-
 def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments, counts: dict) -> dict:
-    """Train `targs` and complete `record` (status `ok`, or `failed` with the error). Images are checked by
-    `count_parameters` (once per task), so runs skip the check."""
+    """Train `targs` (images unchecked: `count_parameters` checks them) and complete `record`: status `ok` with the
+    scores at the best epoch, parameter counts, times and weight sizes, or `failed` with the error."""
     record["arguments"] = {k: v for k, v in targs.to_dict().items() if k not in ("output_dir", "data")}
-    run_dir, start = Path(targs.output_dir), time.perf_counter()
+    run_dir, method, metric = Path(targs.output_dir), targs.method, record["metric"]
+    start = time.perf_counter()
     try:
         result = train(targs)
     except Exception as err:  # one failed run must not lose the others
@@ -483,14 +401,30 @@ def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments
         config = {}
     record["splits"] = config.get("splits")
     record.update({"bands": config["bands"]} if config.get("bands") else {})  # multispectral runs
-    record.update(status="ok", **finished_run(result, record["metric"], targs.method, counts, wall))
-    record.update(weight_sizes(run_dir, targs.method))
+    record.update(status="ok", best_epoch=result["best_epoch"], selection_split=result["selection_split"])
+    for part in ("validation", "test"):
+        record[f"{part}_score"] = common.clean((result.get(part) or {}).get(metric))
+    params, steps = result["parameters"], result["train"]
+    record.update({part: result.get(part) for part in ("validation", "test", "history")}, parameters=params)
+    record.update(trainable_params=params["trainable"], head_params=params["head"])
+    # peft keeps the original heads next to the trained copies; the linear probe's adapter is 0 (heads only)
+    base_total = params["total"] - (params["trainable"] if method in PEFT_METHODS else 0)
+    record.update(adapter_params=params["adapter"], base_model_params=base_total)
+    record.update(trainable_pct=100.0 * params["trainable"] / base_total)
+    record["adapter_pct_of_backbone"] = 100.0 * params["adapter"] / counts["backbone_params"]
+    record.update(wall_time_s=wall, train_runtime_s=steps["runtime_s"])
+    record.update(samples_per_second=steps["samples_per_second"], steps=steps["steps"])
+    # the weights file (`adapter_model.safetensors` or `model.safetensors`) re-saved with / without the heads;
+    # the linear probe's checkpoint is its trained heads alone
+    name = saved_file_names(method in PEFT_METHODS)[1]
+    with_head, without_head = common.head_bytes(run_dir / name, heads_only=method == "linear")
+    record.update(checkpoint_file=name, checkpoint_bytes=(run_dir / name).stat().st_size)
+    record.update(weights_bytes_with_head=with_head, weights_bytes_without_head=without_head)
     for path in run_dir.glob("*.safetensors") if args.delete_weights else ():
         path.unlink()
     return record
 
 
-# ---------------------------------------------------------------------------------------------- main loop
 class TaskRunner:
     """Runs the search and seed runs of one task, skipping finished ones, saving after each run."""
 
@@ -524,13 +458,13 @@ class TaskRunner:
             return self.done.get(key)
         log(f"{where}: {phase} run (x{factor:.3g}), {setup.epochs} epochs")
         run_dir = self.work_dir / setup.key / name / folder
-        args = (setup, self.args, variant.method, run_options, run_dir, lr, seed, False, split_seed)
-        targs = training_arguments(*args)
+        run = (variant.method, run_options, run_dir, lr, seed, False, split_seed)
+        targs = training_arguments(setup, self.args, *run)
         record = {
             "key": key, "task": setup.task, "variant": name, "label": variant.label, "method": variant.method,
             "options": options, "lr": lr, "lr_factor": factor, "head_lr": targs.head_lr, "seed": seed,
             "split_seed": split_seed, "epochs": setup.epochs, "run_dir": str(run_dir),
-            "device": device_name(self.args.cpu), "started": now(), "metric": setup.metric,
+            "device": device_name(self.args.cpu), "started": common.now(), "metric": setup.metric,
         }  # fmt: skip
         record = dict(execute_run(self.args, record, targs, self.counts), phase=phase)
         state["runs"] = [r for r in state["runs"] if r["key"] != key] + [record]
@@ -544,9 +478,8 @@ class TaskRunner:
         return record
 
     def choose(self, variant: Variant, options: dict[str, Any], grid: list[tuple[float, float]]) -> dict:
-        """The search's choice (`_ledger.select`). A tie that other seeds have not settled trains the tied rates on
-        the next seed of `seeds` (phase `tie-break`; the winner's run is one of its final runs) and chooses again,
-        until the seeds settle it or run out."""
+        """The search's choice (`_ledger.select`); an unsettled tie trains the tied rates on the next seed
+        (phase `tie-break`; the winner's run is a final run) and chooses again until seeds settle it or run out."""
         setup, factors = self.setup, {lr: f for f, lr in grid}
 
         def choice() -> dict[str, Any]:
@@ -571,14 +504,17 @@ class TaskRunner:
         if setup.head_lrs:  # the rate `upetu-train` gives this decoder today
             state["current_default"] = dense_head_lr(setup.task, setup.fixed.get("head_hidden_size"))
         paths = dict(model=args.model, data=setup.data, sources=setup.sources, work_dir=str(self.work_dir))
-        session = dict(command=self.command, date=now(), machine=common.machine_info(device_name(args.cpu)))
-        session.update(git=common.git_state(CODE_PATHS), paths=paths, methods=setup.variants)
-        session["seeds"] = setup.seeds
+        machine = common.machine_info(device_name(args.cpu))
+        session = dict(command=self.command, date=common.now(), machine=machine)
+        session["git"] = common.git_state(CODE_PATHS)
+        session.update(paths=paths, methods=setup.variants, seeds=setup.seeds)
         state["sessions"].append(session)
         searched = [(split, seed) for split in setup.search_splits for seed in setup.search_seeds]
         for name in setup.variants:
             variant = VARIANTS[name]
-            options, grid = resolve_options(variant, self.counts), setup.grid(variant.method)
+            options, grid = dict(variant.options), setup.grid(variant.method)
+            if options.get("r") in RANKS:  # a placeholder: the rank computed on this backbone
+                options["r"] = self.counts[RANKS[options["r"]]]
             entry = dict(label=variant.label, method=variant.method, options=options, lr_grid=grid)
             state["variants"][name] = entry
             for (split_seed, seed), candidate in ((pair, c) for pair in searched for c in grid):
@@ -626,10 +562,8 @@ def plan(setups: list[TaskSetup]) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------------------------------------- CLI
 #: flag -> (default, type, help); a string default goes through the type too, a False one makes a switch.
 OPTIONS: dict[str, tuple[Any, Any, str]] = {
-    "--model": (str(common.SHARED_BACKBONE), str, "ConvNeXt checkpoint: Hub id or folder"),
     "--ucm": (str(DATA / "ucmerced"), str, "UC Merced class-per-folder images"),
     "--gid": (str(DATA / "gid5_landcover"), str, "GID tiles: images/ + masks/"),
     "--oscd": (str(DATA / "oscd13_s2"), str, "OSCD cities: A/ B/ label/ and bands.json"),
@@ -638,7 +572,6 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "--methods": (None, lambda t: parse_list(t, str), "comma-separated variants (default: the task's)"),
     "--seeds": ("0,1,2", parse_list, "seeds of the final runs; the first --search-seeds also search (0,1,2)"),
     "--search-seeds": (1, int, "choose the rate on the mean validation of the first N seeds of --seeds (1)"),
-    "--epochs": (20, int, "classification epochs per run (20)"),
     "--dense-epochs": (None, int, "dense-task epochs per run (20; oscd13 40)"),
     "--lr-factors": ("1/3,1,3", parse_factors, "learning rates tried: DEFAULT_LR[method] x each factor"),
     "--dense-lr-factors": (None, parse_factors, "the same for the dense tasks (default: --lr-factors)"),
@@ -666,25 +599,24 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "--merge-only": (False, None, "train nothing: merge and summarise the runs on file (--resume, --import-runs)"),
     "--dry-run": (False, None, "print the planned runs and exit"),
 }  # fmt: skip
-#: Forwarded to every run's `TrainingArguments` as `upetu-train classification` offers them (here: the default).
-TRAINING_OPTIONS = dict(image_size=112, batch_size=None, train_fraction=0.5, validation_fraction=0.2)
-TRAINING_OPTIONS.update(mixed_precision=None, max_train_samples=None, max_eval_samples=None)
-TRAINING_OPTIONS.update(num_workers=None, cpu=None)
+#: Forwarded to every run's `TrainingArguments` as `upetu-train classification` offers them, some with the
+#: benchmark's own default (`num_workers`: 0 on a CPU, else up to 8).
+TRAINING_OPTIONS = "model epochs batch_size image_size train_fraction validation_fraction".split()
+TRAINING_OPTIONS += ["mixed_precision", "max_train_samples", "max_eval_samples", "num_workers", "cpu"]
+TRAINING_DEFAULTS = dict(model=str(common.SHARED_BACKBONE), epochs=20, image_size=112, train_fraction=0.5)
+TRAINING_DEFAULTS.update(validation_fraction=0.2, num_workers=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's options: data, what to run, the protocol (some as `upetu-train` offers them), runtime."""
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cd = [str(DATA / "levir_cd_samples"), str(DATA / "dsifn_cd_samples")]
     parser.add_argument("--cd", nargs="+", default=cd, help="change-detection A/B/label folders")
     parser.add_argument("--import-runs", nargs="+", default=[], metavar="JSON", help="merge their runs")
     for flag, (default, kind, help_text) in OPTIONS.items():
         flag_kind = dict(action="store_true") if default is False else dict(default=default, type=kind)
         parser.add_argument(flag, help=help_text, **flag_kind)
-    defaults = {k: v for k, v in TRAINING_OPTIONS.items() if v is not None or k == "num_workers"}
-    common.add_training_options(parser, "classification", list(TRAINING_OPTIONS), **defaults)
+    common.add_training_options(parser, "classification", TRAINING_OPTIONS, **TRAINING_DEFAULTS)
     return parser
 
 

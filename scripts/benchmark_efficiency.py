@@ -1,29 +1,14 @@
 #!/usr/bin/env python
 """Efficiency benchmark of UPetu against full fine-tuning, linear probing, LoRA and IA3 on ConvNeXt-T/B.
 
-Every method starts from the same randomly initialised `ConvNextForImageClassification` (nothing is downloaded)
-and is measured in one process, interleaved (one run of every method per round, the order rotated each round), so
-that slow phases of a noisy, shared machine hit every method alike:
+Every method starts from the same randomly initialised `ConvNextForImageClassification` and is measured in one
+process, interleaved (the order rotated each round) so that slow phases of a shared machine hit every method alike:
+parameters and bytes on disk, with and without the head; training-step time; peak memory of a step; inference
+latency against the base model; and the launch-bound regime (`--launch-bound`): op counts of a training step and of
+a saved-and-loaded model's inference, and batch-1 latency. Writes `--output` (JSON) and its report
+(`make_report.efficiency_markdown`, `--markdown`), whose notes say how each is measured.
 
-- trainable parameters (all, and without the classifier head) as a percentage of the backbone;
-- bytes on disk of what `save_pretrained` writes (the classifier with safetensors for the linear probe), with and
-  without the head;
-- training-step time (forward + backward + AdamW step + zero_grad);
-- peak memory of a training step: live tensor bytes at its start (parameters, buffers, AdamW state) plus the peak
-  increase of allocated tensor bytes during the step (`torch.profiler` allocator events on CPU,
-  `torch.cuda.max_memory_allocated` on CUDA);
-- inference latency relative to the base model of the same round (eval mode, `torch.no_grad`);
-- the launch-bound regime (`--launch-bound`, on by default), where a GPU step costs one kernel launch per op: the
-  top-level ATen ops of a training step (AdamW with `foreach=True`) and of one inference of the method's model
-  saved and loaded back as a user would (`PeftModel.from_pretrained`), batch 2 at 32 px, with their ratio to LoRA
-  r=8; and batch-1 latency at 32 px on one thread, each loaded model's run bracketed by two runs of the base model.
-
-Writes `--output` (JSON) and its report (`make_report.efficiency_markdown`, `--markdown`).
-
-Usage:
     python scripts/benchmark_efficiency.py                 # full run: ConvNeXt-T and -B, every method
-    python scripts/benchmark_efficiency.py --quick         # ConvNeXt-T only, 5 steps, batch 4, 128 px
-    python scripts/benchmark_efficiency.py --models convnext-t --methods full,lora_r8,upetu_1bit
     python scripts/benchmark_efficiency.py --models tiny --quick --launch-rounds 3 --output /tmp/e/efficiency.json
 """
 
@@ -32,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import datetime
 import os
 import statistics
 import sys
@@ -41,21 +25,22 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import _common
 import torch
 import transformers
-from _common import CONVNEXT, REPO_ROOT, count_top_level_ops, machine_info, resaved_bytes
+from _common import CONVNEXT, REPO_ROOT, count_top_level_ops, head_bytes, machine_info
 from _variants import VARIANTS
 from make_report import efficiency_markdown
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import ConvNextConfig, ConvNextForImageClassification
+from transformers import ConvNextForImageClassification
 
-from upetu_hf.train.methods import apply_method, is_head_parameter, parameter_summary
+from upetu_hf.train.methods import apply_method, parameter_summary
 
 transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -63,72 +48,35 @@ warnings.filterwarnings("ignore", message=".*Profiler clears events.*", category
 
 NUM_LABELS = 21
 LINEAR_PROBE_FILE = "classifier.safetensors"
-#: Depths and widths of the models `--models` names: ConvNeXt-T and -B, and a tiny one for quick checks.
-MODEL_SPECS = {n: (CONVNEXT[n]["depths"], CONVNEXT[n]["hidden_sizes"]) for n in ("convnext-t", "convnext-b")}
-MODEL_SPECS["tiny"] = ([1, 1, 1, 1], [8, 16, 32, 64])
+#: The models `--models` names (`_common.CONVNEXT`): ConvNeXt-T and -B, and a tiny one for quick checks.
+MODELS = ("convnext-t", "convnext-b", "tiny")
 #: The variants this benchmark compares (`_variants.VARIANTS`).
 METHODS = ("full", "linear_probe", "lora_r8", "lora_r16", "ia3", "upetu_1bit", "upetu_4bit", "upetu_32bit")
 #: The settings a run records in its `meta`, in this order.
-SETTINGS = (
-    "quick models methods steps inference_runs warmup batch_size image_size lr seed mixed_precision launch_bound "
-    "launch_rounds".split()
-)
-QUICK = {"models": ["convnext-t"], "steps": 5, "batch_size": 4, "image_size": 128}
-DEFAULTS = {"models": ["convnext-t", "convnext-b"], "steps": 10, "batch_size": 8, "image_size": 224}
+SETTINGS = "quick models methods steps inference_runs warmup batch_size image_size lr seed".split()
+SETTINGS += ["mixed_precision", "launch_bound", "launch_rounds"]
+#: What `--quick` changes, unless given explicitly: ConvNeXt-T, 5 steps, batch 4 at 128 px.
+QUICK = {"models": "convnext-t", "steps": 5, "batch_size": 4, "image_size": 128}
 #: The benchmark issue's own target is ConvNeXt-B at 1 bit; the other UPetu variants are checked for reference.
 TARGET_MODEL, TARGET_METHOD = "convnext-b", "upetu_1bit"
 #: The launch-bound regime: small inputs, so that dispatching every op (on a GPU, launching its kernel) outweighs
 #: its arithmetic; op counts at batch `ops_batch_size`, latency at batch `latency_batch_size` on `threads` thread.
-LAUNCH = {
-    "image_size": 32,
-    "ops_batch_size": 2,
-    "latency_batch_size": 1,
-    "threads": 1,
-    "warmup_train_steps": 3,
-    "optimizer": "AdamW(foreach=True)",
-    "reference": "lora_r8",
-}
+LAUNCH = dict(image_size=32, ops_batch_size=2, latency_batch_size=1, threads=1, warmup_train_steps=3)
+LAUNCH |= dict(optimizer="AdamW(foreach=True)", reference="lora_r8")
 #: The code whose uncommitted changes a run records.
-CODE_PATHS = (
-    "src/upetu_hf/tuner",
-    "src/upetu_hf/train/methods.py",
-    "scripts/benchmark_efficiency.py",
-    "scripts/_common.py",
-)
-#: The benchmark issue's targets, checked on every UPetu variant: (target, its value from the variant's entry,
-#: ratios and every method's entry, limit, whether higher is better, the method the value needs).
+CODE_PATHS = ("src/upetu_hf/tuner", "src/upetu_hf/train/methods.py", "scripts/benchmark_efficiency.py")
+CODE_PATHS += ("scripts/_common.py",)
+#: The benchmark issue's targets, checked on every UPetu variant (`check_targets`): (target, limit, whether
+#: higher is better).
 TARGETS = (
-    (
-        "adapter on disk without head (bytes) <= 200 KB",
-        lambda e, r, m: e["disk_bytes_without_head"],
-        2e5,
-        0,
-        None,
-    ),
-    (
-        "LoRA r=8 / UPetu size on disk (no heads) >= 25x",
-        lambda e, r, m: m["lora_r8"]["disk_bytes_without_head"] / e["disk_bytes_without_head"],
-        25,
-        1,
-        "lora_r8",
-    ),
-    ("training step vs LoRA r=8 <= 1.15x", lambda e, r, m: r["train_step_vs_lora_r8"], 1.15, 0, "lora_r8"),
-    ("training step vs full fine-tuning <= 0.8x", lambda e, r, m: r["train_step_vs_full"], 0.8, 0, "full"),
-    (
-        "peak training memory vs full fine-tuning <= 0.8x",
-        lambda e, r, m: r["peak_memory_vs_full"],
-        0.8,
-        0,
-        "full",
-    ),
-    (
-        "inference latency vs base model <= 1.10x",
-        lambda e, r, m: e["inference_ratio"]["median"],
-        1.10,
-        0,
-        None,
-    ),
+    ("adapter on disk without head (bytes) <= 200 KB", 2e5, False),
+    ("LoRA r=8 / UPetu size on disk (no heads) >= 25x", 25, True),
+    ("training step vs LoRA r=8 <= 1.15x", 1.15, False),
+    ("training step vs full fine-tuning <= 0.8x", 0.8, False),
+    ("peak training memory vs full fine-tuning <= 0.8x", 0.8, False),
+    ("inference latency vs base model <= 1.10x", 1.10, False),
 )
+log = partial(_common.log, who="")  # progress lines with a timestamp on stderr
 
 
 @dataclass
@@ -142,11 +90,7 @@ class Method:
 
 def build_base(name: str, seed: int) -> ConvNextForImageClassification:
     """A randomly initialised ConvNeXt classifier with `NUM_LABELS` classes."""
-    depths, widths = MODEL_SPECS[name]
-    torch.manual_seed(seed)
-    return ConvNextForImageClassification(
-        ConvNextConfig(depths=depths, hidden_sizes=widths, num_labels=NUM_LABELS)
-    )
+    return _common.random_convnext(name, NUM_LABELS, seed)
 
 
 def wrap_method(name: str, base: nn.Module) -> nn.Module:
@@ -157,26 +101,21 @@ def wrap_method(name: str, base: nn.Module) -> nn.Module:
 
 
 def save_method(name: str, model: nn.Module, folder: Path) -> Path:
-    """Save method `name`'s trained weights into `folder` as a user would and return the weights file:
-    `save_pretrained` (the adapter, or the whole model for full fine-tuning), the classifier for the linear probe."""
+    """Save method `name`'s weights into `folder` as a user would (the linear probe: its classifier); the file."""
     folder.mkdir(parents=True, exist_ok=True)
     if name == "linear_probe":
         head = {k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}
         save_file(head, str(folder / LINEAR_PROBE_FILE), metadata={"format": "pt"})
         return folder / LINEAR_PROBE_FILE
     model.save_pretrained(str(folder))
-    files = sorted(folder.glob("*.safetensors"))
-    if len(files) != 1:
-        raise RuntimeError(
-            f"{name}: expected one safetensors file in {folder}, found {[f.name for f in files]}."
-        )
+    if len(files := sorted(folder.glob("*.safetensors"))) != 1:
+        raise RuntimeError(f"{name}: expected one safetensors file in {folder}: {[f.name for f in files]}")
     return files[0]
 
 
 def load_method(name: str, base: nn.Module, folder: Path) -> nn.Module:
-    """Method `name`'s model loaded back from what `save_method` wrote into `folder`, as a user loads it, in eval
-    mode: `PeftModel.from_pretrained` on a fresh copy of `base`, `from_pretrained` for full fine-tuning, the saved
-    classifier loaded into a copy of `base` for the linear probe."""
+    """Method `name`'s model loaded back, in eval mode, from what `save_method` wrote into `folder`, as a user
+    loads it: `from_pretrained` (on a fresh copy of `base` for PEFT), the classifier alone for the linear probe."""
     if name == "full":
         return ConvNextForImageClassification.from_pretrained(str(folder)).eval()
     model = copy.deepcopy(base)
@@ -187,38 +126,25 @@ def load_method(name: str, base: nn.Module, folder: Path) -> nn.Module:
 
 
 def describe(name: str, model: nn.Module, backbone: int, workdir: Path) -> dict[str, Any]:
-    """A method's label, trainable parameters (all, without the head, and as a % of `backbone`) and the bytes of
-    the weights file it saves, with and without the head."""
-    counts = parameter_summary(model)
-    path = save_method(name, model, workdir / name)
-    entry = {
-        "label": VARIANTS[name].label,
-        "trainable_params": counts["trainable"],
-        "trainable_params_without_head": counts["adapter"],
-        "trainable_pct_of_backbone": 100.0 * counts["adapter"] / backbone,
-        "trainable_pct_of_backbone_with_head": 100.0 * counts["trainable"] / backbone,
-    }
+    """A method's label, trainable parameters (all, without the head, % of `backbone`) and weights file bytes."""
+    counts, path = parameter_summary(model), save_method(name, model, workdir / name)
+    entry = dict(label=VARIANTS[name].label, trainable_params=counts["trainable"])
+    entry |= dict(trainable_params_without_head=counts["adapter"])
+    entry["trainable_pct_of_backbone"] = 100.0 * counts["adapter"] / backbone
+    entry["trainable_pct_of_backbone_with_head"] = 100.0 * counts["trainable"] / backbone
     if name.startswith("upetu_"):
         entry["upetu_parameter_counts"] = model.base_model.parameter_counts()
-    without_head = (
-        0 if name == "linear_probe" else resaved_bytes(path, lambda key: not is_head_parameter(key))
-    )
-    return entry | {
-        "file": path.name,
-        "disk_bytes_with_head": path.stat().st_size,
-        "disk_bytes_without_head": without_head,
-    }
+    probe = name == "linear_probe"  # its file holds the classifier alone
+    with_head, without_head = (path.stat().st_size, 0) if probe else head_bytes(path)
+    return entry | dict(file=path.name, disk_bytes_with_head=with_head, disk_bytes_without_head=without_head)
 
 
 def autocast(device: torch.device, mixed_precision: str) -> torch.autocast:
-    """bf16 autocast for `--mixed-precision bf16` (parameters, gradients and AdamW state stay float32, as with
-    Accelerate's `mixed_precision="bf16"`), disabled for "no"."""
+    """bf16 autocast for `--mixed-precision bf16` (weights and AdamW state stay float32, as Accelerate's)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision == "bf16")
 
 
-def train_step(
-    method: Method, pixels: torch.Tensor, labels: torch.Tensor, mixed_precision: str = "no"
-) -> None:
+def train_step(method: Method, pixels: torch.Tensor, labels: torch.Tensor, mixed_precision: str = "no"):
     """One training step: forward (under `autocast`) with cross-entropy loss, backward, AdamW step, zero_grad."""
     with autocast(pixels.device, mixed_precision):
         loss = method.model(pixel_values=pixels, labels=labels).loss
@@ -227,9 +153,7 @@ def train_step(
     method.optimizer.zero_grad(set_to_none=True)
 
 
-def inference_call(
-    model: nn.Module, pixels: torch.Tensor, mixed_precision: str = "no", grad_mode: Callable = torch.no_grad
-) -> Callable[[], object]:
+def inference_call(model: nn.Module, pixels: torch.Tensor, mixed_precision="no", grad_mode=torch.no_grad):
     """One inference forward of `model` on `pixels` as a call without arguments, under `grad_mode` and `autocast`."""
 
     def call() -> object:
@@ -250,104 +174,61 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def step_memory(
-    method: Method, pixels: torch.Tensor, labels: torch.Tensor, mixed_precision: str
-) -> dict[str, Any]:
+def step_memory(method: Method, pixels: torch.Tensor, labels: torch.Tensor, mixed_precision: str) -> dict:
     """Bytes of the tensors a method keeps between steps (parameters, buffers, gradients, optimizer state) and the
     peak increase of allocated tensor bytes during one training step, and how it was measured."""
     tensors = [*method.model.parameters(), *method.model.buffers()]
     tensors += [p.grad for p in method.model.parameters() if p.grad is not None]
     tensors += [v for state in method.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
     static = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}.values())
-    if pixels.device.type == "cuda":
-        torch.cuda.synchronize(pixels.device)
-        torch.cuda.reset_peak_memory_stats(pixels.device)
-        before = torch.cuda.memory_allocated(pixels.device)
+    if (device := pixels.device).type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
         train_step(method, pixels, labels, mixed_precision)
-        torch.cuda.synchronize(pixels.device)
-        increase, how = (
-            torch.cuda.max_memory_allocated(pixels.device) - before,
-            "torch.cuda.max_memory_allocated",
-        )
+        torch.cuda.synchronize(device)
+        increase, how = torch.cuda.max_memory_allocated(device) - before, "torch.cuda.max_memory_allocated"
     else:
-        with torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-        ) as prof:
+        cpu = [torch.profiler.ProfilerActivity.CPU]
+        with torch.profiler.profile(activities=cpu, profile_memory=True) as prof:
             train_step(method, pixels, labels, mixed_precision)
-        events = sorted(
-            (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-            key=lambda e: e.start_ns(),
-        )
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
         current = increase = 0
-        for event in events:
+        for event in sorted(events, key=lambda e: e.start_ns()):
             current += event.nbytes()
             increase = max(increase, current)
         how = "torch.profiler allocator events (profile_memory=True)"
-    return {
-        "static_bytes": static,
-        "step_peak_increase_bytes": increase,
-        "peak_bytes": static + increase,
-        "how": how,
-    }
+    return dict(static_bytes=static, step_peak_increase_bytes=increase, peak_bytes=static + increase, how=how)
 
 
 def summarize(samples: Sequence[float]) -> dict[str, float]:
     """Median, quartiles, min, max and relative inter-quartile range of timing samples."""
     ordered = sorted(samples)
-    q1, _, q3 = (
-        statistics.quantiles(ordered, n=4, method="inclusive") if len(ordered) >= 2 else ordered[:1] * 3
-    )
+    q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive") if ordered[1:] else ordered * 3
     median = statistics.median(ordered)
     iqr = (q3 - q1) / median if median else 0.0
-    return {
-        "median": median,
-        "q1": q1,
-        "q3": q3,
-        "min": ordered[0],
-        "max": ordered[-1],
-        "rel_iqr": iqr,
-        "n": len(ordered),
-    }
+    return dict(median=median, q1=q1, q3=q3, min=ordered[0], max=ordered[-1], rel_iqr=iqr, n=len(ordered))
 
 
-def log(message: str) -> None:
-    """Progress line with a timestamp on stderr."""
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def interleaved(
-    calls: dict[str, Callable[[], object]], rounds: int, device: torch.device, what: str
-) -> dict[str, list[float]]:
+def interleaved(calls: dict[str, Callable], rounds: int, device: torch.device, what: str) -> dict[str, list]:
     """Seconds of every call in each of `rounds` rounds, the order rotated by one each round."""
-    names = list(calls)
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    names, samples = list(calls), {name: [] for name in calls}
     for index in range(rounds):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in names[index % len(names) :] + names[: index % len(names)]:  # rotated by one each round
             samples[name].append(timed(calls[name], device))
         log(f"{what} round {index + 1}/{rounds}")
     return samples
 
 
-def bracketed_latency(
-    base_call: Callable[[], object],
-    calls: dict[str, Callable[[], object]],
-    rounds: int,
-    device: torch.device,
-    model_name: str,
-) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
-    """Interleaved latency: after one warm-up call of each, every round runs base, m1, base, m2, ..., base (the
-    methods' order rotated each round), so that every method's run is bracketed by two base runs; its ratio is
-    taken against the mean of those two. Returns the method times, their ratios, and every base run."""
-    names = list(calls)
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    ratios: dict[str, list[float]] = {name: [] for name in names}
+def bracketed_latency(base_call: Callable, calls: dict[str, Callable], rounds: int, device, model_name: str):
+    """After a warm-up call of each, rounds of base, m1, base, m2, ..., base (methods rotated each round): a run's
+    ratio is to the mean of the two base runs around it. Returns the methods' times and ratios, the base runs."""
+    names, seconds, ratios = list(calls), {name: [] for name in calls}, {name: [] for name in calls}
     for call in (base_call, *calls.values()):
         call()
     base_runs = [timed(base_call, device)]
     for index in range(rounds):
-        shift = index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in names[index % len(names) :] + names[: index % len(names)]:  # rotated by one each round
             seconds[name].append(timed(calls[name], device))
             base_runs.append(timed(base_call, device))
             ratios[name].append(seconds[name][-1] / statistics.fmean(base_runs[-2:]))
@@ -373,42 +254,37 @@ def op_count(call: Callable[[], object], warmup: int = 1) -> int:
     return count_top_level_ops(call)
 
 
-def launch_bound(
-    base: nn.Module, built: list[Method], args: argparse.Namespace, model_name: str
-) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """The launch-bound regime (`LAUNCH`) on one thread: top-level ATen ops of a training step (a fresh
-    `AdamW(foreach=True)`, the optimizer a GPU run gets by default, after a few warm-up steps) and of one inference
-    of each method's model saved and loaded back, and batch-1 latency of the loaded models relative to the base
-    model (`bracketed_latency`). Returns each method's `launch_bound` entry and the model's, every op count with its
-    ratio to the reference's (LoRA r=8; None when it was not run)."""
-    device, mp, reference = torch.device(args.device), args.mixed_precision, LAUNCH["reference"]
+def random_batch(args: argparse.Namespace, size: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random images (`batch` x 3 x `size` x `size`) and labels on `args.device`."""
     generator = torch.Generator().manual_seed(args.seed)
-    size, batch = LAUNCH["image_size"], LAUNCH["ops_batch_size"]
-    pixels = torch.randn(batch, 3, size, size, generator=generator).to(device)
-    labels = torch.randint(0, NUM_LABELS, (batch,), generator=generator).to(device)
-    single = pixels[: LAUNCH["latency_batch_size"]]
-    methods: dict[str, dict[str, Any]] = {}
+    pixels = torch.randn(batch, 3, size, size, generator=generator).to(args.device)
+    return pixels, torch.randint(0, NUM_LABELS, (batch,), generator=generator).to(args.device)
+
+
+def launch_bound(base: nn.Module, built: list[Method], args: argparse.Namespace, model_name: str):
+    """The launch-bound regime (`LAUNCH`), one thread: top-level ATen ops of a step (`AdamW(foreach=True)`)
+    and of an inference of each model saved and loaded back, and batch-1 latency against the base model
+    (`bracketed_latency`); each method's `launch_bound` entry and the model's, op counts also as ratios."""
+    device, mp, reference = torch.device(args.device), args.mixed_precision, LAUNCH["reference"]
+    pixels, labels = random_batch(args, LAUNCH["image_size"], LAUNCH["ops_batch_size"])
+    single, methods = pixels[: LAUNCH["latency_batch_size"]], {}
     with torch_threads(LAUNCH["threads"]), tempfile.TemporaryDirectory(prefix="upetu-bench-load-") as workdir:
         for m in built:
-            optimizer = torch.optim.AdamW(
-                [p for p in m.model.parameters() if p.requires_grad], lr=args.lr, foreach=True
-            )
-            counted = Method(m.name, m.model.train(), optimizer)
+            trainable = [p for p in m.model.parameters() if p.requires_grad]
+            counted = Method(m.name, m.model.train(), torch.optim.AdamW(trainable, lr=args.lr, foreach=True))
             step = op_count(lambda c=counted: train_step(c, pixels, labels, mp), LAUNCH["warmup_train_steps"])
             methods[m.name] = {"train_step_ops": step}
         loaded = {}
         for m in built:  # saved and loaded back as a user would, in eval mode
             save_method(m.name, m.model, Path(workdir) / m.name)
             loaded[m.name] = load_method(m.name, base, Path(workdir) / m.name).to(device)
-            methods[m.name]["loaded_inference_ops"] = op_count(
-                inference_call(loaded[m.name], pixels, mp, torch.inference_mode)
-            )
+            call = inference_call(loaded[m.name], pixels, mp, torch.inference_mode)
+            methods[m.name]["loaded_inference_ops"] = op_count(call)
         log(f"{model_name}: launch-bound op counts done; timing {args.launch_rounds} batch-1 latency rounds")
         calls = {n: inference_call(model, single, mp, torch.inference_mode) for n, model in loaded.items()}
         base_call = inference_call(base, single, mp, torch.inference_mode)
-        seconds, ratios, base_runs = bracketed_latency(
-            base_call, calls, args.launch_rounds, device, model_name
-        )
+        rounds = args.launch_rounds
+        seconds, ratios, base_runs = bracketed_latency(base_call, calls, rounds, device, model_name)
         base_ops = op_count(inference_call(base, pixels, mp, torch.inference_mode))
     ref = methods.get(reference)
     for name, entry in methods.items():
@@ -416,48 +292,34 @@ def launch_bound(
             entry[f"{key}_vs_{reference}"] = entry[key] / ref[key] if ref else None
         entry |= {"batch1_latency_s": seconds[name], "batch1_latency_ratio_samples": ratios[name]}
         entry["batch1_latency_ratio"] = summarize(ratios[name])
-    model = {
-        **LAUNCH,
-        "rounds": args.launch_rounds,
-        "base_inference_ops": base_ops,
-        "base_latency_s": base_runs,
-    }
+    model = {**LAUNCH, "rounds": rounds, "base_inference_ops": base_ops, "base_latency_s": base_runs}
     model["base_latency"] = summarize(base_runs)
     model[f"base_inference_ops_vs_{reference}"] = base_ops / ref["loaded_inference_ops"] if ref else None
     return methods, model
 
 
-def measure(
-    base: nn.Module, built: list[Method], args: argparse.Namespace, model_name: str
-) -> dict[str, dict[str, Any]]:
-    """Warm-up rounds, one memory-measured step per method (also a warm-up), timed training rounds, then timed
-    inference rounds of the base model and every method (each method's ratio taken against the base run of the
-    same round, after one warm-up forward of each); each method's measurements, and the base model's under ""."""
-    device = torch.device(args.device)
-    generator = torch.Generator().manual_seed(args.seed)
-    size = args.image_size
-    pixels = torch.randn(args.batch_size, 3, size, size, generator=generator).to(device)
-    labels = torch.randint(0, NUM_LABELS, (args.batch_size,), generator=generator).to(device)
+def measure(base: nn.Module, built: list[Method], args: argparse.Namespace, model_name: str) -> dict:
+    """Warm-up rounds, a memory-measured step per method, timed training rounds, then timed inference rounds of
+    the base model and every method (ratios to the base run of the same round); the base model's under ""."""
+    device, mp = torch.device(args.device), args.mixed_precision
+    pixels, labels = random_batch(args, args.image_size, args.batch_size)
     for _ in range(args.warmup):
         for m in built:
-            train_step(m, pixels, labels, args.mixed_precision)
-    out = {m.name: {"memory": step_memory(m, pixels, labels, args.mixed_precision)} for m in built}
-    steps = {m.name: lambda m=m: train_step(m, pixels, labels, args.mixed_precision) for m in built}
+            train_step(m, pixels, labels, mp)
+    out = {m.name: {"memory": step_memory(m, pixels, labels, mp)} for m in built}
+    steps = {m.name: partial(train_step, m, pixels, labels, mp) for m in built}
     for name, samples in interleaved(steps, args.steps, device, f"{model_name}: training").items():
         out[name] |= {"train_step_s": samples, "train_step": summarize(samples)}
-    calls = {"": inference_call(base, pixels, args.mixed_precision)}
-    calls |= {m.name: inference_call(m.model.eval(), pixels, args.mixed_precision) for m in built}
+    calls = {"": inference_call(base, pixels, mp)}
+    calls |= {m.name: inference_call(m.model.eval(), pixels, mp) for m in built}
     for call in (*list(calls.values())[1:], calls[""]):  # warm-up: quantized weights cached, allocator warm
         call()
     times = interleaved(calls, args.inference_runs, device, f"{model_name}: inference")
     base_runs = times.pop("")
     for name, samples in times.items():
         ratios = [m / b for m, b in zip(samples, base_runs)]
-        out[name] |= {
-            "inference_s": samples,
-            "inference_base_same_round_s": base_runs,
-            "inference": summarize(samples),
-        }
+        out[name] |= {"inference_s": samples, "inference_base_same_round_s": base_runs}
+        out[name] |= {"inference": summarize(samples)}
         out[name] |= {"inference_ratio_samples": ratios, "inference_ratio": summarize(ratios)}
     return {"": {"base_inference_s": base_runs, "base_inference": summarize(base_runs)}, **out}
 
@@ -465,10 +327,9 @@ def measure(
 def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement of one model size, all methods interleaved."""
     loadavg_start, wall_start, cpu_start = os.getloadavg(), time.perf_counter(), time.process_time()
-    depths, widths = MODEL_SPECS[model_name]
     base = build_base(model_name, args.seed)
-    base_params = sum(p.numel() for p in base.parameters())
-    head_params = sum(p.numel() for n, p in base.named_parameters() if is_head_parameter(n))
+    counts = parameter_summary(base)  # nothing is frozen yet: every parameter is trainable
+    base_params, head_params = counts["total"], counts["head"]
     backbone_params = base_params - head_params
     log(f"{model_name}: {base_params:,} parameters ({backbone_params:,} backbone)")
     results, built = {}, []
@@ -476,14 +337,8 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
         for name in methods:
             model = wrap_method(name, base)
             results[name] = describe(name, model, backbone_params, Path(workdir))
-            model.to(args.device).train()
-            built.append(
-                Method(
-                    name,
-                    model,
-                    torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr),
-                )
-            )
+            optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+            built.append(Method(name, model.to(args.device).train(), optimizer))
     base.to(args.device).eval()
     measured = measure(base, built, args, model_name)
     launch_methods, launch = launch_bound(base, built, args, model_name) if args.launch_bound else ({}, None)
@@ -492,37 +347,27 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
     # Noise: full fine-tuning and the linear probe run the base architecture, so their latency ratio should be 1.
     controls = {n: results[n]["inference_ratio"] for n in ("full", "linear_probe") if n in results}
     wall = time.perf_counter() - wall_start
-    noise = {
-        "same_architecture_inference_ratio": controls,
-        "loadavg_start": loadavg_start,
-        "loadavg_end": os.getloadavg(),
-    }
+    noise = dict(same_architecture_inference_ratio=controls, loadavg_start=loadavg_start)
+    noise["loadavg_end"] = os.getloadavg()
     # CPU seconds this process got per wall second and thread: well below 1 when other work competes.
     noise["cpu_share"] = (time.process_time() - cpu_start) / (wall * torch.get_num_threads())
-    shape = {"depths": depths, "widths": widths, "num_labels": NUM_LABELS, "base_params": base_params}
-    shape |= {"backbone_params": backbone_params, "head_params": head_params}
-    return (
-        shape
-        | measured[""]
-        | {"noise": noise, "wall_time_s": time.perf_counter() - wall_start, "methods": results}
-        | {
-            "ratios": {name: compare(results, name) for name in results},
-            **({"launch_bound": launch} if launch else {}),
-        }
-    )
+    shape = dict(depths=CONVNEXT[model_name]["depths"], widths=CONVNEXT[model_name]["hidden_sizes"])
+    shape |= dict(num_labels=NUM_LABELS, base_params=base_params, backbone_params=backbone_params)
+    out = shape | {"head_params": head_params} | measured[""] | {"noise": noise}
+    out |= {"wall_time_s": time.perf_counter() - wall_start, "methods": results}
+    out["ratios"] = {name: compare(results, name) for name in results}
+    return out | ({"launch_bound": launch} if launch else {})
 
 
 def compare(results: dict[str, dict[str, Any]], name: str) -> dict[str, float | None]:
-    """Ratios of method `name` to full fine-tuning and LoRA r=8: step time (median of per-round ratios, the
-    rounds being interleaved), peak memory and disk size without the head."""
+    """Ratios of `name` to full fine-tuning and LoRA r=8: step time (median of per-round ratios), memory, disk."""
     out: dict[str, float | None] = {}
     entry = results[name]
     for ref in (r for r in ("full", "lora_r8") if r in results):
         per_round = [a / b for a, b in zip(entry["train_step_s"], results[ref]["train_step_s"])]
         out[f"train_step_vs_{ref}"] = statistics.median(per_round)
-        out[f"train_step_vs_{ref}_q1"], _, out[f"train_step_vs_{ref}_q3"] = (
-            statistics.quantiles(per_round, n=4, method="inclusive") if len(per_round) >= 2 else (None,) * 3
-        )
+        q1, _, q3 = statistics.quantiles(per_round, n=4, method="inclusive") if per_round[1:] else [None] * 3
+        out[f"train_step_vs_{ref}_q1"], out[f"train_step_vs_{ref}_q3"] = q1, q3
         out[f"peak_memory_vs_{ref}"] = entry["memory"]["peak_bytes"] / results[ref]["memory"]["peak_bytes"]
         disk = results[ref]["disk_bytes_without_head"]
         out[f"disk_without_head_vs_{ref}"] = entry["disk_bytes_without_head"] / disk if disk else None
@@ -530,73 +375,57 @@ def compare(results: dict[str, dict[str, Any]], name: str) -> dict[str, float | 
 
 
 def check_targets(models: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's `TARGETS`, evaluated for every UPetu variant of every model measured."""
+    """The issue's `TARGETS` for every UPetu variant of every model (skipped where the reference did not run)."""
     checks = []
     for model_name, data in models.items():
-        methods = data["methods"]
-        for name in (n for n in methods if n.startswith("upetu_")):
-            primary = model_name == TARGET_MODEL and name == TARGET_METHOD
-            for target, value_of, limit, higher, needs in TARGETS:
-                if (
-                    needs in (None, *methods)
-                    and (value := value_of(methods[name], data["ratios"][name], methods)) is not None
-                ):
+        for name, entry in ((n, e) for n, e in data["methods"].items() if n.startswith("upetu_")):
+            primary, ratios = model_name == TARGET_MODEL and name == TARGET_METHOD, data["ratios"][name]
+            disk, lora = entry["disk_bytes_without_head"], data["methods"].get("lora_r8")
+            values = [disk, lora and lora["disk_bytes_without_head"] / disk]  # in the order of `TARGETS`
+            values += [ratios.get(k) for k in ("train_step_vs_lora_r8", "train_step_vs_full")]
+            values += [ratios.get("peak_memory_vs_full"), entry["inference_ratio"]["median"]]
+            for (target, limit, higher), value in zip(TARGETS, values):
+                if value is not None:
                     met = value >= limit if higher else value <= limit
-                    checks.append(
-                        {"model": model_name, "method": name, "primary": primary, "target": target}
-                        | {"value": value, "limit": limit, "met": met}
-                    )
+                    check = {"model": model_name, "method": name, "primary": primary, "target": target}
+                    checks.append(check | {"value": value, "limit": limit, "met": met})
     return checks
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """Command-line options; `--quick` fills in whatever was not given explicitly."""
+    """Command-line options; `--quick` changes the defaults of the others (`QUICK`)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="fast partial run (ConvNeXt-T, 5 steps, batch 4, 128 px)"
-    )
-    parser.add_argument("--models", help=f"comma-separated subset of {', '.join(MODEL_SPECS)}")
-    parser.add_argument("--methods", help=f"comma-separated subset of {', '.join(METHODS)}")
+    quick = "fast partial run: ConvNeXt-T, 5 steps, batch 4, 128 px"
+    parser.add_argument("--quick", action="store_true", help=quick)
     for flag, kind, default, text in (
-        ("--steps", int, None, "timed training steps per method (default 10)"),
+        ("--models", str, "convnext-t,convnext-b", f"comma-separated subset of {', '.join(MODELS)}"),
+        ("--methods", str, ",".join(METHODS), f"comma-separated subset of {', '.join(METHODS)}"),
+        ("--steps", int, 10, "timed training steps per method (10; --quick 5)"),
         ("--inference-runs", int, None, "timed inference runs per method (default: --steps)"),
         ("--warmup", int, 1, "warm-up training rounds before the memory step"),
-        ("--batch-size", int, None, "batch size (default 8)"),
-        ("--image-size", int, None, "image side in pixels (default 224)"),
-        ("--lr", float, 1e-3, "AdamW learning rate"),
         ("--threads", int, None, "torch.set_num_threads (default: all CPUs)"),
         ("--device", str, "cpu", "cpu (default) or cuda"),
-        ("--seed", int, 0, "seed of the weights and inputs"),
         ("--launch-rounds", int, 15, "interleaved rounds of the batch-1 latency (default 15)"),
         ("--output", str, str(REPO_ROOT / "results" / "efficiency.json"), "JSON path"),
         ("--markdown", str, None, "markdown path (default: --output with .md)"),
     ):
         parser.add_argument(flag, type=kind, default=default, help=text)
-    parser.add_argument(
-        "--mixed-precision",
-        default="no",
-        choices=("no", "bf16"),
-        help="bf16 autocast of the forward passes (no)",
-    )
-    parser.add_argument(
-        "--launch-bound",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="measure the launch-bound regime: op counts and batch-1 latency at 32 px on 1 thread (default: on)",
-    )
+    options = dict(batch_size=8, image_size=224, lr=1e-3, seed=0, mixed_precision="no")
+    _common.add_training_options(parser, "classification", list(options), **options)
+    launch = "measure the launch-bound regime: op counts, batch-1 latency at 32 px on 1 thread (default: on)"
+    parser.add_argument("--launch-bound", action=argparse.BooleanOptionalAction, default=True, help=launch)
+    if parser.parse_args(argv).quick:
+        parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
-    preset = QUICK if args.quick else DEFAULTS
-    args.models = args.models.split(",") if args.models else list(preset["models"])
-    args.methods = args.methods.split(",") if args.methods else list(METHODS)
-    for key in ("steps", "batch_size", "image_size"):
-        setattr(args, key, preset[key] if getattr(args, key) is None else getattr(args, key))
+    args.models, args.methods = args.models.split(","), args.methods.split(",")
     args.inference_runs = args.steps if args.inference_runs is None else args.inference_runs
-    if unknown := [m for m in args.methods if m not in METHODS]:
-        parser.error(f"unknown methods {unknown}: allowed values are {', '.join(METHODS)}")
-    if unknown := [m for m in args.models if m not in MODEL_SPECS]:
-        parser.error(f"unknown models {unknown}: allowed values are {', '.join(MODEL_SPECS)}")
+    for kind, names, allowed in (("methods", args.methods, METHODS), ("models", args.models, MODELS)):
+        if unknown := [n for n in names if n not in allowed]:
+            parser.error(f"unknown {kind} {unknown}: allowed values are {', '.join(allowed)}")
     if min(args.steps, args.inference_runs, args.launch_rounds) < 1:
         parser.error("--steps, --inference-runs and --launch-rounds must be at least 1")
+    if args.mixed_precision not in ("no", "bf16"):
+        parser.error("--mixed-precision: this benchmark autocasts to bf16 or not at all")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda was requested but CUDA is not available")
     return args
@@ -606,18 +435,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, write the JSON and markdown reports, and return the results."""
     args = parse_args(argv)
     started = time.perf_counter()
-    torch.set_num_threads(
-        args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    )
+    torch.set_num_threads(args.threads or _common.cpus_available())
     argv_list = list(sys.argv[1:] if argv is None else argv)
-    meta: dict[str, Any] = {
-        "command": " ".join(["python scripts/benchmark_efficiency.py", *argv_list]),
-        "argv": argv_list,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        **{key: getattr(args, key) for key in SETTINGS},
-        "machine": machine_info(args.device),
-        "git": _common.git_state(CODE_PATHS),
-    }
+    command = " ".join(["python scripts/benchmark_efficiency.py", *argv_list])
+    meta: dict[str, Any] = {"command": command, "argv": argv_list, "date": _common.now()}
+    meta |= {key: getattr(args, key) for key in SETTINGS}
+    meta |= {"machine": machine_info(args.device), "git": _common.git_state(CODE_PATHS)}
     models = {name: benchmark_model(name, args.methods, args) for name in args.models}
     meta["wall_time_s"] = time.perf_counter() - started
     results = {"meta": meta, "models": models, "targets": check_targets(models)}

@@ -1,15 +1,9 @@
 #!/usr/bin/env python
-"""Bytes of a resumable `upetu-train` checkpoint, per method, on ConvNeXt-B (the paper's backbone, built from its
-config with random weights: nothing is downloaded) and on the shared atto backbone (`../shared`, when present).
+"""Bytes of a resumable `upetu-train` checkpoint per method, on ConvNeXt-B (random weights, nothing downloaded)
+and the shared atto backbone: each model gets a 21-class head, is made trainable by `apply_method`, takes one
+AdamW step and is saved by the training code's `save_checkpoint` (PEFT methods leave the frozen backbone out).
+The share is a checkpoint's bytes over full fine-tuning's of the same model.
 
-Each model gets a 21-class head (UC Merced's), is made trainable by the method exactly as `upetu-train` does
-(`apply_method`), takes one AdamW step on a random batch (so the optimizer holds its moments) and is saved with the
-training code's own `save_checkpoint`. PEFT methods leave the frozen backbone out (`frozen.json` references it);
-full fine-tuning keeps the whole model. Writes `--output` (default results/checkpoint_sizes.json) and prints a
-table; the share is a checkpoint's bytes over the full fine-tuning checkpoint of the same model.
-
-Usage:
-    python scripts/checkpoint_sizes.py
     python scripts/checkpoint_sizes.py --models atto --methods upetu full --output /tmp/sizes.json
 """
 
@@ -22,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import CONVNEXT, REPO_ROOT, SHARED_BACKBONE, write_json_atomic
-from transformers import ConvNextConfig, ConvNextForImageClassification
+from _common import REPO_ROOT, SHARED_BACKBONE, random_convnext, write_json_atomic
+from transformers import ConvNextForImageClassification
 
 from upetu_hf.train.accelerator import make_accelerator
 from upetu_hf.train.arguments import TrainingArguments
@@ -36,21 +30,16 @@ NUM_LABELS = 21
 def build_model(name: str) -> tuple[torch.nn.Module, str]:
     """A ConvNeXt classifier with a `NUM_LABELS`-class head and the source `--model` would name."""
     if name == "convnext-base":
-        return ConvNextForImageClassification(
-            ConvNextConfig(num_labels=NUM_LABELS, **CONVNEXT["convnext-b"])
-        ), name
-    model = ConvNextForImageClassification.from_pretrained(
-        SHARED_BACKBONE, num_labels=NUM_LABELS, ignore_mismatched_sizes=True
-    )
-    return model, str(SHARED_BACKBONE)
+        return random_convnext("convnext-b", NUM_LABELS), name
+    torch.manual_seed(0)
+    head = dict(num_labels=NUM_LABELS, ignore_mismatched_sizes=True)
+    return ConvNextForImageClassification.from_pretrained(SHARED_BACKBONE, **head), str(SHARED_BACKBONE)
 
 
 def checkpoint_bytes(model: torch.nn.Module, source: str, method: str, folder: Path) -> dict[str, int]:
-    """Make `model` trainable by `method`, take one AdamW step, save a checkpoint into `folder`; its bytes per
-    file and in total."""
-    args = TrainingArguments(
-        task="classification", model=source, data="-", output_dir=str(folder), method=method
-    )
+    """`model` made trainable by `method`, one AdamW step, saved to `folder`: bytes per file and in total."""
+    fields = dict(task="classification", model=source, data="-", output_dir=str(folder))
+    args = TrainingArguments(**fields, method=method)
     model = apply_method(model, args)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay, {}), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
@@ -58,18 +47,17 @@ def checkpoint_bytes(model: torch.nn.Module, source: str, method: str, folder: P
     optimizer.step()
     accelerator = make_accelerator(True, "no")
     trainables = Trainables(model, optimizer, scheduler, FrozenBackbone.of(model, source))
-    saved = save_checkpoint(
-        accelerator, folder, 1, {"global_step": 1}, {"arguments": {}}, None, 1, trainables
-    )
+    state = ({"global_step": 1}, {"arguments": {}}, None, 1)
+    saved = save_checkpoint(accelerator, folder, 1, *state, trainables)
     files = {p.name: p.stat().st_size for p in sorted(saved.iterdir())}
     return {"total": sum(files.values()), **files}
 
 
 def measure(models: Sequence[str], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per model and method: the checkpoint's bytes, per file, and its share of full fine-tuning's."""
     rows = []
     for name in models:
         for method in methods:
-            torch.manual_seed(0)
             model, source = build_model(name)
             with tempfile.TemporaryDirectory() as tmp:
                 sizes = checkpoint_bytes(model, source, method, Path(tmp))
@@ -82,6 +70,7 @@ def measure(models: Sequence[str], methods: Sequence[str]) -> list[dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Measure, write `--output` and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     models = ["convnext-base"] + (["atto"] if SHARED_BACKBONE.is_dir() else [])
     parser.add_argument("--models", nargs="+", default=models, choices=["convnext-base", "atto"])

@@ -1,18 +1,13 @@
 #!/usr/bin/env python
-"""Every generated report of the benchmarks, from `results/accuracy_*.json` (written by
-`scripts/benchmark_accuracy.py`) and, when present, `results/efficiency.json` (`scripts/benchmark_efficiency.py`).
+"""Every generated report of the benchmarks, from `results/accuracy_*.json` (`scripts/benchmark_accuracy.py`) and
+`results/efficiency.json` (`scripts/benchmark_efficiency.py`): numbers from the JSON files, prose from
+`templates/report.md`. Writes `accuracy_summary.md` and `accuracy_vs_params.png` into the results folder; for
+`results/` itself also the region between `<!-- results:start -->` and `<!-- results:end -->` of README.md (a
+headline of at most 25 lines) and of docs/benchmarks.md (full tables, protocol, caveats), and `results/README.md`,
+the index of every file under `results/` (`templates/results_files.md`). Another folder's full section goes to
+`--readme`; a file without markers is left alone and the section printed. `efficiency_markdown` renders
+`results/efficiency.md`.
 
-Writes `results/accuracy_summary.md` (every table, the learning-rate search and every run) and
-`results/accuracy_vs_params.png` (test metric against trainable parameters, log x, marker area showing the size of
-the checkpoint a task needs). For `results/` itself it also rewrites, between `<!-- results:start -->` and
-`<!-- results:end -->` and nowhere else, README.md (a headline table of at most 25 lines: current numbers and their
-verdicts) and docs/benchmarks.md (the full tables, protocol and caveats), and writes `results/README.md` in full:
-every file under `results/`, current or superseded, with its command (`templates/results_files.md`). For another
-folder (a side protocol such as `results/search2`) only `--readme` gets the full section. A file without markers is
-left alone and its section printed. Every number comes from the JSON files; the prose is in `templates/report.md`.
-`efficiency_markdown` renders the efficiency benchmark's own report (`results/efficiency.md`).
-
-Usage:
     python scripts/make_report.py
     python scripts/make_report.py --results-dir results/search2 --efficiency results/efficiency.json --readme /dev/null
 """
@@ -20,42 +15,26 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import collections
 import fnmatch
 import json
 import math
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import REPO_ROOT, fmt_count, write_text_atomic
-from _ledger import mean_std, paired_difference, split_of
+from _common import REPO_ROOT, TEMPLATE_FILE, fill, fmt_count, row, table, write_text_atomic
+from _ledger import fmt_interval, mean_std, paired_difference, split_of
 from _variants import DEFAULT_COLOUR, VARIANTS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
-_BLOCKS = re.split(r"^<!-- ([\w-]+) -->\n", (TEMPLATES_DIR / "report.md").read_text(), flags=re.M)
-#: The prose blocks of `templates/report.md` by name.
-TEMPLATES = {name: text.rstrip("\n") for name, text in zip(_BLOCKS[1::2], _BLOCKS[2::2])}
 TASK_ORDER = ("classification", "segmentation", "change-detection")
+TASK_TITLES = dict(zip(TASK_ORDER, ("Scene classification", "Semantic segmentation", "Change detection")))
 METRIC_NAMES = {"accuracy": "accuracy", "mean_iou": "mIoU", "f1": "change F1"}
-TASK_TITLES = {
-    "classification": "Scene classification",
-    "segmentation": "Semantic segmentation",
-    "change-detection": "Change detection",
-}
 #: Paired comparisons shown per task: (a, b), read "a minus b".
-PAIRED = (
-    ("upetu", "full"),
-    ("upetu", "lora"),
-    ("upetu", "linear"),
-    ("upetu-1bit", "upetu-32bit"),
-    ("upetu", "upetu-32bit"),
-    ("upetu-small", "lora-small"),
-)
+PAIRED = (("upetu", "full"), ("upetu", "lora"), ("upetu", "linear"), ("upetu-1bit", "upetu-32bit"),
+          ("upetu", "upetu-32bit"), ("upetu-small", "lora-small"))  # fmt: skip
 #: Aims of the benchmark issue (thresholds, not results).
 ONE_BIT_MAX_LOSS = 0.5  # accuracy points, 1-bit vs 32-bit
 SMALL_BUDGET_PCT = 1.0  # % of the backbone for `upetu-small`
@@ -69,31 +48,23 @@ EFFICIENCY_HEADLINE = ("upetu_1bit", "upetu_4bit", "lora_r8", "full")
 CONTENDED_CPU_SHARE = 0.8
 #: Short names of the verdicts' variants.
 SHORT = {"upetu": "UPetu", "upetu-1bit": "1-bit", "upetu-32bit": "32-bit", "full": "full", "lora": "LoRA"}
-
-
-def fill(block: str, /, **values: Any) -> str:
-    """The block `block` of `templates/report.md` with `values` filled in (a missing value reads None)."""
-    return TEMPLATES[block].format_map(collections.defaultdict(lambda: None, values))
+#: How an aim's verdict reads.
+MET = {True: "yes", False: "**no**", None: "not measured"}
+#: Protocol entries that subsample the data.
+LIMITS = ("max_train_samples", "max_eval_samples")
 
 
 def load_accuracy(results_dir: Path) -> dict[str, dict[str, Any]]:
-    """`{task: state}` from every `accuracy_*.json` in `results_dir` that `benchmark_accuracy.py` wrote, in task
-    order (another benchmark's file, without `task` and `summary`, is skipped)."""
-    states = {}
-    for path in sorted(results_dir.glob("accuracy_*.json")):
-        state = json.loads(path.read_text())
-        if "task" in state and "summary" in state:
-            states[state["task"]] = state
+    """`{task: state}` of every `accuracy_*.json` of `benchmark_accuracy.py` in `results_dir`, in task order."""
+    states = [json.loads(path.read_text()) for path in sorted(results_dir.glob("accuracy_*.json"))]
     order = {t: i for i, t in enumerate(TASK_ORDER)}
+    states = {s["task"]: s for s in states if "task" in s and "summary" in s}
     return dict(sorted(states.items(), key=lambda item: order.get(item[0], len(order))))
 
 
-# ---------------------------------------------------------------------------------------------- formatting
 def fmt_bytes(n: float | None) -> str:
     """Bytes as KB / MB (powers of 1000)."""
-    if n is None:
-        return "-"
-    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
+    return "-" if n is None else f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} KB"
 
 
 def fmt_size(n: float) -> str:
@@ -146,115 +117,69 @@ def title(state: dict[str, Any]) -> str:
     return f"{base} ({data}, {metric_name(state)})" if data else f"{base} ({metric_name(state)})"
 
 
-def table(header: str, align: str, rows: list[str]) -> list[str]:
-    """A markdown table: `header` cells and `align` (one `-`, `:`-suffixed for right, per column) joined by `|`."""
-    cells = [c.strip() for c in header.split("|")]
-    return [f"| {' | '.join(cells)} |", "|" + "".join("---:|" if a == "r" else "---|" for a in align), *rows]
-
-
-# ---------------------------------------------------------------------------------------------- accuracy tables
 def results_table(state: dict[str, Any]) -> list[str]:
     """One row per method: test metric mean +- std, parameters, sizes, learning rate and wall time."""
     rows = []
     for s in state["summary"].values():
         factor = f" (x{s['lr_factor']:.3g})" if s.get("lr_factor") is not None else ""
         flag = "" if s.get("selection_complete", True) else " (search incomplete)"
+        splits, seeds = len(set(s.get("split_seeds") or [0])), len(set(s["seeds"]))
+        runs = str(s["n"]) if splits == 1 else f"{s['n']} ({splits} splits x {seeds} seeds)"
         rows.append(
-            f"| {s['label']}{flag} | {mean_pm(s)} | {runs_label(s)} "
+            f"| {s['label']}{flag} | {mean_pm(s)} | {runs} "
             f"| {fmt_count(s['trainable_params'])} | {s['trainable_pct']:.2f} % "
             f"| {s['adapter_pct_of_backbone']:.2f} % | {fmt_bytes(s['weights_bytes_without_head'])} "
             f"| {fmt_bytes(s['weights_bytes_with_head'])} | {fmt_lr(s['lr'])}{factor} "
             f"| {', '.join(str(e) for e in s['best_epochs'])} | {fmt_seconds(s['wall_time_s_mean'])} |"
         )
-    header = (
-        f"method | test {metric_name(state)} (%) | runs | trainable params | trainable % | adapter % of backbone "
-        "| adapter (no head) | checkpoint (with head) | lr (x default) | best epochs | wall time / run"
-    )
-    return table(header, "lrrrrrrrrlr", rows)
-
-
-def runs_label(s: dict[str, Any]) -> str:
-    """`n`, or `n (k splits x m seeds)` when the runs cover several splits."""
-    splits = sorted(set(s.get("split_seeds") or [0]))
-    if len(splits) == 1:
-        return str(s["n"])
-    return f"{s['n']} ({len(splits)} splits x {len(set(s['seeds']))} seeds)"
+    return table(fill("results_header", metric=metric_name(state)), "lrrrrrrrrlr", rows)
 
 
 def paired_table(state: dict[str, Any]) -> list[str]:
-    """Paired differences (test metric, points) between methods over the (split, seed) pairs they share, with the
-    95 % t-interval; a difference is claimed only when the interval excludes 0."""
-    found = [d for a, b in PAIRED if (d := paired_difference(state["summary"], a, b))]
+    """Paired test differences (points, 95 % t-interval) between methods; one is ahead where it excludes 0."""
     labels = {name: s["label"] for name, s in state["summary"].items()}
     rows = []
-    for d in found:
-        low, high = d["ci95"]
+    for d in (d for a, b in PAIRED if (d := paired_difference(state["summary"], a, b))):
         verdict = "no difference shown" if d["decided"] is None else f"{labels[d['decided']]} ahead"
-        rows.append(
-            f"| {labels[d['a']]} − {labels[d['b']]} | {d['n']} | {100 * d['mean']:+.2f} "
-            f"| [{100 * low:+.2f}, {100 * high:+.2f}] | {verdict} |"
-        )
-    return (
-        table("comparison | pairs | mean difference | 95 % interval | verdict", "lrrll", rows) if rows else []
-    )
+        pair = f"{labels[d['a']]} − {labels[d['b']]}"
+        rows.append(f"| {pair} | {d['n']} | {fmt_interval(d, ' | ')} | {verdict} |")
+    return rows and table("comparison | pairs | mean difference | 95 % interval | verdict", "lrrll", rows)
 
 
 def search_table(state: dict[str, Any]) -> list[str]:
-    """Validation metric of every learning-rate candidate (search seed, or the mean over the search seeds), the
-    chosen one in bold; a choice at an edge of its grid is flagged."""
+    """Validation metric of every learning-rate candidate, the choice in bold, an edge of the grid flagged."""
     seeds = state.get("protocol", {}).get("search_seeds")
     mean = f" (mean over seeds {', '.join(map(str, seeds))})" if seeds else ""
     rows = []
     for variant, choice in state.get("selection", {}).items():
-        label = state["variants"].get(variant, {}).get("label", variant)
         cells = []
         for c in choice.get("candidates", []):
             score = points(c["validation_score"]) if c["validation_score"] is not None else "missing"
             cell = f"{fmt_lr(c['lr'])}: {score}"
             cells.append(f"**{cell}**" if c["lr"] == choice.get("lr") else cell)
         edge = "" if choice.get("interior", True) else " (edge of the grid)"
+        label = state["variants"].get(variant, {}).get("label", variant)
         rows.append(f"| {label} | {'; '.join(cells)} | {fmt_lr(choice.get('lr'))}{edge} |")
-    header = f"method | validation {metric_name(state)} (%) per learning rate{mean} | chosen"
-    return table(header, "llr", rows)
-
-
-def final_runs(state: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    """The runs behind a method's summary row: its chosen learning rate, its (split, seed) pairs."""
-    s = state["summary"][name]
-    pairs = set(zip(s.get("split_seeds") or [0] * len(s["seeds"]), s["seeds"]))
-    return [
-        r
-        for r in state["runs"]
-        if r["variant"] == name
-        and r.get("status") == "ok"
-        and r["lr"] == s["lr"]
-        and r["options"] == s["options"]
-        and (split_of(r), r["seed"]) in pairs
-    ]
+    return table(fill("search_header", metric=metric_name(state), mean=mean), "llr", rows)
 
 
 def fit_table(state: dict[str, Any]) -> list[str]:
-    """How closely each method fits its training data: the training loss of the last epoch (mean over the epoch's
-    batches, augmentation and drop path on, as trained) next to the validation and test metric, over the summary's
-    runs. A method whose training loss stays higher than another's at its own tuned learning rate underfits
-    relative to it: its gap is one of capacity or optimisation, not of overfitting."""
-    name = metric_name(state)
+    """How closely each method fits its training data: the last epoch's training loss (augmentation and drop path
+    on) over the summary's runs; higher than another method's at its own tuned rate means underfitting."""
     rows = []
     for variant, s in state["summary"].items():
-        losses = [r["history"][-1]["train_loss"] for r in final_runs(state, variant) if r.get("history")]
-        if losses:
-            loss_mean, loss_std = mean_std(losses)
-            rows.append(
-                f"| {s['label']} | {len(losses)} | {loss_mean:.3f} ± {loss_std:.3f} "
-                f"| {mean_pm(s, 'validation')} | {mean_pm(s)} |"
-            )
-    header = f"method | runs | training loss, last epoch | validation {name} (%) | test {name} (%)"
-    return table(header, "lrrrr", rows)
+        pairs = set(zip(s.get("split_seeds") or [0] * len(s["seeds"]), s["seeds"]))
+        same = (variant, "ok", s["lr"], s["options"])
+        runs = [r for r in state["runs"] if (r["variant"], r.get("status"), r["lr"], r["options"]) == same]
+        runs = [r for r in runs if (split_of(r), r["seed"]) in pairs]
+        if losses := [r["history"][-1]["train_loss"] for r in runs if r.get("history")]:
+            loss = "{:.3f} ± {:.3f}".format(*mean_std(losses))
+            rows.append(row(s["label"], len(losses), loss, mean_pm(s, "validation"), mean_pm(s)))
+    return table(fill("fit_header", metric=metric_name(state)), "lrrrr", rows)
 
 
 def runs_table(state: dict[str, Any]) -> list[str]:
     """Every run: configuration, best epoch, validation and test metric, wall time, device."""
-    name = metric_name(state)
     rows = []
     for r in state["runs"]:
         head = f"| {r['label']} | {fmt_lr(r['lr'])} | {r.get('split_seed', 0)} | {r['seed']} "
@@ -268,15 +193,30 @@ def runs_table(state: dict[str, Any]) -> list[str]:
             f"{head}| {phase} | {r['best_epoch']} | {points(r['validation_score'])} "
             f"| {points(r['test_score'])} | {fmt_seconds(r['wall_time_s'])} | {r['device']} |"
         )
-    header = f"method | lr | split | seed | phase | best epoch | validation {name} | test {name} | wall time | device"
-    return table(header, "lrrrlrrrrl", rows)
+    return table(fill("runs_header", metric=metric_name(state)), "lrrrlrrrrl", rows)
 
 
 def aims(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """The benchmark issue's aims for the task, checked on the summary (None: not measured)."""
-    if state.get("task") != "classification":
-        return dense_aims(state)
+    """The benchmark issue's aims for the task, checked on the summary (`met` None: not measured)."""
     s = state["summary"]
+    if state.get("task") != "classification":
+        return dense_aims(s)
+    lora = s.get("lora", {}).get("options", {}).get("r") or state.get("backbone", {}).get("lora_matched_r")
+    clearly, one_bit = "by more than the sum of the stds", f"1-bit loses at most {ONE_BIT_MAX_LOSS} points"
+    checks = [
+        ("UPetu (default) >= full fine-tuning", "upetu", "full", lambda d: d >= 0),
+        (f"UPetu (default) beats LoRA r={lora} at matched parameters {clearly}", "upetu", "lora", None),
+        (f"UPetu (default) beats the linear probe clearly ({clearly})", "upetu", "linear", None),
+        (f"{one_bit} vs 32-bit", "upetu-1bit", "upetu-32bit", lambda d: d >= -ONE_BIT_MAX_LOSS),
+    ]
+    if small := s.get("upetu-small"):
+        pct, paired = small["adapter_pct_of_backbone"], paired_difference(s, "upetu-small", "lora-small")
+        aim = fill("aim_small", r=small["options"].get("r"), pct=pct, budget=SMALL_BUDGET_PCT)
+
+        def beats(d: float) -> bool:
+            return pct < SMALL_BUDGET_PCT and (paired["decided"] == "upetu-small" if paired else d > 0)
+
+        checks.append((aim, "upetu-small", "lora-small", beats))
 
     def mean(name: str) -> float | None:
         return 100 * s[name]["test_mean"] if s.get(name, {}).get("test_mean") is not None else None
@@ -284,33 +224,6 @@ def aims(state: dict[str, Any]) -> list[dict[str, Any]]:
     def std(name: str) -> float:
         return 100 * (s.get(name, {}).get("test_std") or 0.0)
 
-    lora = s.get("lora", {}).get("options", {}).get("r") or state.get("backbone", {}).get("lora_matched_r")
-    clearly = "by more than the sum of the stds"
-    checks = [
-        ("UPetu (default) >= full fine-tuning", "upetu", "full", lambda d: d >= 0),
-        (f"UPetu (default) beats LoRA r={lora} at matched parameters {clearly}", "upetu", "lora", None),
-        (f"UPetu (default) beats the linear probe clearly ({clearly})", "upetu", "linear", None),
-        (
-            f"1-bit loses at most {ONE_BIT_MAX_LOSS} points vs 32-bit",
-            "upetu-1bit",
-            "upetu-32bit",
-            lambda d: d >= -ONE_BIT_MAX_LOSS,
-        ),
-    ]
-    if "upetu-small" in s:
-        small = s["upetu-small"]
-        under = small["adapter_pct_of_backbone"] < SMALL_BUDGET_PCT
-        paired = paired_difference(s, "upetu-small", "lora-small")
-        aim = (
-            f"UPetu r={small['options'].get('r')} ({small['adapter_pct_of_backbone']:.2f} % of the backbone, "
-            f"under {SMALL_BUDGET_PCT:g} %) beats LoRA at the same budget (paired interval above 0 where there "
-            "are pairs)"
-        )
-
-        def beats(d: float) -> bool:
-            return under and (paired["decided"] == "upetu-small" if paired else d > 0)
-
-        checks.append((aim, "upetu-small", "lora-small", beats))
     found = []
     for aim, a, b, met in checks:
         d = None if mean(a) is None or mean(b) is None else mean(a) - mean(b)
@@ -319,59 +232,32 @@ def aims(state: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def dense_aims(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """Segmentation and change detection: UPetu's default is at least level with full fine-tuning and LoRA. With
-    a handful of runs "level" cannot mean equal means, so the aim counts as met when the paired comparison does not
-    put the other method ahead (the 95 % interval of UPetu minus it reaches 0 or above)."""
-    s = state["summary"]
+def dense_aims(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """The dense tasks' aims: UPetu level with full fine-tuning and LoRA, unless paired comparisons say behind."""
     found = []
-    for other in ("full", "lora"):
-        if other in s and "upetu" in s:
-            paired = paired_difference(s, "upetu", other)
-            found.append(
-                {
-                    "aim": f"UPetu (default) at least level with {s[other]['label']} (not behind in the paired "
-                    "comparison)",
-                    "difference_points": None if paired is None else 100 * paired["mean"],
-                    "met": None if paired is None else paired["decided"] != other,
-                }
-            )
+    for other in (o for o in ("full", "lora") if o in s and "upetu" in s):
+        aim, paired = fill("aim_dense", label=s[other]["label"]), paired_difference(s, "upetu", other)
+        d, met = (None, None) if paired is None else (100 * paired["mean"], paired["decided"] != other)
+        found.append({"aim": aim, "difference_points": d, "met": met})
     return found
 
 
-def aims_table(state: dict[str, Any]) -> list[str]:
-    """The aims as a markdown table; [] when the task has none measured."""
-    rows = []
-    for c in aims(state):
-        d = "-" if c["difference_points"] is None else f"{c['difference_points']:+.2f}"
-        rows.append(
-            f"| {c['aim']} | {d} | {({True: 'yes', False: '**no**', None: 'not measured'})[c['met']]} |"
-        )
-    return table("aim | difference (points) | met", "lrl", rows) if rows else []
-
-
-# ---------------------------------------------------------------------------------------------- efficiency
 def launch_bound_lines(data: dict[str, Any]) -> list[str]:
-    """One model's table "Launch-bound regime (batch 1 / op counts)" of the efficiency benchmark (its `launch_bound`
-    record: op counts with their ratio to LoRA r=8, batch-1 latency relative to the base model); none when the run
-    did not measure it (`--no-launch-bound`)."""
-    launch = data.get("launch_bound")
-    if not launch:
+    """One model's table "Launch-bound regime (batch 1 / op counts)" from its `launch_bound` record (op counts and
+    their ratio to LoRA r=8, batch-1 latency against the base model); none under `--no-launch-bound`."""
+    if not (launch := data.get("launch_bound")):
         return []
-    reference = launch["reference"]
-    label = data["methods"].get(reference, {}).get("label", reference)
-    base_ms = launch["base_latency"]["median"] * 1e3
-    lines = ["", *fill("launch_bound", **launch, label=label, base_ms=base_ms).split("\n")]
-    lines.append(
-        f"| Base model (no adapter) | - | - | {launch['base_inference_ops']:,} "
-        f"| {ratio(launch[f'base_inference_ops_vs_{reference}'])} | 1.00x |"
-    )
+    ref = launch["reference"]
+    label, base_ms = data["methods"].get(ref, {}).get("label", ref), launch["base_latency"]["median"] * 1e3
+    ops = f"{launch['base_inference_ops']:,} | {ratio(launch[f'base_inference_ops_vs_{ref}'])}"
+    lines = ["", fill("launch_bound", **launch, label=label, base_ms=base_ms)]
+    lines.append(f"| Base model (no adapter) | - | - | {ops} | 1.00x |")
     for name, entry in data["methods"].items():
         bound = entry["launch_bound"]
         lines.append(
             f"| {entry.get('label', name)} | {bound['train_step_ops']:,} "
-            f"| {ratio(bound[f'train_step_ops_vs_{reference}'])} | {bound['loaded_inference_ops']:,} "
-            f"| {ratio(bound[f'loaded_inference_ops_vs_{reference}'])} | {spread(bound['batch1_latency_ratio'])} |"
+            f"| {ratio(bound[f'train_step_ops_vs_{ref}'])} | {bound['loaded_inference_ops']:,} "
+            f"| {ratio(bound[f'loaded_inference_ops_vs_{ref}'])} | {spread(bound['batch1_latency_ratio'])} |"
         )
     return lines
 
@@ -386,43 +272,33 @@ EFFICIENCY_COLUMNS = {
 }
 
 
-def efficiency_table(
-    data: dict[str, Any], first: str, methods: Sequence[str], columns: Sequence[str]
-) -> list[str]:
+def efficiency_table(data: dict[str, Any], first: str, methods: Sequence[str], columns: Sequence[str]):
     """One model's efficiency table: a row per method of `methods`, the `EFFICIENCY_COLUMNS` named in `columns`."""
     rows = []
     for name in methods:
         entry, r = data["methods"][name], data.get("ratios", {}).get(name, {})
-        rows.append(
-            f"| {entry['label']} | " + " | ".join(EFFICIENCY_COLUMNS[c](entry, r) for c in columns) + " |"
-        )
+        rows.append(row(entry["label"], *(EFFICIENCY_COLUMNS[c](entry, r) for c in columns)))
     return table(" | ".join([first, *columns]), "l" + "r" * len(columns), rows)
 
 
 def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
     """A compact table of the efficiency benchmark, or a note when it is absent."""
     if eff is None:
-        return [
-            "Not measured yet: `results/efficiency.json` is absent (`python scripts/benchmark_efficiency.py`)."
-        ]
-    meta = eff.get("meta", {})
-    machine = meta.get("machine", {})
-    lines = [f"From `results/efficiency.json` (`{meta['command']}`; details in `results/efficiency.md`)."]
+        return [fill("efficiency_absent")]
+    meta, machine = eff.get("meta", {}), eff.get("meta", {}).get("machine", {})
+    lines = [fill("efficiency_from", command=meta["command"])]
     if meta.get("quick"):
         lines.append("**Quick run**: a partial efficiency benchmark, not the reference numbers.")
     if device := machine.get("gpu") or machine.get("cpu_model"):
         lines.append(f"Measured on {device} (`{machine.get('device', '?')}`).")
     for model_name, data in eff["models"].items():
         lines += ["", f"{model_name} (backbone {fmt_count(data.get('backbone_params'))} parameters):", ""]
-        lines += efficiency_table(data, "method", data["methods"], EFFICIENCY_COLUMNS) + launch_bound_lines(
-            data
-        )
+        lines += efficiency_table(data, "method", data["methods"], EFFICIENCY_COLUMNS)
+        lines += launch_bound_lines(data)
     if primary := [t for t in eff.get("targets", []) if t.get("primary")]:
         lines += ["", f"Aims of the benchmark issue ({primary[0]['model']}, {primary[0]['method']}):", ""]
         shown = [fmt_bytes(t["value"]) if "bytes" in t["target"] else f"{t['value']:.2f}" for t in primary]
-        rows = [
-            f"| {t['target']} | {v} | {'yes' if t['met'] else '**no**'} |" for t, v in zip(primary, shown)
-        ]
+        rows = [f"| {t['target']} | {v} | {MET[t['met']]} |" for t, v in zip(primary, shown)]
         lines += table("aim | measured | met", "lrl", rows)
     if meta.get("wall_time_s") is not None:
         lines += ["", f"The whole efficiency run took {meta['wall_time_s'] / 60:.0f} min."]
@@ -430,15 +306,9 @@ def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
 
 
 def efficiency_model(name: str, data: dict[str, Any], meta: dict[str, Any]) -> list[str]:
-    """One model's part of `efficiency_markdown`: its table, the contention warning when the CPU was shared, the
-    noise line and the launch-bound table."""
+    """One model's part of `efficiency_markdown`: table, contention warning, noise and launch-bound table."""
     shape = {k: "-".join(map(str, data[k])) for k in ("depths", "widths")}
-    lines = [
-        "",
-        *fill("efficiency_model", name=name, backbone=fmt_count(data["backbone_params"]), **shape).split(
-            "\n"
-        ),
-    ]
+    lines = ["", fill("efficiency_model", name=name, backbone=fmt_count(data["backbone_params"]), **shape)]
     for method, entry in data["methods"].items():
         r, step = data["ratios"][method], entry["train_step"]
         lines.append(
@@ -449,22 +319,16 @@ def efficiency_model(name: str, data: dict[str, Any], meta: dict[str, Any]) -> l
             f"| {fmt_size(entry['memory']['peak_bytes'])} | {ratio(r.get('peak_memory_vs_full'))} "
             f"| {spread(entry['inference_ratio'], 3)} |"
         )
-    noise = data["noise"]
-    load = max(noise["loadavg_start"][0], noise["loadavg_end"][0])
+    noise, base = data["noise"], data["base_inference"]
+    values = dict(share=noise["cpu_share"], load_start=noise["loadavg_start"][0], wall=data["wall_time_s"])
+    values |= dict(load_end=noise["loadavg_end"][0], median=base["median"], iqr=base["rel_iqr"] * 100)
     if noise["cpu_share"] < CONTENDED_CPU_SHARE:
-        threads = meta["machine"]["torch_num_threads"]
+        load, threads = max(values["load_start"], values["load_end"]), meta["machine"]["torch_num_threads"]
         lines += ["", fill("efficiency_contended", share=noise["cpu_share"], threads=threads, load=load)]
-    controls = [
-        f"{data['methods'][n]['label']} {spread(c, 3)}"
-        for n, c in noise["same_architecture_inference_ratio"].items()
-    ]
-    base = data["base_inference"]
-    values = dict(
-        median=base["median"], iqr=base["rel_iqr"] * 100, share=noise["cpu_share"], wall=data["wall_time_s"]
-    )
-    values |= dict(load_start=noise["loadavg_start"][0], load_end=noise["loadavg_end"][0])
-    controls = fill("efficiency_controls", controls=", ".join(controls)) if controls else ""
-    return [*lines, "", fill("efficiency_noise", controls=controls, **values), *launch_bound_lines(data)]
+    controls = noise["same_architecture_inference_ratio"].items()
+    controls = ", ".join(f"{data['methods'][n]['label']} {spread(c, 3)}" for n, c in controls)
+    values["controls"] = controls and fill("efficiency_controls", controls=controls)
+    return [*lines, "", fill("efficiency_noise", **values), *launch_bound_lines(data)]
 
 
 def efficiency_targets(targets: list[dict[str, Any]], model: str, method: str) -> list[str]:
@@ -473,21 +337,16 @@ def efficiency_targets(targets: list[dict[str, Any]], model: str, method: str) -
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for check in targets:
         shown = fmt_size(check["value"]) if "bytes" in check["target"] else f"{check['value']:.2f}"
-        cells.setdefault((check["model"], check["target"]), {})[check["method"]] = (
-            f"{shown} {'yes' if check['met'] else '**NO**'}"
-        )
-    rows = [
-        f"| {m} | {t} | " + " | ".join(c.get(v, "-") for v in variants) + " |" for (m, t), c in cells.items()
-    ]
-    lines = ["", *fill("efficiency_targets", model=model, method=method).split("\n"), ""]
+        met = "yes" if check["met"] else "**NO**"
+        cells.setdefault((check["model"], check["target"]), {})[check["method"]] = f"{shown} {met}"
+    rows = [row(m, t, *(c.get(v, "-") for v in variants)) for (m, t), c in cells.items()]
+    lines = ["", fill("efficiency_targets", model=model, method=method), ""]
     return lines + table(" | ".join(["model", "target", *variants]), "ll" + "r" * len(variants), rows)
 
 
 def efficiency_markdown(results: dict[str, Any], target: tuple[str, str]) -> str:
-    """The efficiency benchmark's report (`results/efficiency.md`): settings, one table per model, the targets
-    (the issue's own for `target`, a (model, method) pair) and notes on the methods."""
-    meta = results["meta"]
-    machine = meta["machine"]
+    """`results/efficiency.md`: settings, a table per model, the targets (`target`: the issue's own) and notes."""
+    meta, machine = results["meta"], results["meta"]["machine"]
     num_labels = next(iter(results["models"].values()))["num_labels"]
     quick = "\n- **Quick run** (`--quick`): a partial, smaller benchmark; not the reference numbers."
     values = {**meta, **machine, "load": machine["loadavg"][0], "quick": quick if meta["quick"] else ""}
@@ -499,15 +358,12 @@ def efficiency_markdown(results: dict[str, Any], target: tuple[str, str]) -> str
     return "\n".join([*lines, "", fill("efficiency_notes"), ""])
 
 
-# ---------------------------------------------------------------------------------------------- prose
 def backbone_sentence(states: dict[str, dict[str, Any]]) -> str:
     """The backbone as the JSON records it (architecture, size, pretraining)."""
     b = next(iter(states.values()))["backbone"]
     depths, widths = ("-".join(map(str, b.get(k, []))) for k in ("depths", "hidden_sizes"))
-    text = (
-        f"`{b.get('name', b.get('model'))}`: {architecture(b)}, depths {depths}, widths {widths}, "
-        f"{b['backbone_params'] / 1e6:.2f} M backbone parameters"
-    )
+    text = f"`{b.get('name', b.get('model'))}`: {architecture(b)}, depths {depths}, widths {widths}, "
+    text += f"{b['backbone_params'] / 1e6:.2f} M backbone parameters"
     if pre := b.get("pretraining"):
         text += f"; pretrained on {pre.get('data', '?')} at {pre.get('res', '?')} px for {pre.get('epochs', '?')} epochs"
         if "final_heldout_accuracy" in pre:
@@ -519,22 +375,13 @@ def hardware_lines(states: dict[str, dict[str, Any]]) -> list[str]:
     """Per task: the devices the runs used, and the machines of the sessions."""
     lines = []
     for task, state in states.items():
-        devices = sorted({r["device"] for r in state["runs"] if r.get("device")})
-        machines, loads = [], []
-        for session in state.get("sessions", []):
-            m = session["machine"]
-            if m.get("loadavg"):
-                loads.append(f"{m['loadavg'][0]:.1f}")
-            gpus = ", ".join(m.get("gpus", []))
-            text = (
-                f"{m['cpu_model']} ({m['cpus_available']} CPUs available, torch {m['torch']} with "
-                f"{m['torch_num_threads']} threads)"
-            )
-            machines.append(f"{gpus} + {text}" if gpus else text)
-        lines.append(
-            f"- {task}: runs on {'; '.join(devices) or '-'}; machine(s): {'; '.join(dict.fromkeys(machines))}"
-            f"{'; load average at start ' + ', '.join(loads) if loads else ''}."
-        )
+        devices = "; ".join(sorted({r["device"] for r in state["runs"] if r.get("device")})) or "-"
+        machines = [session["machine"] for session in state.get("sessions", [])]
+        loads = ", ".join(f"{m['loadavg'][0]:.1f}" for m in machines if m.get("loadavg"))
+        loads = f"; load average at start {loads}" if loads else ""
+        gpus = [", ".join(m["gpus"]) + " + " if m.get("gpus") else "" for m in machines]
+        machines = "; ".join(dict.fromkeys(g + fill("machine", **m) for g, m in zip(gpus, machines)))
+        lines.append(f"- {task}: runs on {devices}; machine(s): {machines}{loads}.")
     return lines
 
 
@@ -542,13 +389,11 @@ def data_sentence(task: str, p: dict[str, Any]) -> str:
     """How a task's data were split and sized (the `data_<task>` block of the templates)."""
     split = p.get("split", {})
     tf, vf = split.get("train_fraction", 0), split.get("validation_fraction", 0)
-    pairs = split.get("by_pairs", {})
+    pairs, repeats = split.get("by_pairs", {}), split.get("train_repeats")
     values = {f"{k}_pairs": len(pairs.get(k, [])) for k in ("train", "validation", "test")}
     values |= dict(train_pct=100 * tf, validation_pct=100 * vf, tile_train=100 * tf * (1 - vf))
-    values |= dict(
-        tile_validation=100 * tf * vf, tile_test=100 * (1 - tf), train_repeats=split.get("train_repeats")
-    )
-    values["split_seeds"] = p.get("split_seeds", [p.get("split_seed", 0)])
+    values |= dict(tile_validation=100 * tf * vf, tile_test=100 * (1 - tf), train_repeats=repeats)
+    values["split_seeds"] = p.get("split_seeds", [p.get("split_seed", 0)])  # the first files: one
     return fill(f"data_{task}", **{**p, **values})
 
 
@@ -556,32 +401,20 @@ def protocol_lines(states: dict[str, dict[str, Any]]) -> list[str]:
     """The protocol, from each task's recorded settings."""
     lines = []
     for task, state in states.items():
-        p = state["protocol"]
-        seeds = sorted({seed for s in state["summary"].values() for seed in s["seeds"]})
-        split_seeds = p.get("split_seeds", [p.get("split_seed", 0)])
-        factors = ", ".join(f"{f:.3g}" for f in p["lr_factors"])
-        limits = [
-            f"{k.replace('_', ' ')} {p[k]}"
-            for k in ("max_train_samples", "max_eval_samples")
-            if p.get(k) is not None
-        ]
-        search = (
-            f"seeds {', '.join(map(str, p['search_seeds']))} (their mean validation {metric_name(state)})"
-            if p.get("search_seeds")
-            else f"seed {p['search_seed']}"
-        )
-        epochs = f"{p['epochs']} epoch" + ("" if p["epochs"] == 1 else "s")
-        head = (
-            ""
-            if p.get("dense_head_lr") is None
-            else f" The PEFT methods' decoders train at {p['dense_head_lr']:g} (`--dense-head-lr`)."
-        )
-        lines.append(
-            f"- {task}: {data_sentence(task, p)}{'; subsampled: ' + ', '.join(limits) if limits else ''}. Learning "
-            f"rate: the method's default x {{{factors}}} on {search} of split {split_seeds[0]}, {epochs}, batch "
-            f"{p['batch_size']}, mixed precision `{p['mixed_precision']}`, chosen on the validation "
-            f"{metric_name(state)}; final seeds {seeds}.{head}"
-        )
+        p, metric = state["protocol"], metric_name(state)
+        limits = [f"{k.replace('_', ' ')} {p[k]}" for k in LIMITS if p.get(k) is not None]
+        if p.get("search_seeds"):
+            search = f"seeds {', '.join(map(str, p['search_seeds']))} (their mean validation {metric})"
+        else:
+            search = f"seed {p['search_seed']}"
+        values = dict(data=data_sentence(task, p), split=p.get("split_seed", 0), search=search, metric=metric)
+        values["limits"] = "; subsampled: " + ", ".join(limits) if limits else ""
+        values["epochs"] = f"{p['epochs']} epoch" + ("" if p["epochs"] == 1 else "s")
+        values["factors"] = ", ".join(f"{f:.3g}" for f in p["lr_factors"])
+        values["seeds"] = sorted({seed for s in state["summary"].values() for seed in s["seeds"]})
+        head = p.get("dense_head_lr")
+        values["head"] = "" if head is None else " " + fill("protocol_head", lr=head)
+        lines.append(fill("protocol", **{**p, **values}))
     return lines
 
 
@@ -590,8 +423,8 @@ def caveats(states: dict[str, dict[str, Any]]) -> list[str]:
     b = next(iter(states.values()))["backbone"]
     pre = b.get("pretraining", {})
     origin = f"pretrained on {pre['data']}" if pre.get("data") else "(its pretraining is not recorded here)"
-    size = b["backbone_params"] / 1e6
-    lines = [fill("caveat_backbone", size=size, architecture=architecture(b), origin=origin)]
+    size, arch = b["backbone_params"] / 1e6, architecture(b)
+    lines = [fill("caveat_backbone", size=size, architecture=arch, origin=origin)]
     for task, state in states.items():
         summary = state["summary"].values()
         splits = next((s.get("splits") for s in summary if s.get("splits")), None)
@@ -601,79 +434,59 @@ def caveats(states: dict[str, dict[str, Any]]) -> list[str]:
         n_splits = max(len(set(s.get("split_seeds") or [0])) for s in summary)
         spread_of = fill("caveat_splits" if n_splits > 1 else "caveat_one_split", runs=runs, splits=n_splits)
         sizes = ", ".join(f"{k} {v}" for k, v in (splits or {}).items())
-        lines.append(
-            f"- **{task}.** {sizes + ' examples' if sizes else 'Split sizes not recorded'} (search split); {spread_of}."
-        )
-    incomplete = [
-        f"{t}/{v}"
-        for t, s in states.items()
-        for v, c in s.get("selection", {}).items()
-        if not c.get("complete")
-    ]
+        sizes = f"{sizes} examples" if sizes else "Split sizes not recorded"
+        lines.append(f"- **{task}.** {sizes} (search split); {spread_of}.")
+    choices = [(t, v, c) for t, s in states.items() for v, c in s.get("selection", {}).items()]
+    incomplete = [f"{t}/{v}" for t, v, c in choices if not c.get("complete")]
     failed = [f"{t}/{r['key']}" for t, s in states.items() for r in s["runs"] if r.get("status") != "ok"]
     if incomplete or failed:
-        lines.append(
-            f"- **Incomplete.** learning-rate search incomplete: {incomplete or 'none'}; failed runs: {failed or 'none'}."
-        )
+        lines.append(fill("caveat_incomplete", incomplete=incomplete or "none", failed=failed or "none"))
     return [*lines, fill("caveat_wall_times")]
 
 
 def task_tables(state: dict[str, Any]) -> str:
-    """A task's part of the section: its results table, paired differences and aims."""
+    """A task's part of the section: its results table, paired differences and aims (those measured)."""
     lines = ["", "", f"#### {title(state)}", "", *results_table(state)]
     if paired := paired_table(state):
         lines += ["", fill("paired"), "", *paired]
-    if aims_lines := aims_table(state):
-        lines += ["", "Aims of the benchmark issue:", "", *aims_lines]
+    rows = []
+    for c in aims(state):
+        d = "-" if c["difference_points"] is None else f"{c['difference_points']:+.2f}"
+        rows.append(f"| {c['aim']} | {d} | {MET[c['met']]} |")
+    if rows:
+        lines += ["", fill("aims"), "", *table("aim | difference (points) | met", "lrl", rows)]
     return "\n".join(lines)
 
 
-def section(
-    states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, plot_path: str, summary_path: str | None
-) -> str:
+def section(states: dict[str, dict], eff: dict | None, plot_path: str, summary_path: str | None) -> str:
     """The README "Results" section (markdown, without its `## Results` heading); links relative to its file."""
     if not states:
         return fill("no_results") + "\n"
-    quick = [t for t, s in states.items() if s["protocol"].get("quick")]
-    link = (
-        summary_path
-        and f" The learning-rate search and every run: [`{Path(summary_path).name}`]({summary_path})."
-    )
+    quick = ", ".join(t for t, s in states.items() if s["protocol"].get("quick"))
+    link = summary_path and fill("summary_link", name=Path(summary_path).name, path=summary_path)
     commands = [s["command"] for state in states.values() for s in state.get("sessions", [])]
-    text = fill(
-        "section",
-        with_efficiency=" and `results/efficiency.json`" if eff else "",
-        summary_link=link or "",
-        quick=fill("quick", tasks=", ".join(quick)) + "\n\n" if quick else "",
-        backbone=backbone_sentence(states),
-        hardware="\n".join(hardware_lines(states)),
-        commands="\n".join([*dict.fromkeys(commands), "python scripts/make_report.py"]),
-        protocol="\n".join(protocol_lines(states)),
-        tasks="".join(task_tables(state) for state in states.values()),
-        plot=plot_path,
-        efficiency="\n".join(efficiency_lines(eff)),
-        caveats="\n".join(caveats(states)),
-    )
-    return text + "\n"
+    values = dict(with_efficiency=" and `results/efficiency.json`" if eff else "", summary_link=link or "")
+    values |= dict(quick=quick and fill("quick", tasks=quick) + "\n\n", backbone=backbone_sentence(states))
+    values |= dict(hardware="\n".join(hardware_lines(states)), protocol="\n".join(protocol_lines(states)))
+    values["commands"] = "\n".join([*dict.fromkeys(commands), "python scripts/make_report.py"])
+    values |= dict(plot=plot_path, tasks="".join(map(task_tables, states.values())))
+    values |= dict(efficiency="\n".join(efficiency_lines(eff)), caveats="\n".join(caveats(states)))
+    return fill("section", **values) + "\n"
 
 
 def summary_markdown(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, plot_path: str) -> str:
     """`results/accuracy_summary.md`: the README section plus the search, the fit and every run."""
     lines = ["# UPetu accuracy benchmark", "", section(states, eff, plot_path, None)]
+    tables = {"learning-rate search": search_table, "fit to the training data": fit_table}
+    tables["every run"] = runs_table
     for state in states.values():
-        for heading, rows in (
-            ("learning-rate search", search_table(state)),
-            ("fit to the training data", fit_table(state)),
-            ("every run", runs_table(state)),
-        ):
-            lines += [f"## {title(state)}: {heading}", "", *rows, ""]
+        for heading, rows in tables.items():
+            lines += [f"## {title(state)}: {heading}", "", *rows(state), ""]
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------- plot
 def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
-    """Test metric (mean ± std over seeds) against trainable parameters (log x), one panel per task; marker area
-    grows with the size of the checkpoint the task needs (adapter or model, with the head)."""
+    """Test metric against trainable parameters (log x), a panel per task, marker area the checkpoint's size."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -688,15 +501,12 @@ def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
         return 25 + 600 * math.sqrt(max(n, 0) / biggest)
 
     for ax, state in zip(axes[0], panels):
-        for name, s in state["summary"].items():
-            if s["test_mean"] is None:
-                continue
+        for name, s in ((n, s) for n, s in state["summary"].items() if s["test_mean"] is not None):
             x, y, err = s["trainable_params"], 100 * s["test_mean"], 100 * s["test_std"]
             color = VARIANTS[name].colour if name in VARIANTS else DEFAULT_COLOUR
             ax.errorbar(x, y, yerr=err, fmt="none", ecolor=color, alpha=0.6, capsize=3, zorder=1)
-            ax.scatter(
-                x, y, s=area(s["weights_bytes_with_head"]), color=color, alpha=0.75, edgecolor="k", zorder=2
-            )
+            size = area(s["weights_bytes_with_head"])
+            ax.scatter(x, y, s=size, color=color, alpha=0.75, edgecolor="k", zorder=2)
             ax.annotate(s["label"], (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7)
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters (log scale, heads included)")
@@ -707,36 +517,28 @@ def plot(states: dict[str, dict[str, Any]], path: Path) -> None:
     if not panels:
         axes[0][0].text(0.5, 0.5, "no results", ha="center", va="center")
     reference = [v for v in (1e4, 1e5, 1e6, 1e7, 1e8) if min(sizes, default=0) <= v * 3 and v <= biggest * 3]
-    handles = [
-        plt.scatter([], [], s=area(v), color="white", edgecolor="k", label=fmt_bytes(v))
-        for v in reference[:4]
-    ]
-    if handles:
-        fig.legend(
-            handles=handles, title="checkpoint size", loc="lower center", ncol=len(handles), frameon=False
-        )
-    fig.tight_layout(rect=(0, 0.1 if handles else 0, 1, 1))
+    key = dict(color="white", edgecolor="k")
+    legend = [plt.scatter([], [], s=area(v), label=fmt_bytes(v), **key) for v in reference[:4]]
+    if legend:
+        key = dict(title="checkpoint size", loc="lower center", ncol=len(legend), frameon=False)
+        fig.legend(handles=legend, **key)
+    fig.tight_layout(rect=(0, 0.1 if legend else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
 
-# ---------------------------------------------------------------------------------------------- headline
 def verdict(summary: dict[str, Any], a: str, b: str) -> str | None:
-    """`a − b +d [low, high]` in points from the paired comparison, and who is ahead when the interval excludes 0;
-    None without pairs."""
-    d = paired_difference(summary, a, b)
-    if d is None:
+    """`a − b +d [low, high]` (points) of the paired comparison and who is ahead; None without pairs."""
+    if (d := paired_difference(summary, a, b)) is None:
         return None
-    low, high = d["ci95"]
     ahead = "" if d["decided"] is None else f", {SHORT[d['decided']]} ahead"
-    return f"{SHORT[a]} − {SHORT[b]} {100 * d['mean']:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]{ahead}"
+    return f"{SHORT[a]} − {SHORT[b]} {fmt_interval(d)}{ahead}"
 
 
 def headline(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, links: dict[str, str]) -> str:
-    """The README's results table (at most 25 lines): one row per task with the test metric of the `HEADLINE`
-    variants and the `VERDICTS`, and the efficiency of the benchmark's largest model; `links` maps `docs` and
-    `index` to paths relative to the README."""
+    """The README's results (at most 25 lines): per task the `HEADLINE` variants' test metric and the `VERDICTS`,
+    and the efficiency of the largest model; `links` maps `docs` and `index` to paths relative to the README."""
     if not states:
         return fill("no_results") + "\n"
     b = next(iter(states.values()))["backbone"]
@@ -748,31 +550,23 @@ def headline(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, link
         cells = [mean_pm(s[n]) if n in s else "-" for n in HEADLINE]
         verdicts = [v for a, b in VERDICTS if (v := verdict(s, a, b))]
         rows.append(f"| {title(state)} | {' | '.join(cells)} | {'; '.join(verdicts)} |")
-    labels = [VARIANTS[name].label for name in HEADLINE]
-    header = " | ".join(["task", *labels, "verdict: paired difference, points [95 % interval]"])
+    header = " | ".join(["task", *(VARIANTS[name].label for name in HEADLINE), fill("verdict_header")])
     lines = [intro, "", *table(header, "l" + "r" * len(HEADLINE) + "l", rows)]
     if eff and eff.get("models"):
         name, data = list(eff["models"].items())[-1]
         methods = [m for m in EFFICIENCY_HEADLINE if m in data["methods"]]
-        lines += ["", "Efficiency (`results/efficiency.json`, randomly initialised model, CPU):", ""]
+        lines += ["", fill("efficiency_headline"), ""]
         lines += efficiency_table(data, name, methods, list(EFFICIENCY_COLUMNS)[:4])
     return "\n".join(lines) + "\n"
 
 
-# ---------------------------------------------------------------------------------------------- results index
 def results_files() -> list[tuple[str, str, str, str]]:
     """(pattern, status, what, command) of every row of `templates/results_files.md`, in order of precedence."""
-    lines = (TEMPLATES_DIR / "results_files.md").read_text().splitlines()
-    rows = [
-        tuple(cell.strip() for cell in line.strip()[1:-1].split("|"))
-        for line in lines
-        if line.startswith("|")
-    ]
-    if any(len(row) != 4 for row in rows):
-        raise ValueError(
-            "templates/results_files.md: every row needs 4 cells (pattern, status, what, command)"
-        )
-    return [(row[0].strip("`"), *row[1:]) for row in rows[2:]]
+    lines = TEMPLATE_FILE.with_name("results_files.md").read_text().splitlines()
+    rows = [[cell.strip() for cell in line.strip()[1:-1].split("|")] for line in lines if line[:1] == "|"]
+    if any(len(cells) != 4 for cells in rows):
+        raise ValueError("templates/results_files.md: each row needs 4 cells: pattern, status, what, command")
+    return [(cells[0].strip("`"), *cells[1:]) for cells in rows[2:]]
 
 
 def describe(path: str, provenance: dict[str, Any]) -> tuple[str, str, str]:
@@ -795,7 +589,6 @@ def results_index(results_dir: Path) -> str:
     return "\n".join([fill("results_index"), *rows]) + "\n"
 
 
-# ---------------------------------------------------------------------------------------------- files
 def relative(path: Path, folder: Path) -> str:
     """`path` relative to `folder` for a markdown link (`..` allowed), or absolute on another drive."""
     try:
@@ -805,8 +598,7 @@ def relative(path: Path, folder: Path) -> str:
 
 
 def write_section(path: Path, text: str, what: str) -> None:
-    """`text` between the markers of `path`, leaving the rest alone; printed when the file or its markers are
-    missing."""
+    """`text` between the markers of `path`, the rest left alone; printed when the file or markers are missing."""
     content = path.read_text() if path.is_file() else ""
     start, end = content.find(START), content.find(END)
     if 0 <= start < end:
@@ -818,17 +610,19 @@ def write_section(path: Path, text: str, what: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options; for `results/` itself the docs page and the index default to theirs."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = REPO_ROOT / "results"
-    parser.add_argument("--results-dir", default=str(default), help="where accuracy_*.json are")
-    parser.add_argument("--efficiency", help="efficiency JSON (default: <results-dir>/efficiency.json)")
-    parser.add_argument("--markdown", help="summary file (default: <results-dir>/accuracy_summary.md)")
-    parser.add_argument("--plot", help="plot file (default: <results-dir>/accuracy_vs_params.png)")
-    parser.add_argument(
-        "--readme", default=str(REPO_ROOT / "README.md"), help="README for the headline table"
-    )
-    parser.add_argument("--docs", help="page for the full tables (default: docs/benchmarks.md for results/)")
-    parser.add_argument("--index", help="the index of results/ (default: results/README.md for results/)")
+    for flag, value, text in (
+        ("--results-dir", str(default), "where accuracy_*.json are"),
+        ("--efficiency", None, "efficiency JSON (default: <results-dir>/efficiency.json)"),
+        ("--markdown", None, "summary file (default: <results-dir>/accuracy_summary.md)"),
+        ("--plot", None, "plot file (default: <results-dir>/accuracy_vs_params.png)"),
+        ("--readme", str(REPO_ROOT / "README.md"), "README for the headline table"),
+        ("--docs", None, "page for the full tables (default: docs/benchmarks.md for results/)"),
+        ("--index", None, "the index of results/ (default: results/README.md for results/)"),
+    ):
+        parser.add_argument(flag, default=value, help=text)
     args = parser.parse_args(argv)
     if Path(args.results_dir).resolve() == default.resolve():  # another folder is a side protocol's
         args.docs = args.docs or str(REPO_ROOT / "docs" / "benchmarks.md")
@@ -837,8 +631,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    """Write the summary, the plot, the README's headline, the docs' full tables and the index of results/ (each
-    where asked); returns the full section."""
+    """Write the summary, plot, headline, full tables and results index (each where asked); return the section."""
     args = parse_args(argv)
     results = Path(args.results_dir)
     eff_file = Path(args.efficiency) if args.efficiency else results / "efficiency.json"

@@ -1,17 +1,10 @@
 #!/usr/bin/env python
-"""Run peft's own custom-model test suite (`tests/test_custom_models.py` upstream) against UPetu.
+"""Run peft's own custom-model test suite (`tests/test_custom_models.py` upstream) against UPetu: the suite is
+copied from a peft checkout into a temporary folder and changed there in three places (`HOOKS`) so that its cases
+are UPetu's (`templates/peft_upetu_cases.py`: tiny ConvNeXt models behind the suite's interface). Every outcome
+goes to `--output`, failures grouped by cause, so that the expected ones (UPetu refuses to merge; raw state dicts
+differ across a save at 1-8 bits, README "What is exact") stand apart. Nothing from peft is copied here.
 
-peft's suite builds toy models (an MLP, a few convolutions) that UPetu cannot adapt, so this script copies the suite
-from a peft checkout into a temporary folder and changes three things there, nothing else: `TEST_CASES` becomes the
-UPetu cases of `CASES` (V1 and V2 ConvNeXt; 1, 4 and 32 bits; `modules_to_save`);
-`MockTransformerWrapper.from_pretrained("ConvNeXt" | "ConvNeXtV2")` returns a tiny random ConvNeXt classifier behind
-the suite's `model(X=...) -> tensor` interface; `prepare_inputs_for_testing` returns 4 random 32 x 32 images.
-
-Every outcome is written to `--output` (JSON) with its reason; failures are grouped by cause, so that the expected
-ones (UPetu refuses to merge; raw state dicts across a save differ at 1-8 bits, README "What is exact") stand apart
-from anything new. Nothing from peft is copied into this repository.
-
-Usage:
     python scripts/peft_custom_suite.py --peft /path/to/peft/checkout --output /tmp/peft_suite.json
 """
 
@@ -32,47 +25,8 @@ from xml.etree import ElementTree
 from _common import REPO_ROOT, write_json_atomic
 
 SUITE_FILES = ("testing_common.py", "testing_utils.py", "test_custom_models.py", "conftest.py")
-CASES = '''
-import torch
-from torch import nn
-from transformers import ConvNextConfig, ConvNextForImageClassification
-from transformers import ConvNextV2Config, ConvNextV2ForImageClassification
-
-import upetu_hf  # registers the UPETU peft type
-from upetu_hf import UPetuConfig
-
-
-class ConvNeXtMock(nn.Module):
-    """A tiny ConvNeXt classifier behind the suite's interface: model(X=images) -> logits."""
-
-    def __init__(self, v2: bool) -> None:
-        super().__init__()
-        kw = dict(num_channels=3, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 2, 1], num_labels=5)
-        config, cls = (ConvNextV2Config, ConvNextV2ForImageClassification) if v2 else (
-            ConvNextConfig, ConvNextForImageClassification)
-        self.convnext = cls(config(**kw))
-        self.dtype = torch.float  # the suite sets this for its half-precision tests
-
-    def forward(self, X):
-        return self.convnext(pixel_values=X.to(self.dtype)).logits
-
-
-def build(model_id):
-    return ConvNeXtMock(v2=model_id == "ConvNeXtV2")
-
-
-def inputs(device):
-    return {"X": torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)}
-
-
-UPETU_TEST_CASES = [
-    ("ConvNeXt UPetu default", "ConvNeXt", UPetuConfig, {"r": 4}),
-    ("ConvNeXt UPetu 1bit", "ConvNeXt", UPetuConfig, {"r": 4, "bits": 1}),
-    ("ConvNeXt UPetu 32bit", "ConvNeXt", UPetuConfig, {"r": 4, "bits": 32}),
-    ("ConvNeXtV2 UPetu default", "ConvNeXtV2", UPetuConfig, {"r": 4}),
-    ("ConvNeXt UPetu modules_to_save", "ConvNeXt", UPetuConfig, {"r": 4, "modules_to_save": ["classifier"]}),
-]
-'''
+#: The UPetu cases, written into the copied suite as `upetu_cases.py`.
+CASES = (Path(__file__).parent / "templates" / "peft_upetu_cases.py").read_text()
 #: What the copied `test_custom_models.py` gets instead of each of these texts (each must be there).
 HOOKS = {
     "class MockTransformerWrapper:": "from .upetu_cases import UPETU_TEST_CASES, build as _upetu_build, inputs as "
@@ -87,11 +41,8 @@ LATENTS_NOT_SAVED = (
     "raw state dict differs across a save (expected at 1-8 bits: the file keeps no fp32 latents)"
 )
 #: peft's tests that compare raw state dicts before saving and after loading (README, "What is exact").
-STATE_DICT_TESTS = (
-    "test_save_pretrained",
-    "test_save_pretrained_pickle",
-    "test_parameters_after_loading_model",
-)
+STATE_DICT_TESTS = ("test_save_pretrained", "test_save_pretrained_pickle")
+STATE_DICT_TESTS += ("test_parameters_after_loading_model",)
 
 
 def failure_cause(name: str, text: str) -> str:
@@ -109,9 +60,7 @@ def patch_suite(folder: Path) -> None:
     text = path.read_text()
     for old, new in HOOKS.items():
         if old not in text:
-            raise SystemExit(
-                f"peft's test_custom_models.py has no {old.strip()!r}: this peft version is not supported."
-            )
+            raise SystemExit(f"peft's test_custom_models.py lacks {old.strip()!r}: an unsupported peft.")
         text = text.replace(old, new)
     path.write_text(text)
     (folder / "upetu_cases.py").write_text(CASES)
@@ -142,35 +91,20 @@ def run_suite(tests: Path, k: str) -> list[dict]:
         try:  # testing_common imports diffusers for tests UPetu never reaches
             import diffusers  # noqa: F401
         except ImportError:
-            (root / "stubs" / "diffusers").mkdir(parents=True)
-            (root / "stubs" / "diffusers" / "__init__.py").write_text(
-                "class StableDiffusionPipeline:\n    pass\n"
-            )
-        env = dict(
-            os.environ, PYTHONPATH=os.pathsep.join([str(root / "stubs"), str(root), str(REPO_ROOT / "src")])
-        )
-        command = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/test_custom_models.py",
-        ]
-        subprocess.run(
-            [*command, "-k", k, f"--junitxml={root / 'report.xml'}"], cwd=root, env=env, check=False
-        )
+            (stub := root / "stubs" / "diffusers").mkdir(parents=True)
+            (stub / "__init__.py").write_text("class StableDiffusionPipeline:\n    pass\n")
+        paths = os.pathsep.join([str(root / "stubs"), str(root), str(REPO_ROOT / "src")])
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        command += ["tests/test_custom_models.py", "-k", k, f"--junitxml={root / 'report.xml'}"]
+        subprocess.run(command, cwd=root, env=dict(os.environ, PYTHONPATH=paths), check=False)
         return classify(root / "report.xml")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--peft", type=Path, required=True, help="a peft source checkout (its tests/ folder is used)"
-    )
+    """Run the suite, write the outcomes, print their counts and any unexpected failure."""
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
+    parser.add_argument("--peft", type=Path, required=True, help="a peft source checkout (its tests/)")
     parser.add_argument("--output", type=Path, default=Path("peft_suite.json"), help="JSON file of outcomes")
     parser.add_argument("-k", default="UPetu", help="pytest -k expression (default: every UPetu case)")
     args = parser.parse_args(argv)
@@ -180,13 +114,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = run_suite(tests, args.k)
     counts = Counter(r["outcome"] if r["cause"] is None else f"failed: {r['cause']}" for r in rows)
     git = subprocess.run(["git", "-C", str(args.peft), "rev-parse", "HEAD"], capture_output=True, text=True)
-    result = {
-        "peft_tests_from": str(args.peft),
-        "peft_commit": (git.stdout.strip() or None) if git.returncode == 0 else None,
-        "peft_installed": version("peft"),
-        "counts": dict(counts),
-        "tests": rows,
-    }
+    commit = git.stdout.strip() if git.returncode == 0 else ""
+    result = dict(peft_tests_from=str(args.peft), peft_commit=commit or None, peft_installed=version("peft"))
+    result |= dict(counts=dict(counts), tests=rows)
     write_json_atomic(args.output, result)
     for outcome, n in counts.most_common():
         print(f"{n:4d}  {outcome}")

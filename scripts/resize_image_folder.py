@@ -1,8 +1,6 @@
-"""Write a pixel-identical, pre-resized copy of a class-per-folder image dataset (lossless WebP).
-
-The copy holds exactly the pixels the training pipeline feeds the model at `--size` (same decoding and the same
-PIL resize as `upetu_hf.data.ClassificationTransform`), so runs on the copy match runs on the original folder,
-while the copy is small enough to ship to a remote GPU machine. Example:
+"""Write a pixel-identical, pre-resized copy of a class-per-folder image dataset (lossless WebP): exactly the
+pixels the training pipeline feeds the model at `--size`, so runs on the copy match runs on the original folder,
+and the copy is small enough to ship to a remote GPU machine.
 
     python scripts/resize_image_folder.py ../shared/data/ucmerced /tmp/ucmerced-112 --size 112
 """
@@ -34,9 +32,9 @@ def resize_folder(source: Path, target: Path, size: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    """Resize `source` into `target`."""
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
     parser.add_argument("--size", type=int, default=112)
