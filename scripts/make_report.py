@@ -4,7 +4,8 @@
 `templates/report.md`. Writes `accuracy_summary.md` and `accuracy_vs_params.png` into the results folder; for
 `results/` itself also the region between `<!-- results:start -->` and `<!-- results:end -->` of README.md (a
 headline of at most 25 lines) and of docs/benchmarks.md (full tables, protocol, caveats), and `results/README.md`,
-the index of every file under `results/` (`templates/results_files.md`). Another folder's full section goes to
+the index of every file under `results/` (`templates/results_files.md`), and refreshes the numbers cited in the
+prose of README.md and docs/*.md (`_facts.py`). Another folder's full section goes to
 `--readme`; a file without markers is left alone and the section printed. `efficiency_markdown` renders
 `results/efficiency.md`.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import REPO_ROOT, TEMPLATE_FILE, fill, fmt_count, row, table, write_text_atomic
+from _facts import render as render_facts
 from _ledger import fmt_interval, mean_std, paired_difference, split_of
 from _variants import DEFAULT_COLOUR, VARIANTS
 
@@ -648,6 +650,12 @@ def main(argv: Sequence[str] | None = None) -> str:
         links = {"docs": relative(page, readme.parent), "index": relative(index, readme.parent)}
         write_section(page, text, "full tables")
         write_section(readme, headline(states, eff, links), "headline table")
+        for path in (
+            readme,
+            *sorted(page.parent.glob("*.md")),
+        ):  # the numbers cited in their prose (`_facts`)
+            if (cited := render_facts(old := path.read_text(encoding="utf-8"), str(path))) != old:
+                write_text_atomic(path, cited)
     else:
         write_section(readme, text, "results section")
     if args.index:
