@@ -23,22 +23,19 @@ FORMAT is `pt1` / `pt2` (a fraction in points, 1 or 2 decimals), `spt1` / `spt2`
 `f2` / `f3` (decimals), `sf1` / `sf2` (the same with a sign), `int` (thousands separated), `M` (millions), `kb`
 (bytes in KB), `mb` (bytes in MB), `lr` (3 significant digits); a paired difference is printed with a sign.
 
-Usage: `python scripts/_facts.py README.md docs/*.md` (rewrites them; `--check` only reports what would change).
+`python scripts/make_report.py` refreshes them; tests/test_docs.py requires them current.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import cache
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from _common import REPO_ROOT, write_text_atomic
+from _common import REPO_ROOT
 from _ledger import mean_std, paired_scores, split_of
 
 RESULTS = REPO_ROOT / "results"
@@ -155,24 +152,3 @@ def render(text: str, where: str = "") -> str:
         return f"<!-- n {name} {query} {fmt} -->{value}<!-- /n -->"
 
     return FACT.sub(one, text)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("files", nargs="+", type=Path, help="Markdown files to update")
-    parser.add_argument("--check", action="store_true", help="report stale numbers, write nothing")
-    args = parser.parse_args(argv)
-    stale = []
-    for path in args.files:
-        old = path.read_text(encoding="utf-8")
-        new = render(old, str(path))
-        if new != old:
-            stale.append(str(path))
-            if not args.check:
-                write_text_atomic(path, new)
-    print(f"_facts: {'stale' if args.check else 'updated'}: {', '.join(stale) or 'none'}", file=sys.stderr)
-    return 1 if args.check and stale else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -60,10 +60,12 @@ def decide(report: dict[str, Any]) -> dict[str, Any]:
     best = max(quantized, key=lambda n: (quantized[n]["validation_mean"], -SMALLER_FIRST.index(n)))
     if best == DEFAULT:
         return {"decided": True, "default": DEFAULT, "why": "today's default has the best mean validation"}
-    interval = report["versus"][DEFAULT][best]["validation"]["ci95"]
-    if interval[0] <= 0 <= interval[1]:
-        return {"decided": True, "default": DEFAULT, "why": f"{best}'s interval {interval} includes 0"}
-    return {"decided": True, "default": best, "why": f"{best} is best and its interval {interval} excludes 0"}
+    versus = report["versus"][DEFAULT][best]["validation"]
+    low, high = versus["ci95"]
+    shown = f"{best} has the best mean validation, {fmt_interval(versus)} points against {DEFAULT}"
+    if low <= 0 <= high:
+        return {"decided": True, "default": DEFAULT, "why": f"{shown}: the interval includes 0"}
+    return {"decided": True, "default": best, "why": f"{shown}: the interval excludes 0"}
 
 
 def build(folder: Path) -> dict[str, Any]:

@@ -581,8 +581,9 @@ class QLinearWeight(nn.Module):
     Why 1 bit derives its magnitudes: with learned `m` and `t` the 1-bit adapter lost 1.9 points to the 32-bit one
     on UCM-55, and a control with the same parameterization at 32 bits (never quantized) lost most of that too, so
     the cost sat in the learned magnitudes, not in the codes. Derived magnitudes recovered about half the gap, chosen
-    on validation over three splits (results/history/qlinear_comparison.md). At 2 and 4 bits they measured worse than
-    learned ones, so those keep format 4.
+    on validation over three splits (results/history/qlinear_comparison.md). At 4 bits a comparison over 24 paired
+    runs, fixed in writing before it ran, could not tell derived from learned magnitudes on validation
+    (results/format_comparison/), so 2 to 8 bits keep format 4.
 
     Units, and why: the latent tensor, `m` and `t` all live in the units of the 32-bit weight. At k bits the codes
     only carry signs and level indices, so the magnitudes are all in `m` and `t`; Adam steps every parameter by
