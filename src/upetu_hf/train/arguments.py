@@ -120,7 +120,7 @@ _DENSE_HEAD_LRS = " and ".join(
 )
 _DECODER_WIDTHS = " and ".join(str(s.decoder_width) for s in TASK_SPECS.values() if s.decoder_width)
 METHOD, OPTIM, DATA, MODEL, RUN = "method", "optimisation", "data", "model", "checkpoints, logging, outputs"
-BANDS, SCENES = "multispectral bands", "scenes of any size"
+BANDS, SCENES, HARDWARE = "multispectral bands", "scenes of any size", "batches and hardware"
 TILE_WINDOWS = ("uniform", "hann")
 #: `--band-statistics` values besides a JSON file's path.
 BAND_STATISTICS = ("train", "processor")
@@ -581,31 +581,41 @@ class EvalArguments:
     run's own test split is evaluated, reproducing the reported metrics)."""
 
     adapter: str = required("Output folder of an upetu-train run, or the Hub repo it was pushed to.", None)
-    model: str | None = option(None, "Base checkpoint (default: the run's --model).")
-    data: list[str] | None = option(None, "Dataset (default: the run's).")
+    model: str | None = option(None, "Base checkpoint (default: the run's --model).", MODEL)
+    data: list[str] | None = option(None, "Dataset (default: the run's).", DATA)
     split: str = option(
-        "test", "Which split of the run's splits to use, or 'all' of --data (default test).", choices=SPLITS
+        "test",
+        "Which split of the run's splits to use, or 'all' of --data (default test).",
+        DATA,
+        choices=SPLITS,
     )
-    train_fraction: float | None = option()
-    validation_fraction: float | None = option()
-    split_seed: int | None = option()
-    max_eval_samples: int | None = option()
-    image_size: int | None = option()
-    resize: int | None = option()
+    train_fraction: float | None = option(
+        None, "Training share when --data is split (default: the run's).", DATA
+    )
+    validation_fraction: float | None = option(None, "Validation share (default: the run's).", DATA)
+    split_seed: int | None = option(None, "Seed of the split (default: the run's).", DATA)
+    max_eval_samples: int | None = option(
+        None, "Evaluate at most this many items (default: the run's).", DATA
+    )
+    image_size: int | None = option(None, "Input side in pixels (default: the run's).", DATA)
+    resize: int | None = option(None, "Resize side before the crop (default: the run's).", DATA)
     tile_size: int | None = option(
         None,
         "Sliding-window side for segmentation / change detection (default: the run's, else whole scenes).",
+        SCENES,
     )
-    tile_overlap: int | None = option(None, "Tile overlap (default: the run's).")
-    tile_window: str | None = option(None, "uniform or hann (default: the run's).", choices=TILE_WINDOWS)
-    batch_size: int | None = option()
+    tile_overlap: int | None = option(None, "Tile overlap (default: the run's).", SCENES)
+    tile_window: str | None = option(
+        None, "uniform or hann (default: the run's).", SCENES, choices=TILE_WINDOWS
+    )
+    batch_size: int | None = option(None, "Batch size (default: the run's evaluation batch size).", HARDWARE)
     predict_dir: str | None = option(
-        None, "Write predictions here: predictions.csv, or one PNG mask per image."
+        None, "Write predictions here: predictions.csv, or one PNG mask per image.", RUN
     )
-    metrics_file: str | None = option(None, "Also write the metrics to this JSON file.")
-    mixed_precision: str = option("no", choices=MIXED_PRECISION)
-    num_workers: int = option(0)
-    cpu: bool = option(False)
+    metrics_file: str | None = option(None, "Also write the metrics to this JSON file.", RUN)
+    mixed_precision: str = option("no", "fp16 needs a GPU.", HARDWARE, choices=MIXED_PRECISION)
+    num_workers: int = option(0, "DataLoader workers.", HARDWARE)
+    cpu: bool = option(False, "Evaluate on CPU even if a GPU is available.", HARDWARE)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):
