@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from _common import REPO_ROOT
-from _ledger import mean_std, paired_scores, split_of
+from _ledger import final_pairs, fmt_interval, mean_std, paired_scores, split_of, test_scores_by_pair
 
 RESULTS = REPO_ROOT / "results"
 FACT = re.compile(r"<!-- n (\S+) (\S+) (\S+) -->(.*?)<!-- /n -->", re.S)
@@ -83,15 +83,14 @@ def final_scores(
     """Variant's final-run scores keyed by (split seed, seed): the summary's test scores, or `SCORES[score]` of the
     ledger's runs on the same pairs at the chosen rate (or at `lr`)."""
     s = state["summary"][variant]
-    pairs = list(zip(s.get("split_seeds") or [0] * len(s["seeds"]), s["seeds"]))
     if score == "test" and lr is None:
-        return {p: v for p, v in zip(pairs, s["test_scores"]) if v is not None}
+        return test_scores_by_pair(s)
     rate = s["lr"] if lr is None else float(lr)
     runs = [
         r for r in state["runs"] if r["variant"] == variant and r.get("status") == "ok" and r["lr"] == rate
     ]
     by_pair = {(split_of(r), r["seed"]): SCORES[score](r) for r in runs if r["options"] == s["options"]}
-    return {p: by_pair[p] for p in pairs if p in by_pair}
+    return {p: by_pair[p] for p in final_pairs(s) if p in by_pair}
 
 
 def at(data: Any, path: str) -> Any:
@@ -105,9 +104,7 @@ def at(data: Any, path: str) -> Any:
 def show(value: Any, fmt: str) -> str:
     """A number, a `{mean, ci95}` difference (with a sign) or a `{mean, std}` spread, printed in `fmt`."""
     if isinstance(value, dict) and "ci95" in value:
-        sign = FORMATS[fmt if fmt.startswith("s") else "s" + fmt]
-        low, high = value["ci95"]
-        return f"{sign(value['mean'])} [{sign(low)}, {sign(high)}]"
+        return fmt_interval(value, number=FORMATS[fmt if fmt.startswith("s") else "s" + fmt])
     if isinstance(value, dict):
         return f"{FORMATS[fmt](value['mean'])} ± {FORMATS[fmt.lstrip('s')](value['std'])}"
     return FORMATS[fmt](value)

@@ -9,7 +9,7 @@ import datetime
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -147,12 +147,17 @@ def paired_difference(summary: dict[str, Any], a: str, b: str) -> dict[str, Any]
     removes what a pair shares (split, seed), so it detects smaller differences than two means do."""
     if a not in summary or b not in summary:
         return None
+    return paired_scores(test_scores_by_pair(summary[a]), test_scores_by_pair(summary[b]), a, b)
 
-    def by_pair(s: dict[str, Any]) -> dict[tuple[int, int], float]:
-        splits = s.get("split_seeds") or [0] * len(s["seeds"])
-        return {(sp, seed): v for sp, seed, v in zip(splits, s["seeds"], s["test_scores"]) if v is not None}
 
-    return paired_scores(by_pair(summary[a]), by_pair(summary[b]), a, b)
+def final_pairs(s: dict[str, Any]) -> list[tuple[int, int]]:
+    """The (split seed, seed) pairs of a variant summary's final runs, in its order."""
+    return list(zip(s.get("split_seeds") or [0] * len(s["seeds"]), s["seeds"]))
+
+
+def test_scores_by_pair(s: dict[str, Any]) -> dict[tuple[int, int], float]:
+    """A variant summary's test scores keyed by (split seed, seed), undefined ones left out."""
+    return {p: v for p, v in zip(final_pairs(s), s["test_scores"]) if v is not None}
 
 
 def paired_scores(left: dict, right: dict, a: str = "a", b: str = "b") -> dict[str, Any] | None:
@@ -169,10 +174,12 @@ def paired_scores(left: dict, right: dict, a: str = "a", b: str = "b") -> dict[s
     return dict(out, ci95=[low, high], decided=a if low > 0 else b if high < 0 else None)
 
 
-def fmt_interval(d: dict[str, Any], sep: str = " ") -> str:
-    """A paired difference (`paired_scores`) in points: `+1.23 [+0.45, +2.01]`, mean and interval joined by `sep`."""
+def fmt_interval(d: dict[str, Any], sep: str = " ", number: Callable[[float], str] | None = None) -> str:
+    """A paired difference (`paired_scores`): `+1.23 [+0.45, +2.01]`, mean and interval joined by `sep`, each
+    printed by `number` (default: in points with a sign, 2 decimals)."""
+    number = number or (lambda x: f"{100 * x:+.2f}")
     low, high = d["ci95"]
-    return f"{100 * d['mean']:+.2f}{sep}[{100 * low:+.2f}, {100 * high:+.2f}]"
+    return f"{number(d['mean'])}{sep}[{number(low)}, {number(high)}]"
 
 
 def summarize(state: dict[str, Any], setup) -> dict[str, Any]:

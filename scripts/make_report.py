@@ -27,7 +27,7 @@ from typing import Any
 
 from _common import REPO_ROOT, TEMPLATE_FILE, fill, fmt_count, row, table, write_text_atomic
 from _facts import render as render_facts
-from _ledger import fmt_interval, mean_std, paired_difference, split_of
+from _ledger import final_pairs, fmt_interval, mean_std, paired_difference, split_of
 from _variants import DEFAULT_COLOUR, VARIANTS
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -170,7 +170,7 @@ def fit_table(state: dict[str, Any]) -> list[str]:
     on) over the summary's runs; higher than another method's at its own tuned rate means underfitting."""
     rows = []
     for variant, s in state["summary"].items():
-        pairs = set(zip(s.get("split_seeds") or [0] * len(s["seeds"]), s["seeds"]))
+        pairs = set(final_pairs(s))
         same = (variant, "ok", s["lr"], s["options"])
         runs = [r for r in state["runs"] if (r["variant"], r.get("status"), r["lr"], r["options"]) == same]
         runs = [r for r in runs if (split_of(r), r["seed"]) in pairs]

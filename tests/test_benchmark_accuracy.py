@@ -13,7 +13,7 @@ import PIL.Image
 import pytest
 from transformers import ConvNextConfig, ConvNextForImageClassification
 
-from upetu_hf.train.methods import DENSE_HEAD_LR
+from upetu_hf.train.tasks import get_task
 
 CLASSES = ("alpha", "beta", "gamma")
 
@@ -549,9 +549,9 @@ def test_retrain_sets_aside_a_methods_runs_and_takes_the_new_ones(bench, monkeyp
 def test_dense_head_lr_is_the_training_apis_default_unless_given(bench, tmp_path):
     module = bench["module"]
     cd = json.loads((bench["out"] / "accuracy_change_detection.json").read_text())
-    assert cd["protocol"]["dense_head_lr"] == DENSE_HEAD_LR["change-detection"]
+    assert cd["protocol"]["dense_head_lr"] == get_task("change-detection").head_lr
     (run,) = cd["runs"]
-    assert run["arguments"]["head_lr"] == DENSE_HEAD_LR["change-detection"]
+    assert run["arguments"]["head_lr"] == get_task("change-detection").head_lr
 
     args = module.parse_args(
         bench_args(
@@ -573,6 +573,6 @@ def test_dense_head_lr_is_the_training_apis_default_unless_given(bench, tmp_path
         bench_args(bench["assets"], tmp_path / "o", tmp_path / "w", "--tasks", "segmentation")
     )
     (seg_setup,) = module.make_setups(args, tmp_path / "w")
-    assert args.seg_head_hidden == 64 and seg_setup.head_lr == DENSE_HEAD_LR["segmentation"] * 8
+    assert args.seg_head_hidden == 64 and seg_setup.head_lr == get_task("segmentation").head_lr * 8
     peft = module.training_arguments(seg_setup, args, "lora", {}, tmp_path / "r", lr=3e-3)
     assert peft.head_lr == seg_setup.protocol(args)["dense_head_lr"] == 8e-4

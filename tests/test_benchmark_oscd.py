@@ -8,7 +8,7 @@ from test_benchmark_accuracy import forbid_training, load_script
 from test_train import write_checkpoint
 from test_train_multiband import multiband_change
 
-from upetu_hf.train.methods import DENSE_HEAD_LR
+from upetu_hf.train.tasks import get_task
 
 
 def test_oscd13_compares_13_bands_with_rgb(tmp_path, monkeypatch):
@@ -31,7 +31,7 @@ def test_oscd13_compares_13_bands_with_rgb(tmp_path, monkeypatch):
     assert all(r["status"] == "ok" for r in runs.values()) and len(runs) == 4
     assert runs["upetu-rgb", 0]["bands"]["selected"] == ["B04", "B03", "B02"]
     assert runs["upetu-13band", 0]["bands"]["rgb_indices"] == [3, 2, 1]
-    head_lr = DENSE_HEAD_LR["change-detection"]
+    head_lr = get_task("change-detection").head_lr
     assert (
         state["protocol"]["dense_head_lr"] == head_lr
         and runs["upetu-rgb", 1]["arguments"]["head_lr"] == head_lr

@@ -1,4 +1,4 @@
-"""`benchmark_accuracy.py --head-lrs`: the dense decoders' learning-rate search (behind DENSE_HEAD_LR) runs through
+"""`benchmark_accuracy.py --head-lrs`: the dense decoders' learning-rate search (behind `TaskSpec.head_lr`) runs through
 the accuracy benchmark's ledger: every seed and split seed is a search run, the best mean validation chooses, and
 parallel shards merge without training again."""
 
@@ -9,7 +9,7 @@ import json
 import pytest
 from test_benchmark_accuracy import bench_args, forbid_training, load_script, write_assets
 
-from upetu_hf.train.methods import DENSE_HEAD_LR
+from upetu_hf.train.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +71,8 @@ def test_shards_merge_and_the_best_mean_is_chosen(assets, tmp_path, monkeypatch)
     paired = choice["best_minus_other_validation"]["0.0001"]
     assert paired["n"] == 2 and paired["mean"] == pytest.approx(0.009)
     assert state["summary"]["upetu"]["head_lr"] == 1e-3 and state["summary"]["upetu"]["n"] == 2
-    # the rate upetu-train gives the 64-channel UperNet today: 512 / 64 x DENSE_HEAD_LR
-    assert state["current_default"] == pytest.approx(DENSE_HEAD_LR["segmentation"] * 8)
+    # the rate upetu-train gives the 64-channel UperNet today: 512 / 64 x the task's head_lr
+    assert state["current_default"] == pytest.approx(get_task("segmentation").head_lr * 8)
     assert json.loads((a / "head_lr_segmentation.json").read_text())["selection"] == state["selection"]
     with pytest.raises(
         SystemExit, match="other settings"
@@ -92,6 +92,6 @@ def test_change_detection_searches_every_split_seed(assets, tmp_path, monkeypatc
     assert all(s[5] == 32 for s in seen) and state["protocol"]["head_hidden_size"] == 32
     assert all(r["phase"] == "search" for r in state["runs"])  # every split is a search split: no seed runs
     assert state["selection"]["upetu"]["head_lr"] == 1e-3
-    assert state["current_default"] == pytest.approx(DENSE_HEAD_LR["change-detection"] * 4)
+    assert state["current_default"] == pytest.approx(get_task("change-detection").head_lr * 4)
     with pytest.raises(SystemExit):  # the search is the dense decoders'
         module.parse_args([*argv, "--tasks", "classification"])

@@ -658,10 +658,11 @@ def test_train_package_is_imported_by_nothing_else():
 
 
 def test_heads_train_at_their_own_learning_rate(assets, tmp_path, monkeypatch):
-    """PEFT methods on dense tasks train their (large, fresh) decoders at DENSE_HEAD_LR by default; `head_lr`
+    """PEFT methods on dense tasks train their (large, fresh) decoders at their task's `head_lr` by default; `head_lr`
     overrides it; classification heads and full fine-tuning keep one rate."""
     from upetu_hf.train import loop
-    from upetu_hf.train.methods import DENSE_HEAD_LR, is_head_parameter
+    from upetu_hf.train.methods import is_head_parameter
+    from upetu_hf.train.tasks import get_task
 
     seen = []
 
@@ -689,7 +690,7 @@ def test_heads_train_at_their_own_learning_rate(assets, tmp_path, monkeypatch):
         return by_kind
 
     seg = str(assets["segmentation"])
-    seg_lr, cd_lr = DENSE_HEAD_LR["segmentation"], DENSE_HEAD_LR["change-detection"]
+    seg_lr, cd_lr = get_task("segmentation").head_lr, get_task("change-detection").head_lr
     # an 8-channel UperNet (the default is 512): the searched rate scaled by 512 / 8
     assert rates("segmentation", seg, head_hidden_size=8) == {"head": {seg_lr * 64}, "other": {None}}
     assert 1e-2 not in (seg_lr, cd_lr)  # None: the optimizer's lr, UPetu's 1e-2
@@ -706,10 +707,11 @@ def test_heads_train_at_their_own_learning_rate(assets, tmp_path, monkeypatch):
 
 
 def test_default_head_lr_scales_inversely_with_the_decoder_width():
-    from upetu_hf.train.methods import DEFAULT_DECODER_WIDTH, DENSE_HEAD_LR, default_head_lr
+    from upetu_hf.train.methods import default_head_lr
+    from upetu_hf.train.tasks import get_task
 
     for task in ("segmentation", "change-detection"):
-        base, width = DENSE_HEAD_LR[task], DEFAULT_DECODER_WIDTH[task]
+        base, width = get_task(task).head_lr, get_task(task).decoder_width
         assert default_head_lr(task, "upetu", 1e-2) == default_head_lr(task, "lora", 3e-3, width) == base
         assert default_head_lr(task, "ia3", 3e-3, width // 4) == pytest.approx(4 * base)
         assert default_head_lr(task, "upetu", 1e-2, width * 2) == pytest.approx(base / 2)
@@ -721,7 +723,7 @@ def test_default_head_lr_scales_inversely_with_the_decoder_width():
 
     from upetu_hf.models import ConvNextChangeDetectionConfig
 
-    assert DEFAULT_DECODER_WIDTH == {
+    assert {task: get_task(task).decoder_width for task in ("segmentation", "change-detection")} == {
         "segmentation": UperNetConfig().hidden_size,
         "change-detection": ConvNextChangeDetectionConfig().decoder_hidden_size,
     }

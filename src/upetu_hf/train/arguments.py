@@ -397,7 +397,7 @@ class TrainingArguments:
         require(len(self.data) >= 1, "--data is required: a Hub dataset id or a local folder.")
         require(bool(self.output_dir), "--output-dir is required.")
         self._validate_numbers()
-        self._validate_task_options()
+        get_task(self.task).check_options(self)
         self._validate_band_options()
         check_tile_options(self.tile_size, self.tile_overlap, self.tile_window)
         self._validate_run_options()
@@ -413,9 +413,6 @@ class TrainingArguments:
             self.mixed_precision in MIXED_PRECISION,
             f"--mixed-precision {self.mixed_precision!r} is invalid: allowed values are {', '.join(MIXED_PRECISION)}.",
         )
-
-    def _validate_task_options(self) -> None:
-        get_task(self.task).check_options(self)
 
     def _validate_band_options(self) -> None:
         crops = self.crops_per_image

@@ -17,23 +17,13 @@ from torch import nn
 from ..tuner import UPetuConfig
 from ..tuner.model import KNOWN_HEADS
 from ..tuner.quantization import kbit_latents
-from .tasks import TASK_SPECS, get_task
+from .tasks import get_task
 
 METHODS = ("upetu", "full", "linear", "lora", "ia3")
 PEFT_METHODS = ("upetu", "lora", "ia3")
 #: Default learning rate of each method (used when `lr` is None). UPetu needs a high rate because its scales
 #: (`s`, `beta`) start at 0; full fine-tuning a low one.
 DEFAULT_LR = {"upetu": 1e-2, "full": 5e-4, "linear": 1e-2, "lora": 3e-3, "ia3": 3e-3}
-#: Default learning rate of the task heads of the PEFT methods on the dense tasks, per task (`TaskSpec.head_lr`,
-#: where each search is recorded), for the decoders `upetu-train` builds by default (`DEFAULT_DECODER_WIDTH`). Those
-#: decoders (a UperNet of ~29 M parameters on ConvNeXt-B, the change-detection decoder) start from scratch and are
-#: far larger than the adapter: at UPetu's adapter rate of 1e-2 the default UperNet collapsed to the majority
-#: class. Decoders of another width get a rescaled rate (`default_head_lr`).
-DENSE_HEAD_LR = {name: spec.head_lr for name, spec in TASK_SPECS.items() if spec.head_lr is not None}
-#: Channels of the decoders `upetu-train` builds when `--head-hidden-size` is not given (`TaskSpec.decoder_width`:
-#: UperNet's default `hidden_size`, the change-detection decoder's `decoder_hidden_size`): the widths DENSE_HEAD_LR
-#: was searched at.
-DEFAULT_DECODER_WIDTH = {name: spec.decoder_width for name, spec in TASK_SPECS.items() if spec.decoder_width}
 #: Options that only mean something for one family of methods (`r` is the UPetu bottleneck and the LoRA rank).
 UPETU_OPTIONS = (
     "bits",
@@ -57,9 +47,11 @@ DEFAULT_LORA_R = 8
 
 
 def dense_head_lr(task: str, head_hidden_size: int | None = None) -> float:
-    """The PEFT methods' default decoder rate on a dense task: `DENSE_HEAD_LR[task] * DEFAULT_DECODER_WIDTH[task] /
-    head_hidden_size`, i.e. the task's searched rate for the default decoder (`head_hidden_size=None`), scaled
-    inversely with the width of a narrower or wider one.
+    """The PEFT methods' default decoder rate on a dense task: `spec.head_lr * spec.decoder_width / head_hidden_size`
+    (`TaskSpec`, where each search is recorded), i.e. the task's searched rate for the decoder `upetu-train` builds
+    by default (`head_hidden_size=None`), scaled inversely with the width of a narrower or wider one. Those decoders
+    (a UperNet of ~29 M parameters on ConvNeXt-B, the change-detection decoder) start from scratch and are far
+    larger than the adapter: at UPetu's adapter rate of 1e-2 the default UperNet collapsed to the majority class.
 
     Why: Adam moves every weight by about the learning rate, so a layer's output moves in proportion to its fan-in;
     a decoder 8x narrower needs an 8x larger rate for the same pace (the muP rule for hidden layers under Adam).

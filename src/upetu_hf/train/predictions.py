@@ -62,7 +62,6 @@ class TablePredictions(PredictionWriter):
         self.rows: list[dict[str, Any]] = []
 
     def __call__(self, gathered: dict[str, torch.Tensor]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
         for j, index in enumerate(gathered["index"].tolist()):
             pred = gathered["preds"][j]
             row = {
