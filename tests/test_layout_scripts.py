@@ -151,7 +151,7 @@ def sys_path_edits(tree: ast.Module) -> list[int]:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="issue 29: scripts/ is still above 3,000 lines (3,258 on 2026-12-07; see the issue notes)",
+    reason="issue 29: scripts/ is still above 3,000 lines (3,262 on 2026-12-07; see the issue notes)",
 )
 def test_scripts_fit_in_the_line_budget():
     lines = {p.name: len(p.read_bytes().splitlines()) for p in SCRIPTS.glob("*.py")}
