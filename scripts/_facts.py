@@ -14,7 +14,8 @@ QUERY is one of:
   object there prints as `mean [low, high]`, a `{mean, std}` object as `mean ± std`;
 - `minus(P,Q)`: the value at path P minus the value at path Q; `spread(P)`: mean ± std of the numbers at path P;
 - `paired(A,B[,SCORE])`: A minus B over the (split seed, seed) pairs both ran at their chosen learning rates, a
-  benchmark ledger's scores (SCORE below), as `mean [low, high]` (95 % t-interval);
+  benchmark ledger's scores (SCORE below), as `mean [low, high]` (95 % t-interval); `OTHER:B` is variant B of the
+  ledger `results/OTHER` (`paired(upetu,format_comparison/format4.json:upetu,validation)`);
 - `pm(A[,SCORE[,LR]])`: mean ± std of variant A's final runs in a benchmark ledger, `mean(A[,SCORE[,LR]])` the
   mean alone; SCORE is `test` (the default), `validation` or `loss` (the last epoch's training loss), LR the runs
   at that learning rate on the same (split seed, seed) pairs instead of those at the chosen one.
@@ -93,6 +94,12 @@ def final_scores(
     return {p: by_pair[p] for p in final_pairs(s) if p in by_pair}
 
 
+def ledger_scores(data: dict[str, Any], variant: str, score: str) -> dict[tuple[int, int], float]:
+    """`final_scores` of `variant` in `data`, or of `NAME:variant` in the ledger `results/NAME`."""
+    name, _, variant = variant.rpartition(":")
+    return final_scores(load(name) if name else data, variant, score)
+
+
 def at(data: Any, path: str) -> Any:
     """The value at `path` (module docstring)."""
     value = data
@@ -123,9 +130,7 @@ def evaluate(data: Any, query: str, fmt: str) -> str:
         return show({"mean": mean, "std": std}, fmt)
     if kind == "paired":
         score = args[2] if len(args) > 2 else "test"
-        return show(
-            paired_scores(final_scores(data, args[0], score), final_scores(data, args[1], score)), fmt
-        )
+        return show(paired_scores(*(ledger_scores(data, variant, score) for variant in args[:2])), fmt)
     if kind in ("pm", "mean"):
         mean, std = mean_std(list(final_scores(data, *args[:3]).values()))
         return show({"mean": mean, "std": std} if kind == "pm" else mean, fmt)

@@ -139,7 +139,7 @@ def test_the_citation_checks_catch_what_they_look_for():
         _facts.render("<!-- n nowhere.json a/b f1 -->1.0<!-- /n -->")
 
 
-def test_facts_queries_and_formats():
+def test_facts_queries_and_formats(monkeypatch):
     run = {"variant": "v", "status": "ok", "options": {}, "split_seed": 0, "validation_score": 0.6}
     summary = {"lr": 0.01, "options": {}, "seeds": [0, 1], "test_scores": [0.5, 0.7]}  # split seed 0
     ledger = {
@@ -154,6 +154,9 @@ def test_facts_queries_and_formats():
     assert _facts.evaluate(ledger, "pm(v)", "pt1") == "60.0 ± 14.1"
     assert _facts.evaluate(ledger, "mean(v,loss)", "f2") == "0.30"
     assert _facts.evaluate(ledger, "mean(v,test,0.03)", "pt1") == "30.0"
+    other = {"summary": {"w": dict(summary, test_scores=[0.4, 0.5])}, "runs": []}
+    monkeypatch.setattr(_facts, "load", {"other.json": other}.__getitem__)
+    assert _facts.evaluate(ledger, "paired(v,other.json:w)", "pt1") == "+15.0 [-48.5, +78.5]"
     data = {"a b": {"mean": 1.0, "ci95": [-0.25, 2.5]}, "c": {"mean": 2.0, "std": 0.5}, "n": [3374520, 1000]}
     assert _facts.evaluate(data, "a%20b", "f1") == "+1.0 [-0.2, +2.5]"
     assert _facts.evaluate(data, "c", "f2") == "2.00 ± 0.50"

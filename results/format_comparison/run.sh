@@ -4,7 +4,7 @@
 #   git worktree add /tmp/wt27 a423d7e && bash results/format_comparison/run.sh /tmp/wt27 /tmp/ucmerced-112
 # (the 112-px UCM copy: python scripts/resize_image_folder.py ../shared/data/ucmerced /tmp/ucmerced-112 --size 112)
 # Then copy /tmp/format_comparison/<job>/accuracy_classification.json to results/format_comparison/<job>.json and
-# run `python scripts/format_comparison.py results/format_comparison`.
+# run `python scripts/make_report.py` (docs/benchmarks.md reads the paired differences from the ledgers).
 set -u
 TREE=${1:?worktree at a423d7e} UCM=${2:?112-px UC Merced copy}
 HERE=$(cd "$(dirname "$0")" && pwd) OUT=${OUT:-/tmp/format_comparison}
