@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 #: Protocol entries that do not change any run's result, so files that differ only there can be merged: the
 #: learning-rate grid (runs are keyed by their learning rate), the list of split seeds (runs are keyed by theirs)
 #: and the search seeds (runs are keyed by their seed; the choice is made again from the runs on file).
-MERGEABLE_PROTOCOL_KEYS = ("lr_factors", "split_seeds", "search_seeds", "head_lrs")
+MERGEABLE_PROTOCOL_KEYS = ("lr_factors", "split_seeds", "search_seeds")
 
 
 def run_key(variant: str, options: dict[str, Any], lr: float, seed: int, split_seed: int = 0) -> str:
@@ -87,52 +87,40 @@ def break_tie(by_rate: dict[float, dict], tied: list[float], pairs: list[tuple])
     return min(tied), "smaller rate"
 
 
-def select(runs: list[dict], grid: list[tuple[float, float]], seeds, splits=0, key: str = "lr") -> dict:
+def select(runs: list[dict], grid: list[tuple[float, float]], seeds, splits=0) -> dict:
     """The rate of the `grid` ((factor, rate) pairs) with the best mean validation over the search runs of `seeds`
-    on the split seeds `splits`; `key` names the searched rate (`lr`, or the decoder's `head_lr`). A tie is broken
-    by more evidence (`break_tie`) and recorded as `tie`; `complete` is False while a candidate misses a run;
+    on the split seeds `splits`. A tie is broken by more evidence (`break_tie`) and recorded as `tie`; `complete` is False while a candidate misses a run;
     `interior`: neither the smallest nor the largest candidate."""
     seeds, splits = ([v] if isinstance(v, int) else list(v) for v in (seeds, splits))
     pairs = [(split, seed) for split in splits for seed in seeds]
     by_rate: dict[float, dict[tuple[int, int], dict[str, Any]]] = {}
     for r in runs:
         if r.get("status") == "ok" and split_of(r) in splits:
-            by_rate.setdefault(r.get(key), {})[split_of(r), r["seed"]] = r
+            by_rate.setdefault(r["lr"], {})[split_of(r), r["seed"]] = r
     candidates = []
     for f, lr in grid:
         mine = by_rate.get(lr, {})
         scores = [mine[p]["validation_score"] if p in mine else None for p in pairs]
         finished = all(p in mine for p in pairs)
         mean = statistics.fmean(scores) if finished and None not in scores else None
-        candidates.append({key: lr, "lr_factor": f, "finished": finished, "validation_score": mean})
+        candidates.append({"lr": lr, "lr_factor": f, "finished": finished, "validation_score": mean})
         candidates[-1].update({"validation_scores": scores} if len(pairs) > 1 else {})
     scored = [c for c in candidates if c["finished"]]
     if not scored:
-        return {"candidates": candidates, "complete": False, key: None}
+        return {"candidates": candidates, "complete": False, "lr": None}
 
     def score(c: dict[str, Any]) -> float:  # an undefined score ranks last
         value = c["validation_score"]
         return -math.inf if value is None or math.isnan(value) else value
 
     top = max(score(c) for c in scored)
-    tied = [c[key] for c in scored if top - score(c) <= TIE_TOLERANCE]
+    tied = [c["lr"] for c in scored if top - score(c) <= TIE_TOLERANCE]
     rate, rule = break_tie(by_rate, tied, pairs) if len(tied) > 1 else (tied[0], None)
-    best, lrs = next(c for c in scored if c[key] == rate), [lr for _, lr in grid]
+    best, lrs = next(c for c in scored if c["lr"] == rate), [lr for _, lr in grid]
     choice = dict(candidates=candidates, complete=len(scored) == len(candidates))
-    choice.update({"interior": min(lrs) < rate < max(lrs), key: rate, "lr_factor": best["lr_factor"]})
+    choice.update({"interior": min(lrs) < rate < max(lrs), "lr": rate, "lr_factor": best["lr_factor"]})
     choice.update(validation_score=best["validation_score"], best_epoch=by_rate[rate][pairs[0]]["best_epoch"])
     return dict(choice, tie={"lrs": tied, "decided_by": rule}) if rule else choice
-
-
-def versus_best(runs: list[dict[str, Any]], choice: dict[str, Any], key: str) -> dict[str, Any]:
-    """The chosen rate's validation minus each other rate's, paired over shared runs (`paired_scores`)."""
-    by_rate: dict[float, dict[tuple[int, int], float]] = {}
-    for r in runs:
-        if r.get("status") == "ok" and r["validation_score"] is not None:
-            by_rate.setdefault(r.get(key), {})[split_of(r), r["seed"]] = r["validation_score"]
-    best = by_rate.get(choice[key], {})
-    diffs = {f"{lr:g}": paired_scores(best, other) for lr, other in by_rate.items() if lr != choice[key]}
-    return {lr: {k: d[k] for k in ("n", "mean", "ci95")} for lr, d in diffs.items() if d}
 
 
 #: Two-sided 95 % quantiles of Student's t distribution by degrees of freedom (beyond 30: the normal's 1.96).
@@ -185,15 +173,12 @@ def fmt_interval(d: dict[str, Any], sep: str = " ", number: Callable[[float], st
 def summarize(state: dict[str, Any], setup) -> dict[str, Any]:
     """Per variant: the chosen rate (`select`, into `state["selection"]`) and the mean +- std of its final runs."""
     summary: dict[str, Any] = {}
-    key = setup.searched
     for name, variant in state["variants"].items():
         runs = [r for r in state["runs"] if r["variant"] == name and r["options"] == variant["options"]]
         grid = [tuple(g) for g in variant["lr_grid"]]
-        choice = select(runs, grid, setup.search_seeds, setup.search_splits, key)
-        if key != "lr" and choice[key] is not None:
-            choice["best_minus_other_validation"] = versus_best(runs, choice, key)
+        choice = select(runs, grid, setup.search_seeds, setup.search_splits)
         state["selection"][name] = choice
-        at_choice = [r for r in runs if r.get("status") == "ok" and r.get(key) == choice[key]]
+        at_choice = [r for r in runs if r.get("status") == "ok" and r["lr"] == choice["lr"]]
         final = [r for r in at_choice if r["seed"] in setup.seeds and split_of(r) in setup.split_seeds]
         final.sort(key=lambda r: (split_of(r), r["seed"]))
         if final:
@@ -213,7 +198,6 @@ def run_summary(label: str, choice: dict, final: list[dict], runs: list[dict]) -
     first, (test_mean, test_std) = final[0], mean_std([r["test_score"] for r in final])
     val_mean, val_std = mean_std([r["validation_score"] for r in final])
     out = {"label": label, "method": first["method"], "options": first["options"], "lr": first["lr"]}
-    out.update({"head_lr": choice["head_lr"]} if "head_lr" in choice else {})
     out.update(lr_factor=choice.get("lr_factor"), selection_complete=choice["complete"])
     out.update(seeds=[r["seed"] for r in final], split_seeds=[split_of(r) for r in final], n=len(final))
     out.update(test_scores=[r["test_score"] for r in final], test_mean=test_mean, test_std=test_std)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Accuracy benchmark of UPetu against full fine-tuning, the linear probe, LoRA and IA3 on real data, through the
-training API (`upetu_hf.train.train`); with `--head-lrs`, the search of the dense decoders' learning rate. Tasks
+training API (`upetu_hf.train.train`). Tasks
 (`BENCHMARKS`, data under `../shared`): classification on UCM-55, segmentation on GID tiles, change detection on
 LEVIR + DSIFN pairs, and oscd13 (OSCD's 13-band Sentinel-2 cities: UPetu on 13 bands against RGB).
 
@@ -147,8 +147,8 @@ def backbone_description(model: str) -> dict[str, Any]:
 
 @dataclass
 class TaskSetup:
-    """Everything that is the same for all runs of one task. With `head_lrs` the search varies the decoder's rate
-    on every seed and split seed, else the learning rate on the first split and `n_search_seeds` seeds."""
+    """Everything that is the same for all runs of one task; the search varies the learning rate on the first split
+    and `n_search_seeds` seeds."""
 
     name: str  # the `BENCHMARKS` key, the results file's task
     task: str  # the training task
@@ -164,14 +164,11 @@ class TaskSetup:
     sources: list[str]  # the data folders given
     split_data: dict[int, list[str]]  # data per split seed, where not `sources` (the dense pairs' links)
     head_lr: float | str | None  # the PEFT methods' decoder rate on a dense task ('lr': each run's)
-    head_lrs: list[float] | None  # `--head-lrs`: the decoder rates searched
 
     def __post_init__(self) -> None:
         self.key = self.name.replace("-", "_")
-        self.path_name = f"{'head_lr' if self.head_lrs else 'accuracy'}_{self.key}.json"
-        self.searched = "head_lr" if self.head_lrs else "lr"
-        self.search_seeds = self.seeds if self.head_lrs else self.seeds[: self.n_search_seeds]
-        self.search_splits = self.split_seeds if self.head_lrs else self.split_seeds[:1]
+        self.path_name = f"accuracy_{self.key}.json"
+        self.search_seeds, self.search_splits = self.seeds[: self.n_search_seeds], self.split_seeds[:1]
         self.data = self.data_for(self.split_seeds[0])
 
     @property
@@ -183,19 +180,14 @@ class TaskSetup:
         return self.split_data.get(split_seed, self.sources)
 
     def grid(self, method: str) -> list[tuple[float, float]]:
-        """(learning-rate factor, searched rate) of every candidate."""
-        if self.head_lrs:
-            return [(1.0, h) for h in self.head_lrs]
+        """(learning-rate factor, learning rate) of every candidate."""
         return [(f, round_lr(DEFAULT_LR[method] * f)) for f in self.lr_factors]
 
     def protocol(self, args: argparse.Namespace) -> dict[str, Any]:
         """The settings that change results: runs recorded under another protocol are never reused."""
         protocol = dict(schema=SCHEMA_VERSION, task=self.task, metric=self.metric, epochs=self.epochs)
         protocol.update(batch_size=self.batch_size, lr_factors=[round(f, 6) for f in self.lr_factors])
-        if self.head_lrs:  # every seed searches the decoder's rate: shards of other seeds merge
-            protocol["head_lrs"] = self.head_lrs
-        else:
-            protocol["search_seed"] = self.seeds[0]
+        protocol["search_seed"] = self.seeds[0]
         if len(self.search_seeds) > 1:  # they change the choices; one, the first files', adds nothing
             protocol["search_seeds"] = self.search_seeds
         if self.head_lr is not None:  # the PEFT methods' decoder rate on the dense tasks
@@ -299,22 +291,22 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
     setups = []
     for name in args.tasks:
         bench, dense = BENCHMARKS[name], name != "classification"
-        requested = args.methods or (["upetu"] if args.head_lrs else bench.variants)
+        requested = args.methods or bench.variants
         if not (variants := [v for v in requested if v in bench.variants]):
             log(f"{name}: none of the requested methods applies; skipped")
             continue
         fixed, split, sources, split_data = task_data(name, args, work_dir)
         head_lr = None  # the rate `upetu-train` gives the PEFT methods' decoder of this width
-        if dense and not args.head_lrs:
+        if dense:
             head_lr = args.dense_head_lr or dense_head_lr(bench.task, fixed.get("head_hidden_size"))
         sizes = dict(epochs=args.epochs, batch_size=args.batch_size, lr_factors=args.lr_factors)
         if dense:
             sizes = dict(epochs=args.dense_epochs or bench.epochs)
             sizes["batch_size"] = args.dense_batch_size or bench.batch_size
-            sizes["lr_factors"] = [1.0] if args.head_lrs else args.dense_lr_factors or args.lr_factors
+            sizes["lr_factors"] = args.dense_lr_factors or args.lr_factors
         sizes |= dict(seeds=args.seeds, n_search_seeds=args.search_seeds, split_seeds=args.split_seeds)
         sizes |= dict(split=split, sources=sources, split_data=split_data, head_lr=head_lr, variants=variants)
-        setups.append(TaskSetup(name, bench.task, fixed, **sizes, head_lrs=args.head_lrs))
+        setups.append(TaskSetup(name, bench.task, fixed, **sizes))
     return setups
 
 
@@ -442,23 +434,21 @@ class TaskRunner:
         self.counts: dict[str, Any] = {}
 
     def ensure(self, variant: Variant, options: dict, candidate: tuple, seed: int, phase: str, split=None):
-        """The record of a run of a `(factor, searched rate)` candidate, trained unless one is on file."""
-        setup, state, name, (factor, rate) = self.setup, self.state, variant.name, candidate
+        """The record of a run of a `(factor, learning rate)` candidate, trained unless one is on file."""
+        setup, state, name, (factor, lr) = self.setup, self.state, variant.name, candidate
         split_seed = setup.split_seeds[0] if split is None else split
-        lr, head = (round_lr(DEFAULT_LR[variant.method]), rate) if setup.head_lrs else (rate, None)
-        run_options = options if head is None else {**options, "head_lr": head}
-        key = run_key(name, run_options, lr, seed, split_seed)
+        key = run_key(name, options, lr, seed, split_seed)
         self.planned += [] if key in self.planned else [key]
         state["planned"] = self.planned
         split = f"-split{split_seed}" if split_seed else ""
-        folder = f"lr{lr:g}{f'-head{head:g}' if head else ''}-seed{seed}{split}"
+        folder = f"lr{lr:g}-seed{seed}{split}"
         where = f"{setup.name}/{name}: {folder}"
         if key in self.done or self.args.merge_only:
             log(f"{where}: {'done' if key in self.done else 'not on file (--merge-only)'}")
             return self.done.get(key)
         log(f"{where}: {phase} run (x{factor:.3g}), {setup.epochs} epochs")
         run_dir = self.work_dir / setup.key / name / folder
-        run = (variant.method, run_options, run_dir, lr, seed, False, split_seed)
+        run = (variant.method, options, run_dir, lr, seed, False, split_seed)
         targs = training_arguments(setup, self.args, *run)
         record = {
             "key": key, "task": setup.task, "variant": name, "label": variant.label, "method": variant.method,
@@ -484,7 +474,7 @@ class TaskRunner:
 
         def choice() -> dict[str, Any]:
             ran = [r for r in self.done.values() if r["variant"] == variant.name and r["options"] == options]
-            return select(ran, grid, setup.search_seeds, setup.search_splits, setup.searched)
+            return select(ran, grid, setup.search_seeds, setup.search_splits)
 
         chosen = choice()
         for seed in setup.seeds[len(setup.search_seeds) :]:
@@ -501,8 +491,6 @@ class TaskRunner:
         log(f"{setup.name}: counting parameters on {args.model}")
         self.counts = count_parameters(setup, args, self.work_dir)
         state["backbone"] = {**backbone_description(args.model), **self.counts}
-        if setup.head_lrs:  # the rate `upetu-train` gives this decoder today
-            state["current_default"] = dense_head_lr(setup.task, setup.fixed.get("head_hidden_size"))
         paths = dict(model=args.model, data=setup.data, sources=setup.sources, work_dir=str(self.work_dir))
         machine = common.machine_info(device_name(args.cpu))
         session = dict(command=self.command, date=common.now(), machine=machine)
@@ -522,9 +510,9 @@ class TaskRunner:
             if not (choice := self.choose(variant, options, grid))["complete"]:
                 log(f"{setup.name}/{name}: search incomplete (a run failed or is missing); no seed runs")
                 continue
-            rate, edge = choice[setup.searched], "" if choice["interior"] else " -- AT THE EDGE of its grid"
+            rate, edge = choice["lr"], "" if choice["interior"] else " -- AT THE EDGE of its grid"
             score = fmt4(choice["validation_score"])
-            log(f"{setup.name}/{name}: chosen {setup.searched} {rate:g} (validation {score}){edge}")
+            log(f"{setup.name}/{name}: chosen lr {rate:g} (validation {score}){edge}")
             for split_seed in setup.split_seeds:
                 phase = "seed" if split_seed == setup.split_seeds[0] else "split"
                 for seed in (s for s in setup.seeds if (split_seed, s) not in searched):
@@ -548,16 +536,15 @@ def plan(setups: list[TaskSetup]) -> list[str]:
     """Human-readable list of the runs the benchmark would do (search and seeds)."""
     lines = []
     for setup in setups:
-        k, rates = len(setup.search_seeds) * len(setup.search_splits), len(setup.head_lrs or setup.lr_factors)
+        k, rates = len(setup.search_seeds), len(setup.lr_factors)
         more = len(setup.seeds) * len(setup.split_seeds) - k
-        searched = f"{rates} {'head ' if setup.head_lrs else ''}learning rates"
-        searched += "" if k == 1 else f" x {k} search {'seeds' if len(setup.search_splits) == 1 else 'runs'}"
+        searched = f"{rates} learning rates" + ("" if k == 1 else f" x {k} search seeds")
         n = len(setup.variants) * (rates * k + more)
         runs = f"({searched} + {more} more seed/split runs) = {n} runs of {setup.epochs} epochs"
         lines.append(f"{setup.name}: {len(setup.variants)} methods x {runs}")
         for name in setup.variants:
             rates_text = ", ".join(f"{rate:g}" for _, rate in setup.grid(VARIANTS[name].method))
-            lines.append(f"  {name:<12} {setup.searched} in {{{rates_text}}}, seeds {setup.seeds}")
+            lines.append(f"  {name:<12} lr in {{{rates_text}}}, seeds {setup.seeds}")
             lines[-1] += f", split seeds {setup.split_seeds}"
     return lines
 
@@ -578,7 +565,6 @@ OPTIONS: dict[str, tuple[Any, Any, str]] = {
     "--dense-head-lr": (None, lambda t: t if t == "lr" else float(t),
                         "the PEFT methods' decoder rate on the dense tasks, or 'lr' for each run's rate (default: "
                         "the training API's for the decoder's width: `dense_head_lr`)"),
-    "--head-lrs": (None, lambda t: parse_list(t, float), "search these decoder rates instead (head_lr_*.json)"),
     "--dense-batch-size": (None, int, "dense-task batch size (16; oscd13 8)"),
     "--split-seeds": ("0", parse_list, "seeds of the data splits; the first is the search's (0)"),
     "--seg-resize": (None, int, "GID tiles resized to this (default: --image-size)"),
@@ -638,8 +624,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--resume and --overwrite exclude each other": args.resume and args.overwrite,
         f"--search-seeds must be between 1 and the number of --seeds ({n_seeds})":
             not 0 < args.search_seeds <= n_seeds,
-        "--head-lrs searches the dense decoders: pick dense --tasks":
-            args.head_lrs and "classification" in args.tasks,
         "--threads must be >= 1": args.threads is not None and args.threads < 1,
         "--oscd-cities takes two counts (training, validation)": len(args.oscd_cities) != 2,
     }  # fmt: skip

@@ -417,9 +417,7 @@ def test_a_tie_trains_the_tied_rates_on_the_next_seeds_until_they_decide():
     scores = {(0.01, 0): 0.75, (0.03, 0): 0.75, (0.09, 0): 0.5, (0.01, 1): 0.70, (0.03, 1): 0.70}
     scores |= {(0.01, 2): 0.70, (0.03, 2): 0.72}  # seed 1 ties again, seed 2 decides for 0.03
     runner = object.__new__(module.TaskRunner)
-    runner.setup = SimpleNamespace(
-        seeds=[0, 1, 2, 3], search_seeds=[0], split_seeds=[0], search_splits=[0], searched="lr"
-    )
+    runner.setup = SimpleNamespace(seeds=[0, 1, 2, 3], search_seeds=[0], split_seeds=[0], search_splits=[0])
     runner.done, trained = {}, []
     variant = module.VARIANTS["upetu"]
 

@@ -478,8 +478,8 @@ class SegmentationTask(_DenseTask):
     name = "segmentation"
     summary = "semantic segmentation (UperNet): <root>/images + <root>/masks or Hub datasets (image, mask)"
     selection_metrics = ("mean_iou", "overall_accuracy", "mean_accuracy", "mean_f1", "frequency_weighted_iou")
-    #: searched on GID validation with the CLI's default decoder (scripts/benchmark_accuracy.py --head-lrs,
-    #: results/head_lr_segmentation.json: UPetu, seeds 0 and 1, mean validation mIoU 70.6 / 73.4 / 72.1 / 72.1 / 72.7
+    #: searched on GID validation with the CLI's default decoder (docs/training.md,
+    #: results/history/head_lr_segmentation.json: UPetu, seeds 0 and 1, mean validation mIoU 70.6 / 73.4 / 72.1 / 72.1 / 72.7
     #: at 3e-5 / 1e-4 / 3e-4 / 1e-3 / 3e-3, and 70.4 at 1e-2 with seed 0). 1e-4 is the best mean and interior to the
     #: grid; 1e-4 to 3e-3 lie within 1.3 points, inside the seed spread, so any rate in that range trains well.
     head_lr = 1e-4
@@ -557,8 +557,8 @@ class ChangeDetectionTask(_DenseTask):
     stride_sized = True
     several_sources = True
     selection_metrics = ("f1", "iou", "precision", "recall", "overall_accuracy", "kappa")
-    #: searched on LEVIR + DSIFN validation pairs with the default decoder (scripts/benchmark_accuracy.py --head-lrs, --tasks
-    #: change-detection, results/head_lr_change_detection.json: UPetu, 3 splits x 2 seeds, mean validation F1
+    #: searched on LEVIR + DSIFN validation pairs with the default decoder (docs/training.md,
+    #: results/history/head_lr_change_detection.json: UPetu, 3 splits x 2 seeds, mean validation F1
     #: 64.0 / 65.6 / 62.8 / 61.1 / 62.9 at 1e-4 / 3e-4 / 1e-3 / 3e-3 / 1e-2). 3e-4 is the best mean and interior; it
     #: is ahead of the former default 3e-3 by 4.6 points (paired over the 6 runs, interval above 0), and level with
     #: 1e-4.
