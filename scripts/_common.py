@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime
-import json
-import math
 import os
 import platform
 import re
@@ -18,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import accelerate
-import numpy as np
 import peft
 import torch
 import transformers
@@ -27,6 +24,7 @@ from safetensors.torch import save
 from transformers import ConvNextConfig, ConvNextForImageClassification
 
 import upetu_hf
+from upetu_hf import _files as files
 from upetu_hf._files import write_atomic
 from upetu_hf.train import TrainingArguments
 from upetu_hf.train.cli import add_options
@@ -81,29 +79,14 @@ def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def clean(value: Any) -> Any:
-    """JSON-safe copy: NaN / inf -> None, numpy and torch scalars -> Python numbers, tuples -> lists."""
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean(v) for v in value]
-    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 #: `path.write_text(text)` through `upetu_hf`'s one atomic writer (a temporary file in the same folder, then
 #: `os.replace`, with the umask's file mode), so a crash never leaves a half-written file.
 write_text_atomic = write_atomic
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """`clean(data)` as indented JSON, written atomically (`write_text_atomic`)."""
-    write_atomic(path, json.dumps(clean(data), indent=1, allow_nan=False) + "\n")
+    """`data` as strict JSON (`upetu_hf._files.finite_json`: NaN is null), indented by 1, written atomically."""
+    files.write_json_atomic(path, data, indent=1)
 
 
 def fmt_count(n: float | None) -> str:

@@ -43,6 +43,7 @@ from _ledger import SCHEMA_VERSION, import_runs, load_state, run_key, save_state
 from _variants import MATCHED, SMALL, SMALL_MATCHED, VARIANTS, Variant
 
 import upetu_hf
+from upetu_hf._files import finite_json
 from upetu_hf.hub import saved_file_names
 from upetu_hf.train import DEFAULT_LR, PEFT_METHODS, TASK_METRICS, TrainingArguments, get_task, train
 from upetu_hf.train.arguments import RUN_CONFIG_FILE
@@ -197,7 +198,7 @@ class TaskSetup:
         protocol.update(warmup_ratio=TrainingArguments.warmup_ratio, quick=False)  # the retired --quick
         # one crop per scene copy is what every recorded run did: not a protocol entry
         protocol.update({k: v for k, v in self.fixed.items() if not (k == "crops_per_image" and v == 1)})
-        return common.clean({**protocol, "split": self.split})
+        return finite_json({**protocol, "split": self.split})
 
 
 def link_split(root: Path, parts: dict[str, list[tuple[str, Path, str]]], repeats: int = 1) -> None:
@@ -395,7 +396,7 @@ def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments
     record.update({"bands": config["bands"]} if config.get("bands") else {})  # multispectral runs
     record.update(status="ok", best_epoch=result["best_epoch"], selection_split=result["selection_split"])
     for part in ("validation", "test"):
-        record[f"{part}_score"] = common.clean((result.get(part) or {}).get(metric))
+        record[f"{part}_score"] = finite_json((result.get(part) or {}).get(metric))
     params, steps = result["parameters"], result["train"]
     record.update({part: result.get(part) for part in ("validation", "test", "history")}, parameters=params)
     record.update(trainable_params=params["trainable"], head_params=params["head"])

@@ -27,6 +27,7 @@ from upetu_hf.data import (
     load_segmentation_folder,
     processor_settings,
     resize_mask,
+    save_resized_image_folder,
     segmentation_collate_fn,
     stratified_split,
     to_rgb,
@@ -298,6 +299,26 @@ def test_image_folder_and_split_on_synthetic_data(tmp_path: Path) -> None:
     assert load_classification_dataset(root)["label"] == ds["label"]
     out = attach_transform(split["train"], ClassificationTransform(size=32))
     assert out[0]["pixel_values"].shape == (3, 32, 32)
+
+
+def test_a_resized_copy_feeds_the_model_the_same_pixels(tmp_path: Path) -> None:
+    root = make_class_folder(tmp_path / "cls", {"b": 3, "a": 2}, size=50)
+    assert save_resized_image_folder(root, tmp_path / "copy", 24) == 5
+    copy = load_image_folder(tmp_path / "copy")
+    assert sorted(p.name for p in (tmp_path / "copy" / "a").iterdir()) == ["a_0.webp", "a_1.webp"]
+    transform = ClassificationTransform(size=24, **RAW)
+    original, resized = (attach_transform(load_image_folder(f), transform) for f in (root, tmp_path / "copy"))
+    assert copy["label"] == load_image_folder(root)["label"]
+    for i in range(5):
+        assert torch.equal(original[i]["pixel_values"], resized[i]["pixel_values"])
+    with pytest.raises(ValueError, match="not empty"):
+        save_resized_image_folder(root, tmp_path / "copy", 24)
+    with pytest.raises(ValueError, match="inside"):
+        save_resized_image_folder(root, root / "copy", 24)
+    save(root / "a" / "a_0.jpg", rand_rgb(50, 50))
+    with pytest.raises(ValueError, match="share the name 'a_0'"):
+        save_resized_image_folder(root, tmp_path / "other", 24)
+    assert not (tmp_path / "other").exists()  # refused before writing
 
 
 def test_hub_code_path_renames_and_encodes_columns(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,7 @@ import upetu_hf.train.accelerator
 import upetu_hf.train.checkpoint
 import upetu_hf.train.loop
 from upetu_hf import UPetuConfig
-from upetu_hf._files import save_tensors, verify_manifest, write_json_atomic
+from upetu_hf._files import finite_json, save_tensors, verify_manifest, write_json_atomic
 from upetu_hf.data.band_statistics import compute_band_statistics
 from upetu_hf.hub import save_adapter
 from upetu_hf.train.accelerator import make_accelerator
@@ -453,3 +453,9 @@ def test_a_file_size_limit_is_one_line_naming_the_file_and_the_fix():
     assert is_user_error(err)
     message = user_error_message(err)
     assert "\n" not in message and err.filename in message and "ulimit -f" in message
+
+
+def test_finite_json_writes_numpy_torch_scalars_and_paths_as_strict_json():
+    value = {"a": [np.float32(1.5), torch.tensor(float("nan")), (Path("x"), np.int64(3))], "b": float("inf")}
+    assert finite_json(value) == {"a": [1.5, None, ["x", 3]], "b": None}
+    assert json.loads(json.dumps(finite_json(value), allow_nan=False)) == finite_json(value)

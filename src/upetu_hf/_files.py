@@ -55,7 +55,12 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
 
 def finite_json(value: Any) -> Any:
     """`value` with every NaN or infinite float (nested in dicts, lists and tuples) replaced by None: strict JSON
-    has no `NaN` / `Infinity` literals, which many readers refuse."""
+    has no `NaN` / `Infinity` literals, which many readers refuse. Numpy scalars and 0-d arrays or tensors become
+    Python numbers, paths strings."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # np.float32(1), torch.tensor(1.0)
+        value = value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):

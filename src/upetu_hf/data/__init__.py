@@ -13,7 +13,7 @@ Transforms (for ``Dataset.with_transform`` or :func:`attach_transform`) produce 
 
 from ._io import IMAGE_EXTENSIONS
 from .change_detection import load_change_detection_folder
-from .classification import load_classification_dataset, load_image_folder
+from .classification import load_classification_dataset, load_image_folder, save_resized_image_folder
 from .collate import (
     change_detection_collate_fn,
     classification_collate_fn,
@@ -71,6 +71,7 @@ __all__ = [
     "processor_settings",
     "resize_image",
     "resize_mask",
+    "save_resized_image_folder",
     "segmentation_collate_fn",
     "stratified_split",
     "to_rgb",

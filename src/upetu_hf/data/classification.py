@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import PIL.Image
 from datasets import ClassLabel, Dataset, Features, Image
 
-from ._io import list_image_files, probe_image, utf8_named
+from ._io import list_image_files, open_image, probe_image, utf8_named
+from .transforms import image_to_array, resize_image
 
 
 def load_image_folder(path: str | Path, verify: bool = False) -> Dataset:
@@ -48,6 +50,39 @@ def load_image_folder(path: str | Path, verify: bool = False) -> Dataset:
             labels.append(idx)
     features = Features({"image": Image(), "label": ClassLabel(names=names)})
     return Dataset.from_dict({"image": paths, "label": labels}, features=features)
+
+
+def save_resized_image_folder(source: str | Path, target: str | Path, size: int) -> int:
+    """Write every image of ``<source>/<class>/`` to ``<target>/<class>/<stem>.webp`` (lossless), resized to ``size`` x
+    ``size`` as the training pipeline resizes it: runs on the copy at ``--image-size size`` see the pixels that runs
+    on ``source`` see, from a folder small enough to ship to a remote GPU. Returns the number of images.
+
+    Raises ``ValueError`` for a ``size`` below 1, a ``target`` inside ``source`` or holding files already, and two
+    images of one class with the same stem (``a.jpg``, ``a.png``), which would overwrite each other.
+    """
+    root, out = Path(source).expanduser().resolve(), Path(target).expanduser().resolve()
+    if size < 1:
+        raise ValueError(f"size must be at least 1 pixel, got {size}.")
+    if out == root or root in out.parents:
+        raise ValueError(f"{out} is inside {root}: write the resized copy to a folder outside the dataset.")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty: name a new or empty folder for the resized copy.")
+    dataset = load_image_folder(root)
+    names, copies = dataset.features["label"].names, {}  # every name is checked before anything is written
+    for row in dataset.cast_column("image", Image(decode=False)):
+        path = Path(row["image"]["path"])
+        file = out / names[row["label"]] / f"{path.stem}.webp"
+        if file in copies:
+            raise ValueError(
+                f"{path} and {copies[file]} share the name {path.stem!r} in one class: rename one."
+            )
+        copies[file] = path
+    for file, path in copies.items():
+        pixels = resize_image(image_to_array(open_image(str(path), str(path))), size)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        # lossless at every compression effort; method 6 is about 20x slower than 4 for 1 % smaller files
+        PIL.Image.fromarray(pixels).save(file, "WEBP", lossless=True, quality=100, method=4)
+    return len(dataset)
 
 
 def require_column(ds: Dataset, column: str, argument: str = "label_column") -> None:
