@@ -264,53 +264,28 @@ def launch_bound_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-#: The columns of the efficiency tables of the docs and the headline: a method's cell from its entry and ratios.
-EFFICIENCY_COLUMNS = {
-    "trainable % of backbone": lambda e, r: f"{e['trainable_pct_of_backbone']:.2f} %",
-    "on disk without head": lambda e, r: fmt_bytes(e["disk_bytes_without_head"]),
-    "train step vs full": lambda e, r: ratio(r.get("train_step_vs_full")),
-    "peak memory vs full": lambda e, r: ratio(r.get("peak_memory_vs_full")),
-    "inference vs base": lambda e, r: ratio(e["inference_ratio"]["median"]),
-}
-
-
-def efficiency_table(data: dict[str, Any], first: str, methods: Sequence[str], columns: Sequence[str]):
-    """One model's efficiency table: a row per method of `methods`, the `EFFICIENCY_COLUMNS` named in `columns`."""
-    rows = []
-    for name in methods:
-        entry, r = data["methods"][name], data.get("ratios", {}).get(name, {})
-        rows.append(row(entry["label"], *(EFFICIENCY_COLUMNS[c](entry, r) for c in columns)))
-    return table(" | ".join([first, *columns]), "l" + "r" * len(columns), rows)
-
-
 def efficiency_lines(eff: dict[str, Any] | None) -> list[str]:
-    """A compact table of the efficiency benchmark, or a note when it is absent."""
+    """The docs' part of the efficiency benchmark: where it ran, then `results/efficiency.md`'s table of every model
+    and of the targets (those of the entries marked primary) under smaller headings; a note when it is absent."""
     if eff is None:
         return [fill("efficiency_absent")]
-    meta, machine = eff.get("meta", {}), eff.get("meta", {}).get("machine", {})
-    lines = [fill("efficiency_from", command=meta["command"])]
-    if meta.get("quick"):
-        lines.append("**Quick run**: a partial efficiency benchmark, not the reference numbers.")
-    if device := machine.get("gpu") or machine.get("cpu_model"):
-        lines.append(f"Measured on {device} (`{machine.get('device', '?')}`).")
-    for model_name, data in eff["models"].items():
-        lines += ["", f"{model_name} (backbone {fmt_count(data.get('backbone_params'))} parameters):", ""]
-        lines += efficiency_table(data, "method", data["methods"], EFFICIENCY_COLUMNS)
-        lines += launch_bound_lines(data)
-    if primary := [t for t in eff.get("targets", []) if t.get("primary")]:
-        lines += ["", f"Aims of the benchmark issue ({primary[0]['model']}, {primary[0]['method']}):", ""]
-        shown = [fmt_bytes(t["value"]) if "bytes" in t["target"] else f"{t['value']:.2f}" for t in primary]
-        rows = [f"| {t['target']} | {v} | {MET[t['met']]} |" for t, v in zip(primary, shown)]
-        lines += table("aim | measured | met", "lrl", rows)
-    if meta.get("wall_time_s") is not None:
-        lines += ["", f"The whole efficiency run took {meta['wall_time_s'] / 60:.0f} min."]
+    meta, machine = eff["meta"], eff["meta"]["machine"]
+    values = {**meta, **machine, "processor": machine.get("gpu") or machine["cpu_model"]}
+    values["quick"] = " " + fill("efficiency_quick") if meta["quick"] else ""
+    lines = [fill("efficiency_from", **values)]
+    for name, data in eff["models"].items():
+        lines += efficiency_model(name, data, meta, "#####")
+    if target := next(((t["model"], t["method"]) for t in eff["targets"] if t["primary"]), None):
+        lines += efficiency_targets(eff["targets"], *target, "#####")
     return lines
 
 
-def efficiency_model(name: str, data: dict[str, Any], meta: dict[str, Any]) -> list[str]:
-    """One model's part of `efficiency_markdown`: table, contention warning, noise and launch-bound table."""
+def efficiency_model(name: str, data: dict[str, Any], meta: dict[str, Any], heading: str = "##") -> list[str]:
+    """One model's part of `efficiency_markdown` (`heading`: its markdown heading's hashes): table, contention
+    warning, noise and launch-bound table."""
     shape = {k: "-".join(map(str, data[k])) for k in ("depths", "widths")}
-    lines = ["", fill("efficiency_model", name=name, backbone=fmt_count(data["backbone_params"]), **shape)]
+    backbone = fmt_count(data["backbone_params"])
+    lines = ["", fill("efficiency_model", heading=heading, name=name, backbone=backbone, **shape)]
     for method, entry in data["methods"].items():
         r, step = data["ratios"][method], entry["train_step"]
         lines.append(
@@ -333,8 +308,8 @@ def efficiency_model(name: str, data: dict[str, Any], meta: dict[str, Any]) -> l
     return [*lines, "", fill("efficiency_noise", **values), *launch_bound_lines(data)]
 
 
-def efficiency_targets(targets: list[dict[str, Any]], model: str, method: str) -> list[str]:
-    """The benchmark issue's targets, one column per UPetu variant."""
+def efficiency_targets(targets: list[dict], model: str, method: str, heading: str = "##") -> list[str]:
+    """The benchmark issue's targets, one column per UPetu variant, under a `heading` (markdown hashes)."""
     variants = list(dict.fromkeys(check["method"] for check in targets))
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for check in targets:
@@ -342,7 +317,7 @@ def efficiency_targets(targets: list[dict[str, Any]], model: str, method: str) -
         met = "yes" if check["met"] else "**NO**"
         cells.setdefault((check["model"], check["target"]), {})[check["method"]] = f"{shown} {met}"
     rows = [row(m, t, *(c.get(v, "-") for v in variants)) for (m, t), c in cells.items()]
-    lines = ["", fill("efficiency_targets", model=model, method=method), ""]
+    lines = ["", fill("efficiency_targets", heading=heading, model=model, method=method), ""]
     return lines + table(" | ".join(["model", "target", *variants]), "ll" + "r" * len(variants), rows)
 
 
@@ -350,8 +325,8 @@ def efficiency_markdown(results: dict[str, Any], target: tuple[str, str]) -> str
     """`results/efficiency.md`: settings, a table per model, the targets (`target`: the issue's own) and notes."""
     meta, machine = results["meta"], results["meta"]["machine"]
     num_labels = next(iter(results["models"].values()))["num_labels"]
-    quick = "\n- **Quick run** (`--quick`): a partial, smaller benchmark; not the reference numbers."
-    values = {**meta, **machine, "load": machine["loadavg"][0], "quick": quick if meta["quick"] else ""}
+    quick = "\n- " + fill("efficiency_quick") if meta["quick"] else ""
+    values = {**meta, **machine, "load": machine["loadavg"][0], "quick": quick}
     lines = [fill("efficiency_head", **values, num_labels=num_labels)]
     for name, data in results["models"].items():
         lines += efficiency_model(name, data, meta)
@@ -555,11 +530,21 @@ def headline(states: dict[str, dict[str, Any]], eff: dict[str, Any] | None, link
     header = " | ".join(["task", *(VARIANTS[name].label for name in HEADLINE), fill("verdict_header")])
     lines = [intro, "", *table(header, "l" + "r" * len(HEADLINE) + "l", rows)]
     if eff and eff.get("models"):
-        name, data = list(eff["models"].items())[-1]
-        methods = [m for m in EFFICIENCY_HEADLINE if m in data["methods"]]
-        lines += ["", fill("efficiency_headline"), ""]
-        lines += efficiency_table(data, name, methods, list(EFFICIENCY_COLUMNS)[:4])
+        lines += ["", fill("efficiency_headline"), "", *efficiency_headline(eff)]
     return "\n".join(lines) + "\n"
+
+
+def efficiency_headline(eff: dict[str, Any]) -> list[str]:
+    """The headline's efficiency table: the `EFFICIENCY_HEADLINE` methods of the benchmark's last (largest) model."""
+    name, data = list(eff["models"].items())[-1]
+    rows = []
+    for method in (m for m in EFFICIENCY_HEADLINE if m in data["methods"]):
+        e, r = data["methods"][method], data.get("ratios", {}).get(method, {})
+        cells = [f"{e['trainable_pct_of_backbone']:.2f} %", fmt_bytes(e["disk_bytes_without_head"])]
+        cells += [ratio(r.get(f"{measure}_vs_full")) for measure in ("train_step", "peak_memory")]
+        rows.append(row(e["label"], *cells))
+    columns = "trainable % of backbone | on disk without head | train step vs full | peak memory vs full"
+    return table(f"{name} | {columns}", "lrrrr", rows)
 
 
 def results_files() -> list[tuple[str, str, str, str]]:

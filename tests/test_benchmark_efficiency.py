@@ -170,6 +170,12 @@ def test_metadata_targets_and_markdown(run: tuple[dict, dict, Path]) -> None:
         "UPetu 32-bit",
     ):
         assert f"| {label} |" in markdown
+    # The docs' part (`efficiency_lines`) is the markdown's section of the model under a smaller heading, after
+    # the command; no targets, none of them being primary.
+    docs = "\n".join(load_report().efficiency_lines(data))
+    model_section = markdown.split("\n## ")[1].rstrip("\n")
+    assert model_section.startswith(f"{NAME} (depths 1-1-1-1") and f"\n##### {model_section}" in docs
+    assert docs.startswith(f"From `results/efficiency.json` (`{meta['command']}`)") and "Targets" not in docs
 
 
 def test_launch_bound_regime(run: tuple[dict, dict, Path]) -> None:
