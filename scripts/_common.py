@@ -17,6 +17,7 @@ from typing import Any
 
 import accelerate
 import peft
+import PIL.Image
 import torch
 import transformers
 from safetensors import safe_open
@@ -67,6 +68,17 @@ def random_convnext(name: str, num_labels: int, seed: int = 0) -> ConvNextForIma
     """A `CONVNEXT[name]` classifier with `num_labels` classes and random weights drawn after `manual_seed(seed)`."""
     torch.manual_seed(seed)
     return ConvNextForImageClassification(ConvNextConfig(**CONVNEXT[name], num_labels=num_labels))
+
+
+def class_folder(root: Path, classes: int = 3, images: int = 6) -> Path:
+    """A class-per-folder dataset in `root`: `classes` classes of `images` random 40-px PNG images each."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"class_{c}").mkdir(parents=True)
+        for i in range(images):
+            pixels = rng.normal(90 + 30 * c, 30, (40, 40, 3)).clip(0, 255).astype(np.uint8)
+            PIL.Image.fromarray(pixels).save(root / f"class_{c}" / f"{c}_{i}.png")
+    return root
 
 
 def log(message: str, who: str = "") -> None:

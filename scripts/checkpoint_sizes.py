@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Bytes of a resumable `upetu-train` checkpoint per method, on ConvNeXt-B (random weights, nothing downloaded)
-and the shared atto backbone: each model gets a 21-class head, is made trainable by `apply_method`, takes one
-AdamW step and is saved by the training code's `save_checkpoint` (PEFT methods leave the frozen backbone out).
-The share is a checkpoint's bytes over full fine-tuning's of the same model.
+"""Bytes of the checkpoint a real `upetu-train` run writes after its first step (`checkpoints/step_1`), per method,
+on ConvNeXt-B (random weights, nothing downloaded) and the shared atto backbone: `upetu_hf.train.train` fits a
+21-class head on generated images for one AdamW step on CPU, checkpointing every step and keeping the checkpoints
+(PEFT methods and linear probes leave the frozen backbone out). The share is a checkpoint's bytes over full
+fine-tuning's of the same model.
 
     python scripts/checkpoint_sizes.py --models atto --methods upetu full --output /tmp/sizes.json
 """
@@ -13,56 +14,40 @@ import argparse
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import torch
-from _common import REPO_ROOT, SHARED_BACKBONE, random_convnext, write_json_atomic
-from transformers import ConvNextForImageClassification
+from _common import REPO_ROOT, SHARED_BACKBONE, class_folder, random_convnext, write_json_atomic
 
-from upetu_hf.train.accelerator import make_accelerator
-from upetu_hf.train.arguments import TrainingArguments
-from upetu_hf.train.checkpoint import FrozenBackbone, Trainables, save_checkpoint
-from upetu_hf.train.methods import apply_method, parameter_groups
+from upetu_hf.train import TrainingArguments, train
 
 NUM_LABELS = 21
+#: One epoch of one step (2 training images, 32-px crops) on CPU, checkpointed after the step and kept.
+RUN = dict(task="classification", train_fraction=0.5, max_train_samples=2, batch_size=2, image_size=32)
+RUN.update(epochs=1, cpu=True, mixed_precision="no", checkpointing_steps=1, keep_checkpoints=True)
 
 
-def build_model(name: str) -> tuple[torch.nn.Module, str]:
-    """A ConvNeXt classifier with a `NUM_LABELS`-class head and the source `--model` would name."""
-    if name == "convnext-base":
-        return random_convnext("convnext-b", NUM_LABELS), name
-    torch.manual_seed(0)
-    head = dict(num_labels=NUM_LABELS, ignore_mismatched_sizes=True)
-    return ConvNextForImageClassification.from_pretrained(SHARED_BACKBONE, **head), str(SHARED_BACKBONE)
-
-
-def checkpoint_bytes(model: torch.nn.Module, source: str, method: str, folder: Path) -> dict[str, int]:
-    """`model` made trainable by `method`, one AdamW step, saved to `folder`: bytes per file and in total."""
-    fields = dict(task="classification", model=source, data="-", output_dir=str(folder))
-    args = TrainingArguments(**fields, method=method)
-    model = apply_method(model, args)
-    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay, {}), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    model(pixel_values=torch.randn(2, 3, 64, 64), labels=torch.tensor([0, 1])).loss.backward()
-    optimizer.step()
-    accelerator = make_accelerator(True, "no")
-    trainables = Trainables(model, optimizer, scheduler, FrozenBackbone.of(model, source))
-    state = ({"global_step": 1}, {"arguments": {}}, None, 1)
-    saved = save_checkpoint(accelerator, folder, 1, *state, trainables)
-    files = {p.name: p.stat().st_size for p in sorted(saved.iterdir())}
+def checkpoint_bytes(model: str | Path, data: Path, method: str) -> dict[str, int]:
+    """Bytes per file (relative to the checkpoint folder) and in total of `checkpoints/step_1` of a `method` run
+    of `model` on the class folder `data`."""
+    with tempfile.TemporaryDirectory() as out:
+        train(TrainingArguments(model=str(model), data=str(data), output_dir=out, method=method, **RUN))
+        folder = Path(out) / "checkpoints" / "step_1"
+        paths = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+        files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in paths}
     return {"total": sum(files.values()), **files}
 
 
-def measure(models: Sequence[str], methods: Sequence[str]) -> list[dict[str, Any]]:
+def measure(models: Sequence[str], methods: Sequence[str]) -> list[dict]:
     """One row per model and method: the checkpoint's bytes, per file, and its share of full fine-tuning's."""
     rows = []
-    for name in models:
-        for method in methods:
-            model, source = build_model(name)
-            with tempfile.TemporaryDirectory() as tmp:
-                sizes = checkpoint_bytes(model, source, method, Path(tmp))
-            rows.append({"model": name, "method": method, "bytes": sizes["total"], "files": sizes})
-            print(f"{name:14s} {method:6s} {sizes['total'] / 1e6:9.3f} MB", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = class_folder(Path(tmp) / "data", NUM_LABELS, 2)
+        for name in models:
+            model = SHARED_BACKBONE if name == "atto" else Path(tmp) / name
+            if name == "convnext-base":
+                random_convnext("convnext-b", NUM_LABELS).save_pretrained(model)
+            for method in methods:
+                sizes = checkpoint_bytes(model, data, method)
+                rows.append({"model": name, "method": method, "bytes": sizes["total"], "files": sizes})
     for row in rows:
         full = next((r["bytes"] for r in rows if r["model"] == row["model"] and r["method"] == "full"), None)
         row["share_of_full"] = row["bytes"] / full if full else None
@@ -79,10 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = measure(args.models, args.methods)
     write_json_atomic(args.output, {"num_labels": NUM_LABELS, "checkpoints": rows})
-    print(f"{'model':14s} {'method':6s} {'MB':>9s} {'share of full':>14s}")
     for row in rows:
         share = "-" if row["share_of_full"] is None else f"{100 * row['share_of_full']:.2f} %"
-        print(f"{row['model']:14s} {row['method']:6s} {row['bytes'] / 1e6:9.3f} {share:>14s}")
+        print(f"{row['model']:14s} {row['method']:6s} {row['bytes'] / 1e6:9.3f} MB {share:>9s}")
     return 0
 
 

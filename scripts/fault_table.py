@@ -28,7 +28,16 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # the push case must meet an offline Hub; no
 import numpy as np
 import PIL.Image
 import tifffile
-from _common import REPO_ROOT, fill, random_convnext, row, table, write_json_atomic, write_text_atomic
+from _common import (
+    REPO_ROOT,
+    class_folder,
+    fill,
+    random_convnext,
+    row,
+    table,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 import upetu_hf
 from upetu_hf.train.cli import main
@@ -62,17 +71,6 @@ def tiny_model(folder: Path, seed: int = 0) -> Path:
     processor = dict(image_processor_type="ConvNextImageProcessor", size={"shortest_edge": 32}, crop_pct=1)
     (folder / "preprocessor_config.json").write_text(json.dumps(processor))
     return folder
-
-
-def class_folder(root: Path) -> Path:
-    """3 classes of 6 random 40-px PNG images."""
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        (root / f"class_{c}").mkdir(parents=True)
-        for i in range(6):
-            pixels = rng.normal(90 + 30 * c, 30, (40, 40, 3)).clip(0, 255).astype(np.uint8)
-            PIL.Image.fromarray(pixels).save(root / f"class_{c}" / f"{c}_{i}.png")
-    return root
 
 
 def band_tiles(root: Path, dtype=np.uint16, nan: bool = False) -> Path:
