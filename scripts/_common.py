@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import accelerate
+import numpy as np
 import peft
 import PIL.Image
 import torch
