@@ -14,10 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import requires_shared, tiny_config
+from conftest import tiny_config
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
-from test_benchmark_accuracy import load_script
 from test_reliability import eval_cli, run_args, snapshot, train_cli
 from test_train import write_checkpoint, write_segmentation_folder
 from test_train_multiband import multiband_segmentation, seg_argv, write_tif
@@ -394,25 +393,6 @@ def test_peft_checkpoints_hold_what_trains_and_reference_the_frozen_backbone(ass
         and len(frozen["sha256"]) == 64
         and frozen["tensors"] > 0
     )
-
-
-def test_full_fine_tuning_keeps_whole_checkpoints_and_upetu_stays_small(tmp_path):
-    sizes = load_script("checkpoint_sizes")
-    model = ConvNextForImageClassification(tiny_config(num_labels=sizes.NUM_LABELS))
-    model.save_pretrained(tmp_path / "model")
-    whole = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    data = load_script("_common").class_folder(tmp_path / "data", sizes.NUM_LABELS, 2)
-    full, upetu = (sizes.checkpoint_bytes(tmp_path / "model", data, method) for method in ("full", "upetu"))
-    assert "frozen.json" not in full and "frozen.json" in upetu
-    assert full["model.safetensors"] > whole > 2 * upetu["model.safetensors"]
-    assert full["total"] == sum(v for k, v in full.items() if k != "total")
-
-
-@requires_shared
-def test_a_upetu_checkpoint_of_the_shared_atto_model_is_at_most_2_mb():
-    sizes = load_script("checkpoint_sizes")
-    (row,) = sizes.measure(["atto"], ["upetu"])
-    assert row["model"] == "atto" and "frozen.json" in row["files"] and row["bytes"] <= 2_000_000
 
 
 def test_a_resume_on_other_frozen_weights_is_refused(assets, tmp_path, capsys):
