@@ -26,13 +26,14 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import _common
 import torch
 import transformers
-from _common import CONVNEXT, REPO_ROOT, count_top_level_ops, head_bytes, machine_info
+from _common import CONVNEXT, REPO_ROOT, count_top_level_ops, head_bytes, log, machine_info
 from _variants import VARIANTS
 from make_report import efficiency_markdown
 from peft import PeftModel
@@ -40,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import ConvNextForImageClassification
 
+from upetu_hf.hub import saved_file_names
 from upetu_hf.train.methods import apply_method, parameter_summary
 
 transformers.utils.logging.disable_progress_bar()
@@ -76,7 +78,6 @@ TARGETS = (
     ("peak training memory vs full fine-tuning <= 0.8x", 0.8, False),
     ("inference latency vs base model <= 1.10x", 1.10, False),
 )
-log = partial(_common.log, who="")  # progress lines with a timestamp on stderr
 
 
 @dataclass
@@ -95,8 +96,6 @@ def build_base(name: str, seed: int) -> ConvNextForImageClassification:
 
 def wrap_method(name: str, base: nn.Module) -> nn.Module:
     """A deep copy of `base` made trainable for method `name` by the training API's `apply_method`."""
-    if name not in METHODS:
-        raise ValueError(f"Unknown method {name!r}: allowed values are {', '.join(METHODS)}.")
     return apply_method(copy.deepcopy(base), VARIANTS[name].method, **VARIANTS[name].options)
 
 
@@ -104,13 +103,10 @@ def save_method(name: str, model: nn.Module, folder: Path) -> Path:
     """Save method `name`'s weights into `folder` as a user would (the linear probe: its classifier); the file."""
     folder.mkdir(parents=True, exist_ok=True)
     if name == "linear_probe":
-        head = {k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}
-        save_file(head, str(folder / LINEAR_PROBE_FILE), metadata={"format": "pt"})
+        save_file(model.classifier.state_dict(), str(folder / LINEAR_PROBE_FILE), metadata={"format": "pt"})
         return folder / LINEAR_PROBE_FILE
     model.save_pretrained(str(folder))
-    if len(files := sorted(folder.glob("*.safetensors"))) != 1:
-        raise RuntimeError(f"{name}: expected one safetensors file in {folder}: {[f.name for f in files]}")
-    return files[0]
+    return folder / saved_file_names(adapter=name != "full")[1]  # the weights file `save_pretrained` writes
 
 
 def load_method(name: str, base: nn.Module, folder: Path) -> nn.Module:
@@ -134,8 +130,8 @@ def describe(name: str, model: nn.Module, backbone: int, workdir: Path) -> dict[
     entry["trainable_pct_of_backbone_with_head"] = 100.0 * counts["trainable"] / backbone
     if name.startswith("upetu_"):
         entry["upetu_parameter_counts"] = model.base_model.parameter_counts()
-    probe = name == "linear_probe"  # its file holds the classifier alone
-    with_head, without_head = (path.stat().st_size, 0) if probe else head_bytes(path)
+    # the linear probe's file holds the classifier alone
+    with_head, without_head = (path.stat().st_size, 0) if name == "linear_probe" else head_bytes(path)
     return entry | dict(file=path.name, disk_bytes_with_head=with_head, disk_bytes_without_head=without_head)
 
 
@@ -165,12 +161,11 @@ def inference_call(model: nn.Module, pixels: torch.Tensor, mixed_precision="no",
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
     """Wall-clock seconds of `fn()`, queued device work included."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize = partial(torch.cuda.synchronize, device) if device.type == "cuda" else lambda: None
+    synchronize()
     start = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize()
     return time.perf_counter() - start
 
 
@@ -193,11 +188,8 @@ def step_memory(method: Method, pixels: torch.Tensor, labels: torch.Tensor, mixe
         with torch.profiler.profile(activities=cpu, profile_memory=True) as prof:
             train_step(method, pixels, labels, mixed_precision)
         events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-        current = increase = 0
-        for event in sorted(events, key=lambda e: e.start_ns()):
-            current += event.nbytes()
-            increase = max(increase, current)
-        how = "torch.profiler allocator events (profile_memory=True)"
+        allocated = accumulate((e.nbytes() for e in sorted(events, key=lambda e: e.start_ns())), initial=0)
+        increase, how = max(allocated), "torch.profiler allocator events (profile_memory=True)"
     return dict(static_bytes=static, step_peak_increase_bytes=increase, peak_bytes=static + increase, how=how)
 
 
@@ -210,12 +202,15 @@ def summarize(samples: Sequence[float]) -> dict[str, float]:
     return dict(median=median, q1=q1, q3=q3, min=ordered[0], max=ordered[-1], rel_iqr=iqr, n=len(ordered))
 
 
-def interleaved(calls: dict[str, Callable], rounds: int, device: torch.device, what: str) -> dict[str, list]:
-    """Seconds of every call in each of `rounds` rounds, the order rotated by one each round."""
+def interleaved(calls: dict[str, Callable], rounds: int, device: torch.device, what: str, after=None) -> dict:
+    """Seconds of every call in each of `rounds` rounds, the order rotated by one each round; when given,
+    `after(name, seconds)` runs after each timed call."""
     names, samples = list(calls), {name: [] for name in calls}
     for index in range(rounds):
         for name in names[index % len(names) :] + names[: index % len(names)]:  # rotated by one each round
             samples[name].append(timed(calls[name], device))
+            if after:
+                after(name, samples[name][-1])
         log(f"{what} round {index + 1}/{rounds}")
     return samples
 
@@ -223,16 +218,15 @@ def interleaved(calls: dict[str, Callable], rounds: int, device: torch.device, w
 def bracketed_latency(base_call: Callable, calls: dict[str, Callable], rounds: int, device, model_name: str):
     """After a warm-up call of each, rounds of base, m1, base, m2, ..., base (methods rotated each round): a run's
     ratio is to the mean of the two base runs around it. Returns the methods' times and ratios, the base runs."""
-    names, seconds, ratios = list(calls), {name: [] for name in calls}, {name: [] for name in calls}
     for call in (base_call, *calls.values()):
         call()
-    base_runs = [timed(base_call, device)]
-    for index in range(rounds):
-        for name in names[index % len(names) :] + names[: index % len(names)]:  # rotated by one each round
-            seconds[name].append(timed(calls[name], device))
-            base_runs.append(timed(base_call, device))
-            ratios[name].append(seconds[name][-1] / statistics.fmean(base_runs[-2:]))
-        log(f"{model_name}: launch-bound latency round {index + 1}/{rounds}")
+    base_runs, ratios = [timed(base_call, device)], {name: [] for name in calls}
+
+    def bracket(name: str, seconds: float) -> None:  # the base run after a method's run, and that run's ratio
+        base_runs.append(timed(base_call, device))
+        ratios[name].append(seconds / statistics.fmean(base_runs[-2:]))
+
+    seconds = interleaved(calls, rounds, device, f"{model_name}: launch-bound latency", bracket)
     return seconds, ratios, base_runs
 
 
@@ -267,25 +261,21 @@ def launch_bound(base: nn.Module, built: list[Method], args: argparse.Namespace,
     (`bracketed_latency`); each method's `launch_bound` entry and the model's, op counts also as ratios."""
     device, mp, reference = torch.device(args.device), args.mixed_precision, LAUNCH["reference"]
     pixels, labels = random_batch(args, LAUNCH["image_size"], LAUNCH["ops_batch_size"])
-    single, methods = pixels[: LAUNCH["latency_batch_size"]], {}
+    single, methods, loaded = pixels[: LAUNCH["latency_batch_size"]], {}, {}
+    infer = partial(inference_call, mixed_precision=mp, grad_mode=torch.inference_mode)
     with torch_threads(LAUNCH["threads"]), tempfile.TemporaryDirectory(prefix="upetu-bench-load-") as workdir:
-        for m in built:
+        for m in built:  # a step's ops, then the model saved and loaded back as a user would, in eval mode
             trainable = [p for p in m.model.parameters() if p.requires_grad]
             counted = Method(m.name, m.model.train(), torch.optim.AdamW(trainable, lr=args.lr, foreach=True))
             step = op_count(lambda c=counted: train_step(c, pixels, labels, mp), LAUNCH["warmup_train_steps"])
-            methods[m.name] = {"train_step_ops": step}
-        loaded = {}
-        for m in built:  # saved and loaded back as a user would, in eval mode
             save_method(m.name, m.model, Path(workdir) / m.name)
             loaded[m.name] = load_method(m.name, base, Path(workdir) / m.name).to(device)
-            call = inference_call(loaded[m.name], pixels, mp, torch.inference_mode)
-            methods[m.name]["loaded_inference_ops"] = op_count(call)
+            ops = op_count(infer(loaded[m.name], pixels))
+            methods[m.name] = dict(train_step_ops=step, loaded_inference_ops=ops)
         log(f"{model_name}: launch-bound op counts done; timing {args.launch_rounds} batch-1 latency rounds")
-        calls = {n: inference_call(model, single, mp, torch.inference_mode) for n, model in loaded.items()}
-        base_call = inference_call(base, single, mp, torch.inference_mode)
-        rounds = args.launch_rounds
-        seconds, ratios, base_runs = bracketed_latency(base_call, calls, rounds, device, model_name)
-        base_ops = op_count(inference_call(base, pixels, mp, torch.inference_mode))
+        calls, rounds = {n: infer(model, single) for n, model in loaded.items()}, args.launch_rounds
+        seconds, ratios, base_runs = bracketed_latency(infer(base, single), calls, rounds, device, model_name)
+        base_ops = op_count(infer(base, pixels))
     ref = methods.get(reference)
     for name, entry in methods.items():
         for key in ("train_step_ops", "loaded_inference_ops"):
@@ -303,11 +293,10 @@ def measure(base: nn.Module, built: list[Method], args: argparse.Namespace, mode
     the base model and every method (ratios to the base run of the same round); the base model's under ""."""
     device, mp = torch.device(args.device), args.mixed_precision
     pixels, labels = random_batch(args, args.image_size, args.batch_size)
-    for _ in range(args.warmup):
-        for m in built:
-            train_step(m, pixels, labels, mp)
-    out = {m.name: {"memory": step_memory(m, pixels, labels, mp)} for m in built}
     steps = {m.name: partial(train_step, m, pixels, labels, mp) for m in built}
+    for step in list(steps.values()) * args.warmup:  # `--warmup` rounds of every method
+        step()
+    out = {m.name: {"memory": step_memory(m, pixels, labels, mp)} for m in built}
     for name, samples in interleaved(steps, args.steps, device, f"{model_name}: training").items():
         out[name] |= {"train_step_s": samples, "train_step": summarize(samples)}
     calls = {"": inference_call(base, pixels, mp)}
@@ -328,9 +317,8 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
     """Every measurement of one model size, all methods interleaved."""
     loadavg_start, wall_start, cpu_start = os.getloadavg(), time.perf_counter(), time.process_time()
     base = build_base(model_name, args.seed)
-    counts = parameter_summary(base)  # nothing is frozen yet: every parameter is trainable
-    base_params, head_params = counts["total"], counts["head"]
-    backbone_params = base_params - head_params
+    counts = parameter_summary(base)  # nothing is frozen yet: `adapter` counts the whole backbone
+    base_params, head_params, backbone_params = counts["total"], counts["head"], counts["adapter"]
     log(f"{model_name}: {base_params:,} parameters ({backbone_params:,} backbone)")
     results, built = {}, []
     with tempfile.TemporaryDirectory(prefix="upetu-bench-") as workdir:
@@ -355,14 +343,13 @@ def benchmark_model(model_name: str, methods: Sequence[str], args: argparse.Name
     shape |= dict(num_labels=NUM_LABELS, base_params=base_params, backbone_params=backbone_params)
     out = shape | {"head_params": head_params} | measured[""] | {"noise": noise}
     out |= {"wall_time_s": time.perf_counter() - wall_start, "methods": results}
-    out["ratios"] = {name: compare(results, name) for name in results}
+    out["ratios"] = {name: compare(entry, results) for name, entry in results.items()}
     return out | ({"launch_bound": launch} if launch else {})
 
 
-def compare(results: dict[str, dict[str, Any]], name: str) -> dict[str, float | None]:
-    """Ratios of `name` to full fine-tuning and LoRA r=8: step time (median of per-round ratios), memory, disk."""
+def compare(entry: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """`entry`'s ratios to full fine-tuning and LoRA r=8: step time (median of round ratios), memory, disk."""
     out: dict[str, float | None] = {}
-    entry = results[name]
     for ref in (r for r in ("full", "lora_r8") if r in results):
         per_round = [a / b for a, b in zip(entry["train_step_s"], results[ref]["train_step_s"])]
         out[f"train_step_vs_{ref}"] = statistics.median(per_round)
@@ -406,8 +393,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ("--threads", int, None, "torch.set_num_threads (default: all CPUs)"),
         ("--device", str, "cpu", "cpu (default) or cuda"),
         ("--launch-rounds", int, 15, "interleaved rounds of the batch-1 latency (default 15)"),
-        ("--output", str, str(REPO_ROOT / "results" / "efficiency.json"), "JSON path"),
-        ("--markdown", str, None, "markdown path (default: --output with .md)"),
+        ("--output", Path, REPO_ROOT / "results" / "efficiency.json", "JSON path"),
+        ("--markdown", Path, None, "markdown path (default: --output with .md)"),
     ):
         parser.add_argument(flag, type=kind, default=default, help=text)
     options = dict(batch_size=8, image_size=224, lr=1e-3, seed=0, mixed_precision="no")
@@ -444,11 +431,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     models = {name: benchmark_model(name, args.methods, args) for name in args.models}
     meta["wall_time_s"] = time.perf_counter() - started
     results = {"meta": meta, "models": models, "targets": check_targets(models)}
-    output = Path(args.output)
-    _common.write_json_atomic(output, results)  # creates the folder
-    markdown = Path(args.markdown) if args.markdown else output.with_suffix(".md")
+    _common.write_json_atomic(args.output, results)  # creates the folder
+    markdown = args.markdown or args.output.with_suffix(".md")
     _common.write_text_atomic(markdown, efficiency_markdown(results, (TARGET_MODEL, TARGET_METHOD)))
-    log(f"wrote {output} and {markdown} in {meta['wall_time_s']:.0f} s")
+    log(f"wrote {args.output} and {markdown} in {meta['wall_time_s']:.0f} s")
     return results
 
 
