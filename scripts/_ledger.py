@@ -5,7 +5,6 @@ validation and summarises the seeds. `scripts/make_report.py` renders these file
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import statistics
@@ -13,7 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import write_json_atomic
+from _common import now, write_json_atomic
 
 SCHEMA_VERSION = 1
 
@@ -89,8 +88,8 @@ def break_tie(by_rate: dict[float, dict], tied: list[float], pairs: list[tuple])
 
 def select(runs: list[dict], grid: list[tuple[float, float]], seeds, splits=0) -> dict:
     """The rate of the `grid` ((factor, rate) pairs) with the best mean validation over the search runs of `seeds`
-    on the split seeds `splits`. A tie is broken by more evidence (`break_tie`) and recorded as `tie`; `complete` is False while a candidate misses a run;
-    `interior`: neither the smallest nor the largest candidate."""
+    on the split seeds `splits`. A tie is broken by more evidence (`break_tie`) and recorded as `tie`; `complete`
+    is False while a candidate misses a run; `interior`: neither the smallest nor the largest candidate."""
     seeds, splits = ([v] if isinstance(v, int) else list(v) for v in (seeds, splits))
     pairs = [(split, seed) for split in splits for seed in seeds]
     by_rate: dict[float, dict[tuple[int, int], dict[str, Any]]] = {}
@@ -218,9 +217,7 @@ def new_state(setup, args: argparse.Namespace) -> dict[str, Any]:
 
 def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
     """The task's JSON to continue (`--resume`), or a fresh one; refuses to clobber results by accident."""
-    if not path.is_file():
-        return new_state(setup, args)
-    old = json.loads(path.read_text())
+    old = json.loads(path.read_text()) if path.is_file() else {}
     if args.overwrite or not old.get("runs"):
         return new_state(setup, args)
     if not args.resume:
@@ -229,15 +226,13 @@ def load_state(path: Path, setup, args: argparse.Namespace) -> dict[str, Any]:
             "to start afresh."
         )
     protocol = setup.protocol(args)
-    changed = same_protocol(protocol, old.get("protocol", {}))
-    if changed:
+    if changed := same_protocol(protocol, old.get("protocol", {})):
         raise SystemExit(
             f"{path} was recorded with other settings ({', '.join(changed)}); its runs cannot be mixed with "
             "these. Use the same settings, another --output-dir, or --overwrite."
         )
     old["runs"] = [r for r in old["runs"] if r.get("status") == "ok"]
-    retrain = set(args.retrain or ())
-    if retrain:  # a design change: keep the old runs for the record, never reuse them
+    if retrain := set(args.retrain or ()):  # a design change: keep the old runs on record, never reuse them
         old.setdefault("superseded", []).extend(r for r in old["runs"] if r["variant"] in retrain)
         old["runs"] = [r for r in old["runs"] if r["variant"] not in retrain]
     old["protocol"] = protocol  # this session's grid and split seeds (the other runs are kept either way)
@@ -271,5 +266,5 @@ def save_state(path: Path, state: dict[str, Any], setup) -> None:
     finished = {r["key"] for r in state["runs"] if r.get("status") == "ok"}
     planned = state.get("planned", [])
     state["complete"] = bool(planned) and all(k in finished for k in planned)
-    state["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    state["updated"] = now()
     write_json_atomic(path, state)

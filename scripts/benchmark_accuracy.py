@@ -28,10 +28,11 @@ import sys
 import tempfile
 import time
 import traceback
+from bisect import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,6 @@ import upetu_hf
 from upetu_hf._files import finite_json
 from upetu_hf.hub import saved_file_names
 from upetu_hf.train import DEFAULT_LR, PEFT_METHODS, TASK_METRICS, TrainingArguments, get_task, train
-from upetu_hf.train.arguments import RUN_CONFIG_FILE
 from upetu_hf.train.methods import apply_method, dense_head_lr, parameter_summary
 
 #: The code whose uncommitted changes a session records.
@@ -139,8 +139,7 @@ def backbone_description(model: str) -> dict[str, Any]:
         pretrain = json.loads((Path(model).expanduser() / "pretrain_log.json").read_text())
         recipe, last = pretrain.get("args", {}), (pretrain.get("log") or [{}])[-1]
         out["pretraining"] = {k: recipe[k] for k in ("data", "res", "epochs", "lr", "bs") if k in recipe}
-        if "val_acc" in last:
-            out["pretraining"]["final_heldout_accuracy"] = last["val_acc"]
+        out["pretraining"].update({"final_heldout_accuracy": last["val_acc"]} if "val_acc" in last else {})
     except (OSError, ValueError, AttributeError, TypeError):
         pass
     return out
@@ -291,22 +290,19 @@ def make_setups(args: argparse.Namespace, work_dir: Path) -> list[TaskSetup]:
     """One `TaskSetup` per requested task, with the flags resolved."""
     setups = []
     for name in args.tasks:
-        bench, dense = BENCHMARKS[name], name != "classification"
-        requested = args.methods or bench.variants
-        if not (variants := [v for v in requested if v in bench.variants]):
+        bench = BENCHMARKS[name]
+        if not (variants := [v for v in args.methods or bench.variants if v in bench.variants]):
             log(f"{name}: none of the requested methods applies; skipped")
             continue
         fixed, split, sources, split_data = task_data(name, args, work_dir)
-        head_lr = None  # the rate `upetu-train` gives the PEFT methods' decoder of this width
-        if dense:
-            head_lr = args.dense_head_lr or dense_head_lr(bench.task, fixed.get("head_hidden_size"))
-        sizes = dict(epochs=args.epochs, batch_size=args.batch_size, lr_factors=args.lr_factors)
-        if dense:
-            sizes = dict(epochs=args.dense_epochs or bench.epochs)
+        sizes = dict(epochs=args.epochs, batch_size=args.batch_size, lr_factors=args.lr_factors, head_lr=None)
+        if name != "classification":  # head_lr: by default the rate `upetu-train` gives a decoder this wide
+            sizes["epochs"] = args.dense_epochs or bench.epochs
             sizes["batch_size"] = args.dense_batch_size or bench.batch_size
             sizes["lr_factors"] = args.dense_lr_factors or args.lr_factors
+            sizes["head_lr"] = args.dense_head_lr or dense_head_lr(bench.task, fixed.get("head_hidden_size"))
         sizes |= dict(seeds=args.seeds, n_search_seeds=args.search_seeds, split_seeds=args.split_seeds)
-        sizes |= dict(split=split, sources=sources, split_data=split_data, head_lr=head_lr, variants=variants)
+        sizes |= dict(split=split, sources=sources, split_data=split_data, variants=variants)
         setups.append(TaskSetup(name, bench.task, fixed, **sizes))
     return setups
 
@@ -338,36 +334,31 @@ def count_parameters(setup: TaskSetup, args: argparse.Namespace, work_dir: Path)
     class_names = spec.load_data(probe).class_names
     whole = parameter_summary(apply_method(spec.build_model(probe, class_names), "full"))
 
-    def adapter(method: str, **options: Any) -> int:
-        targs = training_arguments(setup, args, method, options, work_dir / "unused")
+    @cache
+    def adapter(method: str, r: int | None = None) -> int:
+        """The adapter parameters of `method` (at rank `r`, else its default) on this task model."""
+        targs = training_arguments(setup, args, method, {} if r is None else {"r": r}, work_dir / "unused")
         return int(parameter_summary(apply_method(spec.build_model(targs, class_names), targs))["adapter"])
 
-    def matched_lora_rank(target: int) -> tuple[int, int]:
-        """The LoRA rank whose adapter is closest to `target` parameters, and its size."""
-        guess = max(1, round((target - (lora_1 - per_rank)) / per_rank))
-        sizes = {r: adapter("lora", r=r) for r in sorted({max(1, guess - 1), guess, guess + 1})}
-        best = min(sizes, key=lambda r: (abs(sizes[r] - target), r))
-        return best, sizes[best]
+    def matched_lora_rank(target: int) -> int:
+        """The LoRA rank whose adapter is closest to `target` parameters (the smaller one on a tie)."""
+        guess = max(1, round((target - (adapter("lora", 1) - per_rank)) / per_rank))
+        return min({max(1, guess - 1), guess, guess + 1}, key=lambda r: (abs(adapter("lora", r) - target), r))
 
-    backbone, upetu_default, lora_1 = whole["total"] - whole["head"], adapter("upetu"), adapter("lora", r=1)
-    per_rank = adapter("lora", r=2) - lora_1
-    lora_r, lora_params = matched_lora_rank(upetu_default)
-    default_r, small_1, budget = upetu_hf.UPetuConfig().r, adapter("upetu", r=1), SMALL_BUDGET * backbone
-    slope = adapter("upetu", r=2) - small_1
-    small_r = int(min(default_r, max(1, math.floor((budget - (small_1 - slope)) / slope - 1e-9))))
-    while (small := adapter("upetu", r=small_r)) >= budget and small_r > 1:
-        small_r -= 1
-    while small_r < default_r and (bigger := adapter("upetu", r=small_r + 1)) < budget:
-        small_r, small = small_r + 1, bigger
-    lora_small_r, lora_small = matched_lora_rank(small)
+    backbone, default_r = whole["total"] - whole["head"], upetu_hf.UPetuConfig().r
+    per_rank, budget = adapter("lora", 2) - adapter("lora", 1), SMALL_BUDGET * backbone
+    # adapters grow with r: the number of ranks under the budget is the largest of them (1 when none is)
+    small_r = max(1, bisect(range(1, default_r + 1), False, key=lambda r: adapter("upetu", r) >= budget))
+    small = adapter("upetu", small_r)
+    lora_r, lora_small_r = matched_lora_rank(adapter("upetu")), matched_lora_rank(small)
     return {
         "num_labels": len(class_names), "class_names": class_names, "total_params": whole["total"],
         "head_params": whole["head"], "backbone_params": backbone, "upetu_default_r": default_r,
-        "upetu_default_adapter_params": upetu_default, "lora_adapter_params_per_rank": per_rank,
-        "lora_matched_r": lora_r, "lora_matched_adapter_params": lora_params, "upetu_small_r": small_r,
-        "upetu_small_adapter_params": small, "upetu_small_pct_of_backbone": 100.0 * small / backbone,
-        "upetu_small_budget_met": small < budget, "lora_small_r": lora_small_r,
-        "lora_small_adapter_params": lora_small,
+        "upetu_default_adapter_params": adapter("upetu"), "lora_adapter_params_per_rank": per_rank,
+        "lora_matched_r": lora_r, "lora_matched_adapter_params": adapter("lora", lora_r),
+        "upetu_small_r": small_r, "upetu_small_adapter_params": small,
+        "upetu_small_pct_of_backbone": 100.0 * small / backbone, "upetu_small_budget_met": small < budget,
+        "lora_small_r": lora_small_r, "lora_small_adapter_params": adapter("lora", lora_small_r),
     }  # fmt: skip
 
 
@@ -388,10 +379,7 @@ def execute_run(args: argparse.Namespace, record: dict, targs: TrainingArguments
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     wall = time.perf_counter() - start
-    try:
-        config = json.loads((run_dir / RUN_CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        config = {}
+    config = upetu_hf.train.load_run(str(run_dir)).extra  # what the run's data scan decided
     record["splits"] = config.get("splits")
     record.update({"bands": config["bands"]} if config.get("bands") else {})  # multispectral runs
     record.update(status="ok", best_epoch=result["best_epoch"], selection_split=result["selection_split"])
@@ -431,7 +419,7 @@ class TaskRunner:
         if args.resume and self.state["runs"]:
             log(f"{setup.name}: resuming {self.path} ({len(self.state['runs'])} finished run(s) kept)")
         self.done = {r["key"]: r for r in self.state["runs"] if r.get("status") == "ok"}
-        self.planned: list[str] = list(self.state.get("planned", []))
+        self.planned: list[str] = self.state.setdefault("planned", [])
         self.counts: dict[str, Any] = {}
 
     def ensure(self, variant: Variant, options: dict, candidate: tuple, seed: int, phase: str, split=None):
@@ -439,10 +427,8 @@ class TaskRunner:
         setup, state, name, (factor, lr) = self.setup, self.state, variant.name, candidate
         split_seed = setup.split_seeds[0] if split is None else split
         key = run_key(name, options, lr, seed, split_seed)
-        self.planned += [] if key in self.planned else [key]
-        state["planned"] = self.planned
-        split = f"-split{split_seed}" if split_seed else ""
-        folder = f"lr{lr:g}-seed{seed}{split}"
+        self.planned += [] if key in self.planned else [key]  # `state["planned"]` itself
+        folder = f"lr{lr:g}-seed{seed}" + (f"-split{split_seed}" if split_seed else "")
         where = f"{setup.name}/{name}: {folder}"
         if key in self.done or self.args.merge_only:
             log(f"{where}: {'done' if key in self.done else 'not on file (--merge-only)'}")
@@ -472,19 +458,13 @@ class TaskRunner:
         """The search's choice (`_ledger.select`); an unsettled tie trains the tied rates on the next seed
         (phase `tie-break`; the winner's run is a final run) and chooses again until seeds settle it or run out."""
         setup, factors = self.setup, {lr: f for f, lr in grid}
-
-        def choice() -> dict[str, Any]:
+        for seed in [*setup.seeds[len(setup.search_seeds) :], None]:  # None: no seed left to break a tie
             ran = [r for r in self.done.values() if r["variant"] == variant.name and r["options"] == options]
-            return select(ran, grid, setup.search_seeds, setup.search_splits)
-
-        chosen = choice()
-        for seed in setup.seeds[len(setup.search_seeds) :]:
-            if chosen.get("tie", {}).get("decided_by", "seeds") == "seeds":
-                break
+            chosen = select(ran, grid, setup.search_seeds, setup.search_splits)
+            if seed is None or chosen.get("tie", {}).get("decided_by", "seeds") == "seeds":
+                return chosen
             for lr in chosen["tie"]["lrs"]:
                 self.ensure(variant, options, (factors[lr], lr), seed, "tie-break")
-            chosen = choice()
-        return chosen
 
     def run(self) -> dict[str, Any]:
         """Search, select and seed every variant; returns the task's final state."""
@@ -493,10 +473,9 @@ class TaskRunner:
         self.counts = count_parameters(setup, args, self.work_dir)
         state["backbone"] = {**backbone_description(args.model), **self.counts}
         paths = dict(model=args.model, data=setup.data, sources=setup.sources, work_dir=str(self.work_dir))
-        machine = common.machine_info(device_name(args.cpu))
-        session = dict(command=self.command, date=common.now(), machine=machine)
-        session["git"] = common.git_state(CODE_PATHS)
-        session.update(paths=paths, methods=setup.variants, seeds=setup.seeds)
+        machine, git = common.machine_info(device_name(args.cpu)), common.git_state(CODE_PATHS)
+        session = dict(command=self.command, date=common.now(), machine=machine, git=git, paths=paths)
+        session.update(methods=setup.variants, seeds=setup.seeds)
         state["sessions"].append(session)
         searched = [(split, seed) for split in setup.search_splits for seed in setup.search_seeds]
         for name in setup.variants:
