@@ -16,7 +16,6 @@ import importlib
 import shutil
 from collections.abc import Callable
 
-import pytest
 from conftest import REPO_ROOT
 
 SCRIPTS = REPO_ROOT / "scripts"
@@ -149,10 +148,6 @@ def sys_path_edits(tree: ast.Module) -> list[int]:
     return lines
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 29: scripts/ is still above 3,000 lines (3,262 on 2026-12-07; see the issue notes)",
-)
 def test_scripts_fit_in_the_line_budget():
     lines = {p.name: len(p.read_bytes().splitlines()) for p in SCRIPTS.glob("*.py")}
     assert sum(lines.values()) <= MAX_LINES, sorted(lines.items(), key=lambda item: -item[1])
