@@ -27,7 +27,6 @@ from transformers import ConvNextConfig, ConvNextForImageClassification
 
 import upetu_hf
 from upetu_hf import _files as files
-from upetu_hf._files import write_atomic
 from upetu_hf.train import TrainingArguments
 from upetu_hf.train.cli import add_options
 from upetu_hf.train.methods import is_head_parameter
@@ -94,7 +93,7 @@ def now() -> str:
 
 #: `path.write_text(text)` through `upetu_hf`'s one atomic writer (a temporary file in the same folder, then
 #: `os.replace`, with the umask's file mode), so a crash never leaves a half-written file.
-write_text_atomic = write_atomic
+write_text_atomic = files.write_atomic
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
